@@ -1,0 +1,358 @@
+//! The commands a session accepts, and the pure rules that plan each one.
+//!
+//! The session actor runs these against its in-memory record; the registry runs
+//! the same functions against a terminal session read from the store, so a live
+//! and an ended session answer a command the same way.
+
+use std::collections::BTreeSet;
+
+use actix::Message;
+use chrono::{DateTime, Utc};
+
+use crate::error::SessionError;
+use crate::ids::{TokenHash, UserId};
+use crate::model::{is_file_scope, Consent, SessionRecord};
+use crate::status::{next, Event, Outcome};
+use crate::store::TransitionWrite;
+
+/// Who is calling, as the web layer authenticated them.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// The enterprise backend, by the name of its API key.
+    Backend {
+        /// The API key's name.
+        owner: String,
+    },
+    /// The browser showing the QR, by the hash of the session token it presented.
+    Client {
+        /// SHA-256 of the presented token.
+        token: TokenHash,
+    },
+    /// The phone, by its JWT's `sub`.
+    Device {
+        /// The device's user id.
+        sub: UserId,
+    },
+}
+
+/// Checks that `caller` may see `session` at all.
+pub fn authorize(session: &SessionRecord, caller: &Caller) -> Result<(), SessionError> {
+    match caller {
+        // Another key's session does not exist, as far as this key can tell.
+        Caller::Backend { owner } if *owner != session.owner => Err(SessionError::NotFound),
+        Caller::Client { token } if !token.matches(&session.token_hash) => {
+            Err(SessionError::Unauthorized)
+        }
+        Caller::Device { sub } => match &session.user_id {
+            Some(bound) if bound != sub => Err(SessionError::Forbidden(
+                "the session is bound to another device",
+            )),
+            _ => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// What a command will do.
+#[derive(Debug)]
+pub enum Plan {
+    /// Nothing to commit; answer with the session as it is.
+    Stay,
+    /// Commit this transition, then answer with the session after it.
+    Move(TransitionWrite),
+}
+
+fn transition(
+    session: &SessionRecord,
+    at: DateTime<Utc>,
+    status: crate::status::Status,
+) -> TransitionWrite {
+    TransitionWrite {
+        id: session.id,
+        from_seq: session.seq,
+        status,
+        at,
+        bind: None,
+        consent: None,
+        shared_data: None,
+    }
+}
+
+/// Refuses device commands once `expires_at` passed, even if the expiry timer has not
+/// fired yet: the session is expired in all but the commit.
+fn check_not_overdue(session: &SessionRecord, now: DateTime<Utc>) -> Result<(), SessionError> {
+    if !session.status.is_terminal() && now >= session.expires_at {
+        return Err(SessionError::InvalidState(crate::status::Status::Expired));
+    }
+    Ok(())
+}
+
+/// Reads the session (any role).
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "Result<SessionRecord, SessionError>")]
+pub struct Inspect {
+    /// Who asks.
+    pub caller: Caller,
+}
+
+/// A device opens the session (`information`).
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "Result<SessionRecord, SessionError>")]
+pub struct Retrieve {
+    /// The device's `sub`.
+    pub device: UserId,
+}
+
+impl Retrieve {
+    /// Plans `information`: bind and move to `retrieved`, or nothing for the bound device.
+    pub fn plan(&self, session: &SessionRecord, now: DateTime<Utc>) -> Result<Plan, SessionError> {
+        let outcome = next(
+            session.status,
+            session.user_id.as_ref(),
+            Event::Retrieve {
+                device: &self.device,
+            },
+        )?;
+        check_not_overdue(session, now)?;
+        Ok(match outcome {
+            Outcome::Stay => Plan::Stay,
+            Outcome::Move(status) => Plan::Move(TransitionWrite {
+                bind: Some(self.device.clone()),
+                ..transition(session, now, status)
+            }),
+        })
+    }
+}
+
+/// The person's answer.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    /// Approve and share these values.
+    Approve {
+        /// One string per non-file scope.
+        shared_data: serde_json::Map<String, serde_json::Value>,
+    },
+    /// Deny.
+    Deny,
+}
+
+/// The bound device approves or denies (`update`).
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "Result<SessionRecord, SessionError>")]
+pub struct Decide {
+    /// The device's `sub`.
+    pub device: UserId,
+    /// What the person decided.
+    pub answer: Answer,
+}
+
+impl Decide {
+    /// Plans `update`. `uploaded` lists the file scopes that have a staged upload.
+    pub fn plan(
+        &self,
+        session: &SessionRecord,
+        uploaded: &BTreeSet<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Plan, SessionError> {
+        let event = match self.answer {
+            Answer::Approve { .. } => Event::Approve {
+                device: &self.device,
+            },
+            Answer::Deny => Event::Deny {
+                device: &self.device,
+            },
+        };
+        let outcome = next(session.status, session.user_id.as_ref(), event)?;
+        check_not_overdue(session, now)?;
+        let Outcome::Move(status) = outcome else {
+            return Err(SessionError::InvalidState(session.status));
+        };
+        let mut write = transition(session, now, status);
+        match &self.answer {
+            Answer::Deny => {
+                write.consent = Some(Consent {
+                    is_consented: false,
+                    consented_at: now,
+                });
+            }
+            Answer::Approve { shared_data } => {
+                check_complete(&session.request.scopes, shared_data, uploaded)?;
+                write.consent = Some(Consent {
+                    is_consented: true,
+                    consented_at: now,
+                });
+                write.shared_data = Some(shared_data.clone());
+            }
+        }
+        Ok(Plan::Move(write))
+    }
+}
+
+/// Approve needs a value for every non-file scope, an upload for every file scope,
+/// and nothing outside the scopes.
+fn check_complete(
+    scopes: &[String],
+    shared: &serde_json::Map<String, serde_json::Value>,
+    uploaded: &BTreeSet<String>,
+) -> Result<(), SessionError> {
+    if let Some(extra) = shared.keys().find(|k| !scopes.contains(k)) {
+        return Err(SessionError::Invalid(format!(
+            "shared_data.{extra} is not a scope of this session"
+        )));
+    }
+    if let Some(file) = shared.keys().find(|k| is_file_scope(k)) {
+        return Err(SessionError::Invalid(format!(
+            "shared_data.{file} is a file scope: upload it with PUT /v1/sessions/{{id}}/files/{file}"
+        )));
+    }
+    let missing: Vec<&str> = scopes
+        .iter()
+        .filter(|s| {
+            if is_file_scope(s) {
+                !uploaded.contains(*s)
+            } else {
+                !shared.contains_key(*s)
+            }
+        })
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err(SessionError::Incomplete(format!(
+            "approval is missing: {} (values go in shared_data, files are uploaded)",
+            missing.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// The backend cancels the session (`DELETE`).
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "Result<SessionRecord, SessionError>")]
+pub struct Cancel {
+    /// The API key's name.
+    pub owner: String,
+}
+
+impl Cancel {
+    /// Plans the cancel.
+    pub fn plan(&self, session: &SessionRecord, now: DateTime<Utc>) -> Result<Plan, SessionError> {
+        authorize(
+            session,
+            &Caller::Backend {
+                owner: self.owner.clone(),
+            },
+        )?;
+        match next(session.status, None, Event::Cancel)? {
+            Outcome::Move(status) => Ok(Plan::Move(transition(session, now, status))),
+            Outcome::Stay => Ok(Plan::Stay),
+        }
+    }
+}
+
+/// An idempotent replay issued a new token; the old one stops working.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "Result<(), SessionError>")]
+pub struct RotateToken {
+    /// The new token's hash (already committed).
+    pub token: TokenHash,
+}
+
+/// The clock moved: re-check expiry now.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct Tick;
+
+/// Test hook: makes the session actor fail, to prove supervision.
+#[doc(hidden)]
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "Result<(), SessionError>")]
+pub struct InjectFault {
+    /// `true`: a panic inside the actor's containment; `false`: a panic that kills the actor.
+    pub contained: bool,
+}
+
+/// A command the registry can route to a live actor or answer for an ended session.
+pub trait SessionCommand:
+    Message<Result = Result<<Self as SessionCommand>::Output, SessionError>> + Clone + Send + 'static
+{
+    /// The success value.
+    type Output: Send + 'static;
+
+    /// The answer for a session that is already terminal (no actor runs for it).
+    fn on_ended(
+        &self,
+        session: &SessionRecord,
+        now: DateTime<Utc>,
+    ) -> Result<Self::Output, SessionError>;
+}
+
+/// A planned command on an ended session can only be refused (nothing leaves a
+/// terminal status); a `Stay` plan answers with the session.
+fn ended(
+    plan: Result<Plan, SessionError>,
+    session: &SessionRecord,
+) -> Result<SessionRecord, SessionError> {
+    match plan? {
+        Plan::Stay => Ok(session.clone()),
+        Plan::Move(_) => Err(SessionError::InvalidState(session.status)),
+    }
+}
+
+impl SessionCommand for Inspect {
+    type Output = SessionRecord;
+    fn on_ended(
+        &self,
+        session: &SessionRecord,
+        _: DateTime<Utc>,
+    ) -> Result<SessionRecord, SessionError> {
+        authorize(session, &self.caller)?;
+        Ok(session.clone())
+    }
+}
+
+impl SessionCommand for Retrieve {
+    type Output = SessionRecord;
+    fn on_ended(
+        &self,
+        session: &SessionRecord,
+        now: DateTime<Utc>,
+    ) -> Result<SessionRecord, SessionError> {
+        ended(self.plan(session, now), session)
+    }
+}
+
+impl SessionCommand for Decide {
+    type Output = SessionRecord;
+    fn on_ended(
+        &self,
+        session: &SessionRecord,
+        now: DateTime<Utc>,
+    ) -> Result<SessionRecord, SessionError> {
+        ended(self.plan(session, &BTreeSet::new(), now), session)
+    }
+}
+
+impl SessionCommand for Cancel {
+    type Output = SessionRecord;
+    fn on_ended(
+        &self,
+        session: &SessionRecord,
+        now: DateTime<Utc>,
+    ) -> Result<SessionRecord, SessionError> {
+        ended(self.plan(session, now), session)
+    }
+}
+
+impl SessionCommand for RotateToken {
+    type Output = ();
+    fn on_ended(&self, _: &SessionRecord, _: DateTime<Utc>) -> Result<(), SessionError> {
+        Ok(())
+    }
+}
+
+impl SessionCommand for InjectFault {
+    type Output = ();
+    fn on_ended(&self, _: &SessionRecord, _: DateTime<Utc>) -> Result<(), SessionError> {
+        Ok(())
+    }
+}

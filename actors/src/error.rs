@@ -1,0 +1,50 @@
+//! What can go wrong with a session command, in the terms of SPEC §5.
+
+use crate::status::{Refusal, Status};
+use crate::store::StoreError;
+
+/// Why a command on a session was refused or failed.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum SessionError {
+    /// No such session, or it belongs to another API key (`404`).
+    #[error("session not found")]
+    NotFound,
+    /// The credential does not fit this session (`401`).
+    #[error("credential not valid for this session")]
+    Unauthorized,
+    /// A valid credential that may not touch this session (`403`).
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// Not allowed in the current status (`409 invalid_state`).
+    #[error("not allowed while the session is {0}")]
+    InvalidState(Status),
+    /// The same idempotency key was used with another body (`409 idempotency_conflict`).
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyConflict,
+    /// Something the approval needs is missing (`422 incomplete`).
+    #[error("{0}")]
+    Incomplete(String),
+    /// The command's content is not acceptable (`400 invalid_request`).
+    #[error("{0}")]
+    Invalid(String),
+    /// A limit of the broker is reached (`503 unavailable`).
+    #[error("{0}")]
+    Unavailable(&'static str),
+    /// The session's actor restarted while handling the command; the registry retries.
+    #[error("the session restarted")]
+    Restarted,
+    /// The store failed (`500`, the cause goes to the log only).
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<Refusal> for SessionError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::WrongDevice => {
+                SessionError::Forbidden("the session is bound to another device")
+            }
+            Refusal::InvalidState(s) => SessionError::InvalidState(s),
+        }
+    }
+}

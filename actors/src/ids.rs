@@ -1,0 +1,211 @@
+//! Newtypes for the identifiers and counters that travel between the parts of the broker.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+/// The id of a verification session: a UUID, shown to every party.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(Uuid);
+
+impl SessionId {
+    /// A fresh random (v4) session id.
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// Parses the textual form; anything but a UUID is refused.
+    pub fn parse(s: &str) -> Option<Self> {
+        Uuid::parse_str(s).ok().map(Self)
+    }
+}
+
+impl Default for SessionId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// The id of an uploaded file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FileId(Uuid);
+
+impl FileId {
+    /// A fresh random file id.
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// Parses the textual form; anything but a UUID is refused.
+    pub fn parse(s: &str) -> Option<Self> {
+        Uuid::parse_str(s).ok().map(Self)
+    }
+}
+
+impl Default for FileId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for FileId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// The per-session sequence number: 1 at creation, +1 per transition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Seq(pub u64);
+
+impl Seq {
+    /// The seq a session is created with.
+    pub const FIRST: Seq = Seq(1);
+
+    /// The seq after one more transition.
+    pub fn next(self) -> Seq {
+        Seq(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A user id (a device JWT's `sub`): 1 to 128 characters of `A-Z a-z 0-9 . _ : @ -`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserId(String);
+
+impl UserId {
+    /// Longest user id accepted.
+    pub const MAX_LEN: usize = 128;
+
+    /// Validates and wraps a user id.
+    pub fn parse(s: &str) -> Option<Self> {
+        let ok = !s.is_empty()
+            && s.len() <= Self::MAX_LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".:_@-".contains(&b));
+        ok.then(|| Self(s.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A session token as handed to the client once: 256 random bits, URL-safe base64.
+///
+/// It is never stored; only its [`TokenHash`] is.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionToken(String);
+
+impl SessionToken {
+    /// A fresh random token.
+    pub fn generate() -> Self {
+        use base64::Engine as _;
+        let bytes: [u8; 32] = rand::random();
+        Self(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// Wraps a token presented by a caller (unchecked: it is only ever hashed).
+    pub fn presented(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+
+    /// The token as text, to be shown to the creator once.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The SHA-256 of the token, the only form that is stored or compared.
+    pub fn hash(&self) -> TokenHash {
+        TokenHash(Sha256::digest(self.0.as_bytes()).into())
+    }
+}
+
+impl fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionToken(<redacted>)")
+    }
+}
+
+/// The SHA-256 of a [`SessionToken`]; compared in constant time.
+#[derive(Clone, Copy)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl TokenHash {
+    /// Constant-time equality, so the comparison leaks nothing about where two hashes differ.
+    pub fn matches(&self, other: &TokenHash) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+
+    /// Rebuilds a hash read from the store.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        <[u8; 32]>::try_from(bytes).ok().map(Self)
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenHash(..)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids_accept_the_documented_alphabet_only() {
+        assert!(UserId::parse("alice.B_9:x@y-z").is_some());
+        assert!(UserId::parse(&"a".repeat(128)).is_some());
+        assert!(UserId::parse(&"a".repeat(129)).is_none());
+        assert!(UserId::parse("").is_none());
+        assert!(UserId::parse("a b").is_none());
+        assert!(UserId::parse("é").is_none());
+        assert!(UserId::parse("a/b").is_none());
+    }
+
+    #[test]
+    fn tokens_are_random_and_only_their_hashes_match() {
+        let a = SessionToken::generate();
+        let b = SessionToken::generate();
+        assert_ne!(a.expose(), b.expose());
+        assert!(a.expose().len() >= 43, "256 bits in base64");
+        assert!(a
+            .hash()
+            .matches(&SessionToken::presented(a.expose()).hash()));
+        assert!(!a.hash().matches(&b.hash()));
+        assert_eq!(format!("{a:?}"), "SessionToken(<redacted>)");
+    }
+
+    #[test]
+    fn session_ids_parse_only_uuids() {
+        let id = SessionId::new();
+        assert_eq!(SessionId::parse(&id.to_string()), Some(id));
+        assert_eq!(SessionId::parse("not-a-uuid"), None);
+    }
+}

@@ -1,0 +1,23 @@
+//! The heart of idv-broker: verification sessions as supervised actors over SQLite.
+//!
+//! Layout:
+//! - [`status`]: the state machine of SPEC §2, one pure function.
+//! - [`commands`]: the messages a session accepts and the rules that plan them.
+//! - [`session`]: the session actor (state, seq, expiry timer).
+//! - [`registry`]: live actors by session id; rehydration and replacement.
+//! - [`store`]: SQLite with a group-committing writer thread.
+//! - [`credentials`]: API keys, session tokens and device JWTs.
+//! - [`ids`], [`model`], [`clock`], [`error`]: the vocabulary.
+
+pub mod clock;
+pub mod commands;
+pub mod credentials;
+pub mod error;
+pub mod ids;
+pub mod model;
+pub mod registry;
+pub mod session;
+pub mod status;
+pub mod store;
+
+pub use error::SessionError;

@@ -1,0 +1,180 @@
+//! The session as the store keeps it and the actor holds it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::ids::{Seq, SessionId, TokenHash, UserId};
+use crate::status::Status;
+
+/// The scopes satisfied by an uploaded file rather than a `shared_data` value.
+pub const FILE_SCOPES: [&str; 3] = ["selfie", "document_front", "document_back"];
+
+/// Whether a scope is satisfied by an upload.
+pub fn is_file_scope(scope: &str) -> bool {
+    FILE_SCOPES.contains(&scope)
+}
+
+/// Whether a scope name matches `^[a-z][a-z0-9_]{0,63}$`.
+pub fn is_valid_scope(scope: &str) -> bool {
+    let mut bytes = scope.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z'))
+        && scope.len() <= 64
+        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'))
+}
+
+/// The person's consent, once they decided.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    /// `true` on approve, `false` on deny.
+    pub is_consented: bool,
+    /// When they decided.
+    pub consented_at: DateTime<Utc>,
+}
+
+/// What the backend asked for at creation.
+#[derive(Clone, Debug)]
+pub struct SessionRequest {
+    /// The scopes asked for, distinct, in the order given.
+    pub scopes: Vec<String>,
+    /// Opaque to the broker, echoed back.
+    pub vendor_data: Option<String>,
+    /// Opaque to the broker, echoed back.
+    pub external_reference_id: Option<String>,
+    /// Prefill shown to the device: personal data, purged when the session ends undecided or denied.
+    pub registration: Option<Box<RawValue>>,
+    /// Where the device page sends the person afterwards.
+    pub redirect_url: Option<String>,
+    /// Where webhooks go for this session.
+    pub callback_url: Option<String>,
+}
+
+/// A session as the actor owns it: everything but the shared data and files.
+#[derive(Clone, Debug)]
+pub struct SessionRecord {
+    /// The session id.
+    pub id: SessionId,
+    /// The name of the API key that created it; no other key can see it.
+    pub owner: String,
+    /// The hash of the current session token.
+    pub token_hash: TokenHash,
+    /// Current status.
+    pub status: Status,
+    /// Current seq.
+    pub seq: Seq,
+    /// What the backend asked for; shared so that reads clone a pointer, not the prefill.
+    pub request: std::sync::Arc<SessionRequest>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Time of the last transition (creation time before any).
+    pub updated_at: DateTime<Utc>,
+    /// Fixed at creation.
+    pub expires_at: DateTime<Utc>,
+    /// Time of the terminal transition.
+    pub decided_at: Option<DateTime<Utc>>,
+    /// The device bound by the first `information`.
+    pub user_id: Option<UserId>,
+    /// The person's decision, if they made one.
+    pub consent: Option<Consent>,
+}
+
+/// A committed transition, as the events log keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionEvent {
+    /// The seq the transition produced.
+    pub seq: Seq,
+    /// The status it moved to.
+    pub status: Status,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+}
+
+/// Metadata of a stored file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FileMeta {
+    /// The file id.
+    pub file_id: crate::ids::FileId,
+    /// Which file scope it satisfies.
+    pub kind: String,
+    /// `image/jpeg` or `image/png`.
+    pub content_type: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// The outcome of a terminal session as the backend reads it.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    /// The session at its terminal transition.
+    pub session: SessionRecord,
+    /// The values shared on approve; `None` otherwise or once purged.
+    pub shared_data: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The files stored on approve.
+    pub files: Vec<FileMeta>,
+    /// When a confirmed session's data was purged by retention, if it was.
+    pub purged_at: Option<DateTime<Utc>>,
+}
+
+/// A user the backend knows, with the status it set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRecord {
+    /// The user id.
+    pub user_id: UserId,
+    /// `PENDING`, `CREATED` or `BLOCKED`.
+    pub status: UserStatus,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The status the backend keeps for a user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum UserStatus {
+    /// Bound by a confirmed session, not yet set by the backend.
+    Pending,
+    /// Set by the backend.
+    Created,
+    /// Set by the backend.
+    Blocked,
+}
+
+impl UserStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserStatus::Pending => "PENDING",
+            UserStatus::Created => "CREATED",
+            UserStatus::Blocked => "BLOCKED",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            UserStatus::Pending,
+            UserStatus::Created,
+            UserStatus::Blocked,
+        ]
+        .into_iter()
+        .find(|u| u.as_str() == s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_names_follow_the_pattern() {
+        assert!(is_valid_scope("full_name"));
+        assert!(is_valid_scope("a"));
+        assert!(is_valid_scope(&format!("a{}", "b".repeat(63))));
+        assert!(!is_valid_scope(&format!("a{}", "b".repeat(64))));
+        assert!(!is_valid_scope("1abc"));
+        assert!(!is_valid_scope("_abc"));
+        assert!(!is_valid_scope("Full"));
+        assert!(!is_valid_scope(""));
+        assert!(!is_valid_scope("a-b"));
+        assert!(is_file_scope("selfie") && !is_file_scope("full_name"));
+    }
+}

@@ -1,0 +1,261 @@
+//! The registry of live session actors.
+//!
+//! A `DashMap` from session id to the actor's address: lookups never block the
+//! runtime. A miss for a session that the store says is live rehydrates its actor;
+//! a dead address (an actor killed by a panic outside its containment) is replaced
+//! the same way, so no caller ever sees a closed mailbox.
+
+use std::sync::Arc;
+
+use actix::{Addr, MailboxError, Supervisor};
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+
+use crate::clock::SharedClock;
+use crate::commands::{Caller, Inspect, RotateToken, SessionCommand, Tick};
+use crate::error::SessionError;
+use crate::ids::SessionId;
+use crate::model::{Decision, SessionRecord};
+use crate::session::SessionActor;
+use crate::store::{CreateOutcome, IdempotencyClaim, NewSession, Store, StoreError};
+
+/// How often a command is re-sent after the actor it went to died or restarted.
+const MAX_ATTEMPTS: usize = 3;
+
+/// Limits of the registry.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    /// Most live (non-terminal) sessions at once; creating more is `503 unavailable`.
+    pub max_live_sessions: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            max_live_sessions: 200_000,
+        }
+    }
+}
+
+/// Where a session is.
+pub enum Lookup {
+    /// Live, with its actor.
+    Live(Addr<SessionActor>),
+    /// Terminal: no actor, the store's record.
+    Ended(SessionRecord),
+}
+
+/// A handle to the registry; cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Live sessions' actors. DashMap shards its locks, so lookups from every worker
+    /// thread proceed in parallel and no lock is held across an `.await`.
+    live: DashMap<SessionId, Addr<SessionActor>>,
+    store: Store,
+    clock: SharedClock,
+    config: RegistryConfig,
+}
+
+impl Registry {
+    /// An empty registry over `store`.
+    pub fn new(store: Store, clock: SharedClock, config: RegistryConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                live: DashMap::new(),
+                store,
+                clock,
+                config,
+            }),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &SharedClock {
+        &self.inner.clock
+    }
+
+    /// How many sessions have an actor.
+    pub fn live_count(&self) -> usize {
+        self.inner.live.len()
+    }
+
+    /// On start, before listening: expires what became overdue while the broker was
+    /// down, then starts an actor (and its expiry timer) for every live session.
+    /// Returns (expired, restored).
+    pub async fn restore(&self) -> Result<(usize, usize), StoreError> {
+        let expired = self
+            .inner
+            .store
+            .expire_overdue(self.inner.clock.now())
+            .await?;
+        let live = self.inner.store.load_live_sessions().await?;
+        let restored = live.len();
+        for record in live {
+            self.spawn(record);
+        }
+        Ok((expired, restored))
+    }
+
+    /// The live actor for `record`, starting one if none runs.
+    fn spawn(&self, record: SessionRecord) -> Addr<SessionActor> {
+        match self.inner.live.entry(record.id) {
+            Entry::Occupied(e) if e.get().connected() => e.get().clone(),
+            entry => {
+                let registry = self.clone();
+                let addr = Supervisor::start(move |_| SessionActor::new(record, registry));
+                entry.insert(addr.clone());
+                addr
+            }
+        }
+    }
+
+    /// Removes `addr` for `id`, if it is still the one registered (idempotent).
+    pub(crate) fn forget(&self, id: SessionId, addr: &Addr<SessionActor>) {
+        self.inner.live.remove_if(&id, |_, a| a == addr);
+    }
+
+    /// Finds a session: its live actor (rehydrated if needed) or its terminal record.
+    pub async fn lookup(&self, id: SessionId) -> Result<Option<Lookup>, StoreError> {
+        if let Some(addr) = self.inner.live.get(&id).map(|a| a.clone()) {
+            if addr.connected() {
+                return Ok(Some(Lookup::Live(addr)));
+            }
+            self.forget(id, &addr);
+        }
+        Ok(match self.inner.store.load_session(id).await? {
+            None => None,
+            Some(record) if record.status.is_terminal() => Some(Lookup::Ended(record)),
+            Some(record) => Some(Lookup::Live(self.spawn(record))),
+        })
+    }
+
+    /// Creates a session (or replays an idempotent create) and starts its actor.
+    /// Returns the session and whether it was a replay.
+    pub async fn create(
+        &self,
+        record: SessionRecord,
+        claim: Option<IdempotencyClaim>,
+    ) -> Result<(SessionRecord, bool), SessionError> {
+        if claim.is_none() && self.live_count() >= self.inner.config.max_live_sessions {
+            return Err(SessionError::Unavailable(
+                "too many live sessions; try again later",
+            ));
+        }
+        let token = record.token_hash;
+        match self
+            .inner
+            .store
+            .create_session(
+                NewSession {
+                    record: record.clone(),
+                },
+                claim,
+            )
+            .await?
+        {
+            CreateOutcome::Created => {
+                self.spawn(record.clone());
+                Ok((record, false))
+            }
+            CreateOutcome::Replayed(existing) => {
+                // The store already holds the new token's hash; tell the live actor so
+                // the old token stops working before the new one is handed out.
+                self.call(existing.id, RotateToken { token }).await?;
+                Ok((existing, true))
+            }
+            CreateOutcome::Conflict => Err(SessionError::IdempotencyConflict),
+        }
+    }
+
+    /// Sends `cmd` to the session's actor, or answers it from the store if the session
+    /// ended. A command whose actor died or restarted is re-sent to its replacement.
+    pub async fn call<C: SessionCommand>(
+        &self,
+        id: SessionId,
+        cmd: C,
+    ) -> Result<C::Output, SessionError>
+    where
+        SessionActor: actix::Handler<C>,
+        C::Result: Send,
+    {
+        let mut last = SessionError::Unavailable("the session is restarting; try again");
+        for _ in 0..MAX_ATTEMPTS {
+            match self.lookup(id).await? {
+                None => return Err(SessionError::NotFound),
+                Some(Lookup::Ended(record)) => {
+                    return cmd.on_ended(&record, self.inner.clock.now())
+                }
+                Some(Lookup::Live(addr)) => match addr.send(cmd.clone()).await {
+                    Ok(Err(SessionError::Restarted)) => {
+                        last = SessionError::Unavailable("the session is restarting; try again");
+                    }
+                    Ok(res) => return res,
+                    Err(MailboxError::Closed) | Err(MailboxError::Timeout) => {
+                        // Stopped (ended, or killed by a panic): drop the dead address and
+                        // look again; the store says whether it is live or ended.
+                        self.forget(id, &addr);
+                    }
+                },
+            }
+        }
+        Err(last)
+    }
+
+    /// Reads a session for `caller`. A session token that is not this session's is
+    /// `403` if it belongs to another session, `401` if to none.
+    pub async fn inspect(
+        &self,
+        id: SessionId,
+        caller: Caller,
+    ) -> Result<SessionRecord, SessionError> {
+        let token = match &caller {
+            Caller::Client { token } => Some(*token),
+            _ => None,
+        };
+        match self.call(id, Inspect { caller }).await {
+            Err(SessionError::Unauthorized) => match token {
+                Some(t) if self.inner.store.token_in_use(t).await? => Err(SessionError::Forbidden(
+                    "this token belongs to another session",
+                )),
+                _ => Err(SessionError::Unauthorized),
+            },
+            other => other,
+        }
+    }
+
+    /// The decision of a session owned by `owner`: `409` until it is terminal.
+    pub async fn decision(&self, id: SessionId, owner: &str) -> Result<Decision, SessionError> {
+        let decision = self
+            .inner
+            .store
+            .load_decision(id)
+            .await?
+            .ok_or(SessionError::NotFound)?;
+        crate::commands::authorize(
+            &decision.session,
+            &Caller::Backend {
+                owner: owner.to_owned(),
+            },
+        )?;
+        if !decision.session.status.is_terminal() {
+            return Err(SessionError::InvalidState(decision.session.status));
+        }
+        Ok(decision)
+    }
+
+    /// Asks every live session to re-check its expiry now (after the clock moved).
+    pub fn tick_all(&self) {
+        for entry in self.inner.live.iter() {
+            entry.value().do_send(Tick);
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The session actor: one per live session, owning its state, seq and expiry timer.
+//!
+//! Every transition goes validate → commit → apply → answer, inside an
+//! [`AtomicResponse`] (or `ctx.wait` for the timer), so the mailbox is held while
+//! the commit is in flight: one session's transitions are strictly serialized,
+//! while different sessions commit concurrently (and share the store's group
+//! commit).
+//!
+//! Supervision: the actor runs under [`Supervisor`](actix::Supervisor). If it
+//! stops unexpectedly (a contained panic, a stale write) it is restarted in place:
+//! the same `Addr` keeps working and [`Supervised::restarting`] drops the
+//! in-memory state, which `started` reloads from the store before any queued
+//! message is handled.
+
+use std::collections::BTreeSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::fut::ready;
+use actix::prelude::*;
+
+use crate::commands::{
+    authorize, Cancel, Decide, InjectFault, Inspect, Plan, Retrieve, RotateToken, Tick,
+};
+use crate::error::SessionError;
+use crate::ids::SessionId;
+use crate::model::{SessionRecord, SessionRequest};
+use crate::registry::Registry;
+use crate::status::{next, Event, Outcome};
+use crate::store::{StoreError, TransitionWrite};
+
+/// Longest single timer; a longer wait re-arms, so a moved clock is noticed.
+const MAX_TIMER: Duration = Duration::from_secs(60);
+
+/// How long to wait before retrying an expiry the store refused.
+const EXPIRY_RETRY: Duration = Duration::from_secs(1);
+
+/// The reply type of the transition handlers.
+type Reply = AtomicResponse<SessionActor, Result<SessionRecord, SessionError>>;
+
+/// One live verification session.
+pub struct SessionActor {
+    id: SessionId,
+    /// The session as committed; `None` while it is (re)loaded from the store.
+    state: Option<SessionRecord>,
+    /// Set once the session is terminal. Survives restarts, so an ended actor that a
+    /// lingering `Addr` restarts answers from its final state instead of reloading.
+    ended: bool,
+    registry: Registry,
+    /// The pending expiry timer.
+    expiry: Option<SpawnHandle>,
+}
+
+impl SessionActor {
+    /// An actor for a session whose record is at hand (just created or loaded).
+    pub(crate) fn new(record: SessionRecord, registry: Registry) -> Self {
+        Self {
+            id: record.id,
+            state: Some(record),
+            ended: false,
+            registry,
+            expiry: None,
+        }
+    }
+
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.registry.clock().now()
+    }
+
+    fn record(&self) -> Result<&SessionRecord, SessionError> {
+        self.state.as_ref().ok_or(SessionError::Unavailable(
+            "the session could not be loaded; try again",
+        ))
+    }
+
+    /// Runs `f`, turning a panic into a restart of this actor (state reloaded from the
+    /// store) and [`SessionError::Restarted`], which the registry retries.
+    fn contain<R>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        f: impl FnOnce(&mut Self, &mut Context<Self>) -> Result<R, SessionError>,
+    ) -> Result<R, SessionError> {
+        match catch_unwind(AssertUnwindSafe(|| f(self, ctx))) {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::error!(session = %self.id, "session actor panicked; restarting it from the store");
+                ctx.stop();
+                Err(SessionError::Restarted)
+            }
+        }
+    }
+
+    /// Reads the session from the store, holding the mailbox until it is in.
+    fn load(&mut self, ctx: &mut Context<Self>) {
+        let store = self.registry.store().clone();
+        let id = self.id;
+        ctx.wait(
+            async move { store.load_session(id).await }
+                .into_actor(self)
+                .map(move |res, act, ctx| match res {
+                    Ok(Some(record)) => {
+                        let terminal = record.status.is_terminal();
+                        act.state = Some(record);
+                        if terminal {
+                            act.finish(ctx);
+                        } else {
+                            act.arm_expiry(ctx);
+                        }
+                    }
+                    Ok(None) => {
+                        act.ended = true;
+                        act.registry.forget(id, &ctx.address());
+                        ctx.stop();
+                    }
+                    Err(e) => {
+                        tracing::error!(session = %id, error = %e, "cannot load session; retrying");
+                        ctx.run_later(EXPIRY_RETRY, |act, ctx| act.load(ctx));
+                    }
+                }),
+        );
+    }
+
+    fn arm_expiry(&mut self, ctx: &mut Context<Self>) {
+        if let Some(h) = self.expiry.take() {
+            ctx.cancel_future(h);
+        }
+        let Some(s) = &self.state else { return };
+        let left = (s.expires_at - self.now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        self.expiry = Some(ctx.run_later(left.min(MAX_TIMER), |act, ctx| {
+            act.expiry = None;
+            act.check_expiry(ctx);
+        }));
+    }
+
+    /// Expires the session if `expires_at` has passed, else re-arms the timer.
+    fn check_expiry(&mut self, ctx: &mut Context<Self>) {
+        let now = self.now();
+        let Some(s) = &self.state else { return };
+        if s.status.is_terminal() {
+            return;
+        }
+        if now < s.expires_at {
+            self.arm_expiry(ctx);
+            return;
+        }
+        let Ok(Outcome::Move(status)) = next(s.status, None, Event::Expire) else {
+            return;
+        };
+        let write = TransitionWrite {
+            id: s.id,
+            from_seq: s.seq,
+            status,
+            at: now,
+            bind: None,
+            consent: None,
+            shared_data: None,
+        };
+        let store = self.registry.store().clone();
+        // `wait`, not `spawn`: nothing else may touch the session while it expires.
+        ctx.wait(
+            async move {
+                let res = store.commit_transition(write.clone()).await;
+                (write, res)
+            }
+            .into_actor(self)
+            .map(|(write, res), act, ctx| match res {
+                Ok(()) => act.apply(&write, ctx),
+                Err(StoreError::Stale) => act.reload(ctx),
+                Err(e) => {
+                    tracing::error!(session = %act.id, error = %e, "cannot commit expiry; retrying");
+                    act.expiry = Some(ctx.run_later(EXPIRY_RETRY, |act, ctx| act.check_expiry(ctx)));
+                }
+            }),
+        );
+    }
+
+    /// Commits a planned transition and answers once it is applied; the mailbox is
+    /// held meanwhile.
+    fn execute(&mut self, plan: Result<Plan, SessionError>) -> Reply {
+        match plan {
+            Err(e) => AtomicResponse::new(Box::pin(ready(Err(e)))),
+            Ok(Plan::Stay) => AtomicResponse::new(Box::pin(ready(self.record().cloned()))),
+            Ok(Plan::Move(write)) => {
+                let store = self.registry.store().clone();
+                AtomicResponse::new(Box::pin(
+                    async move {
+                        let res = store.commit_transition(write.clone()).await;
+                        (write, res)
+                    }
+                    .into_actor(self)
+                    .map(|(write, res), act, ctx| match res {
+                        Ok(()) => {
+                            act.apply(&write, ctx);
+                            act.record().cloned()
+                        }
+                        Err(StoreError::Stale) => {
+                            act.reload(ctx);
+                            Err(SessionError::Restarted)
+                        }
+                        Err(e) => Err(e.into()),
+                    }),
+                ))
+            }
+        }
+    }
+
+    /// The in-memory state went out of step with the store: restart and reload.
+    fn reload(&mut self, ctx: &mut Context<Self>) {
+        tracing::warn!(session = %self.id, "session changed underneath its actor; reloading");
+        ctx.stop();
+    }
+
+    /// Applies a committed transition to the in-memory state.
+    fn apply(&mut self, write: &TransitionWrite, ctx: &mut Context<Self>) {
+        let Some(s) = self.state.as_mut() else { return };
+        s.status = write.status;
+        s.seq = write.from_seq.next();
+        s.updated_at = write.at;
+        if write.status.is_terminal() {
+            s.decided_at = Some(write.at);
+        }
+        if let Some(device) = &write.bind {
+            s.user_id = Some(device.clone());
+        }
+        if let Some(consent) = &write.consent {
+            s.consent = Some(consent.clone());
+        }
+        if write.purges() && s.request.registration.is_some() {
+            s.request = Arc::new(SessionRequest {
+                registration: None,
+                ..(*s.request).clone()
+            });
+        }
+        if write.status.is_terminal() {
+            self.finish(ctx);
+        }
+    }
+
+    /// The session is terminal: leave the registry and stop. Reads are served from the
+    /// store from now on.
+    fn finish(&mut self, ctx: &mut Context<Self>) {
+        self.ended = true;
+        if let Some(h) = self.expiry.take() {
+            ctx.cancel_future(h);
+        }
+        self.registry.forget(self.id, &ctx.address());
+        ctx.stop();
+    }
+
+    fn uploaded_kinds(&self) -> BTreeSet<String> {
+        BTreeSet::new()
+    }
+}
+
+impl Actor for SessionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if self.ended {
+            return;
+        }
+        if self.state.is_none() {
+            self.load(ctx);
+        } else {
+            self.arm_expiry(ctx);
+        }
+    }
+}
+
+impl Supervised for SessionActor {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        // Timers and futures were dropped with the old context. Unless the session
+        // ended, forget what was in memory: `started` reloads it from the store.
+        self.expiry = None;
+        if !self.ended {
+            self.state = None;
+        }
+    }
+}
+
+impl Handler<Inspect> for SessionActor {
+    type Result = Result<SessionRecord, SessionError>;
+
+    fn handle(&mut self, msg: Inspect, ctx: &mut Context<Self>) -> Self::Result {
+        self.contain(ctx, |act, _| {
+            let s = act.record()?;
+            authorize(s, &msg.caller)?;
+            Ok(s.clone())
+        })
+    }
+}
+
+impl Handler<Retrieve> for SessionActor {
+    type Result = Reply;
+
+    fn handle(&mut self, msg: Retrieve, ctx: &mut Context<Self>) -> Reply {
+        let now = self.now();
+        let plan = self.contain(ctx, |act, _| msg.plan(act.record()?, now));
+        self.execute(plan)
+    }
+}
+
+impl Handler<Decide> for SessionActor {
+    type Result = Reply;
+
+    fn handle(&mut self, msg: Decide, ctx: &mut Context<Self>) -> Reply {
+        let now = self.now();
+        let plan = self.contain(ctx, |act, _| {
+            msg.plan(act.record()?, &act.uploaded_kinds(), now)
+        });
+        self.execute(plan)
+    }
+}
+
+impl Handler<Cancel> for SessionActor {
+    type Result = Reply;
+
+    fn handle(&mut self, msg: Cancel, ctx: &mut Context<Self>) -> Reply {
+        let now = self.now();
+        let plan = self.contain(ctx, |act, _| msg.plan(act.record()?, now));
+        self.execute(plan)
+    }
+}
+
+impl Handler<RotateToken> for SessionActor {
+    type Result = Result<(), SessionError>;
+
+    fn handle(&mut self, msg: RotateToken, _: &mut Context<Self>) -> Self::Result {
+        if let Some(s) = self.state.as_mut() {
+            s.token_hash = msg.token;
+        }
+        Ok(())
+    }
+}
+
+impl Handler<Tick> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) {
+        self.check_expiry(ctx);
+    }
+}
+
+impl Handler<InjectFault> for SessionActor {
+    type Result = Result<(), SessionError>;
+
+    fn handle(&mut self, msg: InjectFault, ctx: &mut Context<Self>) -> Self::Result {
+        if !msg.contained {
+            // Outside the containment: this kills the actor for good, as a bug would.
+            panic!("injected fault (uncontained) in session {}", self.id);
+        }
+        let id = self.id;
+        match self.contain(ctx, |_, _| -> Result<(), SessionError> {
+            panic!("injected fault (contained) in session {id}")
+        }) {
+            Err(SessionError::Restarted) | Ok(()) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The session state machine of SPEC §2, as one pure function.
+//!
+//! The session actor asks [`next`] what an event does and only then commits it;
+//! nothing else in the broker decides a transition.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::UserId;
+
+/// The status of a verification session; the wire names are the snake_case ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Created by the backend, not yet opened by a device.
+    Initialized,
+    /// Opened by a device, which is now bound to it.
+    Retrieved,
+    /// The person approved and consented.
+    Confirmed,
+    /// The person denied.
+    Declined,
+    /// `expires_at` passed before a decision.
+    Expired,
+    /// The backend cancelled it.
+    Cancelled,
+}
+
+impl Status {
+    /// Every status, in the order of SPEC §2.
+    pub const ALL: [Status; 6] = [
+        Status::Initialized,
+        Status::Retrieved,
+        Status::Confirmed,
+        Status::Declined,
+        Status::Expired,
+        Status::Cancelled,
+    ];
+
+    /// Nothing leaves a terminal status.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Status::Initialized | Status::Retrieved)
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Initialized => "initialized",
+            Status::Retrieved => "retrieved",
+            Status::Confirmed => "confirmed",
+            Status::Declined => "declined",
+            Status::Expired => "expired",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown status {s:?}"))
+    }
+}
+
+/// Something that may move a session.
+#[derive(Clone, Copy, Debug)]
+pub enum Event<'a> {
+    /// A device calls `information`.
+    Retrieve {
+        /// The calling device's `sub`.
+        device: &'a UserId,
+    },
+    /// The bound device approves.
+    Approve {
+        /// The calling device's `sub`.
+        device: &'a UserId,
+    },
+    /// The bound device denies.
+    Deny {
+        /// The calling device's `sub`.
+        device: &'a UserId,
+    },
+    /// `expires_at` has passed.
+    Expire,
+    /// The backend deletes the session.
+    Cancel,
+}
+
+/// What an allowed event does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A transition to this status (seq grows by one).
+    Move(Status),
+    /// Allowed, but nothing changes (a repeated `information` from the bound device).
+    Stay,
+}
+
+/// Why an event is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The session is bound to another device (`403`).
+    #[error("the session is bound to another device")]
+    WrongDevice,
+    /// The event is not allowed in the current status (`409 invalid_state`).
+    #[error("not allowed while the session is {0}")]
+    InvalidState(Status),
+}
+
+/// The transition rule of SPEC §2: what `event` does to a session in `status`
+/// whose bound device is `bound`.
+///
+/// The device check comes before the state check, so that a foreign device
+/// learns nothing about a session it may not touch.
+pub fn next(status: Status, bound: Option<&UserId>, event: Event<'_>) -> Result<Outcome, Refusal> {
+    use Status::*;
+    let device = match event {
+        Event::Retrieve { device } | Event::Approve { device } | Event::Deny { device } => {
+            Some(device)
+        }
+        Event::Expire | Event::Cancel => None,
+    };
+    if let (Some(device), Some(bound)) = (device, bound) {
+        if device != bound {
+            return Err(Refusal::WrongDevice);
+        }
+    }
+    match (status, event) {
+        (Initialized, Event::Retrieve { .. }) => Ok(Outcome::Move(Retrieved)),
+        (Retrieved, Event::Retrieve { .. }) => Ok(Outcome::Stay),
+        (Retrieved, Event::Approve { .. }) => Ok(Outcome::Move(Confirmed)),
+        (Retrieved, Event::Deny { .. }) => Ok(Outcome::Move(Declined)),
+        (Initialized | Retrieved, Event::Expire) => Ok(Outcome::Move(Expired)),
+        (Initialized | Retrieved, Event::Cancel) => Ok(Outcome::Move(Cancelled)),
+        (status, _) => Err(Refusal::InvalidState(status)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(device: &UserId) -> [(&'static str, Event<'_>); 5] {
+        [
+            ("retrieve", Event::Retrieve { device }),
+            ("approve", Event::Approve { device }),
+            ("deny", Event::Deny { device }),
+            ("expire", Event::Expire),
+            ("cancel", Event::Cancel),
+        ]
+    }
+
+    /// The whole table of SPEC §2 for the bound device (or an unbound session).
+    fn expected(status: Status, event: &str) -> Result<Outcome, Refusal> {
+        use Status::*;
+        match (status, event) {
+            (Initialized, "retrieve") => Ok(Outcome::Move(Retrieved)),
+            (Retrieved, "retrieve") => Ok(Outcome::Stay),
+            (Retrieved, "approve") => Ok(Outcome::Move(Confirmed)),
+            (Retrieved, "deny") => Ok(Outcome::Move(Declined)),
+            (Initialized | Retrieved, "expire") => Ok(Outcome::Move(Expired)),
+            (Initialized | Retrieved, "cancel") => Ok(Outcome::Move(Cancelled)),
+            (s, _) => Err(Refusal::InvalidState(s)),
+        }
+    }
+
+    #[test]
+    fn every_status_and_event_pair_follows_the_spec() {
+        let me = UserId::parse("me").unwrap();
+        for status in Status::ALL {
+            for bound in [None, Some(&me)] {
+                for (name, event) in events(&me) {
+                    assert_eq!(
+                        next(status, bound, event),
+                        expected(status, name),
+                        "{status} {name} bound={bound:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn another_device_is_refused_in_every_status_but_system_events_are_not() {
+        let me = UserId::parse("me").unwrap();
+        let other = UserId::parse("other").unwrap();
+        for status in Status::ALL {
+            for (name, event) in events(&other) {
+                let got = next(status, Some(&me), event);
+                match name {
+                    "expire" | "cancel" => assert_eq!(got, expected(status, name)),
+                    _ => assert_eq!(got, Err(Refusal::WrongDevice), "{status} {name}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_leaves_a_terminal_status() {
+        let me = UserId::parse("me").unwrap();
+        for status in Status::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for (_, event) in events(&me) {
+                assert_eq!(
+                    next(status, Some(&me), event),
+                    Err(Refusal::InvalidState(status))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn wire_names_round_trip() {
+        for status in Status::ALL {
+            assert_eq!(status.as_str().parse::<Status>(), Ok(status));
+            assert_eq!(
+                serde_json::to_string(&status).unwrap(),
+                format!("\"{status}\"")
+            );
+        }
+        assert!("CONFIRMED".parse::<Status>().is_err());
+    }
+}

@@ -1,0 +1,225 @@
+//! The SQLite store: one group-committing writer thread, a pool of reader threads.
+//!
+//! Layout:
+//! - [`writer`]: the writer thread and its group commit.
+//! - [`readers`]: the reader threads.
+//! - [`schema`]: the migrations runner over `migrations/*.sql`.
+//! - [`sessions`]: the SQL for sessions, their events, idempotency keys and users.
+//!
+//! The rest of the broker sees only [`Store`]'s async methods, which are the
+//! whole interface a second backend (Postgres) would have to provide.
+
+mod readers;
+mod schema;
+mod sessions;
+pub(crate) mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Sender;
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+
+pub use sessions::{CreateOutcome, IdempotencyClaim, NewSession, TransitionWrite};
+
+use writer::{Effects, FnJob, Job};
+
+/// Why the store could not do what was asked.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused (disk, corruption, a broken schema…).
+    #[error("sqlite: {0}")]
+    Sqlite(Arc<rusqlite::Error>),
+    /// A transition was written against a seq that is no longer current: another
+    /// writer moved the session first.
+    #[error("the session changed underneath this write")]
+    Stale,
+    /// The store is shutting down.
+    #[error("the store is closed")]
+    Closed,
+    /// The database's schema is not one this broker can use.
+    #[error("schema: {0}")]
+    Schema(String),
+    /// A row held something this broker cannot read.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(Arc::new(e))
+    }
+}
+
+/// Tuning of the store.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The database file; its folder is created.
+    pub path: PathBuf,
+    /// How many reader threads (each with its own connection).
+    pub readers: usize,
+}
+
+impl StoreConfig {
+    /// A store at `path` with the default number of readers.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            readers: 2,
+        }
+    }
+}
+
+/// A handle to the store; cheap to clone, shared by every actor and handler.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Jobs for the writer thread; `None` once closed. A `Mutex` only so that
+    /// `close` can drop it; senders are cloned out, never held across a send.
+    writer: Mutex<Option<Sender<Box<dyn Job>>>>,
+    readers: Mutex<Option<Sender<readers::ReadJob>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    path: PathBuf,
+}
+
+/// Opens a connection with the pragmas every connection of the broker uses.
+fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // secure_delete: freed pages and cells are zeroed, so deleted personal data
+    // does not linger in the database file (SPEC §2).
+    conn.execute_batch("PRAGMA secure_delete = ON; PRAGMA foreign_keys = ON;")?;
+    if !read_only {
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Schema(format!(
+                "could not enable WAL (got {mode})"
+            )));
+        }
+        conn.execute_batch("PRAGMA synchronous = FULL;")?;
+    }
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (creating if needed) the database, applies migrations and starts the threads.
+    pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Schema(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let mut conn = open_connection(&config.path, false)?;
+        schema::migrate(&mut conn)?;
+
+        let (wtx, wrx) = crossbeam_channel::unbounded::<Box<dyn Job>>();
+        let mut threads = Vec::new();
+        threads.push(
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || writer::run(conn, wrx))
+                .map_err(|e| StoreError::Schema(format!("cannot start the writer: {e}")))?,
+        );
+        let (rtx, rrx) = crossbeam_channel::unbounded::<readers::ReadJob>();
+        for i in 0..config.readers.max(1) {
+            let conn = open_connection(&config.path, true)?;
+            let rrx = rrx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("store-reader-{i}"))
+                    .spawn(move || readers::run(conn, rrx))
+                    .map_err(|e| StoreError::Schema(format!("cannot start a reader: {e}")))?,
+            );
+        }
+        Ok(Store {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(Some(wtx)),
+                readers: Mutex::new(Some(rtx)),
+                threads: Mutex::new(threads),
+                path: config.path.clone(),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` in the next group-committed transaction and answers once it is durable.
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut Effects) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let sender = self
+            .inner
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .clone();
+        let sender = sender.ok_or(StoreError::Closed)?;
+        sender
+            .send(Box::new(FnJob::new(f, tx)))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a reader connection.
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let sender = self
+            .inner
+            .readers
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .clone();
+        let sender = sender.ok_or(StoreError::Closed)?;
+        sender
+            .send(Box::new(move |conn: &Connection| {
+                let _ = tx.send(f(conn));
+            }))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Whether the database answers a query (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|c| Ok(c.query_row("SELECT count(*) FROM schema_migrations", [], |_| Ok(()))?))
+            .await
+    }
+
+    /// Stops taking work, lets the writer commit what is queued, checkpoints the WAL
+    /// into the database file and joins the threads. Blocking: call it off the runtime.
+    pub fn close(&self) {
+        if let Ok(mut w) = self.inner.writer.lock() {
+            w.take();
+        }
+        if let Ok(mut r) = self.inner.readers.lock() {
+            r.take();
+        }
+        let threads = match self.inner.threads.lock() {
+            Ok(mut t) => std::mem::take(&mut *t),
+            Err(_) => Vec::new(),
+        };
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}

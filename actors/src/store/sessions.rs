@@ -1,0 +1,465 @@
+//! SQL for sessions, their events, idempotency keys and users.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde_json::value::RawValue;
+
+use super::writer::Effects;
+use super::{Store, StoreError};
+use crate::ids::{Seq, SessionId, TokenHash, UserId};
+use crate::model::{
+    Consent, Decision, SessionEvent, SessionRecord, SessionRequest, UserRecord, UserStatus,
+};
+use crate::status::Status;
+
+/// How long an idempotency key holds its session (SPEC §3).
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::hours(24);
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn time(ms: i64) -> Result<DateTime<Utc>, StoreError> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .ok_or_else(|| StoreError::Corrupt(format!("time {ms} out of range")))
+}
+
+fn opt_time(ms: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    ms.map(time).transpose()
+}
+
+/// A session to insert.
+#[derive(Debug)]
+pub struct NewSession {
+    /// The row as it starts: `initialized`, seq 1.
+    pub record: SessionRecord,
+}
+
+/// An `Idempotency-Key` presented with a create.
+#[derive(Clone, Debug)]
+pub struct IdempotencyClaim {
+    /// The key as sent.
+    pub key: String,
+    /// SHA-256 of the canonical request body.
+    pub request_hash: [u8; 32],
+}
+
+/// What a create did.
+#[derive(Debug)]
+pub enum CreateOutcome {
+    /// A new session was inserted.
+    Created,
+    /// The key was seen with the same body: that session, with its token replaced by
+    /// the new one.
+    Replayed(SessionRecord),
+    /// The key was seen with another body.
+    Conflict,
+}
+
+/// One committed transition.
+#[derive(Clone, Debug)]
+pub struct TransitionWrite {
+    /// The session.
+    pub id: SessionId,
+    /// The seq the writer believes is current; the write fails as stale otherwise.
+    pub from_seq: Seq,
+    /// The new status.
+    pub status: Status,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// Binds the device (on `retrieved`).
+    pub bind: Option<UserId>,
+    /// The person's decision (on approve and deny).
+    pub consent: Option<Consent>,
+    /// The values shared on approve.
+    pub shared_data: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl TransitionWrite {
+    /// Whether this transition ends the session without consent, so its personal data goes.
+    pub fn purges(&self) -> bool {
+        self.status.is_terminal() && self.status != Status::Confirmed
+    }
+}
+
+const SESSION_COLUMNS: &str = "id, owner, token_hash, status, seq, scopes, vendor_data, \
+     external_reference_id, registration, redirect_url, callback_url, created_at, updated_at, \
+     expires_at, decided_at, user_id, is_consented, consented_at";
+
+fn session_from_row(row: &Row<'_>) -> Result<SessionRecord, StoreError> {
+    let id: String = row.get(0)?;
+    let token: Vec<u8> = row.get(2)?;
+    let status: String = row.get(3)?;
+    let seq: i64 = row.get(4)?;
+    let scopes: String = row.get(5)?;
+    let registration: Option<String> = row.get(8)?;
+    let user_id: Option<String> = row.get(15)?;
+    let is_consented: Option<bool> = row.get(16)?;
+    let consented_at: Option<i64> = row.get(17)?;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("session {id}: {what}"));
+    Ok(SessionRecord {
+        id: SessionId::parse(&id).ok_or_else(|| corrupt("id"))?,
+        owner: row.get(1)?,
+        token_hash: TokenHash::from_slice(&token).ok_or_else(|| corrupt("token hash"))?,
+        status: status.parse().map_err(|_| corrupt("status"))?,
+        seq: Seq(u64::try_from(seq).map_err(|_| corrupt("seq"))?),
+        request: std::sync::Arc::new(SessionRequest {
+            scopes: serde_json::from_str(&scopes).map_err(|_| corrupt("scopes"))?,
+            vendor_data: row.get(6)?,
+            external_reference_id: row.get(7)?,
+            registration: registration
+                .map(RawValue::from_string)
+                .transpose()
+                .map_err(|_| corrupt("registration"))?,
+            redirect_url: row.get(9)?,
+            callback_url: row.get(10)?,
+        }),
+        created_at: time(row.get(11)?)?,
+        updated_at: time(row.get(12)?)?,
+        expires_at: time(row.get(13)?)?,
+        decided_at: opt_time(row.get(14)?)?,
+        user_id: user_id
+            .map(|u| UserId::parse(&u).ok_or_else(|| corrupt("user id")))
+            .transpose()?,
+        consent: match (is_consented, consented_at) {
+            (Some(is_consented), Some(at)) => Some(Consent {
+                is_consented,
+                consented_at: time(at)?,
+            }),
+            _ => None,
+        },
+    })
+}
+
+pub(crate) fn load_session(
+    conn: &Connection,
+    id: SessionId,
+) -> Result<Option<SessionRecord>, StoreError> {
+    let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query([id.to_string()])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(session_from_row(row)?)),
+        None => Ok(None),
+    }
+}
+
+fn insert_session(conn: &Connection, s: &SessionRecord) -> Result<(), StoreError> {
+    let scopes = serde_json::to_string(&s.request.scopes)
+        .map_err(|e| StoreError::Corrupt(format!("scopes: {e}")))?;
+    conn.prepare_cached(
+        "INSERT INTO sessions (id, owner, token_hash, status, seq, scopes, vendor_data, \
+         external_reference_id, registration, redirect_url, callback_url, created_at, \
+         updated_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?
+    .execute(params![
+        s.id.to_string(),
+        s.owner,
+        &s.token_hash.0[..],
+        s.status.as_str(),
+        s.seq.0 as i64,
+        scopes,
+        s.request.vendor_data,
+        s.request.external_reference_id,
+        s.request.registration.as_ref().map(|r| r.get()),
+        s.request.redirect_url,
+        s.request.callback_url,
+        ms(s.created_at),
+        ms(s.updated_at),
+        ms(s.expires_at),
+    ])?;
+    conn.prepare_cached(
+        "INSERT INTO session_events (session_id, seq, status, at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        s.id.to_string(),
+        s.seq.0 as i64,
+        s.status.as_str(),
+        ms(s.created_at)
+    ])?;
+    Ok(())
+}
+
+/// Applies one transition: the session row, its event, the user it binds, and the purge.
+pub(crate) fn apply_transition(
+    conn: &Connection,
+    t: &TransitionWrite,
+    fx: &mut Effects,
+) -> Result<(), StoreError> {
+    let seq = t.from_seq.next();
+    let shared = t
+        .shared_data
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("shared data: {e}")))?;
+    let purge = t.purges();
+    let changed = conn
+        .prepare_cached(
+            "UPDATE sessions SET status = ?1, seq = ?2, updated_at = ?3, \
+               decided_at = CASE WHEN ?4 THEN ?3 ELSE decided_at END, \
+               user_id = COALESCE(?5, user_id), \
+               is_consented = COALESCE(?6, is_consented), \
+               consented_at = COALESCE(?7, consented_at), \
+               shared_data = CASE WHEN ?8 THEN NULL ELSE COALESCE(?9, shared_data) END, \
+               registration = CASE WHEN ?8 THEN NULL ELSE registration END \
+             WHERE id = ?10 AND seq = ?11",
+        )?
+        .execute(params![
+            t.status.as_str(),
+            seq.0 as i64,
+            ms(t.at),
+            t.status.is_terminal(),
+            t.bind.as_ref().map(UserId::as_str),
+            t.consent.as_ref().map(|c| c.is_consented),
+            t.consent.as_ref().map(|c| ms(c.consented_at)),
+            purge,
+            shared,
+            t.id.to_string(),
+            t.from_seq.0 as i64,
+        ])?;
+    if changed != 1 {
+        return Err(StoreError::Stale);
+    }
+    conn.prepare_cached(
+        "INSERT INTO session_events (session_id, seq, status, at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        t.id.to_string(),
+        seq.0 as i64,
+        t.status.as_str(),
+        ms(t.at)
+    ])?;
+    if t.status == Status::Confirmed {
+        conn.prepare_cached(
+            "INSERT INTO users (owner, user_id, status, updated_at) \
+             SELECT owner, user_id, 'PENDING', ?2 FROM sessions WHERE id = ?1 AND user_id IS NOT NULL \
+             ON CONFLICT (owner, user_id) DO NOTHING",
+        )?
+        .execute(params![t.id.to_string(), ms(t.at)])?;
+    }
+    if purge {
+        fx.scrub = true;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Inserts a new session, honouring an idempotency key: a replay of the same body
+    /// within 24 h gets the existing session with `new.record.token_hash` as its token.
+    pub async fn create_session(
+        &self,
+        new: NewSession,
+        claim: Option<IdempotencyClaim>,
+    ) -> Result<CreateOutcome, StoreError> {
+        self.write(move |conn, _fx| {
+            let s = &new.record;
+            if let Some(claim) = &claim {
+                let seen: Option<(Vec<u8>, String, i64)> = conn
+                    .prepare_cached(
+                        "SELECT request_hash, session_id, created_at FROM idempotency_keys \
+                         WHERE owner = ?1 AND key = ?2",
+                    )?
+                    .query_row(params![s.owner, claim.key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?;
+                if let Some((hash, session_id, at)) = seen {
+                    if time(at)? + IDEMPOTENCY_WINDOW > s.created_at {
+                        if hash != claim.request_hash {
+                            return Ok(CreateOutcome::Conflict);
+                        }
+                        let id = SessionId::parse(&session_id)
+                            .ok_or_else(|| StoreError::Corrupt("idempotency session id".into()))?;
+                        conn.prepare_cached("UPDATE sessions SET token_hash = ?1 WHERE id = ?2")?
+                            .execute(params![&s.token_hash.0[..], session_id])?;
+                        return load_session(conn, id)?
+                            .map(CreateOutcome::Replayed)
+                            .ok_or_else(|| StoreError::Corrupt("idempotency key without session".into()));
+                    }
+                }
+                conn.prepare_cached(
+                    "INSERT INTO idempotency_keys (owner, key, request_hash, session_id, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (owner, key) DO UPDATE SET \
+                     request_hash = excluded.request_hash, session_id = excluded.session_id, \
+                     created_at = excluded.created_at",
+                )?
+                .execute(params![s.owner, claim.key, &claim.request_hash[..], s.id.to_string(), ms(s.created_at)])?;
+            }
+            insert_session(conn, s)?;
+            Ok(CreateOutcome::Created)
+        })
+        .await
+    }
+
+    /// Commits a transition; `Stale` if the session's seq is no longer `from_seq`.
+    pub async fn commit_transition(&self, t: TransitionWrite) -> Result<(), StoreError> {
+        self.write(move |conn, fx| apply_transition(conn, &t, fx))
+            .await
+    }
+
+    /// Expires every live session whose `expires_at` is at or before `now`, in one
+    /// transaction; returns how many. Run at start, before the broker listens.
+    pub async fn expire_overdue(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        self.write(move |conn, fx| {
+            let overdue: Vec<(String, i64)> = conn
+                .prepare(
+                    "SELECT id, seq FROM sessions WHERE status IN ('initialized', 'retrieved') \
+                     AND expires_at <= ?1",
+                )?
+                .query_map([ms(now)], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            for (id, seq) in &overdue {
+                let t = TransitionWrite {
+                    id: SessionId::parse(id)
+                        .ok_or_else(|| StoreError::Corrupt("session id".into()))?,
+                    from_seq: Seq(*seq as u64),
+                    status: Status::Expired,
+                    at: now,
+                    bind: None,
+                    consent: None,
+                    shared_data: None,
+                };
+                apply_transition(conn, &t, fx)?;
+            }
+            Ok(overdue.len())
+        })
+        .await
+    }
+
+    /// One session, whatever its status.
+    pub async fn load_session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        self.read(move |conn| load_session(conn, id)).await
+    }
+
+    /// Every session that is not terminal.
+    pub async fn load_live_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        self.read(|conn| {
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE status IN ('initialized', 'retrieved')"
+            );
+            let mut stmt = conn.prepare(&sql)?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(session_from_row(row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The session with its shared data and files, for the decision.
+    pub async fn load_decision(&self, id: SessionId) -> Result<Option<Decision>, StoreError> {
+        self.read(move |conn| {
+            let Some(session) = load_session(conn, id)? else {
+                return Ok(None);
+            };
+            let (shared, purged_at): (Option<String>, Option<i64>) = conn
+                .prepare_cached("SELECT shared_data, purged_at FROM sessions WHERE id = ?1")?
+                .query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let shared_data = shared
+                .map(|s| serde_json::from_str(&s))
+                .transpose()
+                .map_err(|_| StoreError::Corrupt("shared data".into()))?;
+            Ok(Some(Decision {
+                session,
+                shared_data,
+                files: Vec::new(),
+                purged_at: opt_time(purged_at)?,
+            }))
+        })
+        .await
+    }
+
+    /// The transitions of a session with `seq > after`, in order.
+    pub async fn events_after(
+        &self,
+        id: SessionId,
+        after: Seq,
+    ) -> Result<Vec<SessionEvent>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, status, at FROM session_events WHERE session_id = ?1 AND seq > ?2 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map(params![id.to_string(), after.0 as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, status, at) = row?;
+                out.push(SessionEvent {
+                    seq: Seq(seq as u64),
+                    status: status.parse().map_err(StoreError::Corrupt)?,
+                    at: time(at)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Whether any session has this token (to tell a foreign token, `403`, from a bad one, `401`).
+    pub async fn token_in_use(&self, hash: TokenHash) -> Result<bool, StoreError> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT 1 FROM sessions WHERE token_hash = ?1 LIMIT 1")?
+                .query_row([&hash.0[..]], |_| Ok(()))
+                .optional()?
+                .is_some())
+        })
+        .await
+    }
+
+    /// A user as this API key knows it.
+    pub async fn user(
+        &self,
+        owner: String,
+        user_id: UserId,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        self.read(move |conn| read_user(conn, &owner, &user_id))
+            .await
+    }
+
+    /// Sets a user's status for this API key.
+    pub async fn set_user_status(
+        &self,
+        owner: String,
+        user_id: UserId,
+        status: UserStatus,
+        at: DateTime<Utc>,
+    ) -> Result<UserRecord, StoreError> {
+        self.write(move |conn, _| {
+            conn.prepare_cached(
+                "INSERT INTO users (owner, user_id, status, updated_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (owner, user_id) DO UPDATE SET status = excluded.status, \
+                 updated_at = excluded.updated_at",
+            )?
+            .execute(params![owner, user_id.as_str(), status.as_str(), ms(at)])?;
+            read_user(conn, &owner, &user_id)?
+                .ok_or_else(|| StoreError::Corrupt("user vanished".into()))
+        })
+        .await
+    }
+}
+
+fn read_user(
+    conn: &Connection,
+    owner: &str,
+    user_id: &UserId,
+) -> Result<Option<UserRecord>, StoreError> {
+    let row: Option<(String, i64)> = conn
+        .prepare_cached("SELECT status, updated_at FROM users WHERE owner = ?1 AND user_id = ?2")?
+        .query_row(params![owner, user_id.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    row.map(|(status, at)| {
+        Ok(UserRecord {
+            user_id: user_id.clone(),
+            status: UserStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt("user status".into()))?,
+            updated_at: time(at)?,
+        })
+    })
+    .transpose()
+}

@@ -1,1 +1,77 @@
-fn main() {}
+//! `idv-broker`: runs the broker, or prints a device token with `idv-broker token`.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use idv_broker::settings::{Cli, Command};
+use idv_broker::{startup, Application, Settings};
+
+/// Exit code for a bad flag or an unusable database (SPEC §6).
+const EXIT_USAGE: u8 = 2;
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("idv-broker: {message}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let first = e.to_string();
+            let line = first
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("bad arguments");
+            return fail(line.trim_start_matches("error: "));
+        }
+    };
+    if let Some(Command::Token {
+        issuer: (iss, secret),
+        sub,
+        ttl,
+    }) = cli.command
+    {
+        return match idv_actors::credentials::mint_device_jwt(&iss, &secret, &sub, ttl) {
+            Ok(jwt) => {
+                println!("{jwt}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        };
+    }
+    let settings = match Settings::from_args(cli.run) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+
+    actix_web::rt::System::new().block_on(async move {
+        let app = match Application::build(settings).await {
+            Ok(app) => app,
+            Err(e) => return fail(e),
+        };
+        println!("listening on http://{}", app.addr());
+        let _ = std::io::stdout().flush();
+        match app.run_until_stopped(startup::shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("idv-broker: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -78,6 +78,32 @@ pub struct SessionRecord {
     pub consent: Option<Consent>,
 }
 
+impl SessionRecord {
+    /// A new session as the backend opens it: `initialized`, seq 1, expiring `ttl` from `now`.
+    pub fn open(
+        owner: &str,
+        token_hash: TokenHash,
+        request: SessionRequest,
+        now: DateTime<Utc>,
+        ttl: chrono::Duration,
+    ) -> Self {
+        Self {
+            id: SessionId::new(),
+            owner: owner.to_owned(),
+            token_hash,
+            status: Status::Initialized,
+            seq: Seq::FIRST,
+            request: std::sync::Arc::new(request),
+            created_at: now,
+            updated_at: now,
+            expires_at: now + ttl,
+            decided_at: None,
+            user_id: None,
+            consent: None,
+        }
+    }
+}
+
 /// A committed transition, as the events log keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionEvent {

@@ -1,1 +1,8 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+//! Integration tests against the real server: in-process (`spawn_app`) for most,
+//! the real binary for restarts and `kill -9`.
+
+mod helpers;
+
+mod sessions;

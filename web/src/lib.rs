@@ -1,1 +1,135 @@
+//! The HTTP and WebSocket front of idv-broker: it only translates requests into
+//! actor messages and store calls, and their answers back.
+//!
+//! Layout:
+//! - [`routes`]: handlers, one module per role (backend sessions, client, device, users, ops).
+//! - [`auth`]: extractors for the three credentials of SPEC §1.
+//! - [`dto`]: request and response bodies, with their validation.
+//! - [`error`]: [`ApiError`](error::ApiError), the codes and body of SPEC §5.
+//! - [`middleware`]: per-IP rate limiting and the access log.
+//! - [`state`]: what handlers share.
 
+pub mod auth;
+pub mod dto;
+pub mod error;
+pub mod middleware;
+pub mod routes;
+pub mod state;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{middleware::from_fn, web, App, HttpResponse, HttpServer, Resource};
+
+use crate::error::{ApiError, ErrorCode};
+use crate::middleware::RateLimiter;
+use crate::routes::{client, device, ops, sessions, users};
+pub use crate::state::{AppState, TtlBounds};
+
+/// Largest JSON body accepted (SPEC §3).
+pub const MAX_JSON_BODY: usize = 64 * 1024;
+
+/// How the HTTP server runs.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Requests per second per client IP (bursts of as many); 0 is off.
+    pub rate_limit: u32,
+    /// Worker threads; `None` is one per core.
+    pub workers: Option<usize>,
+    /// How long a graceful stop waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            rate_limit: 100,
+            workers: None,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+async fn method_not_allowed() -> HttpResponse {
+    use actix_web::ResponseError as _;
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this method is not allowed on this path",
+    )
+    .error_response()
+}
+
+async fn not_found() -> HttpResponse {
+    use actix_web::ResponseError as _;
+    ApiError::not_found("no such route").error_response()
+}
+
+/// A resource whose unmatched methods answer `405` with the SPEC §5 body.
+fn resource(path: &str) -> Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+/// Every route of the API.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(MAX_JSON_BODY)
+            .error_handler(error::json_error),
+    )
+    .app_data(web::QueryConfig::default().error_handler(error::query_error))
+    .app_data(
+        web::PathConfig::default().error_handler(|e, _| ApiError::invalid(e.to_string()).into()),
+    )
+    .service(resource("/v1/sessions").route(web::post().to(sessions::create)))
+    .service(
+        resource("/v1/sessions/{id}")
+            .route(web::get().to(sessions::get))
+            .route(web::delete().to(sessions::cancel)),
+    )
+    .service(resource("/v1/sessions/{id}/decision").route(web::get().to(sessions::decision)))
+    .service(resource("/v1/sessions/{id}/status").route(web::get().to(client::status)))
+    .service(resource("/v1/sessions/{id}/information").route(web::get().to(device::information)))
+    .service(resource("/v1/sessions/{id}/update").route(web::post().to(device::update)))
+    .service(resource("/v1/users/{user_id}/status").route(web::put().to(users::set_status)))
+    .service(resource("/v1/users/{user_id}").route(web::get().to(users::get)))
+    .service(resource("/healthz").route(web::get().to(ops::healthz)))
+    .service(resource("/readyz").route(web::get().to(ops::readyz)));
+}
+
+/// Starts the HTTP server on an already-bound listener. Signals are not handled here:
+/// the binary owns the shutdown order and calls `stop` on the returned server's handle.
+pub fn serve(
+    listener: TcpListener,
+    state: AppState,
+    config: &ServerConfig,
+) -> std::io::Result<Server> {
+    let state = web::Data::new(state);
+    let limiter = web::Data::new(RateLimiter::new(config.rate_limit));
+    {
+        // Forget addresses idle long enough to be back at a full bucket.
+        let limiter = limiter.clone();
+        actix_web::rt::spawn(async move {
+            let mut every = actix_web::rt::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                limiter.shrink();
+            }
+        });
+    }
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(limiter.clone())
+            .wrap(from_fn(middleware::rate_limit))
+            .wrap(from_fn(middleware::access_log))
+            .configure(configure)
+            .default_service(web::to(not_found))
+    })
+    .disable_signals()
+    .shutdown_timeout(config.shutdown_timeout.as_secs());
+    if let Some(n) = config.workers {
+        server = server.workers(n);
+    }
+    Ok(server.listen(listener)?.run())
+}

@@ -1,0 +1,166 @@
+//! Settings: the flags and environment variables of SPEC §6, and the knobs tests set.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use idv_actors::clock::{SharedClock, SystemClock};
+use idv_actors::credentials::parse_pair;
+use idv_web::TtlBounds;
+
+/// idv-broker: a real-time identity-verification session broker.
+#[derive(Debug, Parser)]
+#[command(
+    name = "idv-broker",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands besides running the broker.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Prints a device JWT signed for a trusted issuer (for trying the API by hand).
+    Token {
+        /// The issuer and its secret, as given to the broker's --issuer.
+        #[arg(long, value_name = "ISS=SECRET", value_parser = parse_pair)]
+        issuer: (String, String),
+        /// The user id (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+}
+
+/// The broker's flags (SPEC §6).
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "IDVB_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+    /// SQLite database file (its folder is created).
+    #[arg(long, env = "IDVB_DB", default_value = "./data/idv-broker.db")]
+    pub db: PathBuf,
+    /// Base of session URLs; default http://<bind address>.
+    #[arg(long, env = "IDVB_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// A backend API key; NAME is shown to devices as requester.name. Repeatable.
+    #[arg(long = "api-key", env = "IDVB_API_KEYS", value_name = "NAME=KEY", value_delimiter = ',', value_parser = parse_pair)]
+    pub api_keys: Vec<(String, String)>,
+    /// A trusted device-token issuer and its HS256 secret. Repeatable.
+    #[arg(long = "issuer", env = "IDVB_ISSUERS", value_name = "ISS=SECRET", value_delimiter = ',', value_parser = parse_pair)]
+    pub issuers: Vec<(String, String)>,
+    /// Default webhook URL for sessions without a callback_url.
+    #[arg(long, env = "IDVB_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// Webhook signing secret; give it twice while rotating (the new one first).
+    #[arg(
+        long = "webhook-secret",
+        env = "IDVB_WEBHOOK_SECRET",
+        value_delimiter = ','
+    )]
+    pub webhook_secrets: Vec<String>,
+    /// Requests per second per client IP (bursts of N); 0 turns it off.
+    #[arg(long, env = "IDVB_RATE_LIMIT", default_value_t = 100)]
+    pub rate_limit: u32,
+    /// Serves /demo with a demo API key and device issuer of its own.
+    #[arg(long, env = "IDVB_DEMO", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub demo: bool,
+}
+
+/// Everything the application needs to start.
+#[derive(Clone)]
+pub struct Settings {
+    /// Address to listen on.
+    pub bind: String,
+    /// SQLite database file.
+    pub db: PathBuf,
+    /// Base of session URLs; `None`: `http://<bound address>`.
+    pub public_url: Option<String>,
+    /// (name, key) pairs.
+    pub api_keys: Vec<(String, String)>,
+    /// (issuer, secret) pairs.
+    pub issuers: Vec<(String, String)>,
+    /// Default webhook URL.
+    pub webhook_url: Option<String>,
+    /// Signing secrets, newest first.
+    pub webhook_secrets: Vec<String>,
+    /// Per-IP requests per second; 0 is off.
+    pub rate_limit: u32,
+    /// Demo mode.
+    pub demo: bool,
+    /// The clock (tests move it).
+    pub clock: SharedClock,
+    /// Accepted `ttl_seconds`.
+    pub ttl: TtlBounds,
+    /// Most live sessions at once.
+    pub max_live_sessions: usize,
+    /// HTTP worker threads; `None`: one per core.
+    pub workers: Option<usize>,
+    /// How long a graceful stop waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+}
+
+impl Settings {
+    /// Settings with every default of SPEC §6 and the given database.
+    pub fn with_db(db: impl Into<PathBuf>) -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            db: db.into(),
+            public_url: None,
+            api_keys: Vec::new(),
+            issuers: Vec::new(),
+            webhook_url: None,
+            webhook_secrets: Vec::new(),
+            rate_limit: 100,
+            demo: false,
+            clock: std::sync::Arc::new(SystemClock),
+            ttl: TtlBounds::default(),
+            max_live_sessions: idv_actors::registry::RegistryConfig::default().max_live_sessions,
+            workers: None,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Settings from parsed flags; checks what clap cannot.
+    pub fn from_args(args: RunArgs) -> Result<Self, String> {
+        if args.webhook_url.is_some() && args.webhook_secrets.is_empty() {
+            return Err(
+                "--webhook-url needs --webhook-secret: the broker sends nothing unsigned".into(),
+            );
+        }
+        if args.webhook_secrets.iter().any(String::is_empty) {
+            return Err("--webhook-secret must not be empty".into());
+        }
+        if args.webhook_secrets.len() > 2 {
+            return Err(
+                "--webhook-secret takes at most two secrets (the new one, then the old one)".into(),
+            );
+        }
+        if let Some(u) = &args.webhook_url {
+            idv_web::dto::check_url("--webhook-url", u).map_err(|e| e.message)?;
+        }
+        if let Some(u) = &args.public_url {
+            idv_web::dto::check_url("--public-url", u).map_err(|e| e.message)?;
+        }
+        Ok(Self {
+            bind: args.bind,
+            public_url: args.public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            api_keys: args.api_keys,
+            issuers: args.issuers,
+            webhook_url: args.webhook_url,
+            webhook_secrets: args.webhook_secrets,
+            rate_limit: args.rate_limit,
+            demo: args.demo,
+            ..Self::with_db(args.db)
+        })
+    }
+}

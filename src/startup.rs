@@ -1,0 +1,164 @@
+//! Wiring: store → registry (restored) → HTTP server, and the ordered shutdown.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+
+use actix_web::dev::{Server, ServerHandle};
+use idv_actors::credentials::{ApiKeys, Issuers};
+use idv_actors::registry::{Registry, RegistryConfig};
+use idv_actors::store::{Store, StoreConfig, StoreError};
+use idv_web::{AppState, ServerConfig};
+
+use crate::settings::Settings;
+
+/// Why the broker could not start (all exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database cannot be opened or migrated.
+    #[error("cannot use the database {path}: {source}")]
+    Database {
+        /// The file.
+        path: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// The address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A built broker: bound, restored, not yet serving.
+pub struct Application {
+    addr: SocketAddr,
+    server: Server,
+    registry: Registry,
+    store: Store,
+}
+
+impl Application {
+    /// Opens the store, expires what became overdue while the broker was down,
+    /// restores the live sessions' actors, then binds. Nothing listens before the
+    /// store is consistent.
+    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        let db_error = |source| StartError::Database {
+            path: settings.db.display().to_string(),
+            source,
+        };
+        let store = Store::open(&StoreConfig::new(&settings.db)).map_err(db_error)?;
+        let registry = Registry::new(
+            store.clone(),
+            settings.clock.clone(),
+            RegistryConfig {
+                max_live_sessions: settings.max_live_sessions,
+            },
+        );
+        let (expired, restored) = registry.restore().await.map_err(db_error)?;
+        tracing::info!(expired, restored, "store restored");
+
+        let bind_error = |source| StartError::Bind {
+            addr: settings.bind.clone(),
+            source,
+        };
+        let addr = settings
+            .bind
+            .to_socket_addrs()
+            .map_err(bind_error)?
+            .next()
+            .ok_or_else(|| bind_error(std::io::Error::other("the address resolves to nothing")))?;
+        let listener = TcpListener::bind(addr).map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+
+        let mut api_keys = ApiKeys::default();
+        for (name, key) in &settings.api_keys {
+            api_keys.add(name, key);
+        }
+        let mut issuers = Issuers::default();
+        for (iss, secret) in &settings.issuers {
+            issuers.add(iss, secret);
+        }
+        let state = AppState {
+            registry: registry.clone(),
+            api_keys,
+            issuers,
+            public_url: settings
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}")),
+            ttl: settings.ttl,
+        };
+        let config = ServerConfig {
+            rate_limit: settings.rate_limit,
+            workers: settings.workers,
+            shutdown_timeout: settings.shutdown_timeout,
+        };
+        let server = idv_web::serve(listener, state, &config).map_err(bind_error)?;
+        Ok(Self {
+            addr,
+            server,
+            registry,
+            store,
+        })
+    }
+
+    /// The address actually bound (the real port when asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The live-session registry (tests inject faults and move the clock through it).
+    pub fn registry(&self) -> Registry {
+        self.registry.clone()
+    }
+
+    /// A handle to stop the HTTP server.
+    pub fn server_handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until `shutdown` resolves, then stops in order: stop accepting and finish
+    /// in-flight requests, then flush the store (commit what is queued, checkpoint).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let server = actix_web::rt::spawn(self.server);
+        shutdown.await;
+        tracing::info!("shutting down: draining requests");
+        handle.stop(true).await;
+        let _ = server.await;
+        let store = self.store.clone();
+        actix_web::rt::task::spawn_blocking(move || store.close())
+            .await
+            .map_err(std::io::Error::other)?;
+        tracing::info!("store flushed; bye");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,227 @@
+//! Starts the real broker on port 0 with a fresh SQLite file, and typed helpers.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use idv_actors::clock::OffsetClock;
+use idv_actors::registry::Registry;
+use idv_broker::{Application, Settings};
+use serde_json::{json, Value};
+
+/// The backend key every test app accepts, and its name.
+pub const API_KEY: &str = "test-key-1";
+pub const API_KEY_NAME: &str = "Acme Bank";
+/// A second backend, to prove isolation.
+pub const OTHER_API_KEY: &str = "test-key-2";
+/// The trusted device issuer and its secret.
+pub const ISSUER: &str = "phone-app";
+pub const ISSUER_SECRET: &str = "issuer-secret-for-tests";
+
+/// A running in-process broker.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`.
+    pub address: String,
+    pub client: reqwest::Client,
+    pub registry: Registry,
+    pub clock: Arc<OffsetClock>,
+    pub db: PathBuf,
+    /// Keeps the database folder alive for the test (and for restarts).
+    pub dir: Arc<tempfile::TempDir>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<actix_web::rt::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Settings for a test broker over `db`: two API keys, one issuer, no rate limit.
+pub fn test_settings(db: &Path, clock: Arc<OffsetClock>) -> Settings {
+    let mut s = Settings::with_db(db);
+    s.bind = "127.0.0.1:0".into();
+    s.api_keys = vec![
+        (API_KEY_NAME.into(), API_KEY.into()),
+        ("Other Corp".into(), OTHER_API_KEY.into()),
+    ];
+    s.issuers = vec![(ISSUER.into(), ISSUER_SECRET.into())];
+    s.rate_limit = 0;
+    s.workers = Some(2);
+    s.clock = clock;
+    s.shutdown_timeout = Duration::from_secs(5);
+    s
+}
+
+/// Starts a broker with a fresh database.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts a broker with a fresh database and adjusted settings.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let db = dir.path().join("broker.db");
+    start(dir, db, OffsetClock::new(), adjust).await
+}
+
+async fn start(
+    dir: Arc<tempfile::TempDir>,
+    db: PathBuf,
+    clock: Arc<OffsetClock>,
+    adjust: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let mut settings = test_settings(&db, clock.clone());
+    adjust(&mut settings);
+    let app = Application::build(settings)
+        .await
+        .expect("the broker starts");
+    let address = format!("http://{}", app.addr());
+    let registry = app.registry();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = actix_web::rt::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        address,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client"),
+        registry,
+        clock,
+        db,
+        dir,
+        stop: Some(tx),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    /// Stops the broker gracefully (drain, flush the store).
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server stopped cleanly");
+        }
+    }
+
+    /// Stops this broker and starts a new one on the same database, with the clock
+    /// moved forward by `advance` (to act out downtime).
+    pub async fn restart(mut self, advance: chrono::Duration) -> TestApp {
+        self.stop().await;
+        self.clock.advance(advance);
+        let (dir, db, clock) = (self.dir.clone(), self.db.clone(), self.clock.clone());
+        start(dir, db, clock, |_| {}).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// A device JWT from the trusted issuer.
+    pub fn device_token(&self, sub: &str) -> String {
+        idv_actors::credentials::mint_device_jwt(ISSUER, ISSUER_SECRET, sub, 600).expect("jwt")
+    }
+
+    /// `POST /v1/sessions` with the main API key.
+    pub async fn post_session(&self, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/sessions"))
+            .header("X-Api-Key", API_KEY)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Creates a session asking for `scopes`; returns the 201 body.
+    pub async fn create_session(&self, scopes: &[&str]) -> Value {
+        let res = self.post_session(&json!({ "scopes": scopes })).await;
+        assert_eq!(res.status(), 201, "create failed");
+        res.json().await.expect("json")
+    }
+
+    /// `GET` with the main API key.
+    pub async fn backend_get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .header("X-Api-Key", API_KEY)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// `GET /information` as device `sub`.
+    pub async fn information(&self, id: &str, sub: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(&format!("/v1/sessions/{id}/information")))
+            .bearer_auth(self.device_token(sub))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// `POST /update` as device `sub`.
+    pub async fn update(&self, id: &str, sub: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/v1/sessions/{id}/update")))
+            .bearer_auth(self.device_token(sub))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// `GET /status` with a session token.
+    pub async fn status(&self, id: &str, token: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(&format!("/v1/sessions/{id}/status")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// `DELETE /v1/sessions/{id}` with the main key.
+    pub async fn cancel(&self, id: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(&format!("/v1/sessions/{id}")))
+            .header("X-Api-Key", API_KEY)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Polls `GET /v1/sessions/{id}` until its status is `want` or `within` passes.
+    pub async fn wait_for_status(&self, id: &str, want: &str, within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let body: Value = self
+                .backend_get(&format!("/v1/sessions/{id}"))
+                .await
+                .json()
+                .await
+                .expect("json");
+            if body["status"] == want || tokio::time::Instant::now() > deadline {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Asserts a SPEC §5 error body with `code`, and returns its message.
+pub async fn assert_error(res: reqwest::Response, status: u16, code: &str) -> String {
+    assert_eq!(res.status().as_u16(), status, "status");
+    let body: Value = res.json().await.expect("error body is JSON");
+    assert_eq!(body["error"]["code"], code, "code in {body}");
+    let message = body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_owned();
+    assert!(!message.is_empty());
+    message
+}

@@ -1,0 +1,126 @@
+//! Extractors for the three roles of SPEC §1. Each turns a request into an
+//! authenticated [`Caller`] or a `401`; whether that caller may touch a given
+//! session is the actors' decision.
+
+use std::future::{ready, Ready};
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{web, FromRequest, HttpRequest};
+use idv_actors::commands::Caller;
+use idv_actors::ids::{SessionToken, UserId};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+fn state(req: &HttpRequest) -> Result<&AppState, ApiError> {
+    req.app_data::<web::Data<AppState>>()
+        .map(|d| d.get_ref())
+        .ok_or_else(|| ApiError::internal("AppState missing"))
+}
+
+fn bearer(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The enterprise backend, authenticated by `X-Api-Key`.
+#[derive(Debug)]
+pub struct Backend {
+    /// The key's name (the session owner, and `requester.name` for devices).
+    pub owner: String,
+}
+
+impl Backend {
+    /// As a session caller.
+    pub fn caller(&self) -> Caller {
+        Caller::Backend {
+            owner: self.owner.clone(),
+        }
+    }
+}
+
+impl FromRequest for Backend {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready((|| {
+            let key = req
+                .headers()
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| ApiError::unauthorized("missing X-Api-Key header"))?;
+            let owner = state(req)?
+                .api_keys
+                .authenticate(key)
+                .ok_or_else(|| ApiError::unauthorized("unknown API key"))?;
+            Ok(Backend {
+                owner: owner.to_owned(),
+            })
+        })())
+    }
+}
+
+/// The client app, authenticated by the session token (`Authorization: Bearer` or
+/// `?token=`, since browsers cannot set headers on a WebSocket).
+pub struct Client {
+    /// The presented token's hash; the session decides whether it is its own.
+    pub caller: Caller,
+}
+
+impl FromRequest for Client {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let from_query = || {
+            web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+                .ok()?
+                .0
+                .into_iter()
+                .find(|(k, _)| k == "token")
+                .map(|(_, v)| v)
+        };
+        let token = bearer(req).map(str::to_owned).or_else(from_query);
+        ready(match token {
+            Some(t) if !t.is_empty() => Ok(Client {
+                caller: Caller::Client {
+                    token: SessionToken::presented(&t).hash(),
+                },
+            }),
+            _ => Err(ApiError::unauthorized(
+                "missing session token (Authorization: Bearer <token> or ?token=<token>)",
+            )),
+        })
+    }
+}
+
+/// The phone, authenticated by a trusted issuer's HS256 JWT.
+#[derive(Debug)]
+pub struct Device {
+    /// The JWT's `sub`.
+    pub sub: UserId,
+}
+
+impl FromRequest for Device {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready((|| {
+            let token = bearer(req).ok_or_else(|| {
+                ApiError::unauthorized("missing device token (Authorization: Bearer <jwt>)")
+            })?;
+            let sub = state(req)?
+                .issuers
+                .verify(token)
+                .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+            Ok(Device { sub })
+        })())
+    }
+}

@@ -1,0 +1,22 @@
+//! Liveness and readiness.
+
+use actix_web::{web, HttpResponse};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// `GET /healthz`: the process answers.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: the store answers.
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    match state.registry.store().ping().await {
+        Ok(()) => Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))),
+        Err(e) => {
+            tracing::error!(error = %e, "readiness check failed");
+            Err(ApiError::unavailable("the store is not reachable", 5))
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The backend's session routes (`X-Api-Key`).
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use idv_actors::commands::Cancel;
+use idv_actors::ids::SessionToken;
+use idv_actors::model::{SessionRecord, SessionRequest};
+use idv_actors::store::IdempotencyClaim;
+use sha2::{Digest, Sha256};
+
+use super::session_id;
+use crate::auth::Backend;
+use crate::dto::{CreateSession, Created, DecisionView, SessionView};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Longest `Idempotency-Key` accepted.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+fn idempotency_claim(
+    req: &HttpRequest,
+    body: &CreateSession,
+) -> Result<Option<IdempotencyClaim>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| {
+            !k.is_empty()
+                && k.len() <= MAX_IDEMPOTENCY_KEY
+                && k.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+            ))
+        })?;
+    // The body as parsed, re-serialized: the same request hashes the same whatever
+    // its whitespace.
+    let canonical = serde_json::to_vec(body).map_err(ApiError::internal)?;
+    Ok(Some(IdempotencyClaim {
+        key: key.to_owned(),
+        request_hash: Sha256::digest(&canonical).into(),
+    }))
+}
+
+/// `POST /v1/sessions`.
+pub async fn create(
+    state: web::Data<AppState>,
+    backend: Backend,
+    req: HttpRequest,
+    body: web::Json<CreateSession>,
+) -> Result<HttpResponse, ApiError> {
+    let ttl = body.validate(state.ttl)?;
+    let claim = idempotency_claim(&req, &body)?;
+    let body = body.into_inner();
+    let token = SessionToken::generate();
+    let record = SessionRecord::open(
+        &backend.owner,
+        token.hash(),
+        SessionRequest {
+            scopes: body.scopes,
+            vendor_data: body.vendor_data,
+            external_reference_id: body.external_reference_id,
+            registration: body.registration,
+            redirect_url: body.redirect_url,
+            callback_url: body.callback_url,
+        },
+        state.registry.clock().now(),
+        chrono::Duration::seconds(ttl),
+    );
+    let (session, replayed) = state.registry.create(record, claim).await?;
+    let created = Created {
+        session_id: session.id.to_string(),
+        session_token: token.expose(),
+        url: format!("{}/verify/{}", state.public_url, session.id),
+        status: session.status.as_str(),
+        seq: session.seq.0,
+        expires_at: idv_actors::clock::rfc3339(session.expires_at),
+        scopes: &session.request.scopes,
+        vendor_data: session.request.vendor_data.as_deref(),
+    };
+    Ok(if replayed {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::Created()
+    }
+    .json(created))
+}
+
+/// `GET /v1/sessions/{id}`.
+pub async fn get(
+    state: web::Data<AppState>,
+    backend: Backend,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = session_id(&path)?;
+    let session = state.registry.inspect(id, backend.caller()).await?;
+    Ok(HttpResponse::Ok().json(SessionView::from(&session)))
+}
+
+/// `GET /v1/sessions/{id}/decision`.
+pub async fn decision(
+    state: web::Data<AppState>,
+    backend: Backend,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = session_id(&path)?;
+    let decision = state.registry.decision(id, &backend.owner).await?;
+    Ok(HttpResponse::Ok().json(DecisionView::from(&decision)))
+}
+
+/// `DELETE /v1/sessions/{id}`.
+pub async fn cancel(
+    state: web::Data<AppState>,
+    backend: Backend,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = session_id(&path)?;
+    let session = state
+        .registry
+        .call(
+            id,
+            Cancel {
+                owner: backend.owner,
+            },
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(SessionView::from(&session)))
+}

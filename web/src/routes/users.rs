@@ -1,0 +1,58 @@
+//! The backend's user routes. Users are kept per API key: a key sees the users its
+//! own confirmed sessions bound, and those it set.
+
+use actix_web::{web, HttpResponse};
+use idv_actors::ids::UserId;
+use idv_actors::model::UserStatus;
+
+use crate::auth::Backend;
+use crate::dto::{SetUserStatus, UserView};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+fn user_id(raw: &str) -> Result<UserId, ApiError> {
+    UserId::parse(raw).ok_or_else(|| {
+        ApiError::invalid("user_id must be 1 to 128 characters of A-Z a-z 0-9 . _ : @ -")
+    })
+}
+
+/// `PUT /v1/users/{user_id}/status`.
+pub async fn set_status(
+    state: web::Data<AppState>,
+    backend: Backend,
+    path: web::Path<String>,
+    body: web::Json<SetUserStatus>,
+) -> Result<HttpResponse, ApiError> {
+    let user = user_id(&path)?;
+    let status = UserStatus::parse(&body.status).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "status must be PENDING, CREATED or BLOCKED, not {:?}",
+            body.status
+        ))
+    })?;
+    let now = state.registry.clock().now();
+    let record = state
+        .registry
+        .store()
+        .set_user_status(backend.owner, user, status, now)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok().json(UserView::from(&record)))
+}
+
+/// `GET /v1/users/{user_id}`.
+pub async fn get(
+    state: web::Data<AppState>,
+    backend: Backend,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let user = user_id(&path)?;
+    let record = state
+        .registry
+        .store()
+        .user(backend.owner, user)
+        .await
+        .map_err(ApiError::internal)?;
+    let record = record.ok_or_else(|| ApiError::not_found("no such user"))?;
+    Ok(HttpResponse::Ok().json(UserView::from(&record)))
+}

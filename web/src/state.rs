@@ -1,0 +1,40 @@
+//! What every handler shares.
+
+use idv_actors::credentials::{ApiKeys, Issuers};
+use idv_actors::registry::Registry;
+
+/// Bounds on `ttl_seconds` (SPEC §3: default 600, allowed 30..=86400).
+#[derive(Clone, Copy, Debug)]
+pub struct TtlBounds {
+    /// Smallest accepted.
+    pub min: i64,
+    /// Largest accepted.
+    pub max: i64,
+    /// Used when the request gives none.
+    pub default: i64,
+}
+
+impl Default for TtlBounds {
+    fn default() -> Self {
+        Self {
+            min: 30,
+            max: 86_400,
+            default: 600,
+        }
+    }
+}
+
+/// The state shared by every handler, wrapped in `web::Data`.
+#[derive(Clone)]
+pub struct AppState {
+    /// Live session actors, and the store behind them.
+    pub registry: Registry,
+    /// Backend credentials.
+    pub api_keys: ApiKeys,
+    /// Trusted device-token issuers.
+    pub issuers: Issuers,
+    /// The base of session `url`s, without a trailing slash.
+    pub public_url: String,
+    /// Accepted `ttl_seconds`.
+    pub ttl: TtlBounds,
+}

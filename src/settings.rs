@@ -107,6 +107,8 @@ pub struct Settings {
     pub workers: Option<usize>,
     /// How long a graceful stop waits for in-flight requests.
     pub shutdown_timeout: Duration,
+    /// WebSocket heartbeat timings and bounds.
+    pub ws: idv_web::ws::WsConfig,
 }
 
 impl Settings {
@@ -127,6 +129,7 @@ impl Settings {
             max_live_sessions: idv_actors::registry::RegistryConfig::default().max_live_sessions,
             workers: None,
             shutdown_timeout: Duration::from_secs(30),
+            ws: idv_web::ws::WsConfig::default(),
         }
     }
 

@@ -38,6 +38,8 @@ pub struct Application {
     server: Server,
     registry: Registry,
     store: Store,
+    /// Tells WebSockets (close 1001) and long-polls (answer now) that the broker stops.
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl Application {
@@ -73,6 +75,7 @@ impl Application {
         let listener = TcpListener::bind(addr).map_err(bind_error)?;
         let addr = listener.local_addr().map_err(bind_error)?;
 
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let mut api_keys = ApiKeys::default();
         for (name, key) in &settings.api_keys {
             api_keys.add(name, key);
@@ -90,6 +93,8 @@ impl Application {
                 .clone()
                 .unwrap_or_else(|| format!("http://{addr}")),
             ttl: settings.ttl,
+            ws: settings.ws,
+            shutdown: shutdown_rx,
         };
         let config = ServerConfig {
             rate_limit: settings.rate_limit,
@@ -102,6 +107,7 @@ impl Application {
             server,
             registry,
             store,
+            shutdown: shutdown_tx,
         })
     }
 
@@ -120,8 +126,9 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until `shutdown` resolves, then stops in order: stop accepting and finish
-    /// in-flight requests, then flush the store (commit what is queued, checkpoint).
+    /// Serves until `shutdown` resolves, then stops in order: close WebSockets with 1001
+    /// and answer long-polls, stop accepting and finish in-flight requests, then flush
+    /// the store (commit what is queued, checkpoint).
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()>,
@@ -129,7 +136,8 @@ impl Application {
         let handle = self.server.handle();
         let server = actix_web::rt::spawn(self.server);
         shutdown.await;
-        tracing::info!("shutting down: draining requests");
+        tracing::info!("shutting down: closing sockets, draining requests");
+        let _ = self.shutdown.send(true);
         handle.stop(true).await;
         let _ = server.await;
         let store = self.store.clone();

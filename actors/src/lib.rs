@@ -4,6 +4,7 @@
 //! - [`status`]: the state machine of SPEC §2, one pure function.
 //! - [`commands`]: the messages a session accepts and the rules that plan them.
 //! - [`session`]: the session actor (state, seq, expiry timer).
+//! - [`delivery`]: a session's subscribers and long-poll waiters; push after commit.
 //! - [`registry`]: live actors by session id; rehydration and replacement.
 //! - [`store`]: SQLite with a group-committing writer thread.
 //! - [`credentials`]: API keys, session tokens and device JWTs.
@@ -12,6 +13,7 @@
 pub mod clock;
 pub mod commands;
 pub mod credentials;
+pub mod delivery;
 pub mod error;
 pub mod ids;
 pub mod model;

@@ -12,9 +12,18 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use crate::clock::SharedClock;
+use std::sync::atomic::AtomicBool;
+
+use actix::Recipient;
+
 use crate::commands::{Caller, Inspect, RotateToken, SessionCommand, Tick};
+use crate::delivery::{
+    Change, CountSubscribers, Push, Subscribe, Subscribed, SubscriberId, Unsubscribe, WaitChange,
+};
 use crate::error::SessionError;
 use crate::ids::SessionId;
+use crate::ids::{Seq, TokenHash};
+use crate::model::SessionEvent;
 use crate::model::{Decision, SessionRecord};
 use crate::session::SessionActor;
 use crate::store::{CreateOutcome, IdempotencyClaim, NewSession, Store, StoreError};
@@ -217,18 +226,99 @@ impl Registry {
         id: SessionId,
         caller: Caller,
     ) -> Result<SessionRecord, SessionError> {
-        let token = match &caller {
-            Caller::Client { token } => Some(*token),
-            _ => None,
+        let token = client_token(&caller);
+        let res = self.call(id, Inspect { caller }).await;
+        self.refine(res, token).await
+    }
+
+    /// Subscribes to a session's transitions. Returns the subscription (its snapshot
+    /// seq is the seam) and the transitions after `after` up to that seq, read from
+    /// the events log: together with the pushes that follow, every transition after
+    /// `after` exactly once, in order.
+    pub async fn subscribe(
+        &self,
+        id: SessionId,
+        caller: Caller,
+        after: Option<Seq>,
+        subscriber: Recipient<Push>,
+        evicted: Arc<AtomicBool>,
+    ) -> Result<(Subscribed, Vec<SessionEvent>), SessionError> {
+        let token = client_token(&caller);
+        let res = self
+            .call(
+                id,
+                Subscribe {
+                    caller,
+                    after,
+                    subscriber,
+                    evicted,
+                },
+            )
+            .await;
+        let subscribed = self.refine(res, token).await?;
+        let replay = match after {
+            Some(after) if after < subscribed.snapshot.seq => {
+                let upto = subscribed.snapshot.seq;
+                let events = self.inner.store.events_after(id, after).await;
+                match events {
+                    Ok(mut events) => {
+                        events.retain(|e| e.seq <= upto);
+                        events
+                    }
+                    Err(e) => {
+                        if let Some(sub) = subscribed.id {
+                            self.unsubscribe(id, sub);
+                        }
+                        return Err(e.into());
+                    }
+                }
+            }
+            _ => Vec::new(),
         };
-        match self.call(id, Inspect { caller }).await {
-            Err(SessionError::Unauthorized) => match token {
-                Some(t) if self.inner.store.token_in_use(t).await? => Err(SessionError::Forbidden(
+        Ok((subscribed, replay))
+    }
+
+    /// Removes a subscriber from its session if the session is still live (idempotent;
+    /// never rehydrates a session just for this).
+    pub fn unsubscribe(&self, id: SessionId, subscriber: SubscriberId) {
+        if let Some(addr) = self.inner.live.get(&id) {
+            addr.do_send(Unsubscribe { id: subscriber });
+        }
+    }
+
+    /// A long-poll: the session now if `seq > after`, else a receiver for its next
+    /// transition.
+    pub async fn wait_change(
+        &self,
+        id: SessionId,
+        caller: Caller,
+        after: Option<Seq>,
+    ) -> Result<Change, SessionError> {
+        let token = client_token(&caller);
+        let res = self.call(id, WaitChange { caller, after }).await;
+        self.refine(res, token).await
+    }
+
+    /// How many subscribers a session has (0 once it ended).
+    pub async fn subscriber_count(&self, id: SessionId) -> Result<usize, SessionError> {
+        self.call(id, CountSubscribers).await
+    }
+
+    /// Tells a foreign session token (`403`) from one that is no session's (`401`).
+    async fn refine<T>(
+        &self,
+        res: Result<T, SessionError>,
+        token: Option<TokenHash>,
+    ) -> Result<T, SessionError> {
+        match (res, token) {
+            (Err(SessionError::Unauthorized), Some(t))
+                if self.inner.store.token_in_use(t).await? =>
+            {
+                Err(SessionError::Forbidden(
                     "this token belongs to another session",
-                )),
-                _ => Err(SessionError::Unauthorized),
-            },
-            other => other,
+                ))
+            }
+            (res, _) => res,
         }
     }
 
@@ -257,5 +347,12 @@ impl Registry {
         for entry in self.inner.live.iter() {
             entry.value().do_send(Tick);
         }
+    }
+}
+
+fn client_token(caller: &Caller) -> Option<TokenHash> {
+    match caller {
+        Caller::Client { token } => Some(*token),
+        _ => None,
     }
 }

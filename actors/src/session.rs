@@ -23,6 +23,9 @@ use actix::prelude::*;
 use crate::commands::{
     authorize, Cancel, Decide, InjectFault, Inspect, Plan, Retrieve, RotateToken, Tick,
 };
+use crate::delivery::{
+    check_after, Audience, Change, CountSubscribers, Subscribe, Subscribed, Unsubscribe, WaitChange,
+};
 use crate::error::SessionError;
 use crate::ids::SessionId;
 use crate::model::{SessionRecord, SessionRequest};
@@ -50,6 +53,9 @@ pub struct SessionActor {
     registry: Registry,
     /// The pending expiry timer.
     expiry: Option<SpawnHandle>,
+    /// WebSocket subscribers and long-poll waiters. Kept across restarts: they are
+    /// still connected, and a reload publishes whatever they missed.
+    audience: Audience,
 }
 
 impl SessionActor {
@@ -61,6 +67,7 @@ impl SessionActor {
             ended: false,
             registry,
             expiry: None,
+            audience: Audience::default(),
         }
     }
 
@@ -101,8 +108,11 @@ impl SessionActor {
                 .map(move |res, act, ctx| match res {
                     Ok(Some(record)) => {
                         let terminal = record.status.is_terminal();
+                        let missed = act.audience.published().filter(|p| record.seq > *p);
                         act.state = Some(record);
-                        if terminal {
+                        if let Some(after) = missed {
+                            act.catch_up(after, ctx);
+                        } else if terminal {
                             act.finish(ctx);
                         } else {
                             act.arm_expiry(ctx);
@@ -119,6 +129,36 @@ impl SessionActor {
                     }
                 }),
         );
+    }
+
+    /// Publishes the transitions after `after` from the events log: the actor restarted
+    /// between a commit and its push, and subscribers must miss nothing.
+    /// Publishes the transitions after `after` from the events log: the actor restarted
+    /// between a commit and its push, and subscribers must miss nothing. Then resumes
+    /// as a load does (finish if terminal, else arm the expiry timer).
+    fn catch_up(&mut self, after: crate::ids::Seq, ctx: &mut Context<Self>) {
+        let store = self.registry.store().clone();
+        let id = self.id;
+        ctx.wait(async move { store.events_after(id, after).await }.into_actor(self).map(
+            |res, act, ctx| {
+                let Some(s) = act.state.clone() else { return };
+                match res {
+                    Ok(events) => {
+                        for e in &events {
+                            act.audience.republish(&s, e);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(session = %act.id, error = %e, "cannot replay to subscribers")
+                    }
+                }
+                if s.status.is_terminal() {
+                    act.finish(ctx);
+                } else {
+                    act.arm_expiry(ctx);
+                }
+            },
+        ));
     }
 
     fn arm_expiry(&mut self, ctx: &mut Context<Self>) {
@@ -234,6 +274,9 @@ impl SessionActor {
                 ..(*s.request).clone()
             });
         }
+        // Pushed only now, after the commit: nobody hears of a transition that could
+        // still be lost.
+        self.audience.publish(s, s.seq, write.at);
         if write.status.is_terminal() {
             self.finish(ctx);
         }
@@ -247,6 +290,8 @@ impl SessionActor {
             ctx.cancel_future(h);
         }
         self.registry.forget(self.id, &ctx.address());
+        // Every subscriber has had the terminal push and closes itself.
+        self.audience = Audience::default();
         ctx.stop();
     }
 
@@ -359,5 +404,66 @@ impl Handler<InjectFault> for SessionActor {
             Err(SessionError::Restarted) | Ok(()) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl Handler<Subscribe> for SessionActor {
+    type Result = Result<Subscribed, SessionError>;
+
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) -> Self::Result {
+        self.contain(ctx, |act, _| {
+            let s = act.record()?;
+            authorize(s, &msg.caller)?;
+            check_after(msg.after, s.seq)?;
+            let snapshot = s.clone();
+            if snapshot.status.is_terminal() {
+                return Ok(Subscribed { id: None, snapshot });
+            }
+            let id = act.audience.subscribe(&msg, snapshot.seq)?;
+            Ok(Subscribed {
+                id: Some(id),
+                snapshot,
+            })
+        })
+    }
+}
+
+impl Handler<Unsubscribe> for SessionActor {
+    type Result = Result<(), SessionError>;
+
+    fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) -> Self::Result {
+        self.audience.unsubscribe(msg.id);
+        Ok(())
+    }
+}
+
+impl Handler<WaitChange> for SessionActor {
+    type Result = Result<Change, SessionError>;
+
+    fn handle(&mut self, msg: WaitChange, ctx: &mut Context<Self>) -> Self::Result {
+        self.contain(ctx, |act, _| {
+            let s = act.record()?;
+            authorize(s, &msg.caller)?;
+            let after = check_after(msg.after, s.seq)?;
+            let current = s.clone();
+            if current.seq > after {
+                Ok(Change::Now(current))
+            } else if current.status.is_terminal() {
+                Ok(Change::Never(current))
+            } else {
+                Ok(Change::Later {
+                    current,
+                    next: act.audience.wait()?,
+                })
+            }
+        })
+    }
+}
+
+impl Handler<CountSubscribers> for SessionActor {
+    type Result = Result<usize, SessionError>;
+
+    fn handle(&mut self, _: CountSubscribers, _: &mut Context<Self>) -> Self::Result {
+        Ok(self.audience.subscriber_count())
     }
 }

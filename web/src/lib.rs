@@ -8,6 +8,7 @@
 //! - [`error`]: [`ApiError`](error::ApiError), the codes and body of SPEC §5.
 //! - [`middleware`]: per-IP rate limiting and the access log.
 //! - [`state`]: what handlers share.
+//! - [`ws`]: WebSocket subscriptions (the only module that speaks WebSocket).
 
 pub mod auth;
 pub mod dto;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod middleware;
 pub mod routes;
 pub mod state;
+pub mod ws;
 
 use std::net::TcpListener;
 use std::time::Duration;
@@ -89,6 +91,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(resource("/v1/sessions/{id}/decision").route(web::get().to(sessions::decision)))
     .service(resource("/v1/sessions/{id}/status").route(web::get().to(client::status)))
+    .service(resource("/v1/sessions/{id}/ws").route(web::get().to(ws::subscribe)))
     .service(resource("/v1/sessions/{id}/information").route(web::get().to(device::information)))
     .service(resource("/v1/sessions/{id}/update").route(web::post().to(device::update)))
     .service(resource("/v1/users/{user_id}/status").route(web::put().to(users::set_status)))

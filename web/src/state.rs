@@ -37,4 +37,9 @@ pub struct AppState {
     pub public_url: String,
     /// Accepted `ttl_seconds`.
     pub ttl: TtlBounds,
+    /// WebSocket timings and bounds.
+    pub ws: crate::ws::WsConfig,
+    /// Turns `true` when the broker starts shutting down: WebSockets close with 1001
+    /// and long-polls answer at once.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

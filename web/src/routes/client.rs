@@ -1,13 +1,31 @@
-//! The client app's routes (session token).
+//! The client app's polling route (session token); the WebSocket lives in [`crate::ws`].
+
+use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
+use idv_actors::delivery::Change;
+use idv_actors::ids::Seq;
+use idv_actors::model::SessionRecord;
+use serde::Deserialize;
 
 use super::session_id;
 use crate::auth::Client;
 use crate::dto::StatusView;
 use crate::error::ApiError;
 use crate::state::AppState;
+
+/// Longest long-poll, in seconds (SPEC §3).
+pub const MAX_WAIT_SECS: u64 = 30;
+
+/// `?after_seq=N&wait=S` (and the `token` the auth extractor reads).
+#[derive(Debug, Deserialize)]
+pub struct StatusQuery {
+    /// Answer once `seq` is above this; default: the current seq.
+    pub after_seq: Option<u64>,
+    /// Seconds to wait for a change, 0..=30.
+    pub wait: Option<u64>,
+}
 
 /// Whether `If-None-Match` names the tag `etag` (or `*`).
 fn none_match(req: &HttpRequest, etag: &str) -> bool {
@@ -21,15 +39,31 @@ fn none_match(req: &HttpRequest, etag: &str) -> bool {
         })
 }
 
-/// `GET /v1/sessions/{id}/status`, with `ETag: "<seq>"`.
+/// `GET /v1/sessions/{id}/status`, with `ETag: "<seq>"` and the long-poll form.
+/// A waiting poll holds no thread: it is a parked future on a oneshot channel.
 pub async fn status(
     state: web::Data<AppState>,
     client: Client,
     req: HttpRequest,
     path: web::Path<String>,
+    query: web::Query<StatusQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id = session_id(&path)?;
-    let session = state.registry.inspect(id, client.caller).await?;
+    let wait = query.wait.unwrap_or(0);
+    if wait > MAX_WAIT_SECS {
+        return Err(ApiError::invalid(format!(
+            "wait must be 0 to {MAX_WAIT_SECS} seconds"
+        )));
+    }
+    let session = if query.after_seq.is_none() && query.wait.is_none() {
+        state.registry.inspect(id, client.caller).await?
+    } else {
+        let change = state
+            .registry
+            .wait_change(id, client.caller, query.after_seq.map(Seq))
+            .await?;
+        long_poll(change, Duration::from_secs(wait), state.shutdown.clone()).await
+    };
     let etag = format!("\"{}\"", session.seq);
     if none_match(&req, &etag) {
         return Ok(HttpResponse::NotModified()
@@ -40,4 +74,28 @@ pub async fn status(
         .insert_header((header::ETAG, etag))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .json(StatusView::from(&session)))
+}
+
+/// Waits up to `wait` for the change (or for shutdown), then answers with the session.
+async fn long_poll(
+    change: Change,
+    wait: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> SessionRecord {
+    let (current, next) = match change {
+        Change::Now(session) => return session,
+        Change::Later { current, next } => (current, Some(next)),
+        Change::Never(current) => (current, None),
+    };
+    let changed = async {
+        match next {
+            Some(next) => next.await.ok(),
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        Some(session) = changed => session,
+        () = actix_web::rt::time::sleep(wait) => current,
+        _ = shutdown.wait_for(|stopping| *stopping) => current,
+    }
 }

@@ -1,0 +1,271 @@
+//! Real-time delivery: the subscribers and long-poll waiters of a session, and
+//! the messages that manage them.
+//!
+//! The session actor owns an [`Audience`] and publishes to it after each commit,
+//! never before. Subscribing happens inside the actor's mailbox, so the seq in the
+//! [`Subscribed`] snapshot is exactly the last transition the subscriber will not
+//! be pushed: everything up to it comes from the events log, everything after it
+//! is pushed. That seam is what makes a resume gap-free and duplicate-free.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use tokio::sync::oneshot;
+
+use crate::commands::{authorize, Caller, SessionCommand};
+use crate::error::SessionError;
+use crate::ids::{Seq, SessionId};
+use crate::model::{SessionEvent, SessionRecord};
+
+/// Most long-poll waiters one session holds; past it, `503`.
+pub const MAX_WAITERS_PER_SESSION: usize = 10_000;
+/// Most subscribers one session holds; past it, `503`.
+pub const MAX_SUBSCRIBERS_PER_SESSION: usize = 10_000;
+
+/// A committed transition, pushed to a subscriber.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "()")]
+pub struct Push {
+    /// The session.
+    pub session_id: SessionId,
+    /// The transition.
+    pub event: SessionEvent,
+}
+
+/// The id of a subscriber within its session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SubscriberId(u64);
+
+/// Registers a subscriber for the session's transitions.
+#[derive(Message, Clone)]
+#[rtype(result = "Result<Subscribed, SessionError>")]
+pub struct Subscribe {
+    /// Who asks (a client token).
+    pub caller: Caller,
+    /// The last seq the subscriber has; more than the current seq is `400`.
+    pub after: Option<Seq>,
+    /// Where pushes go. The session uses `try_send`: a subscriber whose mailbox is
+    /// full is dropped (and told through `evicted`), so it never slows the session.
+    pub subscriber: Recipient<Push>,
+    /// Set by the session when it drops the subscriber for not keeping up.
+    pub evicted: Arc<AtomicBool>,
+}
+
+/// The answer to [`Subscribe`].
+#[derive(Debug)]
+pub struct Subscribed {
+    /// The subscription, or `None` for an ended session (nothing more will come).
+    pub id: Option<SubscriberId>,
+    /// The session at the moment of subscribing; transitions after `snapshot.seq` are
+    /// pushed, those up to it are in the events log.
+    pub snapshot: SessionRecord,
+}
+
+/// Removes a subscriber (idempotent).
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "Result<(), SessionError>")]
+pub struct Unsubscribe {
+    /// The subscription.
+    pub id: SubscriberId,
+}
+
+/// A long-poll: the session once `seq > after`.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "Result<Change, SessionError>")]
+pub struct WaitChange {
+    /// Who asks (a client token).
+    pub caller: Caller,
+    /// Answer once `seq` is above this; `None`: the current seq (the next change).
+    pub after: Option<Seq>,
+}
+
+/// The answer to [`WaitChange`].
+#[derive(Debug)]
+pub enum Change {
+    /// Already past `after`.
+    Now(SessionRecord),
+    /// Not yet: `next` fires with the session after its next transition.
+    Later {
+        /// The session as it is now.
+        current: SessionRecord,
+        /// Resolves at the next committed transition.
+        next: oneshot::Receiver<SessionRecord>,
+    },
+    /// The session is terminal: nothing will change.
+    Never(SessionRecord),
+}
+
+/// Checks `after` against the current seq; `None` means the current seq.
+pub fn check_after(after: Option<Seq>, current: Seq) -> Result<Seq, SessionError> {
+    match after {
+        Some(n) if n > current => Err(SessionError::Invalid(format!(
+            "after_seq {n} is above the session's current seq {current}"
+        ))),
+        Some(n) => Ok(n),
+        None => Ok(current),
+    }
+}
+
+struct Subscriber {
+    recipient: Recipient<Push>,
+    evicted: Arc<AtomicBool>,
+}
+
+/// The subscribers and waiters a session actor owns.
+#[derive(Default)]
+pub(crate) struct Audience {
+    subscribers: HashMap<SubscriberId, Subscriber>,
+    next_id: u64,
+    waiters: Vec<oneshot::Sender<SessionRecord>>,
+    /// The last seq subscribers were brought to (snapshot or push): after a restart
+    /// the actor publishes whatever the store has beyond it.
+    published: Option<Seq>,
+}
+
+impl Audience {
+    /// Adds a subscriber that has everything up to `seq`.
+    pub(crate) fn subscribe(
+        &mut self,
+        msg: &Subscribe,
+        seq: Seq,
+    ) -> Result<SubscriberId, SessionError> {
+        if self.subscribers.len() >= MAX_SUBSCRIBERS_PER_SESSION {
+            return Err(SessionError::Unavailable(
+                "too many subscribers on this session",
+            ));
+        }
+        self.next_id += 1;
+        let id = SubscriberId(self.next_id);
+        self.subscribers.insert(
+            id,
+            Subscriber {
+                recipient: msg.subscriber.clone(),
+                evicted: msg.evicted.clone(),
+            },
+        );
+        self.published = Some(self.published.map_or(seq, |p| p.max(seq)));
+        Ok(id)
+    }
+
+    pub(crate) fn unsubscribe(&mut self, id: SubscriberId) {
+        self.subscribers.remove(&id);
+    }
+
+    /// A receiver for the next transition.
+    pub(crate) fn wait(&mut self) -> Result<oneshot::Receiver<SessionRecord>, SessionError> {
+        if self.waiters.len() >= MAX_WAITERS_PER_SESSION {
+            // Timed-out polls leave closed senders behind; sweep them before refusing.
+            self.waiters.retain(|w| !w.is_closed());
+            if self.waiters.len() >= MAX_WAITERS_PER_SESSION {
+                return Err(SessionError::Unavailable(
+                    "too many waiting polls on this session",
+                ));
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push(tx);
+        Ok(rx)
+    }
+
+    /// The seq subscribers were last brought to, if any subscriber is listening.
+    pub(crate) fn published(&self) -> Option<Seq> {
+        if self.subscribers.is_empty() {
+            None
+        } else {
+            self.published
+        }
+    }
+
+    /// Pushes a committed transition to every subscriber and wakes every waiter.
+    pub(crate) fn publish(&mut self, session: &SessionRecord, seq: Seq, at: DateTime<Utc>) {
+        if self.published.is_some_and(|p| p >= seq) {
+            return;
+        }
+        self.published = Some(seq);
+        let push = Push {
+            session_id: session.id,
+            event: SessionEvent {
+                seq,
+                status: session.status,
+                at,
+            },
+        };
+        self.subscribers
+            .retain(|_, s| match s.recipient.try_send(push.clone()) {
+                Ok(()) => true,
+                Err(SendError::Full(_)) => {
+                    // It is not reading: drop it rather than queue without bound. It closes
+                    // itself when it sees the flag, and can resume with after_seq.
+                    s.evicted.store(true, Ordering::Release);
+                    false
+                }
+                Err(SendError::Closed(_)) => false,
+            });
+        for w in self.waiters.drain(..) {
+            let _ = w.send(session.clone());
+        }
+    }
+
+    /// Pushes a transition read back from the events log (after a restart).
+    pub(crate) fn republish(&mut self, session: &SessionRecord, event: &SessionEvent) {
+        let mut s = session.clone();
+        s.status = event.status;
+        self.publish(&s, event.seq, event.at);
+    }
+
+    /// How many subscribers listen.
+    pub(crate) fn subscriber_count(&self) -> usize {
+        self.subscribers.len()
+    }
+}
+
+impl SessionCommand for Subscribe {
+    type Output = Subscribed;
+    fn on_ended(
+        &self,
+        session: &SessionRecord,
+        _: DateTime<Utc>,
+    ) -> Result<Subscribed, SessionError> {
+        authorize(session, &self.caller)?;
+        check_after(self.after, session.seq)?;
+        Ok(Subscribed {
+            id: None,
+            snapshot: session.clone(),
+        })
+    }
+}
+
+impl SessionCommand for Unsubscribe {
+    type Output = ();
+    fn on_ended(&self, _: &SessionRecord, _: DateTime<Utc>) -> Result<(), SessionError> {
+        Ok(())
+    }
+}
+
+impl SessionCommand for WaitChange {
+    type Output = Change;
+    fn on_ended(&self, session: &SessionRecord, _: DateTime<Utc>) -> Result<Change, SessionError> {
+        authorize(session, &self.caller)?;
+        let after = check_after(self.after, session.seq)?;
+        Ok(if session.seq > after {
+            Change::Now(session.clone())
+        } else {
+            Change::Never(session.clone())
+        })
+    }
+}
+
+/// How many subscribers a live session has (for tests and metrics).
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "Result<usize, SessionError>")]
+pub struct CountSubscribers;
+
+impl SessionCommand for CountSubscribers {
+    type Output = usize;
+    fn on_ended(&self, _: &SessionRecord, _: DateTime<Utc>) -> Result<usize, SessionError> {
+        Ok(0)
+    }
+}

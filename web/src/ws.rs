@@ -1,0 +1,303 @@
+//! WebSocket subscriptions (`GET /v1/sessions/{id}/ws`): the only module of the web
+//! crate that speaks WebSocket. It talks to the session actor only through the
+//! registry's messages, so the transport can change without touching `actors/`.
+//!
+//! Order on the wire: the snapshot, the replay of `after_seq` (from the events log,
+//! up to the snapshot's seq), then live pushes (seq above the snapshot's). Pushes
+//! that arrive before the handler hands over the snapshot wait in `pending`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+use idv_actors::clock::rfc3339;
+use idv_actors::delivery::{Push, SubscriberId};
+use idv_actors::ids::{Seq, SessionId};
+use idv_actors::model::{SessionEvent, SessionRecord};
+use idv_actors::registry::Registry;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::auth::Client;
+use crate::error::ApiError;
+use crate::routes::session_id;
+use crate::state::AppState;
+
+/// WebSocket timings and bounds.
+#[derive(Clone, Copy, Debug)]
+pub struct WsConfig {
+    /// How often the server pings (SPEC: 10 s).
+    pub ping_interval: Duration,
+    /// A peer silent this long is dropped (SPEC: 30 s).
+    pub client_timeout: Duration,
+    /// Largest frame accepted from a client; larger closes with a policy error.
+    pub max_frame: usize,
+    /// Pushes queued for one subscriber before the session drops it as too slow.
+    pub mailbox: usize,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(10),
+            client_timeout: Duration::from_secs(30),
+            max_frame: 4 * 1024,
+            mailbox: 16,
+        }
+    }
+}
+
+/// `?after_seq=N` (and the `token` the auth extractor reads).
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    /// Replay every transition after this seq.
+    pub after_seq: Option<u64>,
+}
+
+/// The server → client frames of SPEC §3.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Frame<'a> {
+    Snapshot {
+        session_id: String,
+        status: &'a str,
+        seq: u64,
+        expires_at: String,
+    },
+    Status {
+        session_id: String,
+        status: &'a str,
+        seq: u64,
+        at: String,
+    },
+}
+
+/// Hands the subscription to the connection once the session accepted it.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Begin {
+    id: Option<SubscriberId>,
+    snapshot: SessionRecord,
+    replay: Vec<SessionEvent>,
+}
+
+/// One WebSocket connection subscribed to one session.
+pub struct Subscriber {
+    session_id: SessionId,
+    registry: Registry,
+    config: WsConfig,
+    /// The subscription, to remove on disconnect; `None` for an ended session.
+    subscription: Option<SubscriberId>,
+    /// Whether the snapshot went out; pushes before that wait in `pending`.
+    begun: bool,
+    pending: Vec<Push>,
+    /// The last seq written to the client.
+    last_seq: Seq,
+    last_heard: Instant,
+    /// Set by the session when it dropped this subscriber for not keeping up.
+    evicted: Arc<AtomicBool>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Subscriber {
+    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: ws::CloseCode, why: &str) {
+        ctx.close(Some(ws::CloseReason {
+            code,
+            description: Some(why.to_owned()),
+        }));
+        ctx.stop();
+    }
+
+    fn send(&mut self, ctx: &mut ws::WebsocketContext<Self>, frame: &Frame<'_>) {
+        match serde_json::to_string(frame) {
+            Ok(text) => ctx.text(text),
+            Err(e) => tracing::error!(error = %e, "cannot encode a frame"),
+        }
+    }
+
+    /// Writes one transition unless already written; closes after a terminal one.
+    fn deliver(&mut self, ctx: &mut ws::WebsocketContext<Self>, event: &SessionEvent) {
+        if event.seq <= self.last_seq {
+            return;
+        }
+        self.last_seq = event.seq;
+        let frame = Frame::Status {
+            session_id: self.session_id.to_string(),
+            status: event.status.as_str(),
+            seq: event.seq.0,
+            at: rfc3339(event.at),
+        };
+        self.send(ctx, &frame);
+        if event.status.is_terminal() {
+            self.close(ctx, ws::CloseCode::Normal, "the session is over");
+        }
+    }
+
+    fn check_evicted(&mut self, ctx: &mut ws::WebsocketContext<Self>) -> bool {
+        if self.evicted.load(Ordering::Acquire) {
+            let why = format!(
+                "too slow to read; reconnect with after_seq={}",
+                self.last_seq
+            );
+            self.subscription = None;
+            self.close(ctx, ws::CloseCode::Policy, &why);
+            return true;
+        }
+        false
+    }
+}
+
+impl Actor for Subscriber {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.config.mailbox);
+        ctx.run_interval(self.config.ping_interval, |act, ctx| {
+            if act.check_evicted(ctx) {
+                return;
+            }
+            if act.last_heard.elapsed() > act.config.client_timeout {
+                act.close(ctx, ws::CloseCode::Policy, "no answer to pings");
+                return;
+            }
+            ctx.ping(b"");
+        });
+        let mut shutdown = self.shutdown.clone();
+        ctx.spawn(
+            async move {
+                let _ = shutdown.wait_for(|stopping| *stopping).await;
+            }
+            .into_actor(self)
+            .map(|_, act, ctx| act.close(ctx, ws::CloseCode::Away, "the broker is shutting down")),
+        );
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(id) = self.subscription.take() {
+            self.registry.unsubscribe(self.session_id, id);
+        }
+    }
+}
+
+impl Handler<Begin> for Subscriber {
+    type Result = ();
+
+    fn handle(&mut self, msg: Begin, ctx: &mut Self::Context) {
+        self.subscription = msg.id;
+        let s = &msg.snapshot;
+        let frame = Frame::Snapshot {
+            session_id: s.id.to_string(),
+            status: s.status.as_str(),
+            seq: s.seq.0,
+            expires_at: rfc3339(s.expires_at),
+        };
+        self.send(ctx, &frame);
+        self.begun = true;
+        for event in &msg.replay {
+            self.deliver(ctx, event);
+        }
+        // Replay covers up to the snapshot; pushes cover what came after it.
+        self.last_seq = self.last_seq.max(s.seq);
+        if s.status.is_terminal() {
+            self.close(ctx, ws::CloseCode::Normal, "the session is over");
+            return;
+        }
+        for push in std::mem::take(&mut self.pending) {
+            self.deliver(ctx, &push.event);
+        }
+    }
+}
+
+impl Handler<Push> for Subscriber {
+    type Result = ();
+
+    fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
+        if self.check_evicted(ctx) {
+            return;
+        }
+        if self.begun {
+            self.deliver(ctx, &msg.event);
+        } else {
+            self.pending.push(msg);
+        }
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Subscriber {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        match msg {
+            Ok(ws::Message::Ping(p)) => ctx.pong(&p),
+            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
+            // Client text frames carry nothing the broker acts on.
+            Ok(ws::Message::Text(_)) => {}
+            Ok(ws::Message::Binary(_)) | Ok(ws::Message::Continuation(_)) => {
+                self.close(ctx, ws::CloseCode::Policy, "binary frames are not accepted")
+            }
+            Ok(ws::Message::Close(_)) => {
+                ctx.close(None);
+                ctx.stop();
+            }
+            Err(ws::ProtocolError::Overflow) => self.close(
+                ctx,
+                ws::CloseCode::Policy,
+                &format!(
+                    "frames from clients are at most {} bytes",
+                    self.config.max_frame
+                ),
+            ),
+            Err(e) => self.close(ctx, ws::CloseCode::Protocol, &e.to_string()),
+        }
+    }
+}
+
+/// `GET /v1/sessions/{id}/ws`. Authentication, the session and `after_seq` are all
+/// checked before the upgrade, so a refusal is a plain HTTP error (SPEC §5).
+pub async fn subscribe(
+    state: web::Data<AppState>,
+    client: Client,
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<WsQuery>,
+    stream: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let id = session_id(&path)?;
+    let evicted = Arc::new(AtomicBool::new(false));
+    let actor = Subscriber {
+        session_id: id,
+        registry: state.registry.clone(),
+        config: state.ws,
+        subscription: None,
+        begun: false,
+        pending: Vec::new(),
+        last_seq: Seq(query.after_seq.unwrap_or(0)),
+        last_heard: Instant::now(),
+        evicted: evicted.clone(),
+        shutdown: state.shutdown.clone(),
+    };
+    let (addr, response) = ws::WsResponseBuilder::new(actor, &req, stream)
+        .frame_size(state.ws.max_frame)
+        .start_with_addr()
+        .map_err(|e| ApiError::invalid(format!("not a WebSocket handshake: {e}")))?;
+    // If this fails, the response (and with it the connection's actor) is dropped
+    // and the client gets the HTTP error instead of an upgrade.
+    let (subscribed, replay) = state
+        .registry
+        .subscribe(
+            id,
+            client.caller,
+            query.after_seq.map(Seq),
+            addr.clone().recipient(),
+            evicted,
+        )
+        .await?;
+    addr.do_send(Begin {
+        id: subscribed.id,
+        snapshot: subscribed.snapshot,
+        replay,
+    });
+    Ok(response)
+}

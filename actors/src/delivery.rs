@@ -269,3 +269,151 @@ impl SessionCommand for CountSubscribers {
         Ok(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::sync::Mutex;
+
+    use chrono::Utc;
+
+    use super::*;
+    use crate::ids::SessionToken;
+    use crate::model::SessionRequest;
+    use crate::status::Status;
+
+    /// Records what it is pushed; can be told to block its thread.
+    struct Probe {
+        seen: Arc<Mutex<Vec<u64>>>,
+        capacity: usize,
+    }
+
+    impl Actor for Probe {
+        type Context = Context<Self>;
+        fn started(&mut self, ctx: &mut Context<Self>) {
+            ctx.set_mailbox_capacity(self.capacity);
+        }
+    }
+
+    impl Handler<Push> for Probe {
+        type Result = ();
+        fn handle(&mut self, msg: Push, _: &mut Context<Self>) {
+            self.seen.lock().unwrap().push(msg.event.seq.0);
+        }
+    }
+
+    /// Blocks the probe's thread until the test lets go, like a peer that stopped reading.
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Stall(Mutex<mpsc::Receiver<()>>);
+
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Ready;
+
+    impl Handler<Ready> for Probe {
+        type Result = ();
+        fn handle(&mut self, _: Ready, _: &mut Context<Self>) {}
+    }
+
+    impl Handler<Stall> for Probe {
+        type Result = ();
+        fn handle(&mut self, msg: Stall, _: &mut Context<Self>) {
+            let _ = msg.0.lock().unwrap().recv();
+        }
+    }
+
+    fn record() -> SessionRecord {
+        SessionRecord::open(
+            "owner",
+            SessionToken::generate().hash(),
+            SessionRequest {
+                scopes: vec!["full_name".into()],
+                vendor_data: None,
+                external_reference_id: None,
+                registration: None,
+                redirect_url: None,
+                callback_url: None,
+            },
+            Utc::now(),
+            chrono::Duration::seconds(600),
+        )
+    }
+
+    #[actix_rt::test]
+    async fn a_subscriber_that_stops_reading_is_dropped_and_flagged_while_others_get_every_push() {
+        let arbiter = actix::Arbiter::new();
+        let slow_seen = Arc::new(Mutex::new(Vec::new()));
+        let slow = {
+            let seen = slow_seen.clone();
+            Probe::start_in_arbiter(&arbiter.handle(), move |_| Probe { seen, capacity: 2 })
+        };
+        let fast_seen = Arc::new(Mutex::new(Vec::new()));
+        let fast = Probe {
+            seen: fast_seen.clone(),
+            capacity: 64,
+        }
+        .start();
+
+        // Started (so its small mailbox is in force), then stalled on its own thread.
+        slow.send(Ready).await.unwrap();
+        let (release, stalled) = mpsc::channel();
+        slow.do_send(Stall(Mutex::new(stalled)));
+
+        let mut session = record();
+        let mut audience = Audience::default();
+        let slow_flag = Arc::new(AtomicBool::new(false));
+        let fast_flag = Arc::new(AtomicBool::new(false));
+        let subscribe = |r: Recipient<Push>, f: &Arc<AtomicBool>| Subscribe {
+            caller: Caller::Backend {
+                owner: "owner".into(),
+            },
+            after: None,
+            subscriber: r,
+            evicted: f.clone(),
+        };
+        audience
+            .subscribe(
+                &subscribe(slow.clone().recipient(), &slow_flag),
+                session.seq,
+            )
+            .unwrap();
+        audience
+            .subscribe(
+                &subscribe(fast.clone().recipient(), &fast_flag),
+                session.seq,
+            )
+            .unwrap();
+
+        for seq in 2..=10 {
+            session.seq = Seq(seq);
+            session.status = Status::Retrieved;
+            audience.publish(&session, session.seq, Utc::now());
+        }
+        assert!(
+            slow_flag.load(Ordering::Acquire),
+            "the stalled subscriber was flagged"
+        );
+        assert!(!fast_flag.load(Ordering::Acquire));
+        assert_eq!(
+            audience.subscriber_count(),
+            1,
+            "the stalled subscriber was dropped"
+        );
+        release.send(()).unwrap();
+
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fast_seen.lock().unwrap().len() < 9 && std::time::Instant::now() < deadline {
+            actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(*fast_seen.lock().unwrap(), (2..=10).collect::<Vec<_>>());
+        arbiter.stop();
+    }
+
+    #[test]
+    fn after_seq_above_the_current_seq_is_refused() {
+        assert!(check_after(Some(Seq(3)), Seq(2)).is_err());
+        assert_eq!(check_after(Some(Seq(2)), Seq(2)).unwrap(), Seq(2));
+        assert_eq!(check_after(None, Seq(5)).unwrap(), Seq(5));
+    }
+}

@@ -154,7 +154,7 @@ impl Registry {
         record: SessionRecord,
         claim: Option<IdempotencyClaim>,
     ) -> Result<(SessionRecord, bool), SessionError> {
-        if claim.is_none() && self.live_count() >= self.inner.config.max_live_sessions {
+        if self.live_count() >= self.inner.config.max_live_sessions {
             return Err(SessionError::Unavailable(
                 "too many live sessions; try again later",
             ));

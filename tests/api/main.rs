@@ -5,4 +5,5 @@
 
 mod helpers;
 
+mod custody;
 mod sessions;

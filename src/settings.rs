@@ -74,6 +74,12 @@ pub struct RunArgs {
     /// Serves /demo with a demo API key and device issuer of its own.
     #[arg(long, env = "IDVB_DEMO", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
     pub demo: bool,
+    /// Days a confirmed session keeps its shared data and files after the decision.
+    #[arg(long, env = "IDVB_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub retention_days: u32,
+    /// Most MiB of uploads held in memory across the broker before approve.
+    #[arg(long, env = "IDVB_MAX_STAGED_MIB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(5..=65536))]
+    pub max_staged_mib: u32,
 }
 
 /// Everything the application needs to start.
@@ -109,6 +115,12 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// WebSocket heartbeat timings and bounds.
     pub ws: idv_web::ws::WsConfig,
+    /// Most bytes of uploads held in memory (staged until approve, or streaming in).
+    pub max_staged_bytes: usize,
+    /// How long a confirmed session keeps its shared data and files after the decision.
+    pub retention: Duration,
+    /// Time between retention sweeps.
+    pub retention_sweep_every: Duration,
 }
 
 impl Settings {
@@ -130,6 +142,9 @@ impl Settings {
             workers: None,
             shutdown_timeout: Duration::from_secs(30),
             ws: idv_web::ws::WsConfig::default(),
+            max_staged_bytes: idv_actors::staging::DEFAULT_MAX_STAGED_BYTES,
+            retention: idv_actors::retention::DEFAULT_RETENTION,
+            retention_sweep_every: idv_actors::retention::DEFAULT_SWEEP_EVERY,
         }
     }
 
@@ -163,6 +178,8 @@ impl Settings {
             webhook_secrets: args.webhook_secrets,
             rate_limit: args.rate_limit,
             demo: args.demo,
+            max_staged_bytes: args.max_staged_mib as usize * 1024 * 1024,
+            retention: Duration::from_secs(u64::from(args.retention_days) * 24 * 60 * 60),
             ..Self::with_db(args.db)
         })
     }

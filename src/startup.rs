@@ -3,9 +3,11 @@
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 
+use actix::{Actor as _, Addr};
 use actix_web::dev::{Server, ServerHandle};
 use idv_actors::credentials::{ApiKeys, Issuers};
 use idv_actors::registry::{Registry, RegistryConfig};
+use idv_actors::retention::{RetentionSweeper, SweeperConfig};
 use idv_actors::store::{Store, StoreConfig, StoreError};
 use idv_web::{AppState, ServerConfig};
 
@@ -40,6 +42,7 @@ pub struct Application {
     store: Store,
     /// Tells WebSockets (close 1001) and long-polls (answer now) that the broker stops.
     shutdown: tokio::sync::watch::Sender<bool>,
+    sweeper: Addr<RetentionSweeper>,
 }
 
 impl Application {
@@ -57,10 +60,20 @@ impl Application {
             settings.clock.clone(),
             RegistryConfig {
                 max_live_sessions: settings.max_live_sessions,
+                max_staged_bytes: settings.max_staged_bytes,
             },
         );
         let (expired, restored) = registry.restore().await.map_err(db_error)?;
         tracing::info!(expired, restored, "store restored");
+        let sweeper = RetentionSweeper::new(
+            store.clone(),
+            settings.clock.clone(),
+            SweeperConfig {
+                retention: settings.retention,
+                every: settings.retention_sweep_every,
+            },
+        )
+        .start();
 
         let bind_error = |source| StartError::Bind {
             addr: settings.bind.clone(),
@@ -108,6 +121,7 @@ impl Application {
             registry,
             store,
             shutdown: shutdown_tx,
+            sweeper,
         })
     }
 
@@ -119,6 +133,11 @@ impl Application {
     /// The live-session registry (tests inject faults and move the clock through it).
     pub fn registry(&self) -> Registry {
         self.registry.clone()
+    }
+
+    /// The retention sweeper (send it [`Sweep`](idv_actors::retention::Sweep) to sweep now).
+    pub fn sweeper(&self) -> Addr<RetentionSweeper> {
+        self.sweeper.clone()
     }
 
     /// A handle to stop the HTTP server.

@@ -75,6 +75,7 @@ fn transition(
         bind: None,
         consent: None,
         shared_data: None,
+        files: Vec::new(),
     }
 }
 

@@ -7,6 +7,8 @@
 //! - [`delivery`]: a session's subscribers and long-poll waiters; push after commit.
 //! - [`registry`]: live actors by session id; rehydration and replacement.
 //! - [`store`]: SQLite with a group-committing writer thread.
+//! - [`staging`]: uploads held in memory until approve, under a broker-wide budget.
+//! - [`retention`]: the sweeper that purges confirmed sessions' data after retention.
 //! - [`credentials`]: API keys, session tokens and device JWTs.
 //! - [`ids`], [`model`], [`clock`], [`error`]: the vocabulary.
 
@@ -18,7 +20,9 @@ pub mod error;
 pub mod ids;
 pub mod model;
 pub mod registry;
+pub mod retention;
 pub mod session;
+pub mod staging;
 pub mod status;
 pub mod store;
 

@@ -26,7 +26,8 @@ use crate::ids::{Seq, TokenHash};
 use crate::model::SessionEvent;
 use crate::model::{Decision, SessionRecord};
 use crate::session::SessionActor;
-use crate::store::{CreateOutcome, IdempotencyClaim, NewSession, Store, StoreError};
+use crate::staging::{StagingBudget, DEFAULT_MAX_STAGED_BYTES};
+use crate::store::{CreateOutcome, IdempotencyClaim, NewSession, Store, StoreError, StoredFile};
 
 /// How often a command is re-sent after the actor it went to died or restarted.
 const MAX_ATTEMPTS: usize = 3;
@@ -36,12 +37,16 @@ const MAX_ATTEMPTS: usize = 3;
 pub struct RegistryConfig {
     /// Most live (non-terminal) sessions at once; creating more is `503 unavailable`.
     pub max_live_sessions: usize,
+    /// Most bytes of uploads held in memory across the broker (staged, or still
+    /// streaming in); an upload past it is `503 unavailable`.
+    pub max_staged_bytes: usize,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
             max_live_sessions: 200_000,
+            max_staged_bytes: DEFAULT_MAX_STAGED_BYTES,
         }
     }
 }
@@ -67,6 +72,9 @@ struct Inner {
     store: Store,
     clock: SharedClock,
     config: RegistryConfig,
+    /// The staging budget every upload reserves from and every session actor's staged
+    /// files hold; shared across threads (atomic inside).
+    staging: Arc<StagingBudget>,
 }
 
 impl Registry {
@@ -77,6 +85,7 @@ impl Registry {
                 live: DashMap::new(),
                 store,
                 clock,
+                staging: StagingBudget::new(config.max_staged_bytes),
                 config,
             }),
         }
@@ -90,6 +99,11 @@ impl Registry {
     /// The clock.
     pub fn clock(&self) -> &SharedClock {
         &self.inner.clock
+    }
+
+    /// The broker-wide budget for uploads held in memory.
+    pub fn staging_budget(&self) -> &Arc<StagingBudget> {
+        &self.inner.staging
     }
 
     /// How many sessions have an actor.
@@ -340,6 +354,20 @@ impl Registry {
             return Err(SessionError::InvalidState(decision.session.status));
         }
         Ok(decision)
+    }
+
+    /// A stored file of a session owned by `owner`; `NotFound` for another key's
+    /// session, an unknown file, or one deleted by a purge.
+    pub async fn file(
+        &self,
+        id: SessionId,
+        file_id: crate::ids::FileId,
+        owner: &str,
+    ) -> Result<StoredFile, SessionError> {
+        match self.inner.store.load_file(id, file_id).await? {
+            Some(file) if file.owner == owner => Ok(file),
+            _ => Err(SessionError::NotFound),
+        }
     }
 
     /// Asks every live session to re-check its expiry now (after the clock moved).

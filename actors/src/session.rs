@@ -30,6 +30,7 @@ use crate::error::SessionError;
 use crate::ids::SessionId;
 use crate::model::{SessionRecord, SessionRequest};
 use crate::registry::Registry;
+use crate::staging::{StageFile, Staged, StagedFile};
 use crate::status::{next, Event, Outcome};
 use crate::store::{StoreError, TransitionWrite};
 
@@ -56,6 +57,9 @@ pub struct SessionActor {
     /// WebSocket subscribers and long-poll waiters. Kept across restarts: they are
     /// still connected, and a reload publishes whatever they missed.
     audience: Audience,
+    /// Uploads held in memory until approve (SPEC §2); dropped by every other end and
+    /// by a restart.
+    staged: Staged,
 }
 
 impl SessionActor {
@@ -68,6 +72,7 @@ impl SessionActor {
             registry,
             expiry: None,
             audience: Audience::default(),
+            staged: Staged::default(),
         }
     }
 
@@ -197,6 +202,7 @@ impl SessionActor {
             bind: None,
             consent: None,
             shared_data: None,
+            files: Vec::new(),
         };
         let store = self.registry.store().clone();
         // `wait`, not `spawn`: nothing else may touch the session while it expires.
@@ -286,6 +292,9 @@ impl SessionActor {
     /// store from now on.
     fn finish(&mut self, ctx: &mut Context<Self>) {
         self.ended = true;
+        // Committed with the approve, or discarded by any other end: either way the
+        // memory copy goes now, and its bytes return to the staging budget.
+        self.staged.clear();
         if let Some(h) = self.expiry.take() {
             ctx.cancel_future(h);
         }
@@ -296,7 +305,7 @@ impl SessionActor {
     }
 
     fn uploaded_kinds(&self) -> BTreeSet<String> {
-        BTreeSet::new()
+        self.staged.kinds()
     }
 }
 
@@ -320,6 +329,10 @@ impl Supervised for SessionActor {
         // Timers and futures were dropped with the old context. Unless the session
         // ended, forget what was in memory: `started` reloads it from the store.
         self.expiry = None;
+        // Staged uploads were never committed; a restart loses them by design (the
+        // device uploads again), rather than trusting memory the panic may have left
+        // half-changed.
+        self.staged.clear();
         if !self.ended {
             self.state = None;
         }
@@ -354,7 +367,8 @@ impl Handler<Decide> for SessionActor {
     fn handle(&mut self, msg: Decide, ctx: &mut Context<Self>) -> Reply {
         let now = self.now();
         let plan = self.contain(ctx, |act, _| {
-            msg.plan(act.record()?, &act.uploaded_kinds(), now)
+            let plan = msg.plan(act.record()?, &act.uploaded_kinds(), now);
+            act.staged.attach(plan)
         });
         self.execute(plan)
     }
@@ -367,6 +381,18 @@ impl Handler<Cancel> for SessionActor {
         let now = self.now();
         let plan = self.contain(ctx, |act, _| msg.plan(act.record()?, now));
         self.execute(plan)
+    }
+}
+
+impl Handler<StageFile> for SessionActor {
+    type Result = Result<StagedFile, SessionError>;
+
+    fn handle(&mut self, msg: StageFile, ctx: &mut Context<Self>) -> Self::Result {
+        let now = self.now();
+        self.contain(ctx, |act, _| {
+            msg.check(act.record()?, now)?;
+            Ok(act.staged.put(msg))
+        })
     }
 }
 

@@ -26,6 +26,8 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub registry: Registry,
+    /// The retention sweeper; `send(Sweep)` sweeps now.
+    pub sweeper: actix::Addr<idv_actors::retention::RetentionSweeper>,
     pub clock: Arc<OffsetClock>,
     pub db: PathBuf,
     /// Keeps the database folder alive for the test (and for restarts).
@@ -75,6 +77,7 @@ async fn start(
         .expect("the broker starts");
     let address = format!("http://{}", app.addr());
     let registry = app.registry();
+    let sweeper = app.sweeper();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = actix_web::rt::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
@@ -86,6 +89,7 @@ async fn start(
             .build()
             .expect("client"),
         registry,
+        sweeper,
         clock,
         db,
         dir,

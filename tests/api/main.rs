@@ -6,4 +6,5 @@
 mod helpers;
 
 mod realtime;
+mod custody;
 mod sessions;

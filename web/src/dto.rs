@@ -195,6 +195,9 @@ pub struct DecisionView<'a> {
     pub files: &'a [idv_actors::model::FileMeta],
     pub created_at: String,
     pub decided_at: Option<String>,
+    /// When retention purged a confirmed session's shared data and files (`null` until
+    /// then; see docs/custody.md).
+    pub purged_at: Option<String>,
 }
 
 impl<'a> From<&'a Decision> for DecisionView<'a> {
@@ -213,6 +216,25 @@ impl<'a> From<&'a Decision> for DecisionView<'a> {
             files: &d.files,
             created_at: time(s.created_at),
             decided_at: s.decided_at.map(time),
+            purged_at: d.purged_at.map(time),
+        }
+    }
+}
+
+/// The answer to `PUT /v1/sessions/{id}/files/{kind}`.
+#[derive(Serialize)]
+pub struct Uploaded {
+    pub file_id: String,
+    pub kind: String,
+    pub size: u64,
+}
+
+impl From<idv_actors::staging::StagedFile> for Uploaded {
+    fn from(f: idv_actors::staging::StagedFile) -> Self {
+        Self {
+            file_id: f.file_id.to_string(),
+            kind: f.kind,
+            size: f.size,
         }
     }
 }

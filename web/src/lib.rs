@@ -26,7 +26,7 @@ use actix_web::{middleware::from_fn, web, App, HttpResponse, HttpServer, Resourc
 
 use crate::error::{ApiError, ErrorCode};
 use crate::middleware::RateLimiter;
-use crate::routes::{client, device, ops, sessions, users};
+use crate::routes::{client, device, files, ops, sessions, users};
 pub use crate::state::{AppState, TtlBounds};
 
 /// Largest JSON body accepted (SPEC §3).
@@ -94,6 +94,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/v1/sessions/{id}/ws").route(web::get().to(ws::subscribe)))
     .service(resource("/v1/sessions/{id}/information").route(web::get().to(device::information)))
     .service(resource("/v1/sessions/{id}/update").route(web::post().to(device::update)))
+    .service(
+        // One resource for both: `{kind}` on PUT and `{file_id}` on GET share the segment.
+        resource("/v1/sessions/{id}/files/{file}")
+            .route(web::put().to(files::upload))
+            .route(web::get().to(files::download)),
+    )
     .service(resource("/v1/users/{user_id}/status").route(web::put().to(users::set_status)))
     .service(resource("/v1/users/{user_id}").route(web::get().to(users::get)))
     .service(resource("/healthz").route(web::get().to(ops::healthz)))

@@ -5,10 +5,12 @@
 //! - [`readers`]: the reader threads.
 //! - [`schema`]: the migrations runner over `migrations/*.sql`.
 //! - [`sessions`]: the SQL for sessions, their events, idempotency keys and users.
+//! - [`files`]: the SQL for uploaded files and the retention purge.
 //!
 //! The rest of the broker sees only [`Store`]'s async methods, which are the
 //! whole interface a second backend (Postgres) would have to provide.
 
+mod files;
 mod readers;
 mod schema;
 mod sessions;
@@ -22,6 +24,7 @@ use crossbeam_channel::Sender;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
+pub use files::{StoredFile, PURGE_BATCH};
 pub use sessions::{CreateOutcome, IdempotencyClaim, NewSession, TransitionWrite};
 
 use writer::{Effects, FnJob, Job};

@@ -74,6 +74,8 @@ pub struct TransitionWrite {
     pub consent: Option<Consent>,
     /// The values shared on approve.
     pub shared_data: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The staged files, stored on approve in the same commit.
+    pub files: Vec<crate::staging::NewFile>,
 }
 
 impl TransitionWrite {
@@ -239,6 +241,7 @@ pub(crate) fn apply_transition(
         )?
         .execute(params![t.id.to_string(), ms(t.at)])?;
     }
+    super::files::apply(conn, t, fx)?;
     if purge {
         fx.scrub = true;
     }
@@ -318,6 +321,7 @@ impl Store {
                     bind: None,
                     consent: None,
                     shared_data: None,
+                    files: Vec::new(),
                 };
                 apply_transition(conn, &t, fx)?;
             }
@@ -364,7 +368,7 @@ impl Store {
             Ok(Some(Decision {
                 session,
                 shared_data,
-                files: Vec::new(),
+                files: super::files::list(conn, id)?,
                 purged_at: opt_time(purged_at)?,
             }))
         })

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod device;
+pub mod files;
 pub mod ops;
 pub mod sessions;
 pub mod users;

@@ -1,0 +1,112 @@
+//! The retention sweeper: confirmed sessions keep their shared data and files for a
+//! set time after the decision, then lose them (the session's status, seq, times and
+//! references stay, and the decision shows `purged_at`).
+//!
+//! One actor per broker. It sweeps every [`SweeperConfig::every`] and on a [`Sweep`]
+//! message; sweeps never overlap because the handler holds the mailbox
+//! ([`AtomicResponse`]) until the store answered. Time comes from the injected clock,
+//! so tests move the clock instead of waiting 30 days.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::clock::SharedClock;
+use crate::store::{Store, StoreError, PURGE_BATCH};
+
+/// Default time confirmed sessions keep their personal data after the decision.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// Default time between sweeps.
+pub const DEFAULT_SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// How the sweeper runs.
+#[derive(Clone, Debug)]
+pub struct SweeperConfig {
+    /// How long after `decided_at` a confirmed session's data is purged.
+    pub retention: Duration,
+    /// Time between sweeps.
+    pub every: Duration,
+}
+
+impl Default for SweeperConfig {
+    fn default() -> Self {
+        Self {
+            retention: DEFAULT_RETENTION,
+            every: DEFAULT_SWEEP_EVERY,
+        }
+    }
+}
+
+/// Purges confirmed sessions whose retention has passed.
+pub struct RetentionSweeper {
+    store: Store,
+    clock: SharedClock,
+    config: SweeperConfig,
+}
+
+impl RetentionSweeper {
+    /// A sweeper over `store`, reading time from `clock`.
+    pub fn new(store: Store, clock: SharedClock, config: SweeperConfig) -> Self {
+        Self {
+            store,
+            clock,
+            config,
+        }
+    }
+}
+
+impl Actor for RetentionSweeper {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // `notify`, not a direct call: the sweep queues behind any on-demand one.
+        ctx.notify(Sweep);
+        ctx.run_interval(self.config.every, |_, ctx| ctx.notify(Sweep));
+    }
+}
+
+/// Sweep now; answers how many sessions were purged.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "Result<usize, StoreError>")]
+pub struct Sweep;
+
+impl Handler<Sweep> for RetentionSweeper {
+    type Result = AtomicResponse<Self, Result<usize, StoreError>>;
+
+    fn handle(&mut self, _: Sweep, _: &mut Context<Self>) -> Self::Result {
+        let store = self.store.clone();
+        let clock = self.clock.clone();
+        let retention =
+            chrono::Duration::from_std(self.config.retention).unwrap_or(chrono::Duration::MAX);
+        AtomicResponse::new(Box::pin(
+            async move {
+                let mut total = 0;
+                loop {
+                    let now = clock.now();
+                    // A retention too long to subtract purges nothing, not everything.
+                    let cutoff = now
+                        .checked_sub_signed(retention)
+                        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+                    let purged = store.purge_retained(cutoff, now).await?;
+                    total += purged;
+                    // Batches keep each write short; go on while they come back full.
+                    if purged < PURGE_BATCH {
+                        return Ok(total);
+                    }
+                }
+            }
+            .into_actor(self)
+            .map(|res, _, _| {
+                match &res {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(purged = n, "retention purged confirmed sessions"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "retention sweep failed; next sweep retries")
+                    }
+                }
+                res
+            }),
+        ))
+    }
+}

@@ -1,0 +1,168 @@
+//! SQL for uploaded files and for the retention purge.
+//!
+//! Files are written only by the approve transition (inside
+//! [`apply_transition`](super::sessions::apply_transition), so they commit with it) and
+//! deleted, never flagged, by every purge; each purge sets [`Effects::scrub`] so the
+//! writer checkpoints the WAL and the deleted bytes leave the disk (SPEC §2).
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::writer::Effects;
+use super::{Store, StoreError, TransitionWrite};
+use crate::ids::{FileId, SessionId};
+use crate::model::FileMeta;
+use crate::status::Status;
+
+/// Most sessions one retention job purges, so one sweep never holds the writer (and
+/// every transition queued behind it) for long; the sweeper repeats until done.
+pub const PURGE_BATCH: usize = 256;
+
+/// A stored file as the backend downloads it.
+#[derive(Clone)]
+pub struct StoredFile {
+    /// The API key that owns its session.
+    pub owner: String,
+    /// `image/jpeg` or `image/png`.
+    pub content_type: String,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for StoredFile {
+    // Never the bytes: they are personal data and Debug output ends up in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "StoredFile({}, {} bytes)",
+            self.content_type,
+            self.bytes.len()
+        )
+    }
+}
+
+/// The file part of a transition: stores the staged files on approve, deletes every
+/// file of a session that ends without consent.
+pub(crate) fn apply(
+    conn: &Connection,
+    t: &TransitionWrite,
+    fx: &mut Effects,
+) -> Result<(), StoreError> {
+    if t.status == Status::Confirmed {
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO files (file_id, session_id, kind, content_type, size, bytes, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for f in &t.files {
+            insert.execute(params![
+                f.file_id.to_string(),
+                t.id.to_string(),
+                f.kind,
+                f.upload.content_type.as_str(),
+                f.upload.size() as i64,
+                &f.upload.bytes[..],
+                t.at.timestamp_millis(),
+            ])?;
+        }
+    }
+    if t.purges() {
+        // Nothing is stored before approve, so this finds nothing today; it is here so
+        // that "a session ended without consent has no files" holds by construction.
+        let deleted = conn
+            .prepare_cached("DELETE FROM files WHERE session_id = ?1")?
+            .execute([t.id.to_string()])?;
+        fx.scrub |= deleted > 0;
+    }
+    Ok(())
+}
+
+/// The files of a session, oldest kind first.
+pub(crate) fn list(conn: &Connection, id: SessionId) -> Result<Vec<FileMeta>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT file_id, kind, content_type, size FROM files WHERE session_id = ?1 \
+         ORDER BY created_at, kind",
+    )?;
+    let rows = stmt.query_map([id.to_string()], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (file_id, kind, content_type, size) = row?;
+        out.push(FileMeta {
+            file_id: FileId::parse(&file_id)
+                .ok_or_else(|| StoreError::Corrupt(format!("file id {file_id}")))?,
+            kind,
+            content_type,
+            size: u64::try_from(size).map_err(|_| StoreError::Corrupt("file size".into()))?,
+        });
+    }
+    Ok(out)
+}
+
+impl Store {
+    /// One stored file of session `id`, with its session's owner; `None` if there is no
+    /// such file (never stored, or deleted).
+    pub async fn load_file(
+        &self,
+        id: SessionId,
+        file_id: FileId,
+    ) -> Result<Option<StoredFile>, StoreError> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT s.owner, f.content_type, f.bytes FROM files f \
+                     JOIN sessions s ON s.id = f.session_id \
+                     WHERE f.file_id = ?1 AND f.session_id = ?2",
+                )?
+                .query_row(params![file_id.to_string(), id.to_string()], |r| {
+                    Ok(StoredFile {
+                        owner: r.get(0)?,
+                        content_type: r.get(1)?,
+                        bytes: r.get(2)?,
+                    })
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Retention: for up to [`PURGE_BATCH`] confirmed sessions decided at or before
+    /// `cutoff` and not yet purged, deletes their files and clears their shared data and
+    /// registration, recording `now` as `purged_at`. Returns how many were purged; call
+    /// again while it returns a full batch.
+    pub async fn purge_retained(
+        &self,
+        cutoff: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        self.write(move |conn, fx| {
+            let ids: Vec<String> = conn
+                .prepare_cached(
+                    "SELECT id FROM sessions WHERE status = 'confirmed' AND purged_at IS NULL \
+                     AND decided_at <= ?1 ORDER BY decided_at LIMIT ?2",
+                )?
+                .query_map(
+                    params![cutoff.timestamp_millis(), PURGE_BATCH as i64],
+                    |r| r.get(0),
+                )?
+                .collect::<Result<_, _>>()?;
+            let mut delete = conn.prepare_cached("DELETE FROM files WHERE session_id = ?1")?;
+            let mut clear = conn.prepare_cached(
+                "UPDATE sessions SET shared_data = NULL, registration = NULL, purged_at = ?2 \
+                 WHERE id = ?1",
+            )?;
+            for id in &ids {
+                delete.execute([id])?;
+                clear.execute(params![id, now.timestamp_millis()])?;
+            }
+            fx.scrub |= !ids.is_empty();
+            Ok(ids.len())
+        })
+        .await
+    }
+}

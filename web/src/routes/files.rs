@@ -1,0 +1,162 @@
+//! Uploads (device) and downloads (backend) of files.
+//!
+//! An upload is read into memory only: the body streams in under the broker-wide
+//! staging budget and the 5 MiB cap, both enforced chunk by chunk, so an oversized or
+//! over-budget body is refused while it is still arriving. The session actor then holds
+//! it until approve (SPEC §2).
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt as _;
+use idv_actors::ids::FileId;
+use idv_actors::model::is_file_scope;
+use idv_actors::staging::{ImageType, Reservation, StageFile, StagingBudget, Upload};
+use idv_actors::SessionError;
+
+use super::session_id;
+use crate::auth::{Backend, Device};
+use crate::dto::Uploaded;
+use crate::error::{ApiError, ErrorCode};
+use crate::state::AppState;
+
+/// Seconds a client is told to wait when the staging budget is full: staged bytes go
+/// back as sessions are decided or expire, which takes seconds to minutes.
+const BUDGET_RETRY_AFTER: u64 = 5;
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!(
+            "uploads are at most {} bytes",
+            idv_actors::staging::MAX_UPLOAD_BYTES
+        ),
+    )
+}
+
+fn budget_full() -> ApiError {
+    ApiError::unavailable(
+        "the broker holds as many uploads in memory as it may; try again shortly",
+        BUDGET_RETRY_AFTER,
+    )
+}
+
+fn unsupported(message: &str) -> ApiError {
+    ApiError::new(ErrorCode::UnsupportedMediaType, message)
+}
+
+/// Reads the body into memory, reserving its bytes from `budget` as they arrive, and
+/// refusing (`413`) the chunk that takes it past the cap or (`503`) past the budget.
+async fn read_body(
+    mut payload: web::Payload,
+    announced: Option<usize>,
+    budget: &std::sync::Arc<StagingBudget>,
+) -> Result<(Vec<u8>, Reservation), ApiError> {
+    let max = idv_actors::staging::MAX_UPLOAD_BYTES;
+    let mut reservation = budget.reserve();
+    // An announced length is reserved (and allocated) at once: a full budget is refused
+    // before a byte is read.
+    if let Some(len) = announced {
+        if !reservation.grow(len) {
+            return Err(budget_full());
+        }
+    }
+    let mut body = Vec::with_capacity(announced.unwrap_or(0));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::invalid(format!("the upload was cut off: {e}")))?;
+        let total = body.len() + chunk.len();
+        if total > max {
+            return Err(too_large());
+        }
+        let more = total.saturating_sub(reservation.bytes());
+        if more > 0 && !reservation.grow(more) {
+            return Err(budget_full());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    reservation.shrink_to(body.len());
+    Ok((body, reservation))
+}
+
+/// `PUT /v1/sessions/{id}/files/{kind}`: stages an image with the session's actor.
+pub async fn upload(
+    state: web::Data<AppState>,
+    device: Device,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (id, kind) = path.into_inner();
+    let id = session_id(&id)?;
+    // Checks that need no session come first, so a bad request is refused unread.
+    if !is_file_scope(&kind) {
+        return Err(ApiError::invalid(format!(
+            "{kind:?} is not a file scope (selfie, document_front, document_back)"
+        )));
+    }
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ImageType::from_content_type)
+        .ok_or_else(|| unsupported("uploads must be Content-Type: image/jpeg or image/png"))?;
+    let announced = match req.headers().get(header::CONTENT_LENGTH) {
+        None => None,
+        Some(v) => {
+            let len = v
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::invalid("Content-Length is not a number"))?;
+            if len > idv_actors::staging::MAX_UPLOAD_BYTES as u64 {
+                return Err(too_large());
+            }
+            Some(len as usize)
+        }
+    };
+    let (bytes, reservation) =
+        read_body(payload, announced, state.registry.staging_budget()).await?;
+    if !content_type.matches(&bytes) {
+        return Err(unsupported(&format!(
+            "the body is not a {} image",
+            content_type.as_str()
+        )));
+    }
+    let staged = state
+        .registry
+        .call(
+            id,
+            StageFile {
+                device: device.sub,
+                kind,
+                upload: Upload::new(content_type, bytes, reservation),
+            },
+        )
+        .await?;
+    Ok(HttpResponse::Created().json(Uploaded::from(staged)))
+}
+
+/// `GET /v1/sessions/{id}/files/{file_id}`: the stored bytes, `404` once deleted.
+pub async fn download(
+    state: web::Data<AppState>,
+    backend: Backend,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, file_id) = path.into_inner();
+    let id = session_id(&id)?;
+    let file_id = FileId::parse(&file_id)
+        .ok_or_else(|| ApiError::invalid(format!("file id {file_id:?} is not a UUID")))?;
+    let file = state
+        .registry
+        .file(id, file_id, &backend.owner)
+        .await
+        .map_err(|e| match e {
+            SessionError::NotFound => ApiError::not_found("no such file (or it was deleted)"),
+            other => other.into(),
+        })?;
+    Ok(HttpResponse::Ok()
+        .content_type(file.content_type)
+        // Personal data: no cache may keep a copy, and no browser may guess another type.
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .body(file.bytes))
+}

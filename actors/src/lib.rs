@@ -5,7 +5,8 @@
 //! - [`commands`]: the messages a session accepts and the rules that plan them.
 //! - [`session`]: the session actor (state, seq, expiry timer).
 //! - [`registry`]: live actors by session id; rehydration and replacement.
-//! - [`store`]: SQLite with a group-committing writer thread.
+//! - [`store`]: SQLite with a group-committing writer thread, and the webhook outbox.
+//! - [`webhooks`]: the dispatcher that delivers the outbox, signed.
 //! - [`credentials`]: API keys, session tokens and device JWTs.
 //! - [`ids`], [`model`], [`clock`], [`error`]: the vocabulary.
 
@@ -19,5 +20,6 @@ pub mod registry;
 pub mod session;
 pub mod status;
 pub mod store;
+pub mod webhooks;
 
 pub use error::SessionError;

@@ -37,4 +37,7 @@ pub struct AppState {
     pub public_url: String,
     /// Accepted `ttl_seconds`.
     pub ttl: TtlBounds,
+    /// Whether the broker has a webhook secret; without one it sends nothing unsigned,
+    /// so a `callback_url` is refused (SPEC §4).
+    pub webhooks_signed: bool,
 }

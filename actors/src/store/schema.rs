@@ -5,7 +5,10 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// Every migration, in order: (version, SQL). Versions are never reused or edited.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../../migrations/0001_sessions.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../../migrations/0001_sessions.sql")),
+    (3, include_str!("../../../migrations/0003_webhooks.sql")),
+];
 
 /// Brings the schema up to date inside one transaction, recording each version applied.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

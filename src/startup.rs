@@ -54,6 +54,7 @@ impl Application {
     /// restores the live sessions' actors, then binds. Nothing listens before the
     /// store is consistent.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        idv_actors::webhooks::install_crypto_provider();
         let db_error = |source| StartError::Database {
             path: settings.db.display().to_string(),
             source,

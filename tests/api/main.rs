@@ -6,3 +6,4 @@
 mod helpers;
 
 mod sessions;
+mod webhooks;

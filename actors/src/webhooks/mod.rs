@@ -31,6 +31,18 @@ pub struct WebhookConfig {
     pub max_in_flight: usize,
 }
 
+/// Makes `ring` the process's rustls crypto provider, if none is yet.
+///
+/// reqwest is built with `rustls-no-provider` (aws-lc-rs needs cmake and clang), and
+/// Cargo unifies that feature for every reqwest client in the process: one built
+/// without a provider installed panics. The dispatcher passes its own TLS
+/// configuration and does not need this; other clients in the same process (tests,
+/// tools) do. Idempotent.
+pub fn install_crypto_provider() {
+    // An error only says a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl Default for WebhookConfig {
     fn default() -> Self {
         Self {

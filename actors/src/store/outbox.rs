@@ -294,3 +294,215 @@ impl Store {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::SessionToken;
+    use crate::model::{SessionRecord, SessionRequest};
+    use crate::status::Status;
+    use crate::store::{NewSession, StoreConfig};
+
+    fn open(dir: &tempfile::TempDir, route: Option<WebhookRoute>) -> Store {
+        Store::open(&StoreConfig {
+            webhooks: route,
+            ..StoreConfig::new(dir.path().join("t.db"))
+        })
+        .unwrap()
+    }
+
+    async fn session(store: &Store, callback_url: Option<&str>) -> SessionRecord {
+        let record = SessionRecord::open(
+            "acme",
+            SessionToken::generate().hash(),
+            SessionRequest {
+                scopes: vec!["full_name".into()],
+                vendor_data: Some("v".into()),
+                external_reference_id: None,
+                registration: None,
+                redirect_url: None,
+                callback_url: callback_url.map(str::to_owned),
+            },
+            Utc::now(),
+            chrono::Duration::seconds(600),
+        );
+        store
+            .create_session(
+                NewSession {
+                    record: record.clone(),
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        record
+    }
+
+    fn step(s: &SessionRecord, from: u64, status: Status) -> TransitionWrite {
+        TransitionWrite {
+            id: s.id,
+            from_seq: Seq(from),
+            status,
+            at: s.created_at + chrono::Duration::seconds(from as i64),
+            bind: None,
+            consent: None,
+            shared_data: None,
+        }
+    }
+
+    /// After every transition the tests make (they are spaced a second apart).
+    fn soon() -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::minutes(1)
+    }
+
+    fn route(default_url: Option<&str>) -> Option<WebhookRoute> {
+        Some(WebhookRoute {
+            default_url: default_url.map(str::to_owned),
+        })
+    }
+
+    #[actix_rt::test]
+    async fn a_transition_enqueues_its_event_and_a_refused_one_enqueues_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, route(None));
+        let s = session(&store, Some("https://example.test/hook")).await;
+        let wake = store.webhook_wake();
+        store
+            .commit_transition(step(&s, 1, Status::Retrieved))
+            .await
+            .unwrap();
+        // The wake-up was signalled (a permit is waiting).
+        tokio::time::timeout(std::time::Duration::from_secs(1), wake.notified())
+            .await
+            .unwrap();
+        // Stale: the transaction rolls back, the event with it.
+        let stale = store
+            .commit_transition(step(&s, 1, Status::Cancelled))
+            .await;
+        assert!(matches!(stale, Err(StoreError::Stale)));
+
+        let found = store.due_webhooks(soon(), 10).await.unwrap();
+        assert_eq!(found.due.len(), 1);
+        let e = &found.due[0];
+        assert_eq!(
+            (e.session_id, e.seq, e.url.as_str()),
+            (s.id, Seq(2), "https://example.test/hook")
+        );
+        let body: serde_json::Value = serde_json::from_slice(&e.body).unwrap();
+        assert_eq!(body["event_id"], e.event_id);
+        assert_eq!(body["status"], "retrieved");
+        assert_eq!(body["seq"], 2);
+        assert_eq!(body["vendor_data"], "v");
+        assert_eq!(body["external_reference_id"], serde_json::Value::Null);
+        assert_eq!(
+            body["at"],
+            rfc3339(s.created_at + chrono::Duration::seconds(1))
+        );
+        assert_eq!(
+            store.webhook_counts(s.id).await.unwrap(),
+            WebhookCounts {
+                pending: 1,
+                failed: 0
+            }
+        );
+    }
+
+    #[actix_rt::test]
+    async fn the_callback_url_wins_the_default_is_the_fallback_and_no_route_sends_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, route(Some("https://default.test/")));
+        let own = session(&store, Some("https://own.test/")).await;
+        let plain = session(&store, None).await;
+        for s in [&own, &plain] {
+            store
+                .commit_transition(step(s, 1, Status::Cancelled))
+                .await
+                .unwrap();
+        }
+        let mut urls: Vec<String> = store
+            .due_webhooks(soon(), 10)
+            .await
+            .unwrap()
+            .due
+            .into_iter()
+            .map(|e| e.url)
+            .collect();
+        urls.sort();
+        assert_eq!(urls, ["https://default.test/", "https://own.test/"]);
+        drop(store);
+
+        // No route (no secret) even with a callback_url; a route but no URL at all.
+        for (r, callback) in [(None, Some("https://own.test/")), (route(None), None)] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = open(&dir, r);
+            let s = session(&store, callback).await;
+            store
+                .commit_transition(step(&s, 1, Status::Cancelled))
+                .await
+                .unwrap();
+            assert!(store.due_webhooks(soon(), 10).await.unwrap().due.is_empty());
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_session_s_next_event_waits_until_the_head_is_delivered_or_given_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, route(Some("https://default.test/")));
+        let s = session(&store, None).await;
+        store
+            .commit_transition(step(&s, 1, Status::Retrieved))
+            .await
+            .unwrap();
+        store
+            .commit_transition(step(&s, 2, Status::Cancelled))
+            .await
+            .unwrap();
+        let now = soon();
+        let seqs = |d: DueEvents| d.due.iter().map(|e| e.seq.0).collect::<Vec<_>>();
+
+        assert_eq!(seqs(store.due_webhooks(now, 10).await.unwrap()), [2]);
+        let later = now + chrono::Duration::seconds(5);
+        store
+            .record_delivery(
+                s.id,
+                Seq(2),
+                now,
+                DeliveryRecord::Retry {
+                    next_attempt_at: later,
+                    error: "HTTP 500".into(),
+                },
+            )
+            .await
+            .unwrap();
+        let found = store.due_webhooks(now, 10).await.unwrap();
+        assert_eq!(
+            found.next_at.map(|t| t.timestamp_millis()),
+            Some(later.timestamp_millis())
+        );
+        assert!(found.due.is_empty(), "seq 3 waits behind a retrying seq 2");
+        store
+            .record_delivery(
+                s.id,
+                Seq(2),
+                now,
+                DeliveryRecord::Failed {
+                    error: "HTTP 500".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(seqs(store.due_webhooks(now, 10).await.unwrap()), [3]);
+        store
+            .record_delivery(s.id, Seq(3), now, DeliveryRecord::Delivered)
+            .await
+            .unwrap();
+        assert!(store.due_webhooks(now, 10).await.unwrap().due.is_empty());
+        assert_eq!(
+            store.webhook_counts(s.id).await.unwrap(),
+            WebhookCounts {
+                pending: 0,
+                failed: 1
+            }
+        );
+    }
+}

@@ -68,6 +68,10 @@ pub struct Dispatcher {
     /// starting a second one.
     scanning: bool,
     rescan: bool,
+    /// Sessions whose outcome was recorded while a scan was reading. That scan may have
+    /// read before the record committed and would send the old head again, so they stay
+    /// in `in_flight` until its result is handled.
+    held: Vec<SessionId>,
     /// The timer for the next retry that falls due.
     timer: Option<SpawnHandle>,
     /// `Shutdown` was received: no new deliveries start.
@@ -110,6 +114,7 @@ impl Dispatcher {
             in_flight: HashSet::new(),
             scanning: false,
             rescan: false,
+            held: Vec::new(),
             timer: None,
             stopping: false,
             drained: Vec::new(),
@@ -139,11 +144,8 @@ impl Dispatcher {
                 .into_actor(self)
                 .map(move |res, act, ctx| {
                     act.scanning = false;
-                    if act.stopping {
-                        act.check_drained(ctx);
-                        return;
-                    }
                     match res {
+                        _ if act.stopping => {}
                         Ok(found) => {
                             for event in found.due {
                                 if act.in_flight.len() >= act.config.max_in_flight {
@@ -160,6 +162,10 @@ impl Dispatcher {
                             act.arm_timer(Some(now + chrono::Duration::seconds(1)), ctx);
                         }
                     }
+                    for id in std::mem::take(&mut act.held) {
+                        act.in_flight.remove(&id);
+                    }
+                    act.check_drained(ctx);
                     if std::mem::take(&mut act.rescan) {
                         act.scan(ctx);
                     }
@@ -236,24 +242,28 @@ impl Dispatcher {
             async move { store.record_delivery(id, seq, at, record).await }
                 .into_actor(self)
                 .map(move |res, act, ctx| match res {
-                    Ok(()) => {
-                        act.in_flight.remove(&id);
-                        act.check_drained(ctx);
-                        act.scan(ctx);
-                    }
+                    Ok(()) => act.release(id, ctx),
                     Err(e) => {
                         // The row still says "due": hold the session back for a moment,
                         // or a failing store would turn into a tight resend loop.
                         tracing::error!(session = %id, seq = %seq, error = %e,
                             "cannot record a webhook attempt; it will be sent again");
-                        ctx.run_later(STORE_RETRY, move |act, ctx| {
-                            act.in_flight.remove(&id);
-                            act.check_drained(ctx);
-                            act.scan(ctx);
-                        });
+                        ctx.run_later(STORE_RETRY, move |act, ctx| act.release(id, ctx));
                     }
                 }),
         );
+    }
+
+    /// The session's attempt is recorded: its next event may go.
+    fn release(&mut self, id: SessionId, ctx: &mut Context<Self>) {
+        if self.scanning {
+            self.held.push(id);
+            self.rescan = true;
+            return;
+        }
+        self.in_flight.remove(&id);
+        self.check_drained(ctx);
+        self.scan(ctx);
     }
 
     fn check_drained(&mut self, ctx: &mut Context<Self>) {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use idv_actors::clock::{SharedClock, SystemClock};
 use idv_actors::credentials::parse_pair;
+use idv_actors::webhooks::WebhookConfig;
 use idv_web::TtlBounds;
 
 /// idv-broker: a real-time identity-verification session broker.
@@ -99,6 +100,8 @@ pub struct Settings {
     pub webhook_url: Option<String>,
     /// Signing secrets, newest first.
     pub webhook_secrets: Vec<String>,
+    /// Webhook delivery: timeout, backoff, give-up (tests shrink them).
+    pub webhooks: WebhookConfig,
     /// Per-IP requests per second; 0 is off.
     pub rate_limit: u32,
     /// Demo mode.
@@ -134,6 +137,7 @@ impl Settings {
             issuers: Vec::new(),
             webhook_url: None,
             webhook_secrets: Vec::new(),
+            webhooks: WebhookConfig::default(),
             rate_limit: 100,
             demo: false,
             clock: std::sync::Arc::new(SystemClock),

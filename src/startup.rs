@@ -8,7 +8,9 @@ use actix_web::dev::{Server, ServerHandle};
 use idv_actors::credentials::{ApiKeys, Issuers};
 use idv_actors::registry::{Registry, RegistryConfig};
 use idv_actors::retention::{RetentionSweeper, SweeperConfig};
-use idv_actors::store::{Store, StoreConfig, StoreError};
+use idv_actors::store::{Store, StoreConfig, StoreError, WebhookRoute};
+use idv_actors::webhooks::dispatcher::DispatcherError;
+use idv_actors::webhooks::{Dispatcher, Shutdown, Signer};
 use idv_web::{AppState, ServerConfig};
 
 use crate::settings::Settings;
@@ -24,6 +26,9 @@ pub enum StartError {
         /// Why.
         source: StoreError,
     },
+    /// The webhook dispatcher cannot be set up (its TLS client).
+    #[error("cannot start webhooks: {0}")]
+    Webhooks(#[from] DispatcherError),
     /// The address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -43,6 +48,10 @@ pub struct Application {
     /// Tells WebSockets (close 1001) and long-polls (answer now) that the broker stops.
     shutdown: tokio::sync::watch::Sender<bool>,
     sweeper: Addr<RetentionSweeper>,
+    /// The webhook dispatcher; `None` without a signing secret.
+    dispatcher: Option<actix::Addr<Dispatcher>>,
+    /// How long a stop waits for deliveries in flight.
+    webhook_timeout: std::time::Duration,
 }
 
 impl Application {
@@ -50,11 +59,20 @@ impl Application {
     /// restores the live sessions' actors, then binds. Nothing listens before the
     /// store is consistent.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        idv_actors::webhooks::install_crypto_provider();
         let db_error = |source| StartError::Database {
             path: settings.db.display().to_string(),
             source,
         };
-        let store = Store::open(&StoreConfig::new(&settings.db)).map_err(db_error)?;
+        // No secret, no webhooks at all: transitions enqueue nothing (SPEC §4).
+        let signer = Signer::new(&settings.webhook_secrets);
+        let store_config = StoreConfig {
+            webhooks: signer.as_ref().map(|_| WebhookRoute {
+                default_url: settings.webhook_url.clone(),
+            }),
+            ..StoreConfig::new(&settings.db)
+        };
+        let store = Store::open(&store_config).map_err(db_error)?;
         let registry = Registry::new(
             store.clone(),
             settings.clock.clone(),
@@ -74,6 +92,17 @@ impl Application {
             },
         )
         .start();
+        // After the restore, so the events of expiries at start are in the outbox; it
+        // resumes whatever was pending.
+        let dispatcher = match signer {
+            Some(signer) => Some(actix::Actor::start(Dispatcher::new(
+                store.clone(),
+                settings.clock.clone(),
+                signer,
+                settings.webhooks.clone(),
+            )?)),
+            None => None,
+        };
 
         let bind_error = |source| StartError::Bind {
             addr: settings.bind.clone(),
@@ -108,6 +137,7 @@ impl Application {
             ttl: settings.ttl,
             ws: settings.ws,
             shutdown: shutdown_rx,
+            webhooks_signed: dispatcher.is_some(),
         };
         let config = ServerConfig {
             rate_limit: settings.rate_limit,
@@ -122,6 +152,8 @@ impl Application {
             store,
             shutdown: shutdown_tx,
             sweeper,
+            dispatcher,
+            webhook_timeout: settings.webhooks.timeout,
         })
     }
 
@@ -146,8 +178,9 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then stops in order: close WebSockets with 1001
-    /// and answer long-polls, stop accepting and finish in-flight requests, then flush
-    /// the store (commit what is queued, checkpoint).
+    /// and answer long-polls, stop accepting and finish in-flight requests, let webhook
+    /// deliveries in flight finish and be recorded, then flush the store (commit what
+    /// is queued, checkpoint).
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()>,
@@ -159,6 +192,17 @@ impl Application {
         let _ = self.shutdown.send(true);
         handle.stop(true).await;
         let _ = server.await;
+        if let Some(dispatcher) = &self.dispatcher {
+            // Bounded: a delivery takes at most its timeout, recording it a moment more.
+            // What is cut short stays pending and goes out after the next start.
+            let wait = self.webhook_timeout + std::time::Duration::from_secs(2);
+            if actix_web::rt::time::timeout(wait, dispatcher.send(Shutdown))
+                .await
+                .is_err()
+            {
+                tracing::warn!("webhook deliveries still in flight at stop; they will be resent");
+            }
+        }
         let store = self.store.clone();
         actix_web::rt::task::spawn_blocking(move || store.close())
             .await

@@ -9,6 +9,8 @@
 //! - [`store`]: SQLite with a group-committing writer thread.
 //! - [`staging`]: uploads held in memory until approve, under a broker-wide budget.
 //! - [`retention`]: the sweeper that purges confirmed sessions' data after retention.
+//! - [`store`]: SQLite with a group-committing writer thread, and the webhook outbox.
+//! - [`webhooks`]: the dispatcher that delivers the outbox, signed.
 //! - [`credentials`]: API keys, session tokens and device JWTs.
 //! - [`ids`], [`model`], [`clock`], [`error`]: the vocabulary.
 
@@ -25,5 +27,6 @@ pub mod session;
 pub mod staging;
 pub mod status;
 pub mod store;
+pub mod webhooks;
 
 pub use error::SessionError;

@@ -114,11 +114,21 @@ impl TestApp {
 
     /// Stops this broker and starts a new one on the same database, with the clock
     /// moved forward by `advance` (to act out downtime).
-    pub async fn restart(mut self, advance: chrono::Duration) -> TestApp {
+    pub async fn restart(self, advance: chrono::Duration) -> TestApp {
+        self.restart_with(advance, |_| {}).await
+    }
+
+    /// As [`restart`](Self::restart), with the new broker's settings adjusted the way
+    /// `spawn_app_with` does (settings are not carried over by themselves).
+    pub async fn restart_with(
+        mut self,
+        advance: chrono::Duration,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> TestApp {
         self.stop().await;
         self.clock.advance(advance);
         let (dir, db, clock) = (self.dir.clone(), self.db.clone(), self.clock.clone());
-        start(dir, db, clock, |_| {}).await
+        start(dir, db, clock, adjust).await
     }
 
     pub fn url(&self, path: &str) -> String {

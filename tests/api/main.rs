@@ -5,6 +5,7 @@
 
 mod helpers;
 
-mod realtime;
 mod custody;
+mod realtime;
 mod sessions;
+mod webhooks;

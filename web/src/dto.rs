@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use idv_actors::clock::rfc3339;
 use idv_actors::model::{is_valid_scope, Consent, Decision, SessionRecord, UserRecord};
+use idv_actors::store::WebhookCounts;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -160,6 +161,19 @@ pub struct SessionView<'a> {
     pub updated_at: String,
     pub expires_at: String,
     pub consent: Option<ConsentView>,
+    /// SPEC §4's counts; filled by the handlers that read them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<WebhookCounts>,
+}
+
+impl SessionView<'_> {
+    /// The view with the session's webhook counts.
+    pub fn with_webhooks(self, counts: WebhookCounts) -> Self {
+        Self {
+            webhooks: Some(counts),
+            ..self
+        }
+    }
 }
 
 impl<'a> From<&'a SessionRecord> for SessionView<'a> {
@@ -176,6 +190,7 @@ impl<'a> From<&'a SessionRecord> for SessionView<'a> {
             updated_at: time(s.updated_at),
             expires_at: time(s.expires_at),
             consent: s.consent.as_ref().map(ConsentView::from),
+            webhooks: None,
         }
     }
 }

@@ -42,4 +42,7 @@ pub struct AppState {
     /// Turns `true` when the broker starts shutting down: WebSockets close with 1001
     /// and long-polls answer at once.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Whether the broker has a webhook secret; without one it sends nothing unsigned,
+    /// so a `callback_url` is refused (SPEC §4).
+    pub webhooks_signed: bool,
 }

@@ -6,11 +6,13 @@
 //! - [`schema`]: the migrations runner over `migrations/*.sql`.
 //! - [`sessions`]: the SQL for sessions, their events, idempotency keys and users.
 //! - [`files`]: the SQL for uploaded files and the retention purge.
+//! - [`outbox`]: the SQL for the webhook outbox.
 //!
 //! The rest of the broker sees only [`Store`]'s async methods, which are the
 //! whole interface a second backend (Postgres) would have to provide.
 
 mod files;
+mod outbox;
 mod readers;
 mod schema;
 mod sessions;
@@ -25,6 +27,9 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 pub use files::{StoredFile, PURGE_BATCH};
+pub use outbox::{
+    DeliveryRecord, DueEvents, OutboxEvent, WebhookCounts, WebhookRoute, STATUS_CHANGED,
+};
 pub use sessions::{CreateOutcome, IdempotencyClaim, NewSession, TransitionWrite};
 
 use writer::{Effects, FnJob, Job};
@@ -63,6 +68,8 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// How many reader threads (each with its own connection).
     pub readers: usize,
+    /// Where transitions enqueue webhook events; `None` (no signing secret): none are.
+    pub webhooks: Option<WebhookRoute>,
 }
 
 impl StoreConfig {
@@ -71,6 +78,7 @@ impl StoreConfig {
         Self {
             path: path.into(),
             readers: 2,
+            webhooks: None,
         }
     }
 }
@@ -88,6 +96,11 @@ struct Inner {
     readers: Mutex<Option<Sender<readers::ReadJob>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     path: PathBuf,
+    /// Handed to every write job, so that `apply_transition` can enqueue webhooks.
+    webhooks: Option<Arc<WebhookRoute>>,
+    /// Woken after a commit that enqueued a webhook event. `Notify` keeps one permit
+    /// when nobody waits, so a wake-up between two dispatcher scans is not lost.
+    webhook_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Opens a connection with the pragmas every connection of the broker uses.
@@ -151,6 +164,8 @@ impl Store {
                 readers: Mutex::new(Some(rtx)),
                 threads: Mutex::new(threads),
                 path: config.path.clone(),
+                webhooks: config.webhooks.clone().map(Arc::new),
+                webhook_wake: Arc::new(tokio::sync::Notify::new()),
             }),
         })
     }
@@ -161,7 +176,33 @@ impl Store {
     }
 
     /// Runs `f` in the next group-committed transaction and answers once it is durable.
+    /// If `f` enqueued a webhook event, the dispatcher is woken after the commit.
     pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut Effects) -> Result<T, StoreError> + Send + 'static,
+    {
+        let webhooks = self.inner.webhooks.clone();
+        let (out, enqueued) = self
+            .write_job(move |conn, fx| {
+                fx.webhooks = webhooks;
+                let out = f(conn, fx)?;
+                Ok((out, fx.webhook_enqueued))
+            })
+            .await?;
+        if enqueued {
+            self.inner.webhook_wake.notify_one();
+        }
+        Ok(out)
+    }
+
+    /// Notified after every committed write that enqueued a webhook event: the
+    /// dispatcher's wake-up.
+    pub(crate) fn webhook_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.webhook_wake.clone()
+    }
+
+    async fn write_job<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, &mut Effects) -> Result<T, StoreError> + Send + 'static,

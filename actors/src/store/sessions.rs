@@ -245,6 +245,8 @@ pub(crate) fn apply_transition(
     if purge {
         fx.scrub = true;
     }
+    // Same transaction as the transition: an acknowledged transition has its event.
+    super::outbox::enqueue(conn, t, fx)?;
     Ok(())
 }
 

@@ -24,11 +24,16 @@ pub(crate) const MAX_BATCH: usize = 1024;
 /// within this window share one checkpoint.
 const SCRUB_DELAY: Duration = Duration::from_millis(500);
 
-/// What a job tells the writer besides its result.
+/// What a job tells the writer besides its result, and the context it runs in.
 #[derive(Default)]
 pub(crate) struct Effects {
     /// Personal data was deleted: checkpoint the WAL soon.
     pub scrub: bool,
+    /// Where transitions enqueue webhook events; `None`: the broker sends none. Set by
+    /// [`Store::write`](super::Store::write) before the job runs.
+    pub webhooks: Option<std::sync::Arc<super::outbox::WebhookRoute>>,
+    /// The job enqueued a webhook event: wake the dispatcher once it is committed.
+    pub webhook_enqueued: bool,
 }
 
 /// A unit of work for the writer thread.

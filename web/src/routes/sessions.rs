@@ -53,6 +53,11 @@ pub async fn create(
     body: web::Json<CreateSession>,
 ) -> Result<HttpResponse, ApiError> {
     let ttl = body.validate(state.ttl)?;
+    if body.callback_url.is_some() && !state.webhooks_signed {
+        return Err(ApiError::invalid(
+            "callback_url needs a webhook secret, and this broker has none: it sends nothing unsigned",
+        ));
+    }
     let claim = idempotency_claim(&req, &body)?;
     let body = body.into_inner();
     let token = SessionToken::generate();
@@ -97,7 +102,13 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let id = session_id(&path)?;
     let session = state.registry.inspect(id, backend.caller()).await?;
-    Ok(HttpResponse::Ok().json(SessionView::from(&session)))
+    let webhooks = state
+        .registry
+        .store()
+        .webhook_counts(id)
+        .await
+        .map_err(idv_actors::SessionError::from)?;
+    Ok(HttpResponse::Ok().json(SessionView::from(&session).with_webhooks(webhooks)))
 }
 
 /// `GET /v1/sessions/{id}/decision`.

@@ -1,0 +1,509 @@
+//! SQL for the webhook outbox (SPEC §4): events enqueued with their transition, and
+//! what the dispatcher needs to deliver them in order.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use super::sessions::TransitionWrite;
+use super::writer::Effects;
+use super::{Store, StoreError};
+use crate::clock::rfc3339;
+use crate::ids::{Seq, SessionId};
+
+/// The `event` name of every webhook the broker sends.
+pub const STATUS_CHANGED: &str = "session.status_changed";
+
+/// Where webhook events go when a session has no `callback_url`; present only when
+/// the broker can sign (it sends nothing unsigned, SPEC §4).
+#[derive(Clone, Debug, Default)]
+pub struct WebhookRoute {
+    /// The broker's default `--webhook-url`.
+    pub default_url: Option<String>,
+}
+
+/// One event to deliver, as the dispatcher reads it.
+#[derive(Clone, Debug)]
+pub struct OutboxEvent {
+    /// The session it reports on.
+    pub session_id: SessionId,
+    /// The transition's seq.
+    pub seq: Seq,
+    /// `event_id` of the payload, sent as `X-Idv-Event-Id`.
+    pub event_id: String,
+    /// Where to POST it.
+    pub url: String,
+    /// The exact bytes to send (and sign).
+    pub body: Arc<[u8]>,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the first attempt was made, if one was.
+    pub first_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// How one delivery attempt ended, as the outbox records it.
+#[derive(Clone, Debug)]
+pub enum DeliveryRecord {
+    /// The receiver answered 2xx: the event is done and leaves the outbox.
+    Delivered,
+    /// Not accepted; try again at `next_attempt_at`.
+    Retry {
+        /// When to try again.
+        next_attempt_at: DateTime<Utc>,
+        /// A short note on why, for diagnosis.
+        error: String,
+    },
+    /// Not accepted and out of time: kept as `failed`, counted on the session.
+    Failed {
+        /// A short note on the last failure.
+        error: String,
+    },
+}
+
+/// The webhook counts of `GET /v1/sessions/{id}`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WebhookCounts {
+    /// Events not yet delivered (including one in flight).
+    pub pending: u64,
+    /// Events given up on.
+    pub failed: u64,
+}
+
+/// What the dispatcher should do now.
+#[derive(Debug, Default)]
+pub struct DueEvents {
+    /// The oldest undelivered event of sessions whose turn has come.
+    pub due: Vec<OutboxEvent>,
+    /// The earliest later retry, to set a timer for.
+    pub next_at: Option<DateTime<Utc>>,
+}
+
+/// The payload of SPEC §4, field order as documented.
+#[derive(Serialize)]
+struct StatusChanged<'a> {
+    event_id: &'a str,
+    event: &'static str,
+    session_id: String,
+    status: &'static str,
+    seq: u64,
+    vendor_data: Option<&'a str>,
+    external_reference_id: Option<&'a str>,
+    at: String,
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn time(ms: i64) -> Result<DateTime<Utc>, StoreError> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .ok_or_else(|| StoreError::Corrupt(format!("time {ms} out of range")))
+}
+
+/// Enqueues the event of a transition just written, inside the same transaction. No
+/// route (no secret) or no URL for the session: no event.
+pub(crate) fn enqueue(
+    conn: &Connection,
+    t: &TransitionWrite,
+    fx: &mut Effects,
+) -> Result<(), StoreError> {
+    let Some(route) = fx.webhooks.clone() else {
+        return Ok(());
+    };
+    let (callback, vendor_data, reference): (Option<String>, Option<String>, Option<String>) = conn
+        .prepare_cached(
+            "SELECT callback_url, vendor_data, external_reference_id FROM sessions WHERE id = ?1",
+        )?
+        .query_row([t.id.to_string()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    let Some(url) = callback.or_else(|| route.default_url.clone()) else {
+        return Ok(());
+    };
+    let seq = t.from_seq.next();
+    let event_id = uuid::Uuid::new_v4().to_string();
+    let body = serde_json::to_vec(&StatusChanged {
+        event_id: &event_id,
+        event: STATUS_CHANGED,
+        session_id: t.id.to_string(),
+        status: t.status.as_str(),
+        seq: seq.0,
+        vendor_data: vendor_data.as_deref(),
+        external_reference_id: reference.as_deref(),
+        at: rfc3339(t.at),
+    })
+    .map_err(|e| StoreError::Corrupt(format!("webhook payload: {e}")))?;
+    conn.prepare_cached(
+        "INSERT INTO webhook_outbox (session_id, seq, event_id, url, body, created_at, \
+         next_attempt_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+    )?
+    .execute(params![
+        t.id.to_string(),
+        seq.0 as i64,
+        event_id,
+        url,
+        body,
+        ms(t.at)
+    ])?;
+    fx.webhook_enqueued = true;
+    Ok(())
+}
+
+impl Store {
+    /// The head (lowest undelivered seq) of every session whose head is due at `now`,
+    /// oldest first, at most `limit`; and when the next later one falls due.
+    pub async fn due_webhooks(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<DueEvents, StoreError> {
+        self.read(move |conn| {
+            // A pending event with an earlier pending one in the same session waits:
+            // that is what keeps delivery in seq order per session.
+            let mut stmt = conn.prepare_cached(
+                "SELECT o.session_id, o.seq, o.event_id, o.url, o.body, o.attempts, \
+                        o.first_attempt_at \
+                 FROM webhook_outbox o \
+                 WHERE o.state = 'pending' AND o.next_attempt_at <= ?1 \
+                   AND NOT EXISTS (SELECT 1 FROM webhook_outbox p \
+                                   WHERE p.session_id = o.session_id AND p.state = 'pending' \
+                                     AND p.seq < o.seq) \
+                 ORDER BY o.next_attempt_at LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![ms(now), limit as i64], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
+                ))
+            })?;
+            let mut due = Vec::new();
+            for row in rows {
+                let (session_id, seq, event_id, url, body, attempts, first) = row?;
+                due.push(OutboxEvent {
+                    session_id: SessionId::parse(&session_id)
+                        .ok_or_else(|| StoreError::Corrupt("outbox session id".into()))?,
+                    seq: Seq(u64::try_from(seq).map_err(|_| StoreError::Corrupt("seq".into()))?),
+                    event_id,
+                    url,
+                    body: body.into(),
+                    attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                    first_attempt_at: first.map(time).transpose()?,
+                });
+            }
+            // A hint for the timer: a non-head row may be counted, which only costs a
+            // scan that finds nothing.
+            let next_at: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT MIN(next_attempt_at) FROM webhook_outbox \
+                     WHERE state = 'pending' AND next_attempt_at > ?1",
+                )?
+                .query_row([ms(now)], |r| r.get(0))
+                .optional()?
+                .flatten();
+            Ok(DueEvents {
+                due,
+                next_at: next_at.map(time).transpose()?,
+            })
+        })
+        .await
+    }
+
+    /// Records the outcome of an attempt made at `attempted_at`.
+    pub async fn record_delivery(
+        &self,
+        session_id: SessionId,
+        seq: Seq,
+        attempted_at: DateTime<Utc>,
+        outcome: DeliveryRecord,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn, _| {
+            let key = (session_id.to_string(), seq.0 as i64);
+            match outcome {
+                DeliveryRecord::Delivered => {
+                    conn.prepare_cached(
+                        "DELETE FROM webhook_outbox WHERE session_id = ?1 AND seq = ?2",
+                    )?
+                    .execute(params![key.0, key.1])?;
+                }
+                DeliveryRecord::Retry {
+                    next_attempt_at,
+                    error,
+                } => {
+                    conn.prepare_cached(
+                        "UPDATE webhook_outbox SET attempts = attempts + 1, \
+                         first_attempt_at = COALESCE(first_attempt_at, ?3), \
+                         next_attempt_at = ?4, last_error = ?5 \
+                         WHERE session_id = ?1 AND seq = ?2",
+                    )?
+                    .execute(params![
+                        key.0,
+                        key.1,
+                        ms(attempted_at),
+                        ms(next_attempt_at),
+                        error
+                    ])?;
+                }
+                DeliveryRecord::Failed { error } => {
+                    conn.prepare_cached(
+                        "UPDATE webhook_outbox SET attempts = attempts + 1, state = 'failed', \
+                         first_attempt_at = COALESCE(first_attempt_at, ?3), last_error = ?4 \
+                         WHERE session_id = ?1 AND seq = ?2",
+                    )?
+                    .execute(params![
+                        key.0,
+                        key.1,
+                        ms(attempted_at),
+                        error
+                    ])?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// How many of a session's events are pending and how many failed.
+    pub async fn webhook_counts(&self, id: SessionId) -> Result<WebhookCounts, StoreError> {
+        self.read(move |conn| {
+            let mut counts = WebhookCounts::default();
+            let mut stmt = conn.prepare_cached(
+                "SELECT state, COUNT(*) FROM webhook_outbox WHERE session_id = ?1 GROUP BY state",
+            )?;
+            let rows = stmt.query_map([id.to_string()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })?;
+            for row in rows {
+                let (state, n) = row?;
+                let n = u64::try_from(n).unwrap_or(0);
+                match state.as_str() {
+                    "pending" => counts.pending = n,
+                    "failed" => counts.failed = n,
+                    other => return Err(StoreError::Corrupt(format!("outbox state {other}"))),
+                }
+            }
+            Ok(counts)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::SessionToken;
+    use crate::model::{SessionRecord, SessionRequest};
+    use crate::status::Status;
+    use crate::store::{NewSession, StoreConfig};
+
+    fn open(dir: &tempfile::TempDir, route: Option<WebhookRoute>) -> Store {
+        Store::open(&StoreConfig {
+            webhooks: route,
+            ..StoreConfig::new(dir.path().join("t.db"))
+        })
+        .unwrap()
+    }
+
+    async fn session(store: &Store, callback_url: Option<&str>) -> SessionRecord {
+        let record = SessionRecord::open(
+            "acme",
+            SessionToken::generate().hash(),
+            SessionRequest {
+                scopes: vec!["full_name".into()],
+                vendor_data: Some("v".into()),
+                external_reference_id: None,
+                registration: None,
+                redirect_url: None,
+                callback_url: callback_url.map(str::to_owned),
+            },
+            Utc::now(),
+            chrono::Duration::seconds(600),
+        );
+        store
+            .create_session(
+                NewSession {
+                    record: record.clone(),
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        record
+    }
+
+    fn step(s: &SessionRecord, from: u64, status: Status) -> TransitionWrite {
+        TransitionWrite {
+            id: s.id,
+            from_seq: Seq(from),
+            status,
+            at: s.created_at + chrono::Duration::seconds(from as i64),
+            bind: None,
+            consent: None,
+            shared_data: None,
+            files: Vec::new(),
+        }
+    }
+
+    /// After every transition the tests make (they are spaced a second apart).
+    fn soon() -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::minutes(1)
+    }
+
+    fn route(default_url: Option<&str>) -> Option<WebhookRoute> {
+        Some(WebhookRoute {
+            default_url: default_url.map(str::to_owned),
+        })
+    }
+
+    #[actix_rt::test]
+    async fn a_transition_enqueues_its_event_and_a_refused_one_enqueues_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, route(None));
+        let s = session(&store, Some("https://example.test/hook")).await;
+        let wake = store.webhook_wake();
+        store
+            .commit_transition(step(&s, 1, Status::Retrieved))
+            .await
+            .unwrap();
+        // The wake-up was signalled (a permit is waiting).
+        tokio::time::timeout(std::time::Duration::from_secs(1), wake.notified())
+            .await
+            .unwrap();
+        // Stale: the transaction rolls back, the event with it.
+        let stale = store
+            .commit_transition(step(&s, 1, Status::Cancelled))
+            .await;
+        assert!(matches!(stale, Err(StoreError::Stale)));
+
+        let found = store.due_webhooks(soon(), 10).await.unwrap();
+        assert_eq!(found.due.len(), 1);
+        let e = &found.due[0];
+        assert_eq!(
+            (e.session_id, e.seq, e.url.as_str()),
+            (s.id, Seq(2), "https://example.test/hook")
+        );
+        let body: serde_json::Value = serde_json::from_slice(&e.body).unwrap();
+        assert_eq!(body["event_id"], e.event_id);
+        assert_eq!(body["status"], "retrieved");
+        assert_eq!(body["seq"], 2);
+        assert_eq!(body["vendor_data"], "v");
+        assert_eq!(body["external_reference_id"], serde_json::Value::Null);
+        assert_eq!(
+            body["at"],
+            rfc3339(s.created_at + chrono::Duration::seconds(1))
+        );
+        assert_eq!(
+            store.webhook_counts(s.id).await.unwrap(),
+            WebhookCounts {
+                pending: 1,
+                failed: 0
+            }
+        );
+    }
+
+    #[actix_rt::test]
+    async fn the_callback_url_wins_the_default_is_the_fallback_and_no_route_sends_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, route(Some("https://default.test/")));
+        let own = session(&store, Some("https://own.test/")).await;
+        let plain = session(&store, None).await;
+        for s in [&own, &plain] {
+            store
+                .commit_transition(step(s, 1, Status::Cancelled))
+                .await
+                .unwrap();
+        }
+        let mut urls: Vec<String> = store
+            .due_webhooks(soon(), 10)
+            .await
+            .unwrap()
+            .due
+            .into_iter()
+            .map(|e| e.url)
+            .collect();
+        urls.sort();
+        assert_eq!(urls, ["https://default.test/", "https://own.test/"]);
+        drop(store);
+
+        // No route (no secret) even with a callback_url; a route but no URL at all.
+        for (r, callback) in [(None, Some("https://own.test/")), (route(None), None)] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = open(&dir, r);
+            let s = session(&store, callback).await;
+            store
+                .commit_transition(step(&s, 1, Status::Cancelled))
+                .await
+                .unwrap();
+            assert!(store.due_webhooks(soon(), 10).await.unwrap().due.is_empty());
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_session_s_next_event_waits_until_the_head_is_delivered_or_given_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, route(Some("https://default.test/")));
+        let s = session(&store, None).await;
+        store
+            .commit_transition(step(&s, 1, Status::Retrieved))
+            .await
+            .unwrap();
+        store
+            .commit_transition(step(&s, 2, Status::Cancelled))
+            .await
+            .unwrap();
+        let now = soon();
+        let seqs = |d: DueEvents| d.due.iter().map(|e| e.seq.0).collect::<Vec<_>>();
+
+        assert_eq!(seqs(store.due_webhooks(now, 10).await.unwrap()), [2]);
+        let later = now + chrono::Duration::seconds(5);
+        store
+            .record_delivery(
+                s.id,
+                Seq(2),
+                now,
+                DeliveryRecord::Retry {
+                    next_attempt_at: later,
+                    error: "HTTP 500".into(),
+                },
+            )
+            .await
+            .unwrap();
+        let found = store.due_webhooks(now, 10).await.unwrap();
+        assert_eq!(
+            found.next_at.map(|t| t.timestamp_millis()),
+            Some(later.timestamp_millis())
+        );
+        assert!(found.due.is_empty(), "seq 3 waits behind a retrying seq 2");
+        store
+            .record_delivery(
+                s.id,
+                Seq(2),
+                now,
+                DeliveryRecord::Failed {
+                    error: "HTTP 500".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(seqs(store.due_webhooks(now, 10).await.unwrap()), [3]);
+        store
+            .record_delivery(s.id, Seq(3), now, DeliveryRecord::Delivered)
+            .await
+            .unwrap();
+        assert!(store.due_webhooks(now, 10).await.unwrap().due.is_empty());
+        assert_eq!(
+            store.webhook_counts(s.id).await.unwrap(),
+            WebhookCounts {
+                pending: 0,
+                failed: 1
+            }
+        );
+    }
+}

@@ -1,0 +1,523 @@
+//! Webhooks (SPEC §4) against real receivers: actix-web servers on loopback started
+//! by the tests, which record what arrives and verify it as a customer would.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use hmac::{Hmac, Mac};
+use idv_actors::webhooks::WebhookConfig;
+use idv_broker::Settings;
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use crate::helpers::*;
+
+const SECRET: &str = "whsec-test-current";
+
+/// One request as the receiver got it.
+#[derive(Clone, Debug)]
+struct Hit {
+    path: String,
+    headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+    /// The status the receiver answered.
+    answered: u16,
+}
+
+impl Hit {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("the body is JSON")
+    }
+}
+
+#[derive(Default)]
+struct Recorded {
+    hits: Mutex<Vec<Hit>>,
+    /// Answer 500 to this many requests first, then 200.
+    fail_first: AtomicUsize,
+}
+
+/// A webhook receiver on loopback. Paths starting with `/fail` always answer 500,
+/// `/redirect` answers 307 to `/ok`; anything else answers 200 (after `fail_first`).
+struct Receiver {
+    base: String,
+    recorded: Arc<Recorded>,
+    handle: ServerHandle,
+}
+
+async fn receive(req: HttpRequest, body: web::Bytes, rec: web::Data<Recorded>) -> HttpResponse {
+    let path = req.path().to_owned();
+    let answered = if path.starts_with("/fail") {
+        500
+    } else if path.starts_with("/redirect") {
+        307
+    } else if rec
+        .fail_first
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        500
+    } else {
+        200
+    };
+    rec.hits.lock().unwrap().push(Hit {
+        path,
+        headers: req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect(),
+        body: body.to_vec(),
+        answered,
+    });
+    match answered {
+        200 => HttpResponse::Ok().body("thanks"),
+        307 => HttpResponse::TemporaryRedirect()
+            .insert_header(("Location", "/ok"))
+            .finish(),
+        _ => HttpResponse::InternalServerError().body("receiver is having a bad day"),
+    }
+}
+
+/// A free loopback address with nothing listening on it (yet).
+fn reserve_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        Self::start_on(reserve_addr(), 0).await
+    }
+
+    async fn start_on(addr: SocketAddr, fail_first: usize) -> Receiver {
+        let recorded = Arc::new(Recorded {
+            fail_first: AtomicUsize::new(fail_first),
+            ..Recorded::default()
+        });
+        let data = web::Data::from(recorded.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .default_service(web::to(receive))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind(addr)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        Receiver {
+            base: format!("http://{addr}"),
+            recorded,
+            handle,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn hits(&self) -> Vec<Hit> {
+        self.recorded.hits.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until `n` requests were answered 200; returns every hit so far.
+    async fn wait_accepted(&self, n: usize) -> Vec<Hit> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let hits = self.hits();
+            if hits.iter().filter(|h| h.answered == 200).count() >= n {
+                return hits;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{n} webhooks not accepted in time; got {hits:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(&self) {
+        self.handle.stop(false).await;
+    }
+}
+
+fn accepted(hits: &[Hit]) -> Vec<Value> {
+    hits.iter()
+        .filter(|h| h.answered == 200)
+        .map(Hit::json)
+        .collect()
+}
+
+fn hmac_hex(secret: &str, timestamp: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Verifies a hit the way docs/webhooks.md tells receivers to: any `v1=` signature
+/// matching HMAC-SHA256(secret, timestamp + "." + body).
+fn verifies(hit: &Hit, secret: &str) -> bool {
+    let expected = format!(
+        "v1={}",
+        hmac_hex(secret, hit.header("x-idv-timestamp"), &hit.body)
+    );
+    hit.header("x-idv-signature")
+        .split(',')
+        .any(|s| s == expected)
+}
+
+/// Webhooks on, with a signing secret and retries fast enough for tests.
+fn with_webhooks(s: &mut Settings) {
+    s.webhook_secrets = vec![SECRET.into()];
+    s.webhooks = WebhookConfig {
+        first_retry: Duration::from_millis(30),
+        max_backoff: Duration::from_millis(120),
+        give_up_after: Duration::from_secs(3600),
+        timeout: Duration::from_secs(2),
+        max_in_flight: 16,
+    };
+}
+
+async fn create_with_callback(app: &TestApp, callback_url: &str) -> String {
+    let res = app
+        .post_session(&json!({
+            "scopes": ["full_name"],
+            "vendor_data": "user-42",
+            "external_reference_id": "ref-1",
+            "callback_url": callback_url
+        }))
+        .await;
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    body["session_id"].as_str().unwrap().to_owned()
+}
+
+async fn webhook_counts(app: &TestApp, id: &str) -> Value {
+    let body: Value = app
+        .backend_get(&format!("/v1/sessions/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    body["webhooks"].clone()
+}
+
+/// Polls the session's webhook counts until they equal `want` (bounded).
+async fn wait_for_counts(app: &TestApp, id: &str, want: Value) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let counts = webhook_counts(app, id).await;
+        if counts == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "webhooks of {id} stayed {counts}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_web::test]
+async fn every_transition_is_posted_signed_in_seq_order_with_the_documented_payload() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(with_webhooks).await;
+    let id = create_with_callback(&app, &receiver.url("/hooks")).await;
+
+    assert_eq!(app.information(&id, "alice").await.status(), 200);
+    let res = app
+        .update(
+            &id,
+            "alice",
+            &json!({"decision": "approve", "shared_data": {"full_name": "John Adam Johnson"}}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+
+    let hits = receiver.wait_accepted(2).await;
+    assert_eq!(hits.len(), 2, "nothing else was sent: {hits:#?}");
+    let session: Value = app
+        .backend_get(&format!("/v1/sessions/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    for (hit, (status, seq)) in hits.iter().zip([("retrieved", 2), ("confirmed", 3)]) {
+        assert_eq!(hit.path, "/hooks");
+        assert_eq!(hit.header("content-type"), "application/json");
+        assert!(hit.header("x-idv-timestamp").parse::<i64>().is_ok());
+        assert!(verifies(hit, SECRET), "signature does not verify: {hit:#?}");
+        assert!(!verifies(hit, "some-other-secret"));
+        let body = hit.json();
+        let keys: Vec<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys.len(),
+            8,
+            "exactly the fields of SPEC §4, nothing personal: {body}"
+        );
+        assert_eq!(body["event"], "session.status_changed");
+        assert_eq!(body["session_id"], id);
+        assert_eq!(body["status"], status);
+        assert_eq!(body["seq"], seq);
+        assert_eq!(body["vendor_data"], "user-42");
+        assert_eq!(body["external_reference_id"], "ref-1");
+        let event_id = body["event_id"].as_str().unwrap();
+        assert!(uuid::Uuid::parse_str(event_id).is_ok());
+        assert_eq!(hit.header("x-idv-event-id"), event_id);
+    }
+    assert_ne!(hits[0].json()["event_id"], hits[1].json()["event_id"]);
+    assert_eq!(
+        hits[1].json()["at"],
+        session["updated_at"],
+        "at is the time of the transition"
+    );
+    wait_for_counts(&app, &id, json!({"pending": 0, "failed": 0})).await;
+}
+
+#[actix_web::test]
+async fn a_refused_event_is_sent_again_unchanged_and_holds_back_the_next_one() {
+    let receiver = Receiver::start_on(reserve_addr(), 2).await;
+    let app = spawn_app_with(with_webhooks).await;
+    let id = create_with_callback(&app, &receiver.url("/hooks")).await;
+    assert_eq!(app.information(&id, "alice").await.status(), 200);
+    assert_eq!(app.cancel(&id).await.status(), 200);
+
+    let hits = receiver.wait_accepted(2).await;
+    let answered: Vec<u16> = hits.iter().map(|h| h.answered).collect();
+    let seqs: Vec<u64> = hits
+        .iter()
+        .map(|h| h.json()["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(answered, [500, 500, 200, 200]);
+    assert_eq!(seqs, [2, 2, 2, 3], "seq 3 waits until seq 2 is accepted");
+    // The retries are the same event, byte for byte, each signed afresh.
+    assert_eq!(hits[0].body, hits[1].body);
+    assert_eq!(hits[0].body, hits[2].body);
+    assert_eq!(
+        hits[0].header("x-idv-event-id"),
+        hits[2].header("x-idv-event-id")
+    );
+    assert!(hits.iter().all(|h| verifies(h, SECRET)));
+    assert_eq!(accepted(&hits)[1]["status"], "cancelled");
+    wait_for_counts(&app, &id, json!({"pending": 0, "failed": 0})).await;
+}
+
+#[actix_web::test]
+async fn a_failing_receiver_holds_back_its_own_session_only() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(with_webhooks).await;
+    let stuck = create_with_callback(&app, &receiver.url("/fail")).await;
+    let fine = create_with_callback(&app, &receiver.url("/ok")).await;
+    assert_eq!(app.cancel(&stuck).await.status(), 200);
+    assert_eq!(app.cancel(&fine).await.status(), 200);
+
+    let hits = receiver.wait_accepted(1).await;
+    let delivered = accepted(&hits);
+    assert_eq!(delivered[0]["session_id"], fine);
+    assert!(
+        hits.iter().any(|h| h.path == "/fail"),
+        "the stuck session was tried too"
+    );
+    assert_eq!(
+        webhook_counts(&app, &stuck).await,
+        json!({"pending": 1, "failed": 0})
+    );
+    wait_for_counts(&app, &fine, json!({"pending": 0, "failed": 0})).await;
+}
+
+#[actix_web::test]
+async fn a_redirect_is_not_followed_and_counts_as_not_delivered() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(with_webhooks).await;
+    let id = create_with_callback(&app, &receiver.url("/redirect")).await;
+    assert_eq!(app.cancel(&id).await.status(), 200);
+
+    // Bounded wait for a couple of attempts (30 ms backoff).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while receiver.hits().len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no retry after a 307"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(receiver.hits().iter().all(|h| h.path == "/redirect"));
+    assert_eq!(
+        webhook_counts(&app, &id).await,
+        json!({"pending": 1, "failed": 0})
+    );
+}
+
+#[actix_web::test]
+async fn an_event_for_a_receiver_that_is_down_arrives_once_it_is_up() {
+    let addr = reserve_addr();
+    let app = spawn_app_with(with_webhooks).await;
+    let id = create_with_callback(&app, &format!("http://{addr}/hooks")).await;
+    assert_eq!(app.cancel(&id).await.status(), 200);
+    // Connection refused for a few attempts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        webhook_counts(&app, &id).await,
+        json!({"pending": 1, "failed": 0})
+    );
+
+    let receiver = Receiver::start_on(addr, 0).await;
+    let hits = receiver.wait_accepted(1).await;
+    let body = hits[0].json();
+    assert_eq!(
+        (body["seq"].as_u64(), body["status"].as_str()),
+        (Some(2), Some("cancelled"))
+    );
+    assert!(verifies(&hits[0], SECRET));
+    wait_for_counts(&app, &id, json!({"pending": 0, "failed": 0})).await;
+}
+
+#[actix_web::test]
+async fn events_committed_while_the_receiver_was_down_are_delivered_after_a_broker_restart() {
+    let addr = reserve_addr();
+    let default_url = format!("http://{addr}/default");
+    let settings = |s: &mut Settings| {
+        with_webhooks(s);
+        s.webhook_url = Some(default_url.clone());
+    };
+    let app = spawn_app_with(settings).await;
+    // Both go to the broker's default URL: neither has a callback_url.
+    let cancelled = app.create_session(&["full_name"]).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .post_session(&json!({"scopes": ["full_name"], "ttl_seconds": 30}))
+        .await;
+    let expiring = res.json::<Value>().await.unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.cancel(&cancelled).await.status(), 200);
+
+    // Down for a minute: the second session expires while the broker is stopped, and
+    // is expired by the next start before it listens.
+    let app = app
+        .restart_with(chrono::Duration::seconds(60), settings)
+        .await;
+    let receiver = Receiver::start_on(addr, 0).await;
+    let hits = receiver.wait_accepted(2).await;
+    let mut got: Vec<(String, String, u64)> = accepted(&hits)
+        .iter()
+        .map(|b| {
+            (
+                b["session_id"].as_str().unwrap().to_owned(),
+                b["status"].as_str().unwrap().to_owned(),
+                b["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want = vec![
+        (cancelled.clone(), "cancelled".to_owned(), 2),
+        (expiring.clone(), "expired".to_owned(), 2),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    assert!(hits
+        .iter()
+        .all(|h| h.path == "/default" && verifies(h, SECRET)));
+    wait_for_counts(&app, &cancelled, json!({"pending": 0, "failed": 0})).await;
+    receiver.stop().await;
+}
+
+#[actix_web::test]
+async fn while_a_secret_is_rotated_both_signatures_are_sent_new_first() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(|s| {
+        with_webhooks(s);
+        s.webhook_secrets = vec!["whsec-new".into(), "whsec-old".into()];
+    })
+    .await;
+    let id = create_with_callback(&app, &receiver.url("/hooks")).await;
+    assert_eq!(app.cancel(&id).await.status(), 200);
+
+    let hits = receiver.wait_accepted(1).await;
+    let hit = &hits[0];
+    let ts = hit.header("x-idv-timestamp");
+    assert_eq!(
+        hit.header("x-idv-signature"),
+        format!(
+            "v1={},v1={}",
+            hmac_hex("whsec-new", ts, &hit.body),
+            hmac_hex("whsec-old", ts, &hit.body)
+        )
+    );
+    assert!(verifies(hit, "whsec-new") && verifies(hit, "whsec-old"));
+    assert!(!verifies(hit, SECRET));
+}
+
+#[actix_web::test]
+async fn an_event_still_refused_after_the_give_up_time_is_counted_as_failed() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(|s| {
+        with_webhooks(s);
+        s.webhooks.give_up_after = Duration::from_millis(150);
+    })
+    .await;
+    let id = create_with_callback(&app, &receiver.url("/fail")).await;
+    assert_eq!(app.cancel(&id).await.status(), 200);
+
+    wait_for_counts(&app, &id, json!({"pending": 0, "failed": 1})).await;
+    let tries = receiver.hits().len();
+    assert!(
+        tries >= 2,
+        "it was retried before giving up ({tries} tries)"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        receiver.hits().len(),
+        tries,
+        "nothing is sent once given up"
+    );
+}
+
+#[actix_web::test]
+async fn a_callback_url_is_refused_when_the_broker_has_no_webhook_secret() {
+    let app = spawn_app().await;
+    let res = app
+        .post_session(
+            &json!({"scopes": ["full_name"], "callback_url": "https://app.example/hooks"}),
+        )
+        .await;
+    let message = assert_error(res, 400, "invalid_request").await;
+    assert!(message.contains("callback_url"), "{message}");
+
+    // Without a URL there is nothing to sign, and the session reports no webhooks.
+    let id = app.create_session(&["full_name"]).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.cancel(&id).await.status(), 200);
+    assert_eq!(
+        webhook_counts(&app, &id).await,
+        json!({"pending": 0, "failed": 0})
+    );
+}

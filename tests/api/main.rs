@@ -5,4 +5,11 @@
 
 mod helpers;
 
+mod credentials;
+mod idempotency;
+mod journeys;
+mod rules;
 mod sessions;
+mod status;
+mod users;
+mod validation;

@@ -5,11 +5,15 @@
 
 mod helpers;
 
+mod concurrency;
 mod credentials;
+mod expiry;
 mod idempotency;
 mod journeys;
+mod restart;
 mod rules;
 mod sessions;
 mod status;
+mod supervision;
 mod users;
 mod validation;

@@ -135,3 +135,72 @@ async fn a_bad_idempotency_key_is_a_400() {
         assert_error(res, 400, "invalid_request").await;
     }
 }
+
+#[actix_web::test]
+async fn a_key_older_than_24_hours_starts_a_new_session() {
+    let app = spawn_app().await;
+    let body = json!({"scopes": ["full_name"]});
+    let first: Value = post_with_key(&app, API_KEY, "old-key", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    app.clock.advance(chrono::Duration::hours(25));
+    let res = post_with_key(&app, API_KEY, "old-key", &body).await;
+    assert_eq!(res.status(), 201);
+    let second: Value = res.json().await.unwrap();
+    assert_ne!(second["session_id"], first["session_id"]);
+    // And the key now names the new session.
+    let res = post_with_key(&app, API_KEY, "old-key", &body).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["session_id"],
+        second["session_id"]
+    );
+}
+
+#[actix_web::test]
+async fn concurrent_replays_leave_exactly_the_stored_token_working() {
+    use sha2::Digest as _;
+    let app = spawn_app().await;
+    let body = json!({"scopes": ["full_name"]});
+    let first: Value = post_with_key(&app, API_KEY, "burst", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = first["session_id"].as_str().unwrap().to_owned();
+    for _ in 0..5 {
+        let replays = futures_util::future::join_all(
+            (0..16).map(|_| post_with_key(&app, API_KEY, "burst", &body)),
+        )
+        .await;
+        let mut tokens = Vec::new();
+        for res in replays {
+            assert_eq!(res.status(), 200);
+            let replay: Value = res.json().await.unwrap();
+            assert_eq!(replay["session_id"], id);
+            tokens.push(replay["session_token"].as_str().unwrap().to_owned());
+        }
+        let mut working = Vec::new();
+        for token in &tokens {
+            if app.status(&id, token).await.status() == 200 {
+                working.push(token.clone());
+            }
+        }
+        assert_eq!(working.len(), 1, "working tokens: {}", working.len());
+        let stored: Vec<u8> = app
+            .db_read()
+            .query_row(
+                "SELECT token_hash FROM sessions WHERE id = ?1",
+                [&id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            stored,
+            sha2::Sha256::digest(working[0].as_bytes()).to_vec(),
+            "the token that works is not the one the store keeps"
+        );
+    }
+}

@@ -33,6 +33,8 @@ async fn a_session_past_its_ttl_expires_without_traffic_and_its_data_goes() {
     }
     let status: Value = app.status(id, token).await.json().await.unwrap();
     assert_eq!(status["seq"], 2);
+    // Expired sessions leave memory; reads come from the store.
+    assert_eq!(app.registry.live_count(), 0);
     let decision: Value = app
         .backend_get(&format!("/v1/sessions/{retrieved}/decision"))
         .await

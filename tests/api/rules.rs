@@ -125,6 +125,10 @@ async fn approve_needs_every_scope_and_nothing_else() {
         )
         .await;
     assert_eq!(res.status(), 200);
+    let updated: Value = res.json().await.unwrap();
+    assert_eq!(updated["status"], "confirmed");
+    // The session was created without a redirect_url.
+    assert_eq!(updated["redirect_url"], Value::Null);
 }
 
 #[actix_web::test]

@@ -56,8 +56,19 @@ async fn a_json_body_with_another_content_type_is_a_415() {
     let body = br#"{"scopes": ["email"]}"#.to_vec();
     let res = post_raw(&app, "text/plain", body.clone()).await;
     assert_error(res, 415, "unsupported_media_type").await;
-    let res = post_raw(&app, "application/x-www-form-urlencoded", body).await;
+    let res = post_raw(&app, "application/x-www-form-urlencoded", body.clone()).await;
     assert_error(res, 415, "unsupported_media_type").await;
+    let res = app
+        .client
+        .post(app.url("/v1/sessions"))
+        .header("X-Api-Key", API_KEY)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 415, "unsupported_media_type").await;
+    let res = post_raw(&app, "application/json; charset=utf-8", body).await;
+    assert_eq!(res.status(), 201);
 }
 
 #[actix_web::test]

@@ -250,13 +250,15 @@ impl Cancel {
     }
 }
 
-/// An idempotent replay issued a new token; the old one stops working.
+/// An idempotent replay committed a new token; the old one stops working.
+///
+/// It carries no token: concurrent replays commit their tokens in one order but may
+/// deliver these messages in another, so the actor adopts whatever token the store
+/// holds when it handles the message. Every message is sent after its commit, so once
+/// the last one is handled the actor holds the last token committed.
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "Result<(), SessionError>")]
-pub struct RotateToken {
-    /// The new token's hash (already committed).
-    pub token: TokenHash,
-}
+pub struct RotateToken;
 
 /// The clock moved: re-check expiry now.
 #[derive(Message, Clone, Copy, Debug)]

@@ -173,7 +173,6 @@ impl Registry {
                 "too many live sessions; try again later",
             ));
         }
-        let token = record.token_hash;
         match self
             .inner
             .store
@@ -192,7 +191,7 @@ impl Registry {
             CreateOutcome::Replayed(existing) => {
                 // The store already holds the new token's hash; tell the live actor so
                 // the old token stops working before the new one is handed out.
-                self.call(existing.id, RotateToken { token }).await?;
+                self.call(existing.id, RotateToken).await?;
                 Ok((existing, true))
             }
             CreateOutcome::Conflict => Err(SessionError::IdempotencyConflict),

@@ -397,13 +397,23 @@ impl Handler<StageFile> for SessionActor {
 }
 
 impl Handler<RotateToken> for SessionActor {
-    type Result = Result<(), SessionError>;
+    type Result = AtomicResponse<Self, Result<(), SessionError>>;
 
-    fn handle(&mut self, msg: RotateToken, _: &mut Context<Self>) -> Self::Result {
-        if let Some(s) = self.state.as_mut() {
-            s.token_hash = msg.token;
-        }
-        Ok(())
+    fn handle(&mut self, _: RotateToken, _: &mut Context<Self>) -> Self::Result {
+        // Re-read rather than take a token from the message: replays may deliver their
+        // messages out of commit order, and the store's token is the one that counts.
+        let store = self.registry.store().clone();
+        let id = self.id;
+        AtomicResponse::new(Box::pin(
+            async move { store.load_session(id).await }
+                .into_actor(self)
+                .map(|res, act, _| {
+                    if let (Some(stored), Some(s)) = (res?, act.state.as_mut()) {
+                        s.token_hash = stored.token_hash;
+                    }
+                    Ok(())
+                }),
+        ))
     }
 }
 

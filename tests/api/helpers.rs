@@ -239,3 +239,58 @@ pub async fn assert_error(res: reqwest::Response, status: u16, code: &str) -> St
     assert!(!message.is_empty());
     message
 }
+
+/// Parses a session id as the registry takes it.
+pub fn session_id(id: &str) -> idv_actors::ids::SessionId {
+    idv_actors::ids::SessionId::parse(id).expect("a session id")
+}
+
+/// A device JWT with any issuer, secret and expiry (seconds from now, may be negative).
+pub fn jwt(iss: &str, secret: &str, sub: &str, expires_in: i64) -> String {
+    let now = chrono::Utc::now().timestamp();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"iss": iss, "sub": sub, "exp": now + expires_in}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("jwt")
+}
+
+impl TestApp {
+    /// The broker's (injected) clock.
+    pub fn clock_now(&self) -> chrono::DateTime<chrono::Utc> {
+        use idv_actors::clock::Clock as _;
+        self.clock.now()
+    }
+
+    /// A read-only connection to the broker's database, to check what it really stored.
+    pub fn db_read(&self) -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open_with_flags(
+            &self.db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open the db read-only");
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn
+    }
+
+    /// Creates a session for `scopes` and opens it as device `sub`; returns (id, token).
+    pub async fn retrieved_session(&self, scopes: &[&str], sub: &str) -> (String, String) {
+        let created = self.create_session(scopes).await;
+        let id = created["session_id"].as_str().unwrap().to_owned();
+        let token = created["session_token"].as_str().unwrap().to_owned();
+        let res = self.information(&id, sub).await;
+        assert_eq!(res.status(), 200, "information failed");
+        (id, token)
+    }
+
+    /// `GET` with the other API key.
+    pub async fn other_backend_get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .header("X-Api-Key", OTHER_API_KEY)
+            .send()
+            .await
+            .expect("request")
+    }
+}

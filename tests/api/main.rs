@@ -5,7 +5,18 @@
 
 mod helpers;
 
+mod concurrency;
+mod credentials;
 mod custody;
+mod expiry;
+mod idempotency;
+mod journeys;
 mod realtime;
+mod restart;
+mod rules;
 mod sessions;
+mod status;
+mod supervision;
+mod users;
+mod validation;
 mod webhooks;

@@ -1,0 +1,245 @@
+//! Durability across a graceful restart and a `kill -9` of the real binary, and the
+//! binary's refusal to start on a bad flag or an unusable database.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::helpers::*;
+
+#[actix_web::test]
+async fn a_graceful_restart_keeps_decisions_bindings_and_tokens() {
+    let app = spawn_app().await;
+    let (confirmed, confirmed_token) = app.retrieved_session(&["full_name"], "alice").await;
+    let res = app
+        .update(
+            &confirmed,
+            "alice",
+            &json!({"decision": "approve", "shared_data": {"full_name": "Alice A"}}),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let (retrieved, retrieved_token) = app.retrieved_session(&["full_name"], "bob").await;
+    let fresh = app.create_session(&["full_name"]).await;
+    let fresh_id = fresh["session_id"].as_str().unwrap().to_owned();
+
+    let app = app.restart(chrono::Duration::zero()).await;
+
+    let decision: Value = app
+        .backend_get(&format!("/v1/sessions/{confirmed}/decision"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(decision["status"], "confirmed");
+    assert_eq!(decision["seq"], 3);
+    assert_eq!(decision["user_id"], "alice");
+    assert_eq!(decision["shared_data"], json!({"full_name": "Alice A"}));
+    assert_eq!(app.status(&confirmed, &confirmed_token).await.status(), 200);
+
+    // The binding survived: another device is still refused, the bound one can finish.
+    let res = app.information(&retrieved, "mallory").await;
+    assert_error(res, 403, "forbidden").await;
+    let status: Value = app
+        .status(&retrieved, &retrieved_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["status"], "retrieved");
+    assert_eq!(status["seq"], 2);
+    let res = app
+        .update(&retrieved, "bob", &json!({"decision": "deny"}))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["seq"], 3);
+
+    let res = app.information(&fresh_id, "carol").await;
+    assert_eq!(res.status(), 200);
+}
+
+/// The real binary, listening on a free port.
+struct Broker {
+    child: Child,
+    address: String,
+}
+
+async fn start_broker(db: &Path) -> Broker {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idv-broker"))
+        .args(["--bind", "127.0.0.1:0", "--db"])
+        .arg(db)
+        .args(["--api-key", &format!("{API_KEY_NAME}={API_KEY}")])
+        .args(["--issuer", &format!("{ISSUER}={ISSUER_SECRET}")])
+        .args(["--rate-limit", "0"])
+        .env_remove("IDVB_WEBHOOK_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the broker binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        BufReader::new(stdout).read_line(&mut line),
+    )
+    .await
+    .expect("the broker prints its address in time")
+    .unwrap();
+    let address = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    assert!(address.starts_with("http://127.0.0.1:"), "{address}");
+    Broker { child, address }
+}
+
+#[actix_web::test]
+async fn a_kill_9_right_after_an_acknowledged_approve_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("broker.db");
+    let client = reqwest::Client::new();
+    let device =
+        idv_actors::credentials::mint_device_jwt(ISSUER, ISSUER_SECRET, "alice", 600).unwrap();
+
+    let mut broker = start_broker(&db).await;
+    let created: Value = client
+        .post(format!("{}/v1/sessions", broker.address))
+        .header("X-Api-Key", API_KEY)
+        .json(&json!({"scopes": ["full_name"], "registration": {"first_name": "K"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["session_id"].as_str().unwrap().to_owned();
+    let token = created["session_token"].as_str().unwrap().to_owned();
+    let res = client
+        .get(format!("{}/v1/sessions/{id}/information", broker.address))
+        .bearer_auth(&device)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = client
+        .post(format!("{}/v1/sessions/{id}/update", broker.address))
+        .bearer_auth(&device)
+        .json(&json!({"decision": "approve", "shared_data": {"full_name": "Kay Kill"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // SIGKILL at once: no shutdown, no flush, no checkpoint.
+    broker.child.kill().await.unwrap();
+
+    let mut broker = start_broker(&db).await;
+    let decision: Value = client
+        .get(format!("{}/v1/sessions/{id}/decision", broker.address))
+        .header("X-Api-Key", API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(decision["status"], "confirmed");
+    assert_eq!(decision["seq"], 3);
+    assert_eq!(decision["user_id"], "alice");
+    assert_eq!(decision["consent"]["is_consented"], true);
+    assert_eq!(decision["shared_data"], json!({"full_name": "Kay Kill"}));
+    let res = client
+        .get(format!("{}/v1/sessions/{id}/status", broker.address))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    broker.child.kill().await.unwrap();
+}
+
+/// Runs the binary to completion; returns (exit code, stdout, stderr).
+async fn run_broker(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(env!("CARGO_BIN_EXE_idv-broker"))
+            .args(args)
+            .env_remove("IDVB_WEBHOOK_URL")
+            .env_remove("IDVB_DB")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the broker exits in time")
+    .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_one_line(stderr: &str) {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "stderr: {stderr:?}");
+}
+
+#[actix_web::test]
+async fn a_bad_flag_exits_2_with_one_line_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("b.db");
+    let db = db.to_str().unwrap();
+    for args in [
+        vec!["--no-such-flag"],
+        vec!["--bind", "127.0.0.1:0", "--db", db, "--rate-limit", "lots"],
+        vec![
+            "--bind",
+            "127.0.0.1:0",
+            "--db",
+            db,
+            "--api-key",
+            "no-equals-sign",
+        ],
+        vec![
+            "--bind",
+            "127.0.0.1:0",
+            "--db",
+            db,
+            "--webhook-url",
+            "https://hooks.example/x",
+        ],
+    ] {
+        let (code, stdout, stderr) = run_broker(&args).await;
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(!stdout.contains("listening on"), "{args:?}");
+        assert_one_line(&stderr);
+    }
+}
+
+#[actix_web::test]
+async fn an_unusable_database_exits_2_with_one_line_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.db");
+    std::fs::write(&garbage, vec![0xA5u8; 8192]).unwrap();
+    for db in [dir.path().to_path_buf(), garbage] {
+        let (code, stdout, stderr) = run_broker(&[
+            "--bind",
+            "127.0.0.1:0",
+            "--db",
+            db.to_str().unwrap(),
+            "--api-key",
+            "a=b",
+        ])
+        .await;
+        assert_eq!(code, Some(2), "{}: {stderr}", db.display());
+        assert!(!stdout.contains("listening on"));
+        assert_one_line(&stderr);
+    }
+}

@@ -59,6 +59,11 @@ fn main() -> ExitCode {
         )
         .init();
 
+    if settings.demo {
+        tracing::warn!(
+            "--demo: the demo pages (/demo, /verify) are not built yet; demo mode changes nothing"
+        );
+    }
     actix_web::rt::System::new().block_on(async move {
         let app = match Application::build(settings).await {
             Ok(app) => app,

@@ -41,8 +41,6 @@ const ISSUER_SECRET: &str = "bench-issuer-secret";
 const CONNECT_CONCURRENCY: usize = 256;
 /// How long the frames of the last transition may take before they count as lost.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
-/// How long idle subscribers sit before the "after" RSS reading (lets the broker settle).
-const IDLE_SETTLE: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 struct Args {
@@ -51,6 +49,8 @@ struct Args {
     rate: u64,
     poll_interval: Duration,
     skip_poll: bool,
+    /// How long idle subscribers sit before the "after" RSS reading (lets the broker settle).
+    idle: Duration,
     url: Option<String>,
     api_key: String,
     issuer: String,
@@ -64,6 +64,7 @@ fn parse_args() -> Args {
         rate: 200,
         poll_interval: Duration::from_secs(1),
         skip_poll: false,
+        idle: Duration::from_secs(2),
         url: None,
         api_key: API_KEY.into(),
         issuer: format!("{ISSUER}={ISSUER_SECRET}"),
@@ -80,6 +81,7 @@ fn parse_args() -> Args {
                 a.poll_interval = Duration::from_millis(val().parse().expect("--poll-interval-ms"))
             }
             "--skip-poll" => a.skip_poll = true,
+            "--idle-secs" => a.idle = Duration::from_secs(val().parse().expect("--idle-secs")),
             "--url" => a.url = Some(val()),
             "--api-key" => a.api_key = val(),
             "--issuer" => a.issuer = val(),
@@ -89,7 +91,7 @@ fn parse_args() -> Args {
             "--help" | "-h" => {
                 println!(
                     "ws_load [--subscribers N] [--sessions M] [--rate TRANSITIONS_PER_S] \
-                     [--poll-interval-ms MS] [--skip-poll] \
+                     [--poll-interval-ms MS] [--skip-poll] [--idle-secs S] \
                      [--url http://127.0.0.1:PORT --api-key KEY --issuer ISS=SECRET [--pid PID]]"
                 );
                 std::process::exit(0);
@@ -417,6 +419,8 @@ struct PushResult {
     drive_time: Duration,
     from_ack: Dist,
     from_sent: Dist,
+    /// Frames that reached the subscriber before the HTTP answer reached the driver.
+    before_ack: usize,
     delivered: usize,
     expected: usize,
     deliver_span: Duration,
@@ -462,7 +466,7 @@ async fn push_phase(args: &Args, broker: &Broker, http: &reqwest::Client) -> Pus
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let connect_time = t0.elapsed();
-    tokio::time::sleep(IDLE_SETTLE).await;
+    tokio::time::sleep(args.idle).await;
     let rss_idle = rss(broker.pid);
 
     let marks = Arc::new(Marks::new(m));
@@ -473,7 +477,7 @@ async fn push_phase(args: &Args, broker: &Broker, http: &reqwest::Client) -> Pus
     );
 
     let (mut from_ack, mut from_sent) = (Vec::with_capacity(2 * n), Vec::with_capacity(2 * n));
-    let (mut first, mut last, mut errors) = (u64::MAX, 0u64, 0usize);
+    let (mut first, mut last, mut errors, mut before_ack) = (u64::MAX, 0u64, 0usize, 0usize);
     for (i, t) in subs.into_iter().enumerate() {
         match t.await.unwrap() {
             Ok(seen) => {
@@ -492,6 +496,9 @@ async fn push_phase(args: &Args, broker: &Broker, http: &reqwest::Client) -> Pus
                     );
                     from_sent.push(at.saturating_sub(sent));
                     // A frame can beat the HTTP answer to the client: that is 0 ms, not negative.
+                    if at < acked {
+                        before_ack += 1;
+                    }
                     from_ack.push(at.saturating_sub(acked));
                     first = first.min(at);
                     last = last.max(at);
@@ -508,6 +515,7 @@ async fn push_phase(args: &Args, broker: &Broker, http: &reqwest::Client) -> Pus
         delivered: from_ack.len(),
         from_ack: Dist::new(from_ack),
         from_sent: Dist::new(from_sent),
+        before_ack,
         expected: 2 * n,
         deliver_span: Duration::from_micros(last.saturating_sub(first)),
         errors,
@@ -515,8 +523,10 @@ async fn push_phase(args: &Args, broker: &Broker, http: &reqwest::Client) -> Pus
 }
 
 struct PollResult {
+    /// Requests answered per second while all pollers poll and the transitions run.
+    steady_rps: f64,
+    /// Requests answered from the first transition until the last change was seen.
     requests: u64,
-    span: Duration,
     from_ack: Dist,
     observed: usize,
     expected: usize,
@@ -603,9 +613,11 @@ async fn poll_phase(args: &Args, broker: &Broker, http: &reqwest::Client) -> Pol
     // One full interval so every poller has its first (baseline) answer.
     tokio::time::sleep(interval + Duration::from_millis(200)).await;
     let req_start = requests.load(Ordering::Acquire);
-    let t_start = Instant::now();
     let marks = Arc::new(Marks::new(m));
-    drive(http, &broker.base, &sessions, args.rate, &marks, &clock).await;
+    let drive_time = drive(http, &broker.base, &sessions, args.rate, &marks, &clock).await;
+    // Steady state: every poller is still polling while the transitions run.
+    let steady_rps =
+        (requests.load(Ordering::Acquire) - req_start) as f64 / drive_time.as_secs_f64();
     // Polls see the last transition within one interval (plus queueing).
     stop_at.store(
         clock.us() + (interval * 3 + Duration::from_secs(5)).as_micros() as u64,
@@ -618,10 +630,9 @@ async fn poll_phase(args: &Args, broker: &Broker, http: &reqwest::Client) -> Pol
             from_ack.push(at.saturating_sub(acked));
         }
     }
-    let span = t_start.elapsed();
     PollResult {
+        steady_rps,
         requests: requests.load(Ordering::Acquire) - req_start,
-        span,
         observed: from_ack.len(),
         from_ack: Dist::new(from_ack),
         expected: 2 * n,
@@ -694,7 +705,7 @@ fn report(args: &Args, push: &PushResult, poll: Option<&PollResult>) {
             format!("{:.0} ms", p.from_ack.pct(50.0)),
             format!("{:.0} ms", p.from_ack.pct(99.0)),
             format!("{:.0} ms", p.from_ack.max()),
-            format!("{:.0}", p.requests as f64 / p.span.as_secs_f64()),
+            format!("{:.0}", p.steady_rps),
             format!("{} of {}", p.observed, p.expected),
             p.errors.to_string(),
         ),
@@ -726,7 +737,7 @@ fn report(args: &Args, push: &PushResult, poll: Option<&PollResult>) {
         push.errors
     );
     println!("| deliveries/s | {dps:.0} | |");
-    println!("| server requests/s (beyond the transitions) | 0 | {prps} |");
+    println!("| server requests/s while waiting (beyond the transitions) | 0 | {prps} |");
     println!("| poll errors | | {perr} |");
     println!(
         "| broker RSS: before → {n} idle subscribers | {} → {} | |",
@@ -741,14 +752,22 @@ fn report(args: &Args, push: &PushResult, poll: Option<&PollResult>) {
         ),
         None => println!("| broker memory per idle subscriber | n/a (no --pid) | |"),
     }
+    println!(
+        "| frames that arrived before the transition's HTTP answer | {:.0} % | |",
+        100.0 * push.before_ack as f64 / push.delivered.max(1) as f64
+    );
     if let Some(p) = poll {
-        let updates = push.expected as f64;
         println!();
         println!(
-            "ratios: poll requests per delivered update {:.1} (push: 0 requests, 1 frame); \
-             poll p50 / push p50 latency {:.0}x; poll p99 / push p99 {:.0}x",
-            p.requests as f64 / updates,
-            p.from_ack.pct(50.0) / push.from_ack.pct(50.0).max(0.001),
+            "ratios: polling costs {:.1} server requests per delivered update (push: 0 requests, \
+             1 frame) and {:.0} requests/s in steady state; latency ack → seen p50 {:.2} ms vs \
+             {:.0} ms, p99 {:.2} ms vs {:.0} ms ({:.0}x)",
+            p.requests as f64 / p.observed.max(1) as f64,
+            p.steady_rps,
+            push.from_ack.pct(50.0),
+            p.from_ack.pct(50.0),
+            push.from_ack.pct(99.0),
+            p.from_ack.pct(99.0),
             p.from_ack.pct(99.0) / push.from_ack.pct(99.0).max(0.001),
         );
     }

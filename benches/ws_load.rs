@@ -1,0 +1,774 @@
+//! Load tester for real-time delivery (issue 3): WebSocket push against 1 s polling.
+//!
+//! ```text
+//! cargo build --release && cargo bench --bench ws_load -- --subscribers 10000 --sessions 2000 --rate 1000
+//! ```
+//!
+//! Layout of a run:
+//! - start the release broker (`IDVB_BENCH_BIN`, else `target/release/idv-broker`) on
+//!   `127.0.0.1:0` with a fresh database, or attach to `--url` (then `--pid` for RSS);
+//! - **push**: create `M` sessions, open `N` WebSocket subscribers over them (subscriber
+//!   `i` watches session `i % M`), read the broker's RSS before and after → bytes per
+//!   idle subscriber; then drive both transitions of every session (`information`, then
+//!   `update approve`) at `--rate` per second, open loop, and time each frame against
+//!   the transition's request (sent and acknowledged);
+//! - **poll**: the same `N` clients over `M` fresh sessions, each polling
+//!   `GET /status` (with `If-None-Match`) once a second, no long-poll, while the same
+//!   transitions run: requests per second the broker answered, detection latency;
+//! - print a markdown table and the ratios.
+//!
+//! Everything goes to 127.0.0.1 and every phase has a deadline, so a run always ends.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+const API_KEY: &str = "bench-key";
+const ISSUER: &str = "bench-issuer";
+const ISSUER_SECRET: &str = "bench-issuer-secret";
+/// Handshakes (and session creations) in flight at once: enough to keep both cores busy,
+/// few enough that the listen backlog never overflows.
+const CONNECT_CONCURRENCY: usize = 256;
+/// How long the frames of the last transition may take before they count as lost.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
+
+#[derive(Clone, Debug)]
+struct Args {
+    subscribers: usize,
+    sessions: usize,
+    rate: u64,
+    poll_interval: Duration,
+    skip_poll: bool,
+    /// How long idle subscribers sit before the "after" RSS reading (lets the broker settle).
+    idle: Duration,
+    url: Option<String>,
+    api_key: String,
+    issuer: String,
+    pid: Option<u32>,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        subscribers: 1000,
+        sessions: 200,
+        rate: 200,
+        poll_interval: Duration::from_secs(1),
+        skip_poll: false,
+        idle: Duration::from_secs(2),
+        url: None,
+        api_key: API_KEY.into(),
+        issuer: format!("{ISSUER}={ISSUER_SECRET}"),
+        pid: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--subscribers" | "-n" => a.subscribers = val().parse().expect("--subscribers"),
+            "--sessions" | "-m" => a.sessions = val().parse().expect("--sessions"),
+            "--rate" => a.rate = val().parse().expect("--rate"),
+            "--poll-interval-ms" => {
+                a.poll_interval = Duration::from_millis(val().parse().expect("--poll-interval-ms"))
+            }
+            "--skip-poll" => a.skip_poll = true,
+            "--idle-secs" => a.idle = Duration::from_secs(val().parse().expect("--idle-secs")),
+            "--url" => a.url = Some(val()),
+            "--api-key" => a.api_key = val(),
+            "--issuer" => a.issuer = val(),
+            "--pid" => a.pid = Some(val().parse().expect("--pid")),
+            // `cargo bench` passes `--bench`; ignore it and anything a harness would take.
+            "--bench" => {}
+            "--help" | "-h" => {
+                println!(
+                    "ws_load [--subscribers N] [--sessions M] [--rate TRANSITIONS_PER_S] \
+                     [--poll-interval-ms MS] [--skip-poll] [--idle-secs S] \
+                     [--url http://127.0.0.1:PORT --api-key KEY --issuer ISS=SECRET [--pid PID]]"
+                );
+                std::process::exit(0);
+            }
+            other => panic!("unknown flag {other} (see --help)"),
+        }
+    }
+    assert!(
+        a.sessions > 0 && a.subscribers > 0 && a.rate > 0,
+        "all counts > 0"
+    );
+    if let Some(u) = &a.url {
+        assert!(
+            u.starts_with("http://127.0.0.1:") || u.starts_with("http://localhost:"),
+            "load goes to 127.0.0.1 only"
+        );
+    }
+    a
+}
+
+/// The broker under test: one this bench started, or one it attached to.
+struct Broker {
+    base: String,
+    pid: Option<u32>,
+    child: Option<Child>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start_broker(args: &Args) -> Broker {
+    if let Some(url) = &args.url {
+        return Broker {
+            base: url.trim_end_matches('/').to_owned(),
+            pid: args.pid,
+            child: None,
+            _dir: None,
+        };
+    }
+    let bin = std::env::var("IDVB_BENCH_BIN")
+        .unwrap_or_else(|_| format!("{}/target/release/idv-broker", env!("CARGO_MANIFEST_DIR")));
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "{bin} is missing: run `cargo build --release` first (or set IDVB_BENCH_BIN)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(&bin)
+        .args(["--bind", "127.0.0.1:0", "--rate-limit", "0"])
+        .arg("--db")
+        .arg(dir.path().join("bench.db"))
+        .args(["--api-key", &format!("bench={}", args.api_key)])
+        .args(["--issuer", &args.issuer])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line from the broker: {line:?}"))
+        .to_owned();
+    Broker {
+        base,
+        pid: Some(child.id()),
+        child: Some(child),
+        _dir: Some(dir),
+    }
+}
+
+/// VmRSS of `pid`, in bytes.
+fn rss(pid: Option<u32>) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// 10,000 sockets on each side need more descriptors than a default soft limit. The
+/// workspace forbids `unsafe`, so `setrlimit` goes through util-linux `prlimit`; the
+/// broker this bench starts inherits the raised limit.
+fn raise_fd_limit(needed: u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    if soft >= needed {
+        return;
+    }
+    let ok = Command::new("prlimit")
+        .arg(format!("--pid={}", std::process::id()))
+        .arg(format!("--nofile={needed}:"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("warning: open-file limit {soft} < {needed}; raise `ulimit -n`");
+    }
+}
+
+/// A session as the bench drives it.
+struct BenchSession {
+    id: String,
+    token: String,
+}
+
+async fn create_sessions(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    m: usize,
+) -> Vec<BenchSession> {
+    let sem = Arc::new(Semaphore::new(CONNECT_CONCURRENCY.min(64)));
+    let mut tasks = Vec::with_capacity(m);
+    for _ in 0..m {
+        let (http, url, key, sem) = (
+            http.clone(),
+            format!("{base}/v1/sessions"),
+            key.to_owned(),
+            sem.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await.unwrap();
+            let r = http
+                .post(url)
+                .header("X-Api-Key", key)
+                .json(&json!({"scopes": ["full_name"], "ttl_seconds": 3600}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 201, "create: {}", r.status());
+            let v: Value = r.json().await.unwrap();
+            BenchSession {
+                id: v["session_id"].as_str().unwrap().to_owned(),
+                token: v["session_token"].as_str().unwrap().to_owned(),
+            }
+        }));
+    }
+    let mut out = Vec::with_capacity(m);
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// Microseconds since the run's epoch; 0 means "not yet".
+struct Clock(Instant);
+impl Clock {
+    fn us(&self) -> u64 {
+        self.0.elapsed().as_micros() as u64 + 1
+    }
+}
+
+/// When each transition's request left and its answer came back, per (session, seq).
+struct Marks {
+    sent: Vec<AtomicU64>,
+    acked: Vec<AtomicU64>,
+}
+impl Marks {
+    fn new(m: usize) -> Self {
+        let v = || (0..2 * m).map(|_| AtomicU64::new(0)).collect();
+        Marks {
+            sent: v(),
+            acked: v(),
+        }
+    }
+    /// Slot of transition `seq` (2 or 3) of session `s`.
+    fn slot(s: usize, seq: u64) -> usize {
+        2 * s + (seq as usize - 2)
+    }
+}
+
+/// Drives `information` then `update approve` for every session, `rate` per second, open
+/// loop: a transition starts at its scheduled time whether or not earlier ones finished.
+async fn drive(
+    http: &reqwest::Client,
+    base: &str,
+    sessions: &Arc<Vec<BenchSession>>,
+    rate: u64,
+    marks: &Arc<Marks>,
+    clock: &Arc<Clock>,
+) -> Duration {
+    let jwt = idv_actors::credentials::mint_device_jwt(
+        DEVICE_ISSUER.get().unwrap().0.as_str(),
+        DEVICE_ISSUER.get().unwrap().1.as_str(),
+        "bench-device",
+        3600,
+    )
+    .unwrap();
+    let jwt = Arc::new(jwt);
+    let m = sessions.len();
+    let period = Duration::from_nanos(1_000_000_000 / rate);
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(2 * m);
+    for k in 0..2 * m {
+        ticker.tick().await;
+        let (s, seq) = (k % m, 2 + (k / m) as u64);
+        let (http, sessions, marks, clock, jwt) = (
+            http.clone(),
+            sessions.clone(),
+            marks.clone(),
+            clock.clone(),
+            jwt.clone(),
+        );
+        let url = format!(
+            "{base}/v1/sessions/{}/{}",
+            sessions[s].id,
+            if seq == 2 { "information" } else { "update" }
+        );
+        tasks.push(tokio::spawn(async move {
+            let req = if seq == 2 {
+                http.get(url)
+            } else {
+                http.post(url)
+                    .json(&json!({"decision": "approve", "shared_data": {"full_name": "Bench"}}))
+            };
+            let slot = Marks::slot(s, seq);
+            marks.sent[slot].store(clock.us(), Ordering::Release);
+            let r = req.bearer_auth(jwt.as_str()).send().await.unwrap();
+            marks.acked[slot].store(clock.us(), Ordering::Release);
+            assert_eq!(r.status().as_u16(), 200, "transition {seq}: {}", r.status());
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    started.elapsed()
+}
+
+/// The device issuer, parsed from `--issuer ISS=SECRET` once.
+static DEVICE_ISSUER: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+
+/// What one subscriber saw: (seq, received at µs).
+type Seen = Vec<(u64, u64)>;
+
+/// Opens a subscriber, waits for its snapshot, reports itself ready, then records every
+/// status frame until the close (or the deadline).
+async fn subscriber(
+    url: String,
+    permit: OwnedSemaphorePermit,
+    ready: Arc<AtomicUsize>,
+    clock: Arc<Clock>,
+    stop_at: Arc<AtomicU64>,
+) -> Result<Seen, String> {
+    // Small client buffers: the bench shares the box with the broker it measures.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) if t.contains("\"snapshot\"") => {}
+        other => return Err(format!("first frame: {other:?}")),
+    }
+    ready.fetch_add(1, Ordering::AcqRel);
+    // The permit bounds handshakes in flight, not open sockets.
+    drop(permit);
+    let mut seen = Vec::with_capacity(2);
+    loop {
+        let deadline = stop_at.load(Ordering::Acquire);
+        let wait = if deadline == 0 {
+            Duration::from_secs(3600)
+        } else {
+            Duration::from_micros(deadline.saturating_sub(clock.us()))
+        };
+        match tokio::time::timeout(wait, ws.next()).await {
+            Err(_) => {
+                if stop_at.load(Ordering::Acquire) != 0 {
+                    break;
+                }
+            }
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => break,
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let at = clock.us();
+                let v: Value = serde_json::from_str(&t).map_err(|e| e.to_string())?;
+                seen.push((v["seq"].as_u64().unwrap_or(0), at));
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+    let _ = ws.close(None).await;
+    Ok(seen)
+}
+
+/// A sorted sample of microseconds.
+struct Dist(Vec<u64>);
+impl Dist {
+    fn new(mut v: Vec<u64>) -> Self {
+        v.sort_unstable();
+        Dist(v)
+    }
+    fn pct(&self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((p / 100.0) * (self.0.len() as f64 - 1.0)).round() as usize;
+        self.0[i] as f64 / 1000.0
+    }
+    fn max(&self) -> f64 {
+        self.0.last().map_or(f64::NAN, |&x| x as f64 / 1000.0)
+    }
+}
+
+struct PushResult {
+    rss_before: Option<u64>,
+    rss_idle: Option<u64>,
+    connect_time: Duration,
+    drive_time: Duration,
+    from_ack: Dist,
+    from_sent: Dist,
+    /// Frames that reached the subscriber before the HTTP answer reached the driver.
+    before_ack: usize,
+    delivered: usize,
+    expected: usize,
+    deliver_span: Duration,
+    errors: usize,
+}
+
+async fn push_phase(args: &Args, broker: &Broker, http: &reqwest::Client) -> PushResult {
+    let (n, m) = (args.subscribers, args.sessions);
+    let sessions = Arc::new(create_sessions(http, &broker.base, &args.api_key, m).await);
+    // Let the allocator and the workers settle after the burst of creates.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = rss(broker.pid);
+
+    let clock = Arc::new(Clock(Instant::now()));
+    let ready = Arc::new(AtomicUsize::new(0));
+    let stop_at = Arc::new(AtomicU64::new(0));
+    let sem = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let ws_base = broker.base.replacen("http://", "ws://", 1);
+    let t0 = Instant::now();
+    let mut subs = Vec::with_capacity(n);
+    for i in 0..n {
+        let s = &sessions[i % m];
+        let url = format!("{ws_base}/v1/sessions/{}/ws?token={}", s.id, s.token);
+        let (ready, clock, stop_at, sem) =
+            (ready.clone(), clock.clone(), stop_at.clone(), sem.clone());
+        subs.push(tokio::spawn(async move {
+            let permit = sem.acquire_owned().await.unwrap();
+            subscriber(url, permit, ready, clock, stop_at).await
+        }));
+    }
+    let connect_deadline = Instant::now() + Duration::from_secs(120);
+    while ready.load(Ordering::Acquire) < n {
+        assert!(
+            Instant::now() < connect_deadline,
+            "only {} of {n} subscribers connected in 120 s",
+            ready.load(Ordering::Acquire)
+        );
+        if subs.iter().any(|t| t.is_finished()) {
+            // A subscriber that ended before any transition failed its handshake.
+            let failed = subs.iter().filter(|t| t.is_finished()).count();
+            panic!("{failed} subscribers failed to connect");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let connect_time = t0.elapsed();
+    tokio::time::sleep(args.idle).await;
+    let rss_idle = rss(broker.pid);
+
+    let marks = Arc::new(Marks::new(m));
+    let drive_time = drive(http, &broker.base, &sessions, args.rate, &marks, &clock).await;
+    stop_at.store(
+        clock.us() + DRAIN_DEADLINE.as_micros() as u64,
+        Ordering::Release,
+    );
+
+    let (mut from_ack, mut from_sent) = (Vec::with_capacity(2 * n), Vec::with_capacity(2 * n));
+    let (mut first, mut last, mut errors, mut before_ack) = (u64::MAX, 0u64, 0usize, 0usize);
+    for (i, t) in subs.into_iter().enumerate() {
+        match t.await.unwrap() {
+            Ok(seen) => {
+                let mut prev = 1;
+                for (seq, at) in seen {
+                    // In order, each once: anything else counts as an error.
+                    if seq != prev + 1 {
+                        errors += 1;
+                        continue;
+                    }
+                    prev = seq;
+                    let slot = Marks::slot(i % m, seq);
+                    let (sent, acked) = (
+                        marks.sent[slot].load(Ordering::Acquire),
+                        marks.acked[slot].load(Ordering::Acquire),
+                    );
+                    from_sent.push(at.saturating_sub(sent));
+                    // A frame can beat the HTTP answer to the client: that is 0 ms, not negative.
+                    if at < acked {
+                        before_ack += 1;
+                    }
+                    from_ack.push(at.saturating_sub(acked));
+                    first = first.min(at);
+                    last = last.max(at);
+                }
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    PushResult {
+        rss_before,
+        rss_idle,
+        connect_time,
+        drive_time,
+        delivered: from_ack.len(),
+        from_ack: Dist::new(from_ack),
+        from_sent: Dist::new(from_sent),
+        before_ack,
+        expected: 2 * n,
+        deliver_span: Duration::from_micros(last.saturating_sub(first)),
+        errors,
+    }
+}
+
+struct PollResult {
+    /// Requests answered per second while all pollers poll and the transitions run.
+    steady_rps: f64,
+    /// Requests answered from the first transition until the last change was seen.
+    requests: u64,
+    from_ack: Dist,
+    observed: usize,
+    expected: usize,
+    errors: u64,
+}
+
+async fn poll_phase(args: &Args, broker: &Broker, http: &reqwest::Client) -> PollResult {
+    let (n, m) = (args.subscribers, args.sessions);
+    let sessions = Arc::new(create_sessions(http, &broker.base, &args.api_key, m).await);
+    let clock = Arc::new(Clock(Instant::now()));
+    let requests = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop_at = Arc::new(AtomicU64::new(0));
+    let interval = args.poll_interval;
+    // One client per poller would be closer to browsers but costs the bench more than
+    // the broker; a shared pool still keeps one connection per concurrent poller.
+    let poll_http = reqwest::Client::builder()
+        .pool_max_idle_per_host(usize::MAX)
+        .build()
+        .unwrap();
+    let mut pollers = Vec::with_capacity(n);
+    for i in 0..n {
+        let s = i % m;
+        let url = format!("{}/v1/sessions/{}/status", broker.base, sessions[s].id);
+        let token = sessions[s].token.clone();
+        let (http, clock, requests, errors, stop_at) = (
+            poll_http.clone(),
+            clock.clone(),
+            requests.clone(),
+            errors.clone(),
+            stop_at.clone(),
+        );
+        // Spread the phases evenly over the interval, as independent browsers would be.
+        let phase = interval.mul_f64(i as f64 / n as f64);
+        pollers.push(tokio::spawn(async move {
+            tokio::time::sleep(phase).await;
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let (mut seq, mut etag): (u64, Option<String>) = (1, None);
+            let mut seen: Seen = Vec::with_capacity(2);
+            loop {
+                ticker.tick().await;
+                let stop = stop_at.load(Ordering::Acquire);
+                if seq >= 3 || (stop != 0 && clock.us() > stop) {
+                    break;
+                }
+                let mut req = http.get(&url).bearer_auth(&token);
+                if let Some(tag) = &etag {
+                    req = req.header("If-None-Match", tag);
+                }
+                let r = match req.send().await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                };
+                requests.fetch_add(1, Ordering::Relaxed);
+                let at = clock.us();
+                match r.status().as_u16() {
+                    304 => {}
+                    200 => {
+                        etag = r
+                            .headers()
+                            .get("etag")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        let v: Value = r.json().await.unwrap_or(Value::Null);
+                        let now = v["seq"].as_u64().unwrap_or(seq);
+                        // A poll can jump two seqs at once: both are observed now.
+                        for k in seq + 1..=now {
+                            seen.push((k, at));
+                        }
+                        seq = seq.max(now);
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            seen
+        }));
+    }
+    // One full interval so every poller has its first (baseline) answer.
+    tokio::time::sleep(interval + Duration::from_millis(200)).await;
+    let req_start = requests.load(Ordering::Acquire);
+    let marks = Arc::new(Marks::new(m));
+    let drive_time = drive(http, &broker.base, &sessions, args.rate, &marks, &clock).await;
+    // Steady state: every poller is still polling while the transitions run.
+    let steady_rps =
+        (requests.load(Ordering::Acquire) - req_start) as f64 / drive_time.as_secs_f64();
+    // Polls see the last transition within one interval (plus queueing).
+    stop_at.store(
+        clock.us() + (interval * 3 + Duration::from_secs(5)).as_micros() as u64,
+        Ordering::Release,
+    );
+    let mut from_ack = Vec::with_capacity(2 * n);
+    for (i, t) in pollers.into_iter().enumerate() {
+        for (seq, at) in t.await.unwrap() {
+            let acked = marks.acked[Marks::slot(i % m, seq)].load(Ordering::Acquire);
+            from_ack.push(at.saturating_sub(acked));
+        }
+    }
+    PollResult {
+        steady_rps,
+        requests: requests.load(Ordering::Acquire) - req_start,
+        observed: from_ack.len(),
+        from_ack: Dist::new(from_ack),
+        expected: 2 * n,
+        errors: errors.load(Ordering::Acquire),
+    }
+}
+
+fn mib(b: Option<u64>) -> String {
+    b.map_or("n/a".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
+}
+
+fn main() {
+    let args = parse_args();
+    let (iss, secret) = args.issuer.split_once('=').expect("--issuer ISS=SECRET");
+    DEVICE_ISSUER
+        .set((iss.to_owned(), secret.to_owned()))
+        .unwrap();
+    raise_fd_limit(args.subscribers as u64 + 1024);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let broker = start_broker(&args);
+    println!(
+        "ws_load: {} subscribers over {} sessions, {} transitions/s, broker {} (pid {:?})",
+        args.subscribers, args.sessions, args.rate, broker.base, broker.pid
+    );
+    let total = Instant::now();
+    rt.block_on(async {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(1024)
+            .build()
+            .unwrap();
+        let push = push_phase(&args, &broker, &http).await;
+        let poll = if args.skip_poll {
+            None
+        } else {
+            Some(poll_phase(&args, &broker, &http).await)
+        };
+        report(&args, &push, poll.as_ref());
+    });
+    println!("(run took {:.1} s)", total.elapsed().as_secs_f64());
+    drop(broker);
+    // Pollers' and sockets' tasks are done; do not wait on idle pool connections.
+    rt.shutdown_timeout(Duration::from_secs(1));
+}
+
+fn report(args: &Args, push: &PushResult, poll: Option<&PollResult>) {
+    let n = args.subscribers;
+    let transitions = 2 * args.sessions;
+    let per_sub = match (push.rss_before, push.rss_idle) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / n as f64),
+        _ => None,
+    };
+    let lost = push.expected.saturating_sub(push.delivered);
+    let achieved_rate = transitions as f64 / push.drive_time.as_secs_f64();
+    let dps = push.delivered as f64 / push.deliver_span.as_secs_f64().max(1e-3);
+    println!();
+    println!(
+        "connected {n} subscribers in {:.1} s; {transitions} transitions driven in {:.1} s ({achieved_rate:.0}/s)",
+        push.connect_time.as_secs_f64(),
+        push.drive_time.as_secs_f64()
+    );
+    println!();
+    println!("| {n} clients, {} sessions, {transitions} transitions at {}/s | WebSocket push | polling every {} ms |", args.sessions, args.rate, args.poll_interval.as_millis());
+    println!("|---|---|---|");
+    let (pp50, pp99, pmax, prps, pobs, perr) = match poll {
+        Some(p) => (
+            format!("{:.0} ms", p.from_ack.pct(50.0)),
+            format!("{:.0} ms", p.from_ack.pct(99.0)),
+            format!("{:.0} ms", p.from_ack.max()),
+            format!("{:.0}", p.steady_rps),
+            format!("{} of {}", p.observed, p.expected),
+            p.errors.to_string(),
+        ),
+        None => Default::default(),
+    };
+    println!(
+        "| latency p50 (ack → seen) | {:.2} ms | {pp50} |",
+        push.from_ack.pct(50.0)
+    );
+    println!(
+        "| latency p99 (ack → seen) | {:.2} ms | {pp99} |",
+        push.from_ack.pct(99.0)
+    );
+    println!(
+        "| latency max (ack → seen) | {:.2} ms | {pmax} |",
+        push.from_ack.max()
+    );
+    println!(
+        "| latency p50 / p99 (request sent → seen) | {:.2} / {:.2} ms | |",
+        push.from_sent.pct(50.0),
+        push.from_sent.pct(99.0)
+    );
+    println!(
+        "| updates seen (expected {}) | {} | {pobs} |",
+        push.expected, push.delivered
+    );
+    println!(
+        "| frames lost / out of order | {lost} / {} | |",
+        push.errors
+    );
+    println!("| deliveries/s | {dps:.0} | |");
+    println!("| server requests/s while waiting (beyond the transitions) | 0 | {prps} |");
+    println!("| poll errors | | {perr} |");
+    println!(
+        "| broker RSS: before → {n} idle subscribers | {} → {} | |",
+        mib(push.rss_before),
+        mib(push.rss_idle)
+    );
+    match per_sub {
+        Some(b) => println!(
+            "| broker memory per idle subscriber | {:.0} B ({:.2} KiB) | |",
+            b,
+            b / 1024.0
+        ),
+        None => println!("| broker memory per idle subscriber | n/a (no --pid) | |"),
+    }
+    println!(
+        "| frames that arrived before the transition's HTTP answer | {:.0} % | |",
+        100.0 * push.before_ack as f64 / push.delivered.max(1) as f64
+    );
+    if let Some(p) = poll {
+        println!();
+        println!(
+            "ratios: polling costs {:.1} server requests per delivered update (push: 0 requests, \
+             1 frame) and {:.0} requests/s in steady state; latency ack → seen p50 {:.2} ms vs \
+             {:.0} ms, p99 {:.2} ms vs {:.0} ms ({:.0}x)",
+            p.requests as f64 / p.observed.max(1) as f64,
+            p.steady_rps,
+            push.from_ack.pct(50.0),
+            p.from_ack.pct(50.0),
+            push.from_ack.pct(99.0),
+            p.from_ack.pct(99.0),
+            p.from_ack.pct(99.0) / push.from_ack.pct(99.0).max(0.001),
+        );
+    }
+}

@@ -662,6 +662,9 @@ fn main() {
         args.subscribers, args.sessions, args.rate, broker.base, broker.pid
     );
     let total = Instant::now();
+    // reqwest's rustls has no default crypto provider in this workspace (the broker
+    // picks ring); a plain client needs one installed first.
+    idv_actors::webhooks::install_crypto_provider();
     rt.block_on(async {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(1024)

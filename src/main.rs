@@ -59,19 +59,20 @@ fn main() -> ExitCode {
         )
         .init();
 
-    if settings.demo {
-        tracing::warn!(
-            "--demo: the demo pages (/demo, /verify) are not built yet; demo mode changes nothing"
-        );
-    }
     actix_web::rt::System::new().block_on(async move {
         let app = match Application::build(settings).await {
             Ok(app) => app,
             Err(e) => return fail(e),
         };
+        // Handlers go in before the line is printed: a SIGTERM right after it must stop
+        // the broker cleanly, not kill it.
+        let shutdown = match startup::shutdown_signal() {
+            Ok(signal) => signal,
+            Err(e) => return fail(format!("cannot install signal handlers: {e}")),
+        };
         println!("listening on http://{}", app.addr());
         let _ = std::io::stdout().flush();
-        match app.run_until_stopped(startup::shutdown_signal()).await {
+        match app.run_until_stopped(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("idv-broker: {e}");

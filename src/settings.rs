@@ -53,21 +53,20 @@ pub struct RunArgs {
     /// Base of session URLs; default http://<bind address>.
     #[arg(long, env = "IDVB_PUBLIC_URL")]
     pub public_url: Option<String>,
-    /// A backend API key; NAME is shown to devices as requester.name. Repeatable.
-    #[arg(long = "api-key", env = "IDVB_API_KEYS", value_name = "NAME=KEY", value_delimiter = ',', value_parser = parse_pair)]
-    pub api_keys: Vec<(String, String)>,
-    /// A trusted device-token issuer and its HS256 secret. Repeatable.
-    #[arg(long = "issuer", env = "IDVB_ISSUERS", value_name = "ISS=SECRET", value_delimiter = ',', value_parser = parse_pair)]
-    pub issuers: Vec<(String, String)>,
+    /// A backend API key; NAME is shown to devices as requester.name. Repeatable
+    /// [env: IDVB_API_KEYS, comma-separated].
+    #[arg(long = "api-key", value_name = "NAME=KEY")]
+    pub api_keys: Vec<String>,
+    /// A trusted device-token issuer and its HS256 secret. Repeatable
+    /// [env: IDVB_ISSUERS, comma-separated].
+    #[arg(long = "issuer", value_name = "ISS=SECRET")]
+    pub issuers: Vec<String>,
     /// Default webhook URL for sessions without a callback_url.
     #[arg(long, env = "IDVB_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
-    /// Webhook signing secret; give it twice while rotating (the new one first).
-    #[arg(
-        long = "webhook-secret",
-        env = "IDVB_WEBHOOK_SECRET",
-        value_delimiter = ','
-    )]
+    /// Webhook signing secret; give it twice while rotating (the new one first)
+    /// [env: IDVB_WEBHOOK_SECRET, comma-separated].
+    #[arg(long = "webhook-secret", value_name = "SECRET")]
     pub webhook_secrets: Vec<String>,
     /// Requests per second per client IP (bursts of N); 0 turns it off.
     #[arg(long, env = "IDVB_RATE_LIMIT", default_value_t = 100)]
@@ -152,17 +151,57 @@ impl Settings {
         }
     }
 
-    /// Settings from parsed flags; checks what clap cannot.
+    /// Settings from parsed flags and the process environment; checks what clap cannot.
     pub fn from_args(args: RunArgs) -> Result<Self, String> {
-        if args.webhook_url.is_some() && args.webhook_secrets.is_empty() {
+        Self::from_args_and_env(args, |name| std::env::var(name).ok())
+    }
+
+    /// Settings from parsed flags, with `env` for the variables whose values are lists.
+    ///
+    /// Lists are split on commas only when they come from the environment: a flag's
+    /// value is taken whole, so a secret containing a comma stays one secret. Values are
+    /// parsed here rather than by clap so that an error never echoes a secret.
+    pub fn from_args_and_env(
+        args: RunArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
+        let list = |flag: Vec<String>, var: &str| -> Vec<String> {
+            if !flag.is_empty() {
+                return flag;
+            }
+            env(var)
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let pairs = |values: Vec<String>, flag: &str| -> Result<Vec<(String, String)>, String> {
+            values
+                .iter()
+                .map(|v| parse_pair(v).map_err(|e| format!("{flag}: {e}")))
+                .collect()
+        };
+        let api_keys = pairs(list(args.api_keys, "IDVB_API_KEYS"), "--api-key")?;
+        let issuers = pairs(list(args.issuers, "IDVB_ISSUERS"), "--issuer")?;
+        let webhook_secrets = list(args.webhook_secrets, "IDVB_WEBHOOK_SECRET");
+        if args.demo {
+            return Err(
+                "--demo: the demo pages (/demo, /verify) are not part of this version".into(),
+            );
+        }
+        if args.webhook_url.is_some() && webhook_secrets.is_empty() {
             return Err(
                 "--webhook-url needs --webhook-secret: the broker sends nothing unsigned".into(),
             );
         }
-        if args.webhook_secrets.iter().any(String::is_empty) {
+        if webhook_secrets.iter().any(String::is_empty) {
             return Err("--webhook-secret must not be empty".into());
         }
-        if args.webhook_secrets.len() > 2 {
+        if webhook_secrets.len() > 2 {
             return Err(
                 "--webhook-secret takes at most two secrets (the new one, then the old one)".into(),
             );
@@ -173,18 +212,96 @@ impl Settings {
         if let Some(u) = &args.public_url {
             idv_web::dto::check_url("--public-url", u).map_err(|e| e.message)?;
         }
+        match std::net::ToSocketAddrs::to_socket_addrs(args.bind.as_str()) {
+            Ok(mut addrs) => {
+                if addrs.next().is_none() {
+                    return Err(format!(
+                        "--bind {}: the address resolves to nothing",
+                        args.bind
+                    ));
+                }
+            }
+            Err(e) => return Err(format!("--bind {}: {e}", args.bind)),
+        }
         Ok(Self {
             bind: args.bind,
             public_url: args.public_url.map(|u| u.trim_end_matches('/').to_owned()),
-            api_keys: args.api_keys,
-            issuers: args.issuers,
+            api_keys,
+            issuers,
             webhook_url: args.webhook_url,
-            webhook_secrets: args.webhook_secrets,
+            webhook_secrets,
             rate_limit: args.rate_limit,
             demo: args.demo,
             max_staged_bytes: args.max_staged_mib as usize * 1024 * 1024,
             retention: Duration::from_secs(u64::from(args.retention_days) * 24 * 60 * 60),
             ..Self::with_db(args.db)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn settings(argv: &[&str], env: &[(&str, &str)]) -> Result<Settings, String> {
+        let cli = Cli::try_parse_from(std::iter::once("idv-broker").chain(argv.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        Settings::from_args_and_env(cli.run, |name| {
+            env.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn environment_lists_are_split_on_commas_but_flag_values_are_not() {
+        let s = settings(
+            &[],
+            &[
+                ("IDVB_API_KEYS", "A=1,B=2"),
+                ("IDVB_WEBHOOK_SECRET", "new,old"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            s.api_keys,
+            vec![("A".into(), "1".into()), ("B".into(), "2".into())]
+        );
+        assert_eq!(s.webhook_secrets, vec!["new".to_owned(), "old".to_owned()]);
+        let s = settings(&["--webhook-secret", "with,comma"], &[]).unwrap();
+        assert_eq!(s.webhook_secrets, vec!["with,comma".to_owned()]);
+        let s = settings(
+            &["--api-key", "A=k,ey", "--api-key", "B=2"],
+            &[("IDVB_API_KEYS", "C=3")],
+        )
+        .unwrap();
+        assert_eq!(
+            s.api_keys,
+            vec![("A".into(), "k,ey".into()), ("B".into(), "2".into())]
+        );
+    }
+
+    #[test]
+    fn a_malformed_credential_is_refused_without_echoing_it() {
+        let err = settings(&["--api-key", "s3cretvalue"], &[]).unwrap_err();
+        assert!(!err.contains("s3cretvalue"), "{err}");
+        let err = settings(&[], &[("IDVB_ISSUERS", "iss:topsecret")]).unwrap_err();
+        assert!(!err.contains("topsecret"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_bind_address_is_refused_before_anything_starts() {
+        assert!(settings(&["--bind", "nonsense"], &[])
+            .unwrap_err()
+            .contains("--bind"));
+        assert!(settings(&["--bind", "127.0.0.1:0"], &[]).is_ok());
+    }
+
+    #[test]
+    fn demo_mode_is_refused_until_its_pages_exist() {
+        assert!(settings(&["--demo"], &[]).unwrap_err().contains("--demo"));
+        assert!(settings(&[], &[]).is_ok());
     }
 }

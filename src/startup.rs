@@ -15,6 +15,9 @@ use idv_web::{AppState, ServerConfig};
 
 use crate::settings::Settings;
 
+/// How often the registry looks for overdue sessions whose actor did not expire them.
+const EXPIRY_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Why the broker could not start (all exit code 2).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -82,6 +85,7 @@ impl Application {
             },
         );
         let (expired, restored) = registry.restore().await.map_err(db_error)?;
+        registry.start_expiry_sweep(EXPIRY_SWEEP_EVERY);
         let sweeper = RetentionSweeper::new(
             store.clone(),
             settings.clock.clone(),

@@ -243,7 +243,11 @@ impl Cancel {
                 owner: self.owner.clone(),
             },
         )?;
-        match next(session.status, None, Event::Cancel)? {
+        let outcome = next(session.status, None, Event::Cancel)?;
+        // Past `expires_at` the session is expired in all but the commit, which the
+        // expiry timer makes: it cannot be cancelled any more.
+        check_not_overdue(session, now)?;
+        match outcome {
             Outcome::Move(status) => Ok(Plan::Move(transition(session, now, status))),
             Outcome::Stay => Ok(Plan::Stay),
         }

@@ -123,18 +123,21 @@ impl Registry {
         let live = self.inner.store.load_live_sessions().await?;
         let restored = live.len();
         for record in live {
-            self.spawn(record);
+            self.spawn(record.id, Some(record));
         }
         Ok((expired, restored))
     }
 
-    /// The live actor for `record`, starting one if none runs.
-    fn spawn(&self, record: SessionRecord) -> Addr<SessionActor> {
-        match self.inner.live.entry(record.id) {
+    /// The live actor for session `id`, starting one if none runs. `record` is given only
+    /// when it is known current (a create, the restore at start); otherwise the actor
+    /// loads the session itself, inside its mailbox, so a record read before a racing
+    /// terminal commit can never bring the session back to life.
+    fn spawn(&self, id: SessionId, record: Option<SessionRecord>) -> Addr<SessionActor> {
+        match self.inner.live.entry(id) {
             Entry::Occupied(e) if e.get().connected() => e.get().clone(),
             entry => {
                 let registry = self.clone();
-                let addr = Supervisor::start(move |_| SessionActor::new(record, registry));
+                let addr = Supervisor::start(move |_| SessionActor::new(id, record, registry));
                 entry.insert(addr.clone());
                 addr
             }
@@ -157,7 +160,7 @@ impl Registry {
         Ok(match self.inner.store.load_session(id).await? {
             None => None,
             Some(record) if record.status.is_terminal() => Some(Lookup::Ended(record)),
-            Some(record) => Some(Lookup::Live(self.spawn(record))),
+            Some(record) => Some(Lookup::Live(self.spawn(record.id, None))),
         })
     }
 
@@ -185,7 +188,7 @@ impl Registry {
             .await?
         {
             CreateOutcome::Created => {
-                self.spawn(record.clone());
+                self.spawn(record.id, Some(record.clone()));
                 Ok((record, false))
             }
             CreateOutcome::Replayed(existing) => {
@@ -272,7 +275,12 @@ impl Registry {
         let replay = match after {
             Some(after) if after < subscribed.snapshot.seq => {
                 let upto = subscribed.snapshot.seq;
-                let events = self.inner.store.events_after(id, after).await;
+                // Creation (seq 1) is not a transition: it is never replayed.
+                let events = self
+                    .inner
+                    .store
+                    .events_after(id, after.max(Seq::FIRST))
+                    .await;
                 match events {
                     Ok(mut events) => {
                         events.retain(|e| e.seq <= upto);
@@ -331,6 +339,10 @@ impl Registry {
                     "this token belongs to another session",
                 ))
             }
+            // A token of no session learns nothing, not even whether the id exists.
+            (Err(SessionError::NotFound), Some(t)) if !self.inner.store.token_in_use(t).await? => {
+                Err(SessionError::Unauthorized)
+            }
             (res, _) => res,
         }
     }
@@ -367,6 +379,41 @@ impl Registry {
             Some(file) if file.owner == owner => Ok(file),
             _ => Err(SessionError::NotFound),
         }
+    }
+
+    /// Every `every`, makes sure each overdue live session is expired: its actor (started
+    /// again if it is gone, e.g. killed by a panic) re-checks its expiry. The actors'
+    /// own timers do this within a second; this is the net under them, so a session
+    /// expires "with or without traffic" even when its actor died. Stops once the store
+    /// is closed.
+    pub fn start_expiry_sweep(&self, every: std::time::Duration) {
+        let registry = self.clone();
+        actix::spawn(async move {
+            let mut ticks = actix::clock::interval(every);
+            loop {
+                ticks.tick().await;
+                match registry.sweep_overdue().await {
+                    Ok(_) => {}
+                    Err(StoreError::Closed) => break,
+                    Err(e) => tracing::error!(error = %e, "expiry sweep failed"),
+                }
+            }
+        });
+    }
+
+    /// One pass of the expiry sweep; returns how many overdue sessions it nudged.
+    pub async fn sweep_overdue(&self) -> Result<usize, StoreError> {
+        let overdue = self
+            .inner
+            .store
+            .overdue_live(self.inner.clock.now(), 1024)
+            .await?;
+        for id in &overdue {
+            if let Some(Lookup::Live(addr)) = self.lookup(*id).await? {
+                addr.do_send(Tick);
+            }
+        }
+        Ok(overdue.len())
     }
 
     /// Asks every live session to re-check its expiry now (after the clock moved).

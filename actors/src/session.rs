@@ -63,11 +63,13 @@ pub struct SessionActor {
 }
 
 impl SessionActor {
-    /// An actor for a session whose record is at hand (just created or loaded).
-    pub(crate) fn new(record: SessionRecord, registry: Registry) -> Self {
+    /// An actor for session `id`: with its record when it is at hand and known current
+    /// (just created, or restored at start), else `None` and it loads the session from
+    /// the store before handling anything.
+    pub(crate) fn new(id: SessionId, record: Option<SessionRecord>, registry: Registry) -> Self {
         Self {
-            id: record.id,
-            state: Some(record),
+            id,
+            state: record,
             ended: false,
             registry,
             expiry: None,

@@ -492,3 +492,42 @@ async fn a_subscriber_resumes_across_a_restart_with_exactly_what_it_missed() {
     assert_eq!(seqs(&frames), vec![3]);
     assert_eq!(close, Some(CloseCode::Normal));
 }
+
+#[actix_web::test]
+async fn after_seq_zero_replays_transitions_only_never_the_creation() {
+    let app = spawn_app().await;
+    let (id, token) = session(&app).await;
+    approve(&app, &id).await;
+    let mut ws = connect(&app, &id, &token, Some(0)).await;
+    let (frames, _) = drain(&mut ws).await;
+    assert_eq!(frames[0]["type"], "snapshot");
+    assert_eq!(
+        seqs(&frames),
+        vec![2, 3],
+        "creation is not a transition: {frames:?}"
+    );
+}
+
+#[actix_web::test]
+async fn a_token_of_no_session_cannot_tell_whether_a_session_exists() {
+    let app = spawn_app().await;
+    let unknown = format!("/v1/sessions/{}/status", uuid::Uuid::new_v4());
+    let res = app
+        .client
+        .get(app.url(&unknown))
+        .bearer_auth("made-up-token")
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 401, "unauthorized").await;
+    // A real token of another session is a valid credential: the unknown id is 404.
+    let (_, token) = session(&app).await;
+    let res = app
+        .client
+        .get(app.url(&unknown))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 404, "not_found").await;
+}

@@ -241,3 +241,17 @@ async fn a_terminal_session_refuses_information_update_and_cancel() {
         .unwrap();
     assert_eq!(decision["shared_data"], json!({"full_name": "A"}));
 }
+
+#[actix_web::test]
+async fn a_session_past_expires_at_cannot_be_cancelled_any_more() {
+    let app = spawn_app().await;
+    let created = app.create_session(&["full_name"]).await;
+    let id = created["session_id"].as_str().unwrap();
+    app.clock.advance(chrono::Duration::seconds(601));
+    // Whether or not the expiry has committed yet, the session is expired, not cancelled.
+    assert_error(app.cancel(id).await, 409, "invalid_state").await;
+    let view = app
+        .wait_for_status(id, "expired", std::time::Duration::from_secs(5))
+        .await;
+    assert_eq!(view["status"], "expired");
+}

@@ -106,6 +106,33 @@ async fn a_killed_session_still_expires_on_time() {
     assert_eq!(view["status"], "expired");
 }
 
+#[actix_web::test]
+async fn a_killed_session_expires_without_any_traffic() {
+    let app = spawn_app().await;
+    let (id, _) = app.retrieved_session(&["full_name"], "alice").await;
+    let _ = app
+        .registry
+        .call(session_id(&id), InjectFault { contained: false })
+        .await;
+    // No request touches the session and nobody ticks: the broker's own expiry sweep
+    // must find it. Watched through the database, which rehydrates nothing.
+    app.clock.advance(chrono::Duration::seconds(601));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status: String = app
+            .db_read()
+            .query_row("SELECT status FROM sessions WHERE id = ?1", [&id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        if status == "expired" || std::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, "expired");
+}
+
 /// Asserts a `500 internal` whose message gives nothing of the store away.
 async fn assert_clean_500(res: reqwest::Response) {
     let message = assert_error(res, 500, "internal").await;

@@ -189,7 +189,21 @@ impl From<SessionError> for ApiError {
             SessionError::Restarted => {
                 ApiError::unavailable("the session is restarting; try again", 1)
             }
-            SessionError::Store(e) => ApiError::internal(format!("store: {e}")),
+            SessionError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<idv_actors::store::StoreError> for ApiError {
+    fn from(e: idv_actors::store::StoreError) -> Self {
+        match e {
+            idv_actors::store::StoreError::Busy => {
+                ApiError::unavailable("the broker is overloaded; try again", 1)
+            }
+            idv_actors::store::StoreError::Closed => {
+                ApiError::unavailable("the broker is shutting down", 5)
+            }
+            e => ApiError::internal(format!("store: {e}")),
         }
     }
 }

@@ -47,6 +47,9 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("the store is closed")]
     Closed,
+    /// More work is queued than the store takes (`QUEUE_BOUND`): refused, not queued.
+    #[error("the store is overloaded")]
+    Busy,
     /// The database's schema is not one this broker can use.
     #[error("schema: {0}")]
     Schema(String),
@@ -60,6 +63,20 @@ impl From<rusqlite::Error> for StoreError {
         StoreError::Sqlite(Arc::new(e))
     }
 }
+
+/// Most jobs queued for the writer, and for the readers, before new ones are refused
+/// with [`StoreError::Busy`] rather than queued without bound.
+pub const QUEUE_BOUND: usize = 65_536;
+
+fn queue_error<T>(e: crossbeam_channel::TrySendError<T>) -> StoreError {
+    match e {
+        crossbeam_channel::TrySendError::Full(_) => StoreError::Busy,
+        crossbeam_channel::TrySendError::Disconnected(_) => StoreError::Closed,
+    }
+}
+
+/// How long a connection waits on a lock held by another before SQLITE_BUSY.
+pub(crate) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Tuning of the store.
 #[derive(Clone, Debug)]
@@ -113,7 +130,7 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     // secure_delete: freed pages and cells are zeroed, so deleted personal data
     // does not linger in the database file (SPEC §2).
     conn.execute_batch("PRAGMA secure_delete = ON; PRAGMA foreign_keys = ON;")?;
@@ -139,7 +156,7 @@ impl Store {
         let mut conn = open_connection(&config.path, false)?;
         schema::migrate(&mut conn)?;
 
-        let (wtx, wrx) = crossbeam_channel::unbounded::<Box<dyn Job>>();
+        let (wtx, wrx) = crossbeam_channel::bounded::<Box<dyn Job>>(QUEUE_BOUND);
         let mut threads = Vec::new();
         threads.push(
             std::thread::Builder::new()
@@ -147,7 +164,7 @@ impl Store {
                 .spawn(move || writer::run(conn, wrx))
                 .map_err(|e| StoreError::Schema(format!("cannot start the writer: {e}")))?,
         );
-        let (rtx, rrx) = crossbeam_channel::unbounded::<readers::ReadJob>();
+        let (rtx, rrx) = crossbeam_channel::bounded::<readers::ReadJob>(QUEUE_BOUND);
         for i in 0..config.readers.max(1) {
             let conn = open_connection(&config.path, true)?;
             let rrx = rrx.clone();
@@ -216,8 +233,8 @@ impl Store {
             .clone();
         let sender = sender.ok_or(StoreError::Closed)?;
         sender
-            .send(Box::new(FnJob::new(f, tx)))
-            .map_err(|_| StoreError::Closed)?;
+            .try_send(Box::new(FnJob::new(f, tx)))
+            .map_err(queue_error)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -236,10 +253,10 @@ impl Store {
             .clone();
         let sender = sender.ok_or(StoreError::Closed)?;
         sender
-            .send(Box::new(move |conn: &Connection| {
+            .try_send(Box::new(move |conn: &Connection| {
                 let _ = tx.send(f(conn));
             }))
-            .map_err(|_| StoreError::Closed)?;
+            .map_err(queue_error)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 

@@ -332,6 +332,32 @@ impl Store {
         .await
     }
 
+    /// Up to `limit` live sessions whose `expires_at` is at or before `now` (the
+    /// partial index on live sessions' `expires_at` makes this cheap).
+    pub async fn overdue_live(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id FROM sessions WHERE status IN ('initialized', 'retrieved') \
+                 AND expires_at <= ?1 LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![ms(now), limit as i64], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for id in rows {
+                let id = id?;
+                out.push(
+                    SessionId::parse(&id)
+                        .ok_or_else(|| StoreError::Corrupt(format!("session id {id}")))?,
+                );
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// One session, whatever its status.
     pub async fn load_session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
         self.read(move |conn| load_session(conn, id)).await

@@ -162,6 +162,15 @@ fn commit_batch(
 /// Copies the WAL into the database and truncates it to zero bytes, so frames that
 /// held deleted data are gone from disk. Returns `false` if a reader kept it busy.
 pub(crate) fn checkpoint(conn: &Connection) -> Result<bool, StoreError> {
-    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-    Ok(busy == 0)
+    // Every write waits behind the checkpoint on this thread, so it must not sit out the
+    // connection's 5 s busy timeout on a reader: give up quickly and try again later.
+    conn.busy_timeout(CHECKPOINT_BUSY_TIMEOUT)?;
+    let result = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    });
+    conn.busy_timeout(super::BUSY_TIMEOUT)?;
+    Ok(result? == 0)
 }
+
+/// How long a checkpoint waits for readers before it is retried later.
+const CHECKPOINT_BUSY_TIMEOUT: Duration = Duration::from_millis(100);

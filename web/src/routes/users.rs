@@ -35,8 +35,7 @@ pub async fn set_status(
         .registry
         .store()
         .set_user_status(backend.owner, user, status, now)
-        .await
-        .map_err(ApiError::internal)?;
+        .await?;
     Ok(HttpResponse::Ok().json(UserView::from(&record)))
 }
 
@@ -47,12 +46,7 @@ pub async fn get(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let user = user_id(&path)?;
-    let record = state
-        .registry
-        .store()
-        .user(backend.owner, user)
-        .await
-        .map_err(ApiError::internal)?;
+    let record = state.registry.store().user(backend.owner, user).await?;
     let record = record.ok_or_else(|| ApiError::not_found("no such user"))?;
     Ok(HttpResponse::Ok().json(UserView::from(&record)))
 }

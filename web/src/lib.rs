@@ -53,13 +53,18 @@ impl Default for ServerConfig {
     }
 }
 
-async fn method_not_allowed() -> HttpResponse {
+async fn method_not_allowed(allow: &'static str) -> HttpResponse {
     use actix_web::ResponseError as _;
-    ApiError::new(
+    let mut res = ApiError::new(
         ErrorCode::MethodNotAllowed,
-        "this method is not allowed on this path",
+        format!("this path takes {allow}"),
     )
-    .error_response()
+    .error_response();
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(allow) {
+        res.headers_mut()
+            .insert(actix_web::http::header::ALLOW, value);
+    }
+    res
 }
 
 async fn not_found() -> HttpResponse {
@@ -68,8 +73,8 @@ async fn not_found() -> HttpResponse {
 }
 
 /// A resource whose unmatched methods answer `405` with the SPEC §5 body.
-fn resource(path: &str) -> Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
+fn resource(path: &str, allow: &'static str) -> Resource {
+    web::resource(path).default_service(web::to(move || method_not_allowed(allow)))
 }
 
 /// Every route of the API.
@@ -83,27 +88,29 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .app_data(
         web::PathConfig::default().error_handler(|e, _| ApiError::invalid(e.to_string()).into()),
     )
-    .service(resource("/v1/sessions").route(web::post().to(sessions::create)))
+    .service(resource("/v1/sessions", "POST").route(web::post().to(sessions::create)))
     .service(
-        resource("/v1/sessions/{id}")
+        resource("/v1/sessions/{id}", "GET, DELETE")
             .route(web::get().to(sessions::get))
             .route(web::delete().to(sessions::cancel)),
     )
-    .service(resource("/v1/sessions/{id}/decision").route(web::get().to(sessions::decision)))
-    .service(resource("/v1/sessions/{id}/status").route(web::get().to(client::status)))
-    .service(resource("/v1/sessions/{id}/ws").route(web::get().to(ws::subscribe)))
-    .service(resource("/v1/sessions/{id}/information").route(web::get().to(device::information)))
-    .service(resource("/v1/sessions/{id}/update").route(web::post().to(device::update)))
+    .service(resource("/v1/sessions/{id}/decision", "GET").route(web::get().to(sessions::decision)))
+    .service(resource("/v1/sessions/{id}/status", "GET").route(web::get().to(client::status)))
+    .service(resource("/v1/sessions/{id}/ws", "GET").route(web::get().to(ws::subscribe)))
+    .service(
+        resource("/v1/sessions/{id}/information", "GET").route(web::get().to(device::information)),
+    )
+    .service(resource("/v1/sessions/{id}/update", "POST").route(web::post().to(device::update)))
     .service(
         // One resource for both: `{kind}` on PUT and `{file_id}` on GET share the segment.
-        resource("/v1/sessions/{id}/files/{file}")
+        resource("/v1/sessions/{id}/files/{file}", "GET, PUT")
             .route(web::put().to(files::upload))
             .route(web::get().to(files::download)),
     )
-    .service(resource("/v1/users/{user_id}/status").route(web::put().to(users::set_status)))
-    .service(resource("/v1/users/{user_id}").route(web::get().to(users::get)))
-    .service(resource("/healthz").route(web::get().to(ops::healthz)))
-    .service(resource("/readyz").route(web::get().to(ops::readyz)));
+    .service(resource("/v1/users/{user_id}/status", "PUT").route(web::put().to(users::set_status)))
+    .service(resource("/v1/users/{user_id}", "GET").route(web::get().to(users::get)))
+    .service(resource("/healthz", "GET").route(web::get().to(ops::healthz)))
+    .service(resource("/readyz", "GET").route(web::get().to(ops::readyz)));
 }
 
 /// Starts the HTTP server on an already-bound listener. Signals are not handled here:

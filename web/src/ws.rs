@@ -159,9 +159,20 @@ impl Actor for Subscriber {
             if act.check_evicted(ctx) {
                 return;
             }
-            if act.last_heard.elapsed() > act.config.client_timeout {
+            let silent = act.last_heard.elapsed();
+            if silent >= act.config.client_timeout {
                 act.close(ctx, ws::CloseCode::Policy, "no answer to pings");
                 return;
+            }
+            // If the deadline falls before the next tick, check exactly at it, so a dead
+            // peer goes at the timeout and not up to one ping interval later.
+            let left = act.config.client_timeout - silent;
+            if left < act.config.ping_interval {
+                ctx.run_later(left, |act, ctx| {
+                    if act.last_heard.elapsed() >= act.config.client_timeout {
+                        act.close(ctx, ws::CloseCode::Policy, "no answer to pings");
+                    }
+                });
             }
             ctx.ping(b"");
         });

@@ -383,6 +383,10 @@ impl Store {
     /// The session with its shared data and files, for the decision.
     pub async fn load_decision(&self, id: SessionId) -> Result<Option<Decision>, StoreError> {
         self.read(move |conn| {
+            // One read transaction: the row, its data and its files as of one moment,
+            // even if a retention purge commits meanwhile.
+            let tx = conn.unchecked_transaction()?;
+            let conn: &Connection = &tx;
             let Some(session) = load_session(conn, id)? else {
                 return Ok(None);
             };

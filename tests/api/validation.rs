@@ -364,7 +364,12 @@ async fn an_update_with_a_bad_decision_or_unknown_field_is_a_400() {
 async fn a_wrong_method_is_405_and_names_the_methods_the_path_takes() {
     let app = spawn_app().await;
     let id = uuid::Uuid::new_v4();
-    let res = app.client.put(app.url(&format!("/v1/sessions/{id}"))).send().await.unwrap();
+    let res = app
+        .client
+        .put(app.url(&format!("/v1/sessions/{id}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.headers()["allow"], "GET, DELETE");
     assert_error(res, 405, "method_not_allowed").await;
 }

@@ -154,8 +154,8 @@ async fn raw_put_status(app: &TestApp, head: String, body: Vec<u8>) -> u16 {
     let writer = tokio::spawn(async move {
         wr.write_all(head.as_bytes()).await?;
         wr.write_all(&body).await?;
-        // Keep the request open: the body is never completed.
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        // Keep the request open (the body is never completed) until the test aborts this.
+        std::future::pending::<()>().await;
         std::io::Result::Ok(wr)
     });
     let mut got = Vec::new();

@@ -204,3 +204,50 @@ async fn concurrent_replays_leave_exactly_the_stored_token_working() {
         );
     }
 }
+
+/// POSTs a raw JSON body with an idempotency key.
+async fn post_raw_with_key(app: &TestApp, key: &str, body: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/sessions"))
+        .header("X-Api-Key", API_KEY)
+        .header("Idempotency-Key", key)
+        .header("Content-Type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn a_replay_with_the_registration_reformatted_is_the_same_request() {
+    let app = spawn_app().await;
+    let res = post_raw_with_key(
+        &app,
+        "k-reg",
+        r#"{"scopes":["full_name"],"registration":{"first_name":"John","address":{"city":"Oslo","zip":"0150"}}}"#,
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let first: Value = res.json().await.unwrap();
+
+    // Other whitespace and another key order, at every depth of the registration.
+    let res = post_raw_with_key(
+        &app,
+        "k-reg",
+        "{\"registration\": {\n  \"address\": { \"zip\": \"0150\", \"city\": \"Oslo\" },\n  \
+         \"first_name\": \"John\"\n}, \"scopes\": [\"full_name\"]}",
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let replay: Value = res.json().await.unwrap();
+    assert_eq!(replay["session_id"], first["session_id"]);
+
+    // A registration that really differs is still a conflict.
+    let res = post_raw_with_key(
+        &app,
+        "k-reg",
+        r#"{"scopes":["full_name"],"registration":{"first_name":"Jon","address":{"city":"Oslo","zip":"0150"}}}"#,
+    )
+    .await;
+    assert_error(res, 409, "idempotency_conflict").await;
+}

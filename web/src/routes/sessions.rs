@@ -121,13 +121,21 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let id = session_id(&path)?;
     let session = state.registry.inspect(id, backend.caller()).await?;
+    with_webhooks(&state, &session).await
+}
+
+/// `200` with the session as GET shows it, webhook counts included.
+async fn with_webhooks(
+    state: &AppState,
+    session: &SessionRecord,
+) -> Result<HttpResponse, ApiError> {
     let webhooks = state
         .registry
         .store()
-        .webhook_counts(id)
+        .webhook_counts(session.id)
         .await
         .map_err(idv_actors::SessionError::from)?;
-    Ok(HttpResponse::Ok().json(SessionView::from(&session).with_webhooks(webhooks)))
+    Ok(HttpResponse::Ok().json(SessionView::from(session).with_webhooks(webhooks)))
 }
 
 /// `GET /v1/sessions/{id}/decision`.
@@ -157,7 +165,8 @@ pub async fn cancel(
             },
         )
         .await?;
-    Ok(HttpResponse::Ok().json(SessionView::from(&session)))
+    // Read after the cancel committed: its own event is already in the counts.
+    with_webhooks(&state, &session).await
 }
 
 #[cfg(test)]

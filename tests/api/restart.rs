@@ -62,6 +62,15 @@ async fn a_graceful_restart_keeps_decisions_bindings_and_tokens() {
     assert_eq!(res.status(), 200);
 }
 
+/// An HTTP client for talking to the real binary. Installs the crypto provider that
+/// reqwest needs (built with `rustls-no-provider`): in-process tests get it from
+/// `Application::build`, but a test that only runs the binary never calls that, and
+/// alone (`cargo test --test api kill_9`) it panicked building its client.
+fn http_client() -> reqwest::Client {
+    idv_actors::webhooks::install_crypto_provider();
+    reqwest::Client::new()
+}
+
 /// The real binary, listening on a free port.
 struct Broker {
     child: Child,
@@ -104,7 +113,7 @@ async fn start_broker(db: &Path) -> Broker {
 async fn a_kill_9_right_after_an_acknowledged_approve_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("broker.db");
-    let client = reqwest::Client::new();
+    let client = http_client();
     let device =
         idv_actors::credentials::mint_device_jwt(ISSUER, ISSUER_SECRET, "alice", 600).unwrap();
 

@@ -251,3 +251,41 @@ async fn a_replay_with_the_registration_reformatted_is_the_same_request() {
     .await;
     assert_error(res, 409, "idempotency_conflict").await;
 }
+
+fn idempotency_keys(app: &TestApp) -> Vec<String> {
+    let conn = app.db_read();
+    let mut stmt = conn
+        .prepare("SELECT key FROM idempotency_keys ORDER BY key")
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn the_sweeper_deletes_idempotency_keys_once_their_24_hours_are_over() {
+    use idv_actors::retention::Sweep;
+
+    let app = spawn_app().await;
+    let body = json!({"scopes": ["full_name"]});
+    let res = post_with_key(&app, API_KEY, "k-old", &body).await;
+    assert_eq!(res.status(), 201);
+    app.clock.advance(chrono::Duration::hours(23));
+    let res = post_with_key(&app, API_KEY, "k-young", &body).await;
+    assert_eq!(res.status(), 201);
+    app.sweeper.send(Sweep).await.unwrap().unwrap();
+    assert_eq!(
+        idempotency_keys(&app),
+        ["k-old", "k-young"],
+        "both in their window"
+    );
+
+    // 25 h after the first, 2 h after the second.
+    app.clock.advance(chrono::Duration::hours(2));
+    app.sweeper.send(Sweep).await.unwrap().unwrap();
+    assert_eq!(idempotency_keys(&app), ["k-young"]);
+    // The young key still replays.
+    let res = post_with_key(&app, API_KEY, "k-young", &body).await;
+    assert_eq!(res.status(), 200);
+}

@@ -1,6 +1,7 @@
 //! The retention sweeper: confirmed sessions keep their shared data and files for a
 //! set time after the decision, then lose them (the session's status, seq, times and
-//! references stay, and the decision shows `purged_at`).
+//! references stay, and the decision shows `purged_at`). It also deletes idempotency
+//! keys once their 24 h window is over, which nothing else would.
 //!
 //! One actor per broker. It sweeps every [`SweeperConfig::every`] and on a [`Sweep`]
 //! message; sweeps never overlap because the handler holds the mailbox
@@ -38,7 +39,7 @@ impl Default for SweeperConfig {
     }
 }
 
-/// Purges confirmed sessions whose retention has passed.
+/// Purges confirmed sessions whose retention has passed, and expired idempotency keys.
 pub struct RetentionSweeper {
     store: Store,
     clock: SharedClock,
@@ -66,7 +67,8 @@ impl Actor for RetentionSweeper {
     }
 }
 
-/// Sweep now; answers how many sessions were purged.
+/// Sweep now; answers how many sessions were purged (expired idempotency keys are
+/// deleted too, and only logged).
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "Result<usize, StoreError>")]
 pub struct Sweep;
@@ -92,9 +94,23 @@ impl Handler<Sweep> for RetentionSweeper {
                     total += purged;
                     // Batches keep each write short; go on while they come back full.
                     if purged < PURGE_BATCH {
-                        return Ok(total);
+                        break;
                     }
                 }
+                let mut keys = 0;
+                loop {
+                    let deleted = store
+                        .purge_idempotency_keys(clock.now(), PURGE_BATCH)
+                        .await?;
+                    keys += deleted;
+                    if deleted < PURGE_BATCH {
+                        break;
+                    }
+                }
+                if keys > 0 {
+                    tracing::debug!(deleted = keys, "expired idempotency keys deleted");
+                }
+                Ok(total)
             }
             .into_actor(self)
             .map(|res, _, _| {

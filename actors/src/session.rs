@@ -505,3 +505,17 @@ impl Handler<CountSubscribers> for SessionActor {
         Ok(self.audience.subscriber_count())
     }
 }
+
+// Paths spelled out rather than imported at the top, to keep this addition in one place.
+impl Handler<crate::staging::CheckUpload> for SessionActor {
+    type Result = Result<(), SessionError>;
+
+    fn handle(
+        &mut self,
+        msg: crate::staging::CheckUpload,
+        ctx: &mut Context<Self>,
+    ) -> Self::Result {
+        let now = self.now();
+        self.contain(ctx, |act, _| msg.check(act.record()?, now))
+    }
+}

@@ -6,6 +6,7 @@
 //! - [`Upload`]: one uploaded body, holding its share of the budget.
 //! - [`Staged`]: a session actor's uploads by kind, and [`StageFile`], the message
 //!   that adds one.
+//! - [`CheckUpload`]: the same rules asked before the body is read.
 //!
 //! Nothing here touches the disk. A staged upload reaches the store only inside the
 //! approve transition ([`NewFile`] in [`TransitionWrite`]); every other way a session
@@ -248,34 +249,45 @@ pub struct StageFile {
     pub upload: Arc<Upload>,
 }
 
+/// The rules of an upload (SPEC §3), shared by [`CheckUpload`] before the body is read
+/// and [`StageFile`] after: the bound device, a `retrieved` session that is not
+/// overdue, and a kind that is one of its file scopes. The device comes first, so a
+/// foreign device learns nothing about the session's state.
+fn check_upload(
+    session: &SessionRecord,
+    device: &UserId,
+    kind: &str,
+    now: DateTime<Utc>,
+) -> Result<(), SessionError> {
+    authorize(
+        session,
+        &Caller::Device {
+            sub: device.clone(),
+        },
+    )?;
+    if session.status != Status::Retrieved {
+        return Err(SessionError::InvalidState(session.status));
+    }
+    if now >= session.expires_at {
+        return Err(SessionError::InvalidState(Status::Expired));
+    }
+    if session.user_id.as_ref() != Some(device) {
+        return Err(SessionError::Forbidden(
+            "the session is bound to another device",
+        ));
+    }
+    if !is_file_scope(kind) || !session.request.scopes.iter().any(|s| s == kind) {
+        return Err(SessionError::Invalid(format!(
+            "{kind:?} is not a file scope of this session"
+        )));
+    }
+    Ok(())
+}
+
 impl StageFile {
-    /// Checks that the upload may be staged now: the bound device, a `retrieved`
-    /// session that is not overdue, and a kind that is one of its file scopes.
+    /// Checks that the upload may be staged now (see [`check_upload`]).
     pub fn check(&self, session: &SessionRecord, now: DateTime<Utc>) -> Result<(), SessionError> {
-        authorize(
-            session,
-            &Caller::Device {
-                sub: self.device.clone(),
-            },
-        )?;
-        if session.status != Status::Retrieved {
-            return Err(SessionError::InvalidState(session.status));
-        }
-        if now >= session.expires_at {
-            return Err(SessionError::InvalidState(Status::Expired));
-        }
-        if session.user_id.as_ref() != Some(&self.device) {
-            return Err(SessionError::Forbidden(
-                "the session is bound to another device",
-            ));
-        }
-        if !is_file_scope(&self.kind) || !session.request.scopes.contains(&self.kind) {
-            return Err(SessionError::Invalid(format!(
-                "{:?} is not a file scope of this session",
-                self.kind
-            )));
-        }
-        Ok(())
+        check_upload(session, &self.device, &self.kind, now)
     }
 }
 
@@ -289,6 +301,35 @@ impl SessionCommand for StageFile {
         self.check(session, now)?;
         // Unreachable in practice (an ended session is never `retrieved`), but an ended
         // session must never stage anything.
+        Err(SessionError::InvalidState(session.status))
+    }
+}
+
+/// Asks whether an upload would be staged, before its body is read: without it any
+/// valid device token could stream 5 MiB at any session id and hold the staging
+/// budget meanwhile. It answers as [`StageFile`] would; [`StageFile`] checks again,
+/// since the session may change while the body streams in.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "Result<(), SessionError>")]
+pub struct CheckUpload {
+    /// The device's `sub`.
+    pub device: UserId,
+    /// The file scope.
+    pub kind: String,
+}
+
+impl CheckUpload {
+    /// `Ok` if [`StageFile`] with this device and kind would be accepted now.
+    pub fn check(&self, session: &SessionRecord, now: DateTime<Utc>) -> Result<(), SessionError> {
+        check_upload(session, &self.device, &self.kind, now)
+    }
+}
+
+impl SessionCommand for CheckUpload {
+    type Output = ();
+    fn on_ended(&self, session: &SessionRecord, now: DateTime<Utc>) -> Result<(), SessionError> {
+        self.check(session, now)?;
+        // As for `StageFile`: an ended session never takes an upload.
         Err(SessionError::InvalidState(session.status))
     }
 }

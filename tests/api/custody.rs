@@ -637,3 +637,40 @@ async fn a_full_staging_budget_refuses_uploads_until_staged_data_is_let_go() {
     let res = upload(&app, &second, "alice", "selfie", "image/png", body).await;
     assert_eq!(res.status(), 201);
 }
+
+#[actix_web::test]
+async fn an_upload_to_a_session_the_device_may_not_use_is_refused_before_its_body_is_read() {
+    let app = spawn_app().await;
+    let id = retrieved_session(&app, &["selfie"]).await;
+    let big = format!("Content-Length: {}\r\n", 5 * 1024 * 1024);
+
+    // Another device's session: 403 while the 5 MiB body is still unsent, and none of
+    // it was reserved from the staging budget.
+    let head = format!(
+        "PUT /v1/sessions/{id}/files/selfie HTTP/1.1\r\nHost: localhost\r\n\
+         Authorization: Bearer {}\r\nContent-Type: image/png\r\n{big}\r\n",
+        app.device_token("mallory")
+    );
+    assert_eq!(raw_put_status(&app, head, PNG_MAGIC.to_vec()).await, 403);
+    assert_eq!(app.registry.staging_budget().used(), 0);
+
+    // An unknown session: 404, unread.
+    let head = put_head(&app, &uuid::Uuid::new_v4().to_string(), &big);
+    assert_eq!(raw_put_status(&app, head, PNG_MAGIC.to_vec()).await, 404);
+    assert_eq!(app.registry.staging_budget().used(), 0);
+
+    // Not retrieved yet: 409; a kind the session does not ask for: 400. Both unread.
+    let fresh = app.create_session(&["selfie"]).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let head = put_head(&app, &fresh, &big);
+    assert_eq!(raw_put_status(&app, head, PNG_MAGIC.to_vec()).await, 409);
+    let head = put_head(&app, &id, &big).replace("/files/selfie", "/files/document_front");
+    assert_eq!(raw_put_status(&app, head, PNG_MAGIC.to_vec()).await, 400);
+    assert_eq!(app.registry.staging_budget().used(), 0);
+
+    // The bound device's upload still goes through.
+    let res = upload(&app, &id, "alice", "selfie", "image/png", png("ok")).await;
+    assert_eq!(res.status(), 201);
+}

@@ -204,3 +204,88 @@ async fn concurrent_replays_leave_exactly_the_stored_token_working() {
         );
     }
 }
+
+/// POSTs a raw JSON body with an idempotency key.
+async fn post_raw_with_key(app: &TestApp, key: &str, body: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/sessions"))
+        .header("X-Api-Key", API_KEY)
+        .header("Idempotency-Key", key)
+        .header("Content-Type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn a_replay_with_the_registration_reformatted_is_the_same_request() {
+    let app = spawn_app().await;
+    let res = post_raw_with_key(
+        &app,
+        "k-reg",
+        r#"{"scopes":["full_name"],"registration":{"first_name":"John","address":{"city":"Oslo","zip":"0150"}}}"#,
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    let first: Value = res.json().await.unwrap();
+
+    // Other whitespace and another key order, at every depth of the registration.
+    let res = post_raw_with_key(
+        &app,
+        "k-reg",
+        "{\"registration\": {\n  \"address\": { \"zip\": \"0150\", \"city\": \"Oslo\" },\n  \
+         \"first_name\": \"John\"\n}, \"scopes\": [\"full_name\"]}",
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    let replay: Value = res.json().await.unwrap();
+    assert_eq!(replay["session_id"], first["session_id"]);
+
+    // A registration that really differs is still a conflict.
+    let res = post_raw_with_key(
+        &app,
+        "k-reg",
+        r#"{"scopes":["full_name"],"registration":{"first_name":"Jon","address":{"city":"Oslo","zip":"0150"}}}"#,
+    )
+    .await;
+    assert_error(res, 409, "idempotency_conflict").await;
+}
+
+fn idempotency_keys(app: &TestApp) -> Vec<String> {
+    let conn = app.db_read();
+    let mut stmt = conn
+        .prepare("SELECT key FROM idempotency_keys ORDER BY key")
+        .unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn the_sweeper_deletes_idempotency_keys_once_their_24_hours_are_over() {
+    use idv_actors::retention::Sweep;
+
+    let app = spawn_app().await;
+    let body = json!({"scopes": ["full_name"]});
+    let res = post_with_key(&app, API_KEY, "k-old", &body).await;
+    assert_eq!(res.status(), 201);
+    app.clock.advance(chrono::Duration::hours(23));
+    let res = post_with_key(&app, API_KEY, "k-young", &body).await;
+    assert_eq!(res.status(), 201);
+    app.sweeper.send(Sweep).await.unwrap().unwrap();
+    assert_eq!(
+        idempotency_keys(&app),
+        ["k-old", "k-young"],
+        "both in their window"
+    );
+
+    // 25 h after the first, 2 h after the second.
+    app.clock.advance(chrono::Duration::hours(2));
+    app.sweeper.send(Sweep).await.unwrap().unwrap();
+    assert_eq!(idempotency_keys(&app), ["k-young"]);
+    // The young key still replays.
+    let res = post_with_key(&app, API_KEY, "k-young", &body).await;
+    assert_eq!(res.status(), 200);
+}

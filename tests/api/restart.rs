@@ -1,4 +1,4 @@
-//! Durability across a graceful restart and a `kill -9` of the real binary, and the
+//! Durability across a graceful restart, a SIGTERM and a `kill -9` of the real binary, and the
 //! binary's refusal to start on a bad flag or an unusable database.
 
 use std::path::Path;
@@ -62,6 +62,15 @@ async fn a_graceful_restart_keeps_decisions_bindings_and_tokens() {
     assert_eq!(res.status(), 200);
 }
 
+/// An HTTP client for talking to the real binary. Installs the crypto provider that
+/// reqwest needs (built with `rustls-no-provider`): in-process tests get it from
+/// `Application::build`, but a test that only runs the binary never calls that, and
+/// alone (`cargo test --test api kill_9`) it panicked building its client.
+fn http_client() -> reqwest::Client {
+    idv_actors::webhooks::install_crypto_provider();
+    reqwest::Client::new()
+}
+
 /// The real binary, listening on a free port.
 struct Broker {
     child: Child,
@@ -104,7 +113,7 @@ async fn start_broker(db: &Path) -> Broker {
 async fn a_kill_9_right_after_an_acknowledged_approve_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("broker.db");
-    let client = reqwest::Client::new();
+    let client = http_client();
     let device =
         idv_actors::credentials::mint_device_jwt(ISSUER, ISSUER_SECRET, "alice", 600).unwrap();
 
@@ -161,6 +170,118 @@ async fn a_kill_9_right_after_an_acknowledged_approve_loses_nothing() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+    broker.child.kill().await.unwrap();
+}
+
+#[actix_web::test]
+async fn sigterm_closes_websockets_with_1001_exits_0_and_loses_nothing() {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("broker.db");
+    let client = http_client();
+    let device =
+        idv_actors::credentials::mint_device_jwt(ISSUER, ISSUER_SECRET, "alice", 600).unwrap();
+
+    let mut broker = start_broker(&db).await;
+    let created: Value = client
+        .post(format!("{}/v1/sessions", broker.address))
+        .header("X-Api-Key", API_KEY)
+        .json(&json!({"scopes": ["full_name"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["session_id"].as_str().unwrap().to_owned();
+    let token = created["session_token"].as_str().unwrap().to_owned();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "{}/v1/sessions/{id}/ws?token={token}",
+        broker.address.replace("http://", "ws://")
+    ))
+    .await
+    .expect("handshake");
+    let res = client
+        .get(format!("{}/v1/sessions/{id}/information", broker.address))
+        .bearer_auth(&device)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    // The snapshot, then the transition: the subscriber is live when the signal comes.
+    let mut frames = Vec::new();
+    while frames.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                frames.push(serde_json::from_str::<Value>(&t).unwrap())
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+    assert_eq!(frames[0]["type"], "snapshot");
+    assert_eq!(frames[1]["status"], "retrieved");
+
+    let pid = broker.child.id().expect("the broker runs");
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a close frame in time")
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(Message::Text(t))) => panic!("no frame expected after the signal: {t}"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("the socket broke without a close frame: {e}"),
+            None => panic!("the socket ended without a close frame"),
+        }
+    };
+    assert_eq!(close.map(|c| c.code), Some(CloseCode::Away));
+
+    let status = tokio::time::timeout(Duration::from_secs(30), broker.child.wait())
+        .await
+        .expect("the broker exits in time")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+
+    // Nothing lost: the same database holds the session, its binding and its token.
+    let mut broker = start_broker(&db).await;
+    let got: Value = client
+        .get(format!("{}/v1/sessions/{id}", broker.address))
+        .header("X-Api-Key", API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["status"], "retrieved");
+    assert_eq!(got["seq"], 2);
+    let res = client
+        .get(format!("{}/v1/sessions/{id}/status", broker.address))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mallory =
+        idv_actors::credentials::mint_device_jwt(ISSUER, ISSUER_SECRET, "mallory", 600).unwrap();
+    let res = client
+        .get(format!("{}/v1/sessions/{id}/information", broker.address))
+        .bearer_auth(&mallory)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403, "the binding survived");
     broker.child.kill().await.unwrap();
 }
 

@@ -38,9 +38,51 @@ async fn a_second_device_is_refused_on_information_and_update() {
         )
         .await;
     assert_eq!(res.status(), 200);
-    // And once terminal, the other device is still not told more than 403/409.
+    // And once terminal, the other device is still refused as a stranger (SPEC §2:
+    // "any other device gets 403 from then on"), not told the session's state.
     let res = app.information(&id, "mallory").await;
-    assert!(matches!(res.status().as_u16(), 403 | 409));
+    assert_error(res, 403, "forbidden").await;
+}
+
+#[actix_web::test]
+async fn a_second_device_gets_403_in_every_terminal_state_of_a_bound_session() {
+    let app = spawn_app().await;
+    let approve = json!({"decision": "approve", "shared_data": {"full_name": "A"}});
+    let (confirmed, _) = app.retrieved_session(&["full_name"], "alice").await;
+    assert_eq!(
+        app.update(&confirmed, "alice", &approve).await.status(),
+        200
+    );
+    let (declined, _) = app.retrieved_session(&["full_name"], "alice").await;
+    let deny = json!({"decision": "deny"});
+    assert_eq!(app.update(&declined, "alice", &deny).await.status(), 200);
+    let (cancelled, _) = app.retrieved_session(&["full_name"], "alice").await;
+    assert_eq!(app.cancel(&cancelled).await.status(), 200);
+    let (expired, _) = app.retrieved_session(&["full_name"], "alice").await;
+    app.clock.advance(chrono::Duration::seconds(601));
+    app.registry.tick_all();
+    let v = app
+        .wait_for_status(&expired, "expired", std::time::Duration::from_secs(5))
+        .await;
+    assert_eq!(v["status"], "expired");
+
+    for (id, status) in [
+        (&confirmed, "confirmed"),
+        (&declined, "declined"),
+        (&cancelled, "cancelled"),
+        (&expired, "expired"),
+    ] {
+        assert_eq!(view(&app, id).await["status"], status);
+        let res = app.information(id, "mallory").await;
+        assert_error(res, 403, "forbidden").await;
+        for body in [&deny, &approve] {
+            let res = app.update(id, "mallory", body).await;
+            assert_error(res, 403, "forbidden").await;
+        }
+        // The bound device learns the state.
+        let res = app.information(id, "alice").await;
+        assert_error(res, 409, "invalid_state").await;
+    }
 }
 
 #[actix_web::test]

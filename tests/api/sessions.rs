@@ -62,3 +62,37 @@ async fn the_approve_journey_ends_with_a_decision_that_holds_the_shared_data() {
     assert_eq!(decision["files"], json!([]));
     assert_eq!(decision["vendor_data"], "user-42");
 }
+
+#[actix_web::test]
+async fn a_cancel_answers_with_the_webhook_counts_as_get_does() {
+    let app = spawn_app_with(|s| s.webhook_secrets = vec!["whsec-test".into()]).await;
+    // A receiver nobody listens on: the cancel's event stays pending.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = format!("http://{}/hook", closed.local_addr().unwrap());
+    drop(closed);
+    let res = app
+        .post_session(&json!({"scopes": ["full_name"], "callback_url": hook}))
+        .await;
+    assert_eq!(res.status(), 201);
+    let id = res.json::<Value>().await.unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let res = app.cancel(&id).await;
+    assert_eq!(res.status(), 200);
+    let cancelled: Value = res.json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled");
+    // The transition's event is committed with it, so it is counted at once.
+    assert_eq!(cancelled["webhooks"], json!({"pending": 1, "failed": 0}));
+
+    let got: Value = app
+        .backend_get(&format!("/v1/sessions/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["webhooks"], cancelled["webhooks"]);
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&cancelled), keys(&got), "the same shape as GET");
+}

@@ -74,3 +74,25 @@ async fn a_304_is_only_for_the_sessions_own_token() {
     let res = status_if_none_match(&app, id, "wrong-token", "\"1\"").await;
     assert_error(res, 401, "unauthorized").await;
 }
+
+#[actix_web::test]
+async fn a_304_tells_caches_to_revalidate_as_the_200_does() {
+    let app = spawn_app().await;
+    let created = app.create_session(&["full_name"]).await;
+    let id = created["session_id"].as_str().unwrap();
+    let token = created["session_token"].as_str().unwrap();
+
+    let res = app.status(id, token).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["cache-control"], "no-cache");
+
+    // RFC 9110 §15.4.5: a 304 carries the Cache-Control the 200 would have.
+    let res = status_if_none_match(&app, id, token, "\"1\"").await;
+    assert_eq!(res.status(), 304);
+    assert_eq!(
+        res.headers()
+            .get("cache-control")
+            .map(|v| v.to_str().unwrap()),
+        Some("no-cache")
+    );
+}

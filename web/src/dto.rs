@@ -25,7 +25,7 @@ fn time(t: DateTime<Utc>) -> String {
 }
 
 /// `POST /v1/sessions`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
     /// Required: 1 to 32 distinct scope names.

@@ -9,6 +9,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../../migrations/0001_sessions.sql")),
     (2, include_str!("../../../migrations/0002_files.sql")),
     (3, include_str!("../../../migrations/0003_webhooks.sql")),
+    (
+        4,
+        include_str!("../../../migrations/0004_idempotency_expiry.sql"),
+    ),
 ];
 
 /// Brings the schema up to date inside one transaction, recording each version applied.

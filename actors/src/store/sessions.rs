@@ -296,6 +296,34 @@ impl Store {
         .await
     }
 
+    /// Deletes up to `limit` idempotency keys whose window is over at `now` (the keys
+    /// [`create_session`](Self::create_session) no longer honours); returns how many.
+    /// Call again while it returns `limit`.
+    pub async fn purge_idempotency_keys(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        // Live while `created_at + window > now`, so over once `created_at <= now - window`.
+        let cutoff = now
+            .checked_sub_signed(IDEMPOTENCY_WINDOW)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        self.write(move |conn, _fx| {
+            // No `DELETE … LIMIT` in a default SQLite build; the table has no rowid, so
+            // the batch is chosen by its primary key.
+            Ok(conn
+                .prepare_cached(
+                    "DELETE FROM idempotency_keys WHERE (owner, key) IN \
+                     (SELECT owner, key FROM idempotency_keys WHERE created_at <= ?1 LIMIT ?2)",
+                )?
+                .execute(params![
+                    ms(cutoff),
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ])?)
+        })
+        .await
+    }
+
     /// Commits a transition; `Stale` if the session's seq is no longer `from_seq`.
     pub async fn commit_transition(&self, t: TransitionWrite) -> Result<(), StoreError> {
         self.write(move |conn, fx| apply_transition(conn, &t, fx))
@@ -498,4 +526,74 @@ fn read_user(
         })
     })
     .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::SessionToken;
+    use crate::store::StoreConfig;
+
+    async fn create_with_key(store: &Store, key: &str, at: DateTime<Utc>) {
+        let record = SessionRecord::open(
+            "acme",
+            SessionToken::generate().hash(),
+            SessionRequest {
+                scopes: vec!["full_name".into()],
+                vendor_data: None,
+                external_reference_id: None,
+                registration: None,
+                redirect_url: None,
+                callback_url: None,
+            },
+            at,
+            Duration::seconds(600),
+        );
+        let claim = IdempotencyClaim {
+            key: key.into(),
+            request_hash: [0; 32],
+        };
+        let outcome = store
+            .create_session(NewSession { record }, Some(claim))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, CreateOutcome::Created));
+    }
+
+    #[actix_rt::test]
+    async fn expired_idempotency_keys_are_deleted_in_batches_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreConfig::new(dir.path().join("t.db"))).unwrap();
+        let t0 = Utc::now();
+        for i in 0..5 {
+            create_with_key(&store, &format!("old-{i}"), t0).await;
+        }
+        create_with_key(&store, "young", t0 + Duration::milliseconds(1)).await;
+
+        // One millisecond short of the window, nothing is over.
+        let now = t0 + IDEMPOTENCY_WINDOW - Duration::milliseconds(1);
+        assert_eq!(store.purge_idempotency_keys(now, 2).await.unwrap(), 0);
+        // At the window the old keys are over (create_session no longer honours them),
+        // the one a millisecond younger is not.
+        let now = t0 + IDEMPOTENCY_WINDOW;
+        let mut batches = Vec::new();
+        loop {
+            let n = store.purge_idempotency_keys(now, 2).await.unwrap();
+            batches.push(n);
+            if n < 2 {
+                break;
+            }
+        }
+        assert_eq!(batches, [2, 2, 1]);
+        let left: Vec<String> = store
+            .read(|conn| {
+                Ok(conn
+                    .prepare("SELECT key FROM idempotency_keys")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(left, ["young"]);
+    }
 }

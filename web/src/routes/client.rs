@@ -65,9 +65,12 @@ pub async fn status(
         long_poll(change, Duration::from_secs(wait), state.shutdown.clone()).await
     };
     let etag = format!("\"{}\"", session.seq);
+    // A 304 carries the headers the 200 would (RFC 9110 §15.4.5): without `no-cache` a
+    // cache could serve the stale status without asking again.
     if none_match(&req, &etag) {
         return Ok(HttpResponse::NotModified()
             .insert_header((header::ETAG, etag))
+            .insert_header((header::CACHE_CONTROL, "no-cache"))
             .finish());
     }
     Ok(HttpResponse::Ok()

@@ -1,6 +1,7 @@
 //! Uploads (device) and downloads (backend) of files.
 //!
-//! An upload is read into memory only: the body streams in under the broker-wide
+//! The session is asked first ([`CheckUpload`]), so an upload the session would refuse
+//! is refused unread. An upload is read into memory only: the body streams in under the broker-wide
 //! staging budget and the 5 MiB cap, both enforced chunk by chunk, so an oversized or
 //! over-budget body is refused while it is still arriving. The session actor then holds
 //! it until approve (SPEC §2).
@@ -10,7 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt as _;
 use idv_actors::ids::FileId;
 use idv_actors::model::is_file_scope;
-use idv_actors::staging::{ImageType, Reservation, StageFile, StagingBudget, Upload};
+use idv_actors::staging::{CheckUpload, ImageType, Reservation, StageFile, StagingBudget, Upload};
 use idv_actors::SessionError;
 
 use super::session_id;
@@ -113,6 +114,18 @@ pub async fn upload(
             Some(len as usize)
         }
     };
+    // The session's rules before a byte of the body is read or reserved: a device may
+    // not stream an upload at a session it cannot use. `StageFile` checks again after.
+    state
+        .registry
+        .call(
+            id,
+            CheckUpload {
+                device: device.sub.clone(),
+                kind: kind.clone(),
+            },
+        )
+        .await?;
     let (bytes, reservation) =
         read_body(payload, announced, state.registry.staging_budget()).await?;
     if !content_type.matches(&bytes) {

@@ -36,13 +36,32 @@ fn idempotency_claim(
                 "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
             ))
         })?;
-    // The body as parsed, re-serialized: the same request hashes the same whatever
-    // its whitespace.
-    let canonical = serde_json::to_vec(body).map_err(ApiError::internal)?;
     Ok(Some(IdempotencyClaim {
         key: key.to_owned(),
-        request_hash: Sha256::digest(&canonical).into(),
+        request_hash: Sha256::digest(canonical(body)?).into(),
     }))
+}
+
+/// The body as the idempotency hash sees it: parsed and re-serialized, so the same
+/// request hashes the same whatever its whitespace. `registration` is kept verbatim
+/// (a `RawValue`) for the device, so it is parsed here too: a `serde_json::Value`
+/// object is a `BTreeMap` (the `preserve_order` feature is off; a unit test below
+/// holds that), so its keys serialize sorted at every depth, without whitespace.
+fn canonical(body: &CreateSession) -> Result<Vec<u8>, ApiError> {
+    let registration = body
+        .registration
+        .as_deref()
+        .map(|raw| {
+            serde_json::from_str::<serde_json::Value>(raw.get())
+                .and_then(|v| serde_json::value::to_raw_value(&v))
+        })
+        .transpose()
+        .map_err(ApiError::internal)?;
+    serde_json::to_vec(&CreateSession {
+        registration,
+        ..body.clone()
+    })
+    .map_err(ApiError::internal)
 }
 
 /// `POST /v1/sessions`.
@@ -102,13 +121,21 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let id = session_id(&path)?;
     let session = state.registry.inspect(id, backend.caller()).await?;
+    with_webhooks(&state, &session).await
+}
+
+/// `200` with the session as GET shows it, webhook counts included.
+async fn with_webhooks(
+    state: &AppState,
+    session: &SessionRecord,
+) -> Result<HttpResponse, ApiError> {
     let webhooks = state
         .registry
         .store()
-        .webhook_counts(id)
+        .webhook_counts(session.id)
         .await
         .map_err(idv_actors::SessionError::from)?;
-    Ok(HttpResponse::Ok().json(SessionView::from(&session).with_webhooks(webhooks)))
+    Ok(HttpResponse::Ok().json(SessionView::from(session).with_webhooks(webhooks)))
 }
 
 /// `GET /v1/sessions/{id}/decision`.
@@ -138,5 +165,40 @@ pub async fn cancel(
             },
         )
         .await?;
-    Ok(HttpResponse::Ok().json(SessionView::from(&session)))
+    // Read after the cancel committed: its own event is already in the counts.
+    with_webhooks(&state, &session).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: &str) -> CreateSession {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn the_registration_hashes_the_same_whatever_its_key_order_and_whitespace() {
+        let a = canonical(&body(
+            r#"{"scopes":["x"],"registration":{"b":1,"a":{"d":[1,2],"c":null}}}"#,
+        ))
+        .unwrap();
+        let b = canonical(&body(
+            "{ \"registration\" : { \"a\" : { \"c\" : null , \"d\" : [ 1 , 2 ] } , \"b\" : 1 } , \"scopes\" : [ \"x\" ] }",
+        ))
+        .unwrap();
+        assert_eq!(a, b);
+        // Sorted keys, no whitespace: serde_json's `preserve_order` is off. If a
+        // dependency ever turns it on, this fails rather than the hash going wrong.
+        assert!(String::from_utf8(a)
+            .unwrap()
+            .contains(r#""registration":{"a":{"c":null,"d":[1,2]},"b":1}"#),);
+    }
+
+    #[test]
+    fn a_different_registration_hashes_differently() {
+        let a = canonical(&body(r#"{"scopes":["x"],"registration":{"a":1}}"#)).unwrap();
+        let b = canonical(&body(r#"{"scopes":["x"],"registration":{"a":2}}"#)).unwrap();
+        assert_ne!(a, b);
+    }
 }

@@ -35,11 +35,7 @@ async fn create_sessions(store: &Store, n: usize) -> Vec<(SessionId, Seq)> {
             SessionToken::generate().hash(),
             SessionRequest {
                 scopes: vec!["full_name".into()],
-                vendor_data: None,
-                external_reference_id: None,
-                registration: None,
-                redirect_url: None,
-                callback_url: None,
+                ..SessionRequest::default()
             },
             chrono::Utc::now(),
             chrono::Duration::hours(1),

@@ -329,11 +329,7 @@ mod tests {
             SessionToken::generate().hash(),
             SessionRequest {
                 scopes: vec!["full_name".into()],
-                vendor_data: None,
-                external_reference_id: None,
-                registration: None,
-                redirect_url: None,
-                callback_url: None,
+                ..SessionRequest::default()
             },
             Utc::now(),
             chrono::Duration::seconds(600),

@@ -33,7 +33,7 @@ pub struct Consent {
 }
 
 /// What the backend asked for at creation.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SessionRequest {
     /// The scopes asked for, distinct, in the order given.
     pub scopes: Vec<String>,

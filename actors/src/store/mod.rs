@@ -34,6 +34,20 @@ pub use sessions::{CreateOutcome, IdempotencyClaim, NewSession, TransitionWrite}
 
 use writer::{Effects, FnJob, Job};
 
+/// A time as stored: milliseconds since the Unix epoch.
+fn ms(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// A stored time back; a value out of range means the row is corrupt.
+fn time(ms: i64) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
+    use chrono::TimeZone;
+    chrono::Utc
+        .timestamp_millis_opt(ms)
+        .single()
+        .ok_or_else(|| StoreError::Corrupt(format!("time {ms} out of range")))
+}
+
 /// Why the store could not do what was asked.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {

@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::sessions::TransitionWrite;
 use super::writer::Effects;
-use super::{Store, StoreError};
+use super::{ms, time, Store, StoreError};
 use crate::clock::rfc3339;
 use crate::ids::{Seq, SessionId};
 
@@ -91,16 +91,6 @@ struct StatusChanged<'a> {
     vendor_data: Option<&'a str>,
     external_reference_id: Option<&'a str>,
     at: String,
-}
-
-fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn time(ms: i64) -> Result<DateTime<Utc>, StoreError> {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .ok_or_else(|| StoreError::Corrupt(format!("time {ms} out of range")))
 }
 
 /// Enqueues the event of a transition just written, inside the same transaction. No

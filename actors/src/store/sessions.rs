@@ -1,11 +1,11 @@
 //! SQL for sessions, their events, idempotency keys and users.
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::{DateTime, Duration, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::value::RawValue;
 
 use super::writer::Effects;
-use super::{Store, StoreError};
+use super::{ms, time, Store, StoreError};
 use crate::ids::{Seq, SessionId, TokenHash, UserId};
 use crate::model::{
     Consent, Decision, SessionEvent, SessionRecord, SessionRequest, UserRecord, UserStatus,
@@ -14,16 +14,6 @@ use crate::status::Status;
 
 /// How long an idempotency key holds its session (SPEC §3).
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::hours(24);
-
-fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn time(ms: i64) -> Result<DateTime<Utc>, StoreError> {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .ok_or_else(|| StoreError::Corrupt(format!("time {ms} out of range")))
-}
 
 fn opt_time(ms: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
     ms.map(time).transpose()
@@ -540,11 +530,7 @@ mod tests {
             SessionToken::generate().hash(),
             SessionRequest {
                 scopes: vec!["full_name".into()],
-                vendor_data: None,
-                external_reference_id: None,
-                registration: None,
-                redirect_url: None,
-                callback_url: None,
+                ..SessionRequest::default()
             },
             at,
             Duration::seconds(600),

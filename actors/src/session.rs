@@ -30,7 +30,7 @@ use crate::error::SessionError;
 use crate::ids::SessionId;
 use crate::model::{SessionRecord, SessionRequest};
 use crate::registry::Registry;
-use crate::staging::{StageFile, Staged, StagedFile};
+use crate::staging::{CheckUpload, StageFile, Staged, StagedFile};
 use crate::status::{next, Event, Outcome};
 use crate::store::{StoreError, TransitionWrite};
 
@@ -138,8 +138,6 @@ impl SessionActor {
         );
     }
 
-    /// Publishes the transitions after `after` from the events log: the actor restarted
-    /// between a commit and its push, and subscribers must miss nothing.
     /// Publishes the transitions after `after` from the events log: the actor restarted
     /// between a commit and its push, and subscribers must miss nothing. Then resumes
     /// as a load does (finish if terminal, else arm the expiry timer).
@@ -398,6 +396,15 @@ impl Handler<StageFile> for SessionActor {
     }
 }
 
+impl Handler<CheckUpload> for SessionActor {
+    type Result = Result<(), SessionError>;
+
+    fn handle(&mut self, msg: CheckUpload, ctx: &mut Context<Self>) -> Self::Result {
+        let now = self.now();
+        self.contain(ctx, |act, _| msg.check(act.record()?, now))
+    }
+}
+
 impl Handler<RotateToken> for SessionActor {
     type Result = AtomicResponse<Self, Result<(), SessionError>>;
 
@@ -503,19 +510,5 @@ impl Handler<CountSubscribers> for SessionActor {
 
     fn handle(&mut self, _: CountSubscribers, _: &mut Context<Self>) -> Self::Result {
         Ok(self.audience.subscriber_count())
-    }
-}
-
-// Paths spelled out rather than imported at the top, to keep this addition in one place.
-impl Handler<crate::staging::CheckUpload> for SessionActor {
-    type Result = Result<(), SessionError>;
-
-    fn handle(
-        &mut self,
-        msg: crate::staging::CheckUpload,
-        ctx: &mut Context<Self>,
-    ) -> Self::Result {
-        let now = self.now();
-        self.contain(ctx, |act, _| msg.check(act.record()?, now))
     }
 }

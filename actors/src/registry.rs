@@ -5,26 +5,21 @@
 //! a dead address (an actor killed by a panic outside its containment) is replaced
 //! the same way, so no caller ever sees a closed mailbox.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use actix::{Addr, MailboxError, Supervisor};
+use actix::{Addr, MailboxError, Recipient, Supervisor};
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use crate::clock::SharedClock;
-use std::sync::atomic::AtomicBool;
-
-use actix::Recipient;
-
 use crate::commands::{Caller, Inspect, RotateToken, SessionCommand, Tick};
 use crate::delivery::{
     Change, CountSubscribers, Push, Subscribe, Subscribed, SubscriberId, Unsubscribe, WaitChange,
 };
 use crate::error::SessionError;
-use crate::ids::SessionId;
-use crate::ids::{Seq, TokenHash};
-use crate::model::SessionEvent;
-use crate::model::{Decision, SessionRecord};
+use crate::ids::{Seq, SessionId, TokenHash};
+use crate::model::{Decision, SessionEvent, SessionRecord};
 use crate::session::SessionActor;
 use crate::staging::{StagingBudget, DEFAULT_MAX_STAGED_BYTES};
 use crate::store::{CreateOutcome, IdempotencyClaim, NewSession, Store, StoreError, StoredFile};

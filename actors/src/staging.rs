@@ -64,6 +64,14 @@ impl ImageType {
         }
     }
 
+    /// The format's name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageType::Jpeg => "JPEG",
+            ImageType::Png => "PNG",
+        }
+    }
+
     /// Parses the canonical name as stored.
     pub fn parse(s: &str) -> Option<Self> {
         [ImageType::Jpeg, ImageType::Png]

@@ -506,7 +506,11 @@ async fn uploads_of_another_type_or_with_other_magic_bytes_are_unsupported() {
     assert_error(res, 415, "unsupported_media_type").await;
     // The header says PNG, the bytes say JPEG (or nothing at all).
     let res = upload(&app, &id, "alice", "selfie", "image/png", jpeg("x")).await;
-    assert_error(res, 415, "unsupported_media_type").await;
+    let message = assert_error(res, 415, "unsupported_media_type").await;
+    assert!(
+        message.contains("PNG"),
+        "says what the bytes should be: {message}"
+    );
     let res = upload(
         &app,
         &id,

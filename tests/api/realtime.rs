@@ -445,12 +445,13 @@ async fn long_poll_parameters_are_checked() {
         "invalid_request",
     )
     .await;
-    assert_error(
+    let message = assert_error(
         poll(&app, &id, &token, "wait=abc").await,
         400,
         "invalid_request",
     )
     .await;
+    assert!(message.contains("wait"), "names the parameter: {message}");
     assert_error(
         poll(&app, &id, &token, "after_seq=5&wait=1").await,
         400,

@@ -234,5 +234,14 @@ pub fn query_error(
     err: actix_web::error::QueryPayloadError,
     _: &actix_web::HttpRequest,
 ) -> actix_web::Error {
-    ApiError::invalid(format!("invalid query string: {err}")).into()
+    // serde_urlencoded does not name the field; the numeric parameters are few, so say
+    // which they are rather than leave the caller guessing.
+    let detail = match &err {
+        actix_web::error::QueryPayloadError::Deserialize(e) => e.to_string(),
+        other => other.to_string(),
+    };
+    ApiError::invalid(format!(
+        "invalid query string ({detail}): after_seq and wait are whole numbers"
+    ))
+    .into()
 }

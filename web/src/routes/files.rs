@@ -130,7 +130,8 @@ pub async fn upload(
         read_body(payload, announced, state.registry.staging_budget()).await?;
     if !content_type.matches(&bytes) {
         return Err(unsupported(&format!(
-            "the body is not a {} image",
+            "the body does not start like a {} image ({})",
+            content_type.name(),
             content_type.as_str()
         )));
     }

@@ -136,19 +136,9 @@ async fn a_short_ttl_expires_on_the_real_timer_with_no_traffic() {
         .to_owned();
     // Nothing touches the session: only its own timer can expire it. Looking through
     // the database, not the API, so no request rehydrates or nudges the actor.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        let status: String = app
-            .db_read()
-            .query_row("SELECT status FROM sessions WHERE id = ?1", [&id], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        if status == "expired" || tokio::time::Instant::now() > deadline {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = app
+        .stored_status_becomes(&id, "expired", Duration::from_secs(5))
+        .await;
     assert_eq!(status, "expired");
 }
 

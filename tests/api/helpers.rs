@@ -274,6 +274,24 @@ impl TestApp {
         conn
     }
 
+    /// The session's status as stored, polled until it is `want` or `within` has passed.
+    /// Reads the database, not the API, so watching rehydrates or nudges no actor.
+    pub async fn stored_status_becomes(&self, id: &str, want: &str, within: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + within;
+        let conn = self.db_read();
+        loop {
+            let status: String = conn
+                .query_row("SELECT status FROM sessions WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            if status == want || tokio::time::Instant::now() > deadline {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Creates a session for `scopes` and opens it as device `sub`; returns (id, token).
     pub async fn retrieved_session(&self, scopes: &[&str], sub: &str) -> (String, String) {
         let created = self.create_session(scopes).await;

@@ -117,19 +117,9 @@ async fn a_killed_session_expires_without_any_traffic() {
     // No request touches the session and nobody ticks: the broker's own expiry sweep
     // must find it. Watched through the database, which rehydrates nothing.
     app.clock.advance(chrono::Duration::seconds(601));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        let status: String = app
-            .db_read()
-            .query_row("SELECT status FROM sessions WHERE id = ?1", [&id], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        if status == "expired" || std::time::Instant::now() > deadline {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = app
+        .stored_status_becomes(&id, "expired", Duration::from_secs(10))
+        .await;
     assert_eq!(status, "expired");
 }
 

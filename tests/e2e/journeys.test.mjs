@@ -1,0 +1,280 @@
+// The person's journey in real Chromium: the demo client app on a desktop, the hosted
+// device page on a phone-sized context, the SDK between them (SPEC §3, issue 8).
+
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+
+import {
+  DESKTOP,
+  PHONE,
+  TIMEOUT,
+  assertAccessible,
+  launchBrowser,
+  makeJpeg,
+  shot,
+  startBroker,
+  waitForText,
+  watch,
+} from './harness.mjs';
+
+let browser;
+
+before(async () => {
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+/**
+ * One journey's world: its own broker, a desktop page and (on demand) a phone page,
+ * each watched for errors. `close()` checks both pages stayed clean.
+ */
+async function world(name, { desktopSetup } = {}) {
+  const broker = await startBroker(name);
+  const contexts = [];
+  const watchers = [];
+  let navigations = 0;
+
+  const desktopContext = await browser.newContext(DESKTOP);
+  contexts.push(desktopContext);
+  if (desktopSetup) await desktopSetup(desktopContext);
+  const desktop = await desktopContext.newPage();
+  watchers.push(await watch(desktop, 'desktop /demo'));
+  desktop.on('framenavigated', (frame) => {
+    if (frame === desktop.mainFrame()) navigations += 1;
+  });
+
+  return {
+    broker,
+    desktop,
+    /** How often the desktop's main frame navigated (1 = only the first load). */
+    navigations: () => navigations,
+    async phone() {
+      const ctx = await browser.newContext(PHONE);
+      contexts.push(ctx);
+      const page = await ctx.newPage();
+      watchers.push(await watch(page, 'phone /verify'));
+      return page;
+    },
+    async close() {
+      try {
+        for (const w of watchers) w.assertClean();
+      } finally {
+        for (const c of contexts) await c.close().catch(() => {});
+        await broker.stop();
+      }
+    },
+  };
+}
+
+/** Desktop: open /demo, press Start, wait for the QR; returns the session url and id. */
+async function startOnDesktop(w, name, query = '') {
+  const { desktop, broker } = w;
+  await desktop.goto(`${broker.baseUrl}/demo${query}`);
+  await desktop.getByTestId('start').waitFor({ timeout: TIMEOUT });
+  await assertAccessible(desktop, '/demo before start');
+  await shot(desktop, `${name}-1-desktop-ready`);
+
+  await desktop.getByTestId('start').click();
+  const qr = desktop.getByTestId('qr');
+  await qr.waitFor({ state: 'visible', timeout: TIMEOUT });
+  // The QR is a real, decoded image (the SVG from qr.svg, shown through a blob: URL).
+  await desktop.waitForFunction(
+    () => {
+      const img = document.querySelector('[data-testid="qr"]');
+      return img && img.complete && img.naturalWidth > 0;
+    },
+    null,
+    { timeout: TIMEOUT }
+  );
+  const src = await qr.getAttribute('src');
+  assert.match(src, /^blob:/, 'the QR is shown through a blob: URL, not a URL carrying the token');
+  await waitForText(desktop, 'status', 'initialized');
+
+  const url = await desktop.getByTestId('verify-link').getAttribute('href');
+  assert.match(url, /\/verify\/[0-9a-f-]{36}$/, `verify-link is the session url: ${url}`);
+  assert.equal(await desktop.getByTestId('verify-link').getAttribute('target'), '_blank');
+  const sessionId = url.split('/').pop();
+  assert.equal(await qr.getAttribute('data-session-id'), sessionId);
+  await assertAccessible(desktop, '/demo with the QR');
+  await shot(desktop, `${name}-2-desktop-qr`);
+  return { url, sessionId };
+}
+
+/** Phone: open the session url, check the request is shown in words. */
+async function openOnPhone(w, name, url) {
+  const phone = await w.phone();
+  await phone.goto(url);
+  const scopes = phone.getByTestId('scopes');
+  await scopes.waitFor({ state: 'visible', timeout: TIMEOUT });
+  const items = await scopes.locator('li').allTextContents();
+  assert.deepEqual(items, [
+    'Your full name',
+    'Your date of birth',
+    'A selfie: a photo of your face',
+  ]);
+  assert.equal(await phone.getByTestId('requester').textContent() !== '', true);
+  // The registration prefills the name field.
+  assert.equal(await phone.getByLabel('Full name').inputValue(), 'Ada Lovelace');
+  await assertAccessible(phone, '/verify with the request');
+  await shot(phone, `${name}-3-phone-request`);
+  return phone;
+}
+
+describe('the QR journey in real Chromium', () => {
+  test('a person approves on the phone and the desktop shows confirmed and the decision without a reload', async () => {
+    const w = await world('approve');
+    try {
+      const { url } = await startOnDesktop(w, 'approve');
+      // The desktop follows the phone live over its WebSocket.
+      await waitForText(w.desktop, 'transport', 'websocket');
+
+      const phone = await openOnPhone(w, 'approve', url);
+      // Opening the request moves the session on: the desktop sees it without a reload.
+      await waitForText(w.desktop, 'status', 'retrieved');
+
+      await phone.getByLabel('Full name').fill('Ada King Lovelace');
+      await phone.getByLabel('Date of birth').fill('1815-12-10');
+      const selfie = phone.getByTestId('file-selfie');
+      assert.equal(await selfie.getAttribute('capture'), 'user');
+      assert.equal(await selfie.getAttribute('accept'), 'image/jpeg,image/png');
+      await selfie.setInputFiles({ name: 'selfie.jpg', mimeType: 'image/jpeg', buffer: await makeJpeg(phone) });
+      await phone.getByTestId('upload-selfie').filter({ hasText: /^Uploaded/ }).waitFor({ timeout: TIMEOUT });
+      await phone.waitForFunction(() => {
+        const img = document.querySelector('.preview');
+        return img && !img.hidden && img.complete && img.naturalWidth > 0;
+      });
+      await assertAccessible(phone, '/verify filled in');
+      await shot(phone, 'approve-4-phone-filled');
+
+      await phone.getByTestId('approve').click();
+      await waitForText(phone, 'status', 'confirmed');
+      await shot(phone, 'approve-5-phone-done');
+
+      await waitForText(w.desktop, 'status', 'confirmed');
+      await w.desktop.getByTestId('decision').waitFor({ state: 'visible', timeout: TIMEOUT });
+      assert.equal(await w.desktop.getByTestId('shared-full_name').textContent(), 'Ada King Lovelace');
+      assert.equal(await w.desktop.getByTestId('shared-date_of_birth').textContent(), '1815-12-10');
+      const file = await w.desktop.getByTestId('file-selfie').textContent();
+      assert.match(file, /^selfie: image\/jpeg, \d+ bytes$/);
+      assert.equal(w.navigations(), 1, 'the desktop page never reloaded');
+      await assertAccessible(w.desktop, '/demo with the decision');
+      await assertAccessible(phone, '/verify finished');
+      await shot(w.desktop, 'approve-6-desktop-confirmed');
+    } finally {
+      await w.close();
+    }
+  });
+
+  test('a person denies with the keyboard and the desktop shows declined and no decision data', async () => {
+    const w = await world('deny');
+    try {
+      const { url } = await startOnDesktop(w, 'deny');
+      const phone = await openOnPhone(w, 'deny', url);
+      await waitForText(w.desktop, 'status', 'retrieved');
+
+      // Keyboard only: Tab through the page in order until Deny has the focus, then Enter.
+      let reached = false;
+      for (let i = 0; i < 20 && !reached; i += 1) {
+        await phone.keyboard.press('Tab');
+        reached = await phone.evaluate(() => document.activeElement?.getAttribute('data-testid') === 'deny');
+      }
+      assert.ok(reached, 'Deny is reachable with Tab');
+      await phone.keyboard.press('Enter');
+      await waitForText(phone, 'status', 'declined');
+      // The outcome heading takes the focus, so a screen reader announces it.
+      assert.equal(await phone.evaluate(() => document.activeElement?.id), 'result-title');
+      await assertAccessible(phone, '/verify declined');
+      await shot(phone, 'deny-4-phone-declined');
+
+      await waitForText(w.desktop, 'status', 'declined');
+      await w.desktop.getByTestId('outcome').waitFor({ state: 'visible', timeout: TIMEOUT });
+      assert.match(await w.desktop.getByTestId('outcome-text').textContent(), /declined/);
+      assert.equal(await w.desktop.getByTestId('decision').isVisible(), false);
+      assert.equal(w.navigations(), 1, 'the desktop page never reloaded');
+      await assertAccessible(w.desktop, '/demo declined');
+      await shot(w.desktop, 'deny-5-desktop-declined');
+    } finally {
+      await w.close();
+    }
+  });
+
+  test('a session that expires before the phone decides is replaced by a new QR without a reload', async () => {
+    const w = await world('expiry');
+    try {
+      const first = await startOnDesktop(w, 'expiry', '?ttl=30');
+      // The broker expires it within a second of expires_at; the SDK then asks the demo
+      // backend for a new session and swaps the QR.
+      const expiryBound = 30_000 + 2 * TIMEOUT;
+      await w.desktop.waitForFunction(
+        (old) => {
+          const img = document.querySelector('[data-testid="qr"]');
+          return img && img.dataset.sessionId !== old && img.complete && img.naturalWidth > 0;
+        },
+        first.sessionId,
+        { timeout: expiryBound, polling: 250 }
+      );
+      const url = await w.desktop.getByTestId('verify-link').getAttribute('href');
+      const second = url.split('/').pop();
+      assert.notEqual(second, first.sessionId, 'a new session');
+      assert.equal(await w.desktop.getByTestId('qr').getAttribute('data-session-id'), second);
+      await waitForText(w.desktop, 'status', 'initialized');
+      await w.desktop.getByTestId('refresh-note').waitFor({ state: 'visible', timeout: TIMEOUT });
+      assert.equal(await w.desktop.getByTestId('outcome').isVisible(), false, 'an expiry that was refreshed is no outcome');
+      assert.equal(w.navigations(), 1, 'the desktop page never reloaded');
+
+      // The old session is really over: its page says so, and the new one works.
+      const phone = await w.phone();
+      await phone.goto(first.url);
+      await phone.getByTestId('problem').waitFor({ state: 'visible', timeout: TIMEOUT });
+      await assertAccessible(phone, '/verify of an expired session');
+      await shot(phone, 'expiry-3-phone-old-session');
+      await phone.goto(url);
+      await phone.getByTestId('scopes').waitFor({ state: 'visible', timeout: TIMEOUT });
+      await waitForText(w.desktop, 'status', 'retrieved');
+      await assertAccessible(w.desktop, '/demo after a refresh');
+      await shot(w.desktop, 'expiry-4-desktop-new-qr');
+    } finally {
+      await w.close();
+    }
+  });
+
+  test('with WebSockets blocked in the page the desktop still reaches the outcome by long-poll', async () => {
+    let attempts = 0;
+    const w = await world('longpoll', {
+      // Every WebSocket of the page is refused at once, as by a proxy that blocks upgrades.
+      desktopSetup: (ctx) =>
+        ctx.routeWebSocket(/\/v1\/sessions\/[^/]+\/ws/, (ws) => {
+          attempts += 1;
+          ws.close({ code: 1011, reason: 'blocked by the test' });
+        }),
+    });
+    try {
+      const { url } = await startOnDesktop(w, 'longpoll');
+      await waitForText(w.desktop, 'transport', 'long-poll');
+      assert.ok(attempts >= 1, 'the SDK tried a WebSocket first');
+
+      const phone = await openOnPhone(w, 'longpoll', url);
+      await waitForText(w.desktop, 'status', 'retrieved');
+      await phone.getByLabel('Date of birth').fill('1815-12-10');
+      await phone
+        .getByTestId('file-selfie')
+        .setInputFiles({ name: 'selfie.jpg', mimeType: 'image/jpeg', buffer: await makeJpeg(phone) });
+      await phone.getByTestId('upload-selfie').filter({ hasText: /^Uploaded/ }).waitFor({ timeout: TIMEOUT });
+      await phone.getByTestId('approve').click();
+      await waitForText(phone, 'status', 'confirmed');
+
+      await waitForText(w.desktop, 'status', 'confirmed');
+      await w.desktop.getByTestId('decision').waitFor({ state: 'visible', timeout: TIMEOUT });
+      assert.equal(await w.desktop.getByTestId('shared-full_name').textContent(), 'Ada Lovelace');
+      assert.equal(await w.desktop.getByTestId('transport').textContent(), 'long-poll');
+      assert.equal(w.navigations(), 1, 'the desktop page never reloaded');
+      await assertAccessible(w.desktop, '/demo confirmed by long-poll');
+      await shot(w.desktop, 'longpoll-5-desktop-confirmed');
+    } finally {
+      await w.close();
+    }
+  });
+});

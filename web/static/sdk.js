@@ -1,0 +1,458 @@
+/*! idv-broker browser SDK: the client-app side of the QR data-transfer flow.
+ *
+ * Plain ES2019, no dependencies, no build step. Load it with
+ *   <script src="https://<broker>/sdk.js"></script>
+ * and call `IdvBroker.start({...})`. Reference: docs/sdk.md.
+ *
+ * The flow, per session:
+ *   onSessionIdResolver() -> your backend creates a session, hands back {session_id, session_token, url}
+ *   -> the QR (qr.svg, fetched with the session token in a header and shown through a blob: URL)
+ *   -> live status over WebSocket (long-poll when WebSockets fail), resumed with after_seq
+ *   -> confirmed: handleVerify(session) -> onSuccess(result)
+ *   -> declined / cancelled / failure: onError(error)
+ *   -> expired before the phone decided: a new session from onSessionIdResolver, a new QR, no reload.
+ */
+(function (global) {
+  'use strict';
+
+  var VERSION = '1.0.0';
+  var TERMINAL = { confirmed: true, declined: true, expired: true, cancelled: true };
+
+  /** An error handed to `onError`; `code` says which kind (see docs/sdk.md). */
+  function IdvError(code, message, details) {
+    var err = new Error(message);
+    err.name = 'IdvError';
+    err.code = code;
+    if (details) {
+      if (details.session) err.session = details.session;
+      if (details.status !== undefined) err.status = details.status;
+      if (details.cause !== undefined) err.cause = details.cause;
+    }
+    return err;
+  }
+
+  /** The broker's origin: where this script was loaded from, else the page's own. */
+  var scriptOrigin = (function () {
+    try {
+      var s = global.document && global.document.currentScript;
+      if (s && s.src) return new URL(s.src, global.location.href).origin;
+    } catch (e) {
+      /* fall through to the page origin */
+    }
+    return global.location ? global.location.origin : '';
+  })();
+
+  function noop() {}
+
+  /** Exponential backoff with full jitter: a random wait in [base/2, base] with base doubling. */
+  function backoffDelay(attempt, baseMs, maxMs) {
+    var ceiling = Math.min(maxMs, baseMs * Math.pow(2, attempt));
+    return Math.round(ceiling / 2 + Math.random() * (ceiling / 2));
+  }
+
+  function retryAfterMs(response) {
+    var raw = response && response.headers && response.headers.get('Retry-After');
+    var secs = raw ? parseInt(raw, 10) : NaN;
+    return isFinite(secs) && secs >= 0 ? Math.min(secs, 60) * 1000 : 0;
+  }
+
+  function errorMessageOf(response, body) {
+    if (body && body.error && typeof body.error.message === 'string') return body.error.message;
+    return 'the broker answered ' + response.status;
+  }
+
+  /**
+   * Starts the flow. Returns a handle: `stop()`, `restart()`, and `session` (the current one).
+   * @param {object} options see docs/sdk.md
+   */
+  function start(options) {
+    var opts = options || {};
+    if (typeof opts.onSessionIdResolver !== 'function') {
+      throw new TypeError('IdvBroker.start: onSessionIdResolver must be a function');
+    }
+    var container = opts.qrElement;
+    if (typeof container === 'string') container = global.document.querySelector(container);
+
+    var baseUrl = String(opts.baseUrl || scriptOrigin).replace(/\/+$/, '');
+    var transportPref = opts.transport || 'auto'; // 'auto' | 'websocket' | 'long-poll'
+    var refreshOnExpiry = opts.refreshOnExpiry !== false;
+    var maxRefreshes = typeof opts.maxRefreshes === 'number' ? opts.maxRefreshes : 10;
+    var maxRetries = typeof opts.maxRetries === 'number' ? opts.maxRetries : 8;
+    var backoffBaseMs = typeof opts.backoffBaseMs === 'number' ? opts.backoffBaseMs : 500;
+    var backoffMaxMs = typeof opts.backoffMaxMs === 'number' ? opts.backoffMaxMs : 15000;
+    var pollWaitSeconds = typeof opts.pollWaitSeconds === 'number' ? opts.pollWaitSeconds : 25;
+    var qrTestId = opts.qrTestId === undefined ? 'qr' : opts.qrTestId;
+    var qrAlt = opts.qrAlt || 'QR code: scan it with your phone to continue there';
+
+    var cb = {
+      onStatus: opts.onStatus || noop,
+      onSession: opts.onSession || noop,
+      onSuccess: opts.onSuccess || noop,
+      onError: opts.onError || noop,
+      onTransport: opts.onTransport || noop,
+    };
+
+    // One flow, many sessions over time: `generation` grows with each session (and on stop),
+    // and every async continuation checks it, so nothing of an old session acts on a new one.
+    var generation = 0;
+    var stopped = false;
+    var session = null; // {session_id, session_token, url, status, seq, expires_at, ...}
+    var lastSeq = null;
+    var refreshes = 0;
+    var failures = 0; // consecutive failed connections of the current transport
+    var wsFailures = 0; // consecutive WebSockets that closed without a frame
+    var useLongPoll = transportPref === 'long-poll' || typeof global.WebSocket !== 'function';
+    var socket = null;
+    var pollAbort = null;
+    var timer = null;
+    var qrUrl = null;
+    var verifying = false;
+
+    function safe(fn, args) {
+      try {
+        fn.apply(null, args);
+      } catch (e) {
+        if (global.console) global.console.error('IdvBroker callback threw', e);
+      }
+    }
+
+    function teardownTransport() {
+      if (timer) {
+        clearTimeout(timer);
+        timer = null;
+      }
+      if (socket) {
+        var s = socket;
+        socket = null;
+        s.onopen = s.onmessage = s.onerror = s.onclose = null;
+        try {
+          s.close(1000);
+        } catch (e) {
+          /* already closed */
+        }
+      }
+      if (pollAbort) {
+        pollAbort.abort();
+        pollAbort = null;
+      }
+    }
+
+    function fail(code, message, details) {
+      teardownTransport();
+      safe(cb.onError, [IdvError(code, message, details)]);
+    }
+
+    function newSession() {
+      teardownTransport();
+      var gen = ++generation;
+      verifying = false;
+      failures = 0;
+      var resolved;
+      try {
+        resolved = Promise.resolve(opts.onSessionIdResolver());
+      } catch (e) {
+        resolved = Promise.reject(e);
+      }
+      resolved.then(
+        function (s) {
+          if (gen !== generation) return;
+          if (!s || typeof s.session_id !== 'string' || typeof s.session_token !== 'string') {
+            fail('session_failed', 'onSessionIdResolver must resolve to {session_id, session_token, url}');
+            return;
+          }
+          session = s;
+          lastSeq = typeof s.seq === 'number' ? s.seq : null;
+          safe(cb.onSession, [session]);
+          safe(cb.onStatus, [s.status || 'initialized', session]);
+          renderQr(gen);
+          connect(gen);
+        },
+        function (e) {
+          if (gen !== generation) return;
+          fail('session_failed', 'could not create a session: ' + ((e && e.message) || e), { cause: e });
+        }
+      );
+    }
+
+    function renderQr(gen) {
+      if (!container) return;
+      var s = session;
+      fetch(baseUrl + '/v1/sessions/' + encodeURIComponent(s.session_id) + '/qr.svg', {
+        headers: { Authorization: 'Bearer ' + s.session_token },
+        cache: 'no-store',
+      })
+        .then(function (res) {
+          if (!res.ok) throw new Error('qr.svg answered ' + res.status);
+          return res.blob();
+        })
+        .then(function (blob) {
+          if (gen !== generation) return;
+          var img = global.document.createElement('img');
+          var url = URL.createObjectURL(blob);
+          img.src = url;
+          img.alt = qrAlt;
+          img.className = 'idv-qr';
+          img.setAttribute('data-session-id', s.session_id);
+          if (qrTestId) img.setAttribute('data-testid', qrTestId);
+          while (container.firstChild) container.removeChild(container.firstChild);
+          container.appendChild(img);
+          if (qrUrl) URL.revokeObjectURL(qrUrl);
+          qrUrl = url;
+        })
+        .catch(function (e) {
+          if (gen !== generation) return;
+          // Not fatal: the status feed goes on, and the app can still offer the session's link.
+          safe(cb.onError, [IdvError('qr_failed', 'could not load the QR code', { session: s, cause: e })]);
+        });
+    }
+
+    function connect(gen) {
+      if (gen !== generation || stopped) return;
+      if (useLongPoll) poll(gen);
+      else openSocket(gen);
+    }
+
+    function retry(gen, waitMs) {
+      if (gen !== generation || stopped) return;
+      failures += 1;
+      if (failures > maxRetries) {
+        fail('network', 'lost the connection to the broker', { session: session });
+        return;
+      }
+      safe(cb.onTransport, ['reconnecting', session]);
+      var delay = Math.max(waitMs || 0, backoffDelay(failures - 1, backoffBaseMs, backoffMaxMs));
+      timer = setTimeout(function () {
+        timer = null;
+        connect(gen);
+      }, delay);
+    }
+
+    /** Applies one observed state (a frame or a poll answer); drives the outcome. */
+    function observe(gen, status, seq) {
+      if (gen !== generation || typeof seq !== 'number') return;
+      if (lastSeq !== null && seq <= lastSeq) return;
+      lastSeq = seq;
+      session.status = status;
+      session.seq = seq;
+      safe(cb.onStatus, [status, session]);
+      if (TERMINAL[status]) finish(gen, status);
+    }
+
+    function finish(gen, status) {
+      teardownTransport();
+      var s = session;
+      if (status === 'confirmed') {
+        if (verifying) return;
+        verifying = true;
+        if (typeof opts.handleVerify !== 'function') {
+          safe(cb.onSuccess, [s, s]);
+          return;
+        }
+        var p;
+        try {
+          p = Promise.resolve(opts.handleVerify(s));
+        } catch (e) {
+          p = Promise.reject(e);
+        }
+        p.then(
+          function (result) {
+            if (gen === generation) safe(cb.onSuccess, [result, s]);
+          },
+          function (e) {
+            if (gen === generation) {
+              safe(cb.onError, [
+                IdvError('verify_failed', 'handleVerify failed: ' + ((e && e.message) || e), {
+                  session: s,
+                  cause: e,
+                }),
+              ]);
+            }
+          }
+        );
+      } else if (status === 'expired' && refreshOnExpiry && refreshes < maxRefreshes) {
+        refreshes += 1;
+        newSession();
+      } else {
+        var words = {
+          declined: 'the person declined on their phone',
+          expired: 'the session expired before the person decided',
+          cancelled: 'the session was cancelled',
+        };
+        safe(cb.onError, [IdvError(status, words[status], { session: s, status: status })]);
+      }
+    }
+
+    function openSocket(gen) {
+      var s = session;
+      var wsBase = baseUrl.replace(/^http/, 'ws');
+      var url =
+        wsBase +
+        '/v1/sessions/' +
+        encodeURIComponent(s.session_id) +
+        '/ws?token=' +
+        encodeURIComponent(s.session_token) +
+        (lastSeq !== null ? '&after_seq=' + lastSeq : '');
+      var ws;
+      try {
+        ws = new global.WebSocket(url);
+      } catch (e) {
+        wsFailed(gen, false);
+        return;
+      }
+      socket = ws;
+      var gotFrame = false;
+      // A handshake that hangs counts as a failure too.
+      var openTimer = setTimeout(function () {
+        if (socket === ws && ws.readyState !== 1) {
+          ws.onclose = null;
+          socket = null;
+          try {
+            ws.close();
+          } catch (e) {
+            /* not open */
+          }
+          wsFailed(gen, false);
+        }
+      }, 10000);
+      ws.onopen = function () {
+        clearTimeout(openTimer);
+      };
+      ws.onmessage = function (ev) {
+        if (socket !== ws) return;
+        var frame;
+        try {
+          frame = JSON.parse(ev.data);
+        } catch (e) {
+          return;
+        }
+        if (!gotFrame) {
+          gotFrame = true;
+          failures = 0;
+          wsFailures = 0;
+          safe(cb.onTransport, ['websocket', session]);
+        }
+        if (frame.type === 'snapshot') {
+          if (frame.expires_at) session.expires_at = frame.expires_at;
+          // With after_seq, every later transition follows as a `status` frame; only a
+          // subscription without a known seq takes the snapshot as its starting point.
+          if (lastSeq === null) observe(gen, frame.status, frame.seq);
+        } else if (frame.type === 'status') {
+          observe(gen, frame.status, frame.seq);
+        }
+      };
+      ws.onerror = function () {
+        /* onclose follows and decides */
+      };
+      ws.onclose = function () {
+        clearTimeout(openTimer);
+        if (socket !== ws) return;
+        socket = null;
+        if (gen !== generation || stopped) return;
+        if (session && TERMINAL[session.status]) return;
+        wsFailed(gen, gotFrame);
+      };
+    }
+
+    function wsFailed(gen, hadFrames) {
+      if (gen !== generation || stopped) return;
+      if (!hadFrames) wsFailures += 1;
+      // Two sockets in a row that never delivered a frame: WebSockets do not work from here
+      // (a proxy, a firewall, a blocked upgrade). Long-poll carries the same states.
+      if (transportPref !== 'websocket' && wsFailures >= 2) {
+        useLongPoll = true;
+        failures = 0;
+        connect(gen);
+        return;
+      }
+      retry(gen, 0);
+    }
+
+    function poll(gen) {
+      var s = session;
+      var ctrl = typeof AbortController === 'function' ? new AbortController() : null;
+      pollAbort = ctrl;
+      var url =
+        baseUrl +
+        '/v1/sessions/' +
+        encodeURIComponent(s.session_id) +
+        '/status?wait=' +
+        pollWaitSeconds +
+        (lastSeq !== null ? '&after_seq=' + lastSeq : '');
+      fetch(url, {
+        headers: { Authorization: 'Bearer ' + s.session_token },
+        cache: 'no-store',
+        signal: ctrl ? ctrl.signal : undefined,
+      })
+        .then(function (res) {
+          if (gen !== generation || stopped) return null;
+          if (res.ok) {
+            return res.json().then(function (body) {
+              if (gen !== generation || stopped) return;
+              pollAbort = null;
+              if (failures > 0 || !poll.announced) {
+                poll.announced = true;
+                safe(cb.onTransport, ['long-poll', session]);
+              }
+              failures = 0;
+              observe(gen, body.status, body.seq);
+              if (!TERMINAL[session.status]) poll(gen);
+            });
+          }
+          pollAbort = null;
+          if (res.status === 429 || res.status >= 500) {
+            retry(gen, retryAfterMs(res));
+            return null;
+          }
+          // 401/403/404/400: retrying will not help.
+          return res
+            .json()
+            .catch(function () {
+              return null;
+            })
+            .then(function (body) {
+              if (gen !== generation || stopped) return;
+              fail('network', 'status request refused: ' + errorMessageOf(res, body), {
+                session: s,
+                status: res.status,
+              });
+            });
+        })
+        .catch(function (e) {
+          if (gen !== generation || stopped) return;
+          if (e && e.name === 'AbortError') return;
+          pollAbort = null;
+          retry(gen, 0);
+        });
+    }
+    poll.announced = false;
+
+    var handle = {
+      /** Stops everything: the socket, the poll, pending retries; no callback fires after. */
+      stop: function () {
+        stopped = true;
+        generation += 1;
+        teardownTransport();
+        if (qrUrl) {
+          URL.revokeObjectURL(qrUrl);
+          qrUrl = null;
+        }
+      },
+      /** Drops the current session and asks onSessionIdResolver for a new one. */
+      restart: function () {
+        stopped = false;
+        refreshes = 0;
+        wsFailures = 0;
+        newSession();
+      },
+    };
+    Object.defineProperty(handle, 'session', {
+      get: function () {
+        return session;
+      },
+    });
+    newSession();
+    return handle;
+  }
+
+  global.IdvBroker = { start: start, version: VERSION, IdvError: IdvError };
+})(typeof window !== 'undefined' ? window : this);

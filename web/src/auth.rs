@@ -66,8 +66,15 @@ impl FromRequest for Backend {
     }
 }
 
-/// The client app, authenticated by the session token (`Authorization: Bearer` or
-/// `?token=`, since browsers cannot set headers on a WebSocket).
+fn client_caller(token: &str) -> Caller {
+    Caller::Client {
+        token: SessionToken::presented(token).hash(),
+    }
+}
+
+/// The client app, authenticated by the session token in `Authorization: Bearer`.
+/// A `?token=` is not read here: tokens in URLs end up in proxy and access logs, so
+/// SPEC §1 accepts them only where a browser has no other way ([`BrowserClient`]).
 pub struct Client {
     /// The presented token's hash; the session decides whether it is its own.
     pub caller: Caller,
@@ -78,22 +85,50 @@ impl FromRequest for Client {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let from_query = || {
-            web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-                .ok()?
-                .0
-                .into_iter()
-                .find(|(k, _)| k == "token")
-                .map(|(_, v)| v)
-        };
-        let token = bearer(req).map(str::to_owned).or_else(from_query);
-        ready(match token {
-            Some(t) if !t.is_empty() => Ok(Client {
-                caller: Caller::Client {
-                    token: SessionToken::presented(&t).hash(),
-                },
+        ready(match bearer(req) {
+            Some(t) => Ok(Client {
+                caller: client_caller(t),
             }),
-            _ => Err(ApiError::unauthorized(
+            None if query_token(req).is_some() => Err(ApiError::unauthorized(
+                "?token= is accepted only on /ws and /qr.svg; send Authorization: Bearer <session token>",
+            )),
+            None => Err(ApiError::unauthorized(
+                "missing session token (Authorization: Bearer <token>)",
+            )),
+        })
+    }
+}
+
+/// `?token=` from the query string, if there is a non-empty one.
+fn query_token(req: &HttpRequest) -> Option<String> {
+    web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .ok()?
+        .0
+        .into_iter()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty())
+}
+
+/// The client app on the two routes a browser cannot set headers on, a WebSocket
+/// and an `<img>` (`/ws`, `/qr.svg`): the session token from `Authorization: Bearer`
+/// or from `?token=`.
+pub struct BrowserClient {
+    /// The presented token's hash; the session decides whether it is its own.
+    pub caller: Caller,
+}
+
+impl FromRequest for BrowserClient {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let token = bearer(req).map(str::to_owned).or_else(|| query_token(req));
+        ready(match token {
+            Some(t) => Ok(BrowserClient {
+                caller: client_caller(&t),
+            }),
+            None => Err(ApiError::unauthorized(
                 "missing session token (Authorization: Bearer <token> or ?token=<token>)",
             )),
         })

@@ -21,7 +21,7 @@ use idv_actors::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::auth::Client;
+use crate::auth::BrowserClient;
 use crate::error::ApiError;
 use crate::routes::session_id;
 use crate::state::AppState;
@@ -269,7 +269,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Subscriber {
 /// checked before the upgrade, so a refusal is a plain HTTP error (SPEC §5).
 pub async fn subscribe(
     state: web::Data<AppState>,
-    client: Client,
+    client: BrowserClient,
     req: HttpRequest,
     path: web::Path<String>,
     query: web::Query<WsQuery>,

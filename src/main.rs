@@ -72,6 +72,9 @@ fn main() -> ExitCode {
         };
         println!("listening on http://{}", app.addr());
         let _ = std::io::stdout().flush();
+        if let Some(demo) = app.demo_url() {
+            eprintln!("idv-broker: demo mode: open {demo} in a browser");
+        }
         match app.run_until_stopped(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -82,6 +82,12 @@ pub struct RunArgs {
     pub max_staged_mib: u32,
 }
 
+/// The name of the API key that demo mode makes for itself (`requester.name` on the
+/// device page).
+pub const DEMO_API_KEY_NAME: &str = "idv-broker demo";
+/// The device issuer that demo mode makes for itself.
+pub const DEMO_ISSUER: &str = "idv-demo";
+
 /// Everything the application needs to start.
 #[derive(Clone)]
 pub struct Settings {
@@ -189,9 +195,16 @@ impl Settings {
         let issuers = pairs(list(args.issuers, "IDVB_ISSUERS"), "--issuer")?;
         let webhook_secrets = list(args.webhook_secrets, "IDVB_WEBHOOK_SECRET");
         if args.demo {
-            return Err(
-                "--demo: the demo pages (/demo, /verify) are not part of this version".into(),
-            );
+            if api_keys.iter().any(|(name, _)| name == DEMO_API_KEY_NAME) {
+                return Err(format!(
+                    "--demo: the API key name {DEMO_API_KEY_NAME:?} is the demo's own"
+                ));
+            }
+            if issuers.iter().any(|(iss, _)| iss == DEMO_ISSUER) {
+                return Err(format!(
+                    "--demo: the issuer name {DEMO_ISSUER:?} is the demo's own"
+                ));
+            }
         }
         if args.webhook_url.is_some() && webhook_secrets.is_empty() {
             return Err(
@@ -305,11 +318,26 @@ mod tests {
     }
 
     #[test]
-    fn demo_mode_is_refused_until_its_pages_exist() {
-        assert!(settings(&["--demo"], &[])
-            .err()
-            .expect("refused")
-            .contains("--demo"));
-        assert!(settings(&[], &[]).is_ok());
+    fn demo_mode_starts_alone_and_keeps_its_own_names() {
+        assert!(settings(&["--demo"], &[]).unwrap().demo);
+        assert!(!settings(&[], &[]).unwrap().demo);
+        let err = settings(
+            &["--demo", "--issuer", "idv-demo=a-secret-of-enough-length"],
+            &[],
+        )
+        .err()
+        .expect("refused");
+        assert!(err.contains("idv-demo"), "{err}");
+        let err = settings(
+            &[
+                "--demo",
+                "--api-key",
+                "idv-broker demo=a-key-of-enough-length",
+            ],
+            &[],
+        )
+        .err()
+        .expect("refused");
+        assert!(err.contains("demo"), "{err}");
     }
 }

@@ -6,14 +6,15 @@ use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use actix::{Actor as _, Addr};
 use actix_web::dev::{Server, ServerHandle};
 use idv_actors::credentials::{ApiKeys, Issuers};
+use idv_actors::ids::SessionToken;
 use idv_actors::registry::{Registry, RegistryConfig};
 use idv_actors::retention::{RetentionSweeper, SweeperConfig};
 use idv_actors::store::{Store, StoreConfig, StoreError, WebhookRoute};
 use idv_actors::webhooks::dispatcher::DispatcherError;
 use idv_actors::webhooks::{Dispatcher, Shutdown, Signer};
-use idv_web::{AppState, ServerConfig};
+use idv_web::{AppState, DemoApp, ServerConfig};
 
-use crate::settings::Settings;
+use crate::settings::{Settings, DEMO_API_KEY_NAME, DEMO_ISSUER};
 
 /// How often the registry looks for overdue sessions whose actor did not expire them.
 const EXPIRY_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -55,6 +56,8 @@ pub struct Application {
     dispatcher: Option<actix::Addr<Dispatcher>>,
     /// How long a stop waits for deliveries in flight.
     webhook_timeout: std::time::Duration,
+    /// The demo page's address, in demo mode.
+    demo_url: Option<String>,
 }
 
 impl Application {
@@ -130,6 +133,19 @@ impl Application {
         for (iss, secret) in &settings.issuers {
             issuers.add(iss, secret);
         }
+        // Demo mode brings its own backend key and device issuer, with fresh random
+        // secrets at every start: nothing to configure, nothing that outlives the run.
+        // The key is never shown; the demo routes act as its owner on the server side.
+        let demo = settings.demo.then(|| {
+            api_keys.add(DEMO_API_KEY_NAME, SessionToken::generate().expose());
+            let secret = SessionToken::generate().expose().to_owned();
+            issuers.add(DEMO_ISSUER, &secret);
+            DemoApp {
+                owner: DEMO_API_KEY_NAME.to_owned(),
+                issuer: DEMO_ISSUER.to_owned(),
+                issuer_secret: secret,
+            }
+        });
         let state = AppState {
             registry: registry.clone(),
             api_keys,
@@ -142,12 +158,17 @@ impl Application {
             ws: settings.ws,
             shutdown: shutdown_rx,
             webhooks_signed: dispatcher.is_some(),
+            demo,
         };
         let config = ServerConfig {
             rate_limit: settings.rate_limit,
             workers: settings.workers,
             shutdown_timeout: settings.shutdown_timeout,
         };
+        let demo_url = state
+            .demo
+            .as_ref()
+            .map(|_| format!("{}/demo", state.public_url));
         let server = idv_web::serve(listener, state, &config).map_err(bind_error)?;
         Ok(Self {
             addr,
@@ -158,12 +179,18 @@ impl Application {
             sweeper,
             dispatcher,
             webhook_timeout: settings.webhooks.timeout,
+            demo_url,
         })
     }
 
     /// The address actually bound (the real port when asked for port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where a person opens the demo (`<public url>/demo`), in demo mode.
+    pub fn demo_url(&self) -> Option<&str> {
+        self.demo_url.as_deref()
     }
 
     /// The live-session registry (tests inject faults and move the clock through it).

@@ -26,8 +26,8 @@ use actix_web::{middleware::from_fn, web, App, HttpResponse, HttpServer, Resourc
 
 use crate::error::{ApiError, ErrorCode};
 use crate::middleware::RateLimiter;
-use crate::routes::{client, device, files, ops, sessions, users};
-pub use crate::state::{AppState, TtlBounds};
+use crate::routes::{client, demo, device, files, ops, pages, sessions, users};
+pub use crate::state::{AppState, DemoApp, TtlBounds};
 
 /// Largest JSON body accepted (SPEC §3).
 pub const MAX_JSON_BODY: usize = 64 * 1024;
@@ -97,6 +97,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/v1/sessions/{id}/decision", "GET").route(web::get().to(sessions::decision)))
     .service(resource("/v1/sessions/{id}/status", "GET").route(web::get().to(client::status)))
     .service(resource("/v1/sessions/{id}/ws", "GET").route(web::get().to(ws::subscribe)))
+    .service(resource("/v1/sessions/{id}/qr.svg", "GET").route(web::get().to(client::qr_svg)))
     .service(
         resource("/v1/sessions/{id}/information", "GET").route(web::get().to(device::information)),
     )
@@ -110,7 +111,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/v1/users/{user_id}/status", "PUT").route(web::put().to(users::set_status)))
     .service(resource("/v1/users/{user_id}", "GET").route(web::get().to(users::get)))
     .service(resource("/healthz", "GET").route(web::get().to(ops::healthz)))
-    .service(resource("/readyz", "GET").route(web::get().to(ops::readyz)));
+    .service(resource("/readyz", "GET").route(web::get().to(ops::readyz)))
+    .service(resource("/sdk.js", "GET").route(web::get().to(pages::sdk)))
+    .service(resource("/assets/{name}", "GET").route(web::get().to(pages::asset)))
+    .service(resource("/verify/{id}", "GET").route(web::get().to(pages::verify)))
+    .service(resource("/demo", "GET").route(web::get().to(pages::demo)))
+    .service(resource("/demo/api/sessions", "POST").route(web::post().to(demo::create_session)))
+    .service(
+        resource("/demo/api/sessions/{id}/decision", "GET").route(web::get().to(demo::decision)),
+    )
+    .service(resource("/demo/api/device-token", "POST").route(web::post().to(demo::device_token)));
 }
 
 /// Starts the HTTP server on an already-bound listener. Signals are not handled here:

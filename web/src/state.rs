@@ -1,6 +1,7 @@
 //! What every handler shares.
 
 use idv_actors::credentials::{ApiKeys, Issuers};
+use idv_actors::ids::SessionId;
 use idv_actors::registry::Registry;
 
 /// Bounds on `ttl_seconds` (SPEC §3: default 600, allowed 30..=86400).
@@ -45,4 +46,35 @@ pub struct AppState {
     /// Whether the broker has a webhook secret; without one it sends nothing unsigned,
     /// so a `callback_url` is refused (SPEC §4).
     pub webhooks_signed: bool,
+    /// Demo mode's own backend credential and device issuer; `None` without `--demo`,
+    /// and then `/demo` and its routes answer `404`.
+    pub demo: Option<DemoApp>,
+}
+
+impl AppState {
+    /// The session's `url`: where the device opens it (the hosted page, `/verify/{id}`).
+    pub fn session_url(&self, id: SessionId) -> String {
+        format!("{}/verify/{id}", self.public_url)
+    }
+}
+
+/// What demo mode plays the app backend with. The API key itself never leaves the
+/// server: the demo routes act as its `owner` directly.
+#[derive(Clone)]
+pub struct DemoApp {
+    /// The demo API key's name: the owner of demo sessions, shown as `requester.name`.
+    pub owner: String,
+    /// The demo device issuer (`iss`), one of the broker's trusted issuers.
+    pub issuer: String,
+    /// That issuer's HS256 secret, to mint demo device tokens.
+    pub issuer_secret: String,
+}
+
+impl std::fmt::Debug for DemoApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DemoApp")
+            .field("owner", &self.owner)
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
 }

@@ -1,4 +1,5 @@
-//! The client app's polling route (session token); the WebSocket lives in [`crate::ws`].
+//! The client app's routes (session token): polling and the QR code; the WebSocket
+//! lives in [`crate::ws`].
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use idv_actors::model::SessionRecord;
 use serde::Deserialize;
 
 use super::session_id;
-use crate::auth::Client;
+use crate::auth::{BrowserClient, Client};
 use crate::dto::StatusView;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -101,4 +102,38 @@ async fn long_poll(
         () = actix_web::rt::time::sleep(wait) => current,
         _ = shutdown.wait_for(|stopping| *stopping) => current,
     }
+}
+
+/// Side of the QR code's SVG canvas, in CSS pixels, quiet zone included. The SVG has a
+/// `viewBox` and `crispEdges`, so it scales to any size without blur.
+pub const QR_MIN_PIXELS: u32 = 256;
+
+/// `GET /v1/sessions/{id}/qr.svg`: the session `url` as a QR code. Like `/ws` it takes
+/// `?token=`, since an `<img>` cannot send headers.
+pub async fn qr_svg(
+    state: web::Data<AppState>,
+    client: BrowserClient,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = session_id(&path)?;
+    let session = state.registry.inspect(id, client.caller).await?;
+    let svg = qr_code(&state.session_url(session.id))?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "image/svg+xml"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(svg))
+}
+
+/// The SVG of a QR code for `text`, with the standard four-module quiet zone.
+pub fn qr_code(text: &str) -> Result<String, ApiError> {
+    use qrcode::render::svg;
+    let code = qrcode::QrCode::with_error_correction_level(text, qrcode::EcLevel::M)
+        .map_err(|e| ApiError::internal(format!("QR code of the session url: {e}")))?;
+    Ok(code
+        .render::<svg::Color<'_>>()
+        .min_dimensions(QR_MIN_PIXELS, QR_MIN_PIXELS)
+        .quiet_zone(true)
+        .dark_color(svg::Color("#000000"))
+        .light_color(svg::Color("#ffffff"))
+        .build())
 }

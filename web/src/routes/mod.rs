@@ -2,9 +2,11 @@
 //! message or makes one store call, and maps the answer.
 
 pub mod client;
+pub mod demo;
 pub mod device;
 pub mod files;
 pub mod ops;
+pub mod pages;
 pub mod sessions;
 pub mod users;
 

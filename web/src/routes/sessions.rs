@@ -71,17 +71,34 @@ pub async fn create(
     req: HttpRequest,
     body: web::Json<CreateSession>,
 ) -> Result<HttpResponse, ApiError> {
+    let claim = idempotency_claim(&req, &body)?;
+    let (session, token, replayed) = open(&state, &backend.owner, body.into_inner(), claim).await?;
+    Ok(if replayed {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::Created()
+    }
+    .json(created(&state, &session, &token)))
+}
+
+/// Validates a create request and opens the session for `owner` (or replays it): the
+/// one path by which sessions are made, for the backend route and the demo's own.
+/// Answers the session, its freshly issued token, and whether it was a replay.
+pub(crate) async fn open(
+    state: &AppState,
+    owner: &str,
+    body: CreateSession,
+    claim: Option<IdempotencyClaim>,
+) -> Result<(SessionRecord, SessionToken, bool), ApiError> {
     let ttl = body.validate(state.ttl)?;
     if body.callback_url.is_some() && !state.webhooks_signed {
         return Err(ApiError::invalid(
             "callback_url needs a webhook secret, and this broker has none: it sends nothing unsigned",
         ));
     }
-    let claim = idempotency_claim(&req, &body)?;
-    let body = body.into_inner();
     let token = SessionToken::generate();
     let record = SessionRecord::open(
-        &backend.owner,
+        owner,
         token.hash(),
         SessionRequest {
             scopes: body.scopes,
@@ -95,22 +112,25 @@ pub async fn create(
         chrono::Duration::seconds(ttl),
     );
     let (session, replayed) = state.registry.create(record, claim).await?;
-    let created = Created {
+    Ok((session, token, replayed))
+}
+
+/// The create response: the only time the session token is shown.
+pub(crate) fn created<'a>(
+    state: &AppState,
+    session: &'a SessionRecord,
+    token: &'a SessionToken,
+) -> Created<'a> {
+    Created {
         session_id: session.id.to_string(),
         session_token: token.expose(),
-        url: format!("{}/verify/{}", state.public_url, session.id),
+        url: state.session_url(session.id),
         status: session.status.as_str(),
         seq: session.seq.0,
         expires_at: idv_actors::clock::rfc3339(session.expires_at),
         scopes: &session.request.scopes,
         vendor_data: session.request.vendor_data.as_deref(),
-    };
-    Ok(if replayed {
-        HttpResponse::Ok()
-    } else {
-        HttpResponse::Created()
     }
-    .json(created))
 }
 
 /// `GET /v1/sessions/{id}`.

@@ -1,0 +1,101 @@
+//! The pages a person sees (SPEC §3 "Pages and operations"): the hosted device page,
+//! the demo client app and the browser SDK. They are static files compiled into the
+//! binary: no CDN, no build step, nothing fetched at run time.
+
+use actix_web::http::header;
+use actix_web::{web, HttpResponse};
+
+use super::session_id;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The policy every page is served with: scripts, styles and requests only from the
+/// broker itself, no inline script or style, no framing. `blob:` images are the QR
+/// code (fetched with the token in a header, not in an `<img>` URL) and photo previews.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; form-action 'self'; \
+     base-uri 'none'; frame-ancestors 'none'";
+
+/// A file compiled into the binary.
+struct Asset {
+    name: &'static str,
+    content_type: &'static str,
+    body: &'static str,
+}
+
+const SDK: Asset = Asset {
+    name: "sdk.js",
+    content_type: "application/javascript; charset=utf-8",
+    body: include_str!("../../static/sdk.js"),
+};
+const DEMO_PAGE: Asset = Asset {
+    name: "demo.html",
+    content_type: "text/html; charset=utf-8",
+    body: include_str!("../../static/demo.html"),
+};
+const VERIFY_PAGE: Asset = Asset {
+    name: "verify.html",
+    content_type: "text/html; charset=utf-8",
+    body: include_str!("../../static/verify.html"),
+};
+
+/// What `/assets/{name}` serves; anything else is `404`.
+const ASSETS: [Asset; 3] = [
+    Asset {
+        name: "style.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_str!("../../static/style.css"),
+    },
+    Asset {
+        name: "demo.js",
+        content_type: "application/javascript; charset=utf-8",
+        body: include_str!("../../static/demo.js"),
+    },
+    Asset {
+        name: "verify.js",
+        content_type: "application/javascript; charset=utf-8",
+        body: include_str!("../../static/verify.js"),
+    },
+];
+
+/// A static file with the headers every page gets. `no-cache` (revalidate) rather
+/// than a long lifetime: the files change with the binary and carry no version.
+fn serve(asset: &Asset) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, asset.content_type))
+        .insert_header((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::REFERRER_POLICY, "no-referrer"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(asset.body)
+}
+
+/// `GET /sdk.js`.
+pub async fn sdk() -> HttpResponse {
+    serve(&SDK)
+}
+
+/// `GET /assets/{name}`: the pages' stylesheet and scripts.
+pub async fn asset(name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    ASSETS
+        .iter()
+        .find(|a| a.name == name.as_str())
+        .map(serve)
+        .ok_or_else(|| ApiError::not_found("no such asset"))
+}
+
+/// `GET /verify/{id}`: the hosted device page. The page itself holds nothing about
+/// the session; it reads the id from its path and the device token from the fragment.
+pub async fn verify(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    session_id(&path)?;
+    Ok(serve(&VERIFY_PAGE))
+}
+
+/// `GET /demo`: the demo client app, only in demo mode.
+pub async fn demo(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state
+        .demo
+        .as_ref()
+        .map(|_| serve(&DEMO_PAGE))
+        .ok_or_else(|| ApiError::not_found("the demo is off (start the broker with --demo)"))
+}

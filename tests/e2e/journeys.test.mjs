@@ -51,11 +51,11 @@ async function world(name, { desktopSetup } = {}) {
     desktop,
     /** How often the desktop's main frame navigated (1 = only the first load). */
     navigations: () => navigations,
-    async phone() {
+    async phone(options) {
       const ctx = await browser.newContext(PHONE);
       contexts.push(ctx);
       const page = await ctx.newPage();
-      watchers.push(await watch(page, 'phone /verify'));
+      watchers.push(await watch(page, 'phone /verify', options));
       return page;
     },
     async close() {
@@ -115,7 +115,7 @@ async function openOnPhone(w, name, url) {
     'Your date of birth',
     'A selfie: a photo of your face',
   ]);
-  assert.equal(await phone.getByTestId('requester').textContent() !== '', true);
+  assert.notEqual(await phone.getByTestId('requester').textContent(), '');
   // The registration prefills the name field.
   assert.equal(await phone.getByLabel('Full name').inputValue(), 'Ada Lovelace');
   await assertAccessible(phone, '/verify with the request');
@@ -225,10 +225,13 @@ describe('the QR journey in real Chromium', () => {
       assert.equal(await w.desktop.getByTestId('outcome').isVisible(), false, 'an expiry that was refreshed is no outcome');
       assert.equal(w.navigations(), 1, 'the desktop page never reloaded');
 
-      // The old session is really over: its page says so, and the new one works.
-      const phone = await w.phone();
+      // The old session is really over: its page says so (its `information` is 409), and
+      // the new one works.
+      const closed = new RegExp(`status of 409 .*/v1/sessions/${first.sessionId}/information`);
+      const phone = await w.phone({ allow: [closed] });
       await phone.goto(first.url);
       await phone.getByTestId('problem').waitFor({ state: 'visible', timeout: TIMEOUT });
+      assert.match(await phone.getByTestId('problem').textContent(), /no longer open/);
       await assertAccessible(phone, '/verify of an expired session');
       await shot(phone, 'expiry-3-phone-old-session');
       await phone.goto(url);

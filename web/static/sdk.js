@@ -107,6 +107,13 @@
     var timer = null;
     var qrUrl = null;
     var verifying = false;
+    var transport = null; // what onTransport last said
+
+    function announce(kind) {
+      if (kind === transport) return;
+      transport = kind;
+      safe(cb.onTransport, [kind, session]);
+    }
 
     function safe(fn, args) {
       try {
@@ -219,7 +226,7 @@
         fail('network', 'lost the connection to the broker', { session: session });
         return;
       }
-      safe(cb.onTransport, ['reconnecting', session]);
+      announce('reconnecting');
       var delay = Math.max(waitMs || 0, backoffDelay(failures - 1, backoffBaseMs, backoffMaxMs));
       timer = setTimeout(function () {
         timer = null;
@@ -329,7 +336,7 @@
           gotFrame = true;
           failures = 0;
           wsFailures = 0;
-          safe(cb.onTransport, ['websocket', session]);
+          announce('websocket');
         }
         if (frame.type === 'snapshot') {
           if (frame.expires_at) session.expires_at = frame.expires_at;
@@ -369,6 +376,9 @@
 
     function poll(gen) {
       var s = session;
+      // Entering long-poll mode is news at once (the first answer may take `wait` seconds);
+      // while retrying after failures, only an answer says the connection is back.
+      if (failures === 0) announce('long-poll');
       var ctrl = typeof AbortController === 'function' ? new AbortController() : null;
       pollAbort = ctrl;
       var url =
@@ -389,11 +399,8 @@
             return res.json().then(function (body) {
               if (gen !== generation || stopped) return;
               pollAbort = null;
-              if (failures > 0 || !poll.announced) {
-                poll.announced = true;
-                safe(cb.onTransport, ['long-poll', session]);
-              }
               failures = 0;
+              announce('long-poll');
               observe(gen, body.status, body.seq);
               if (!TERMINAL[session.status]) poll(gen);
             });
@@ -424,7 +431,6 @@
           retry(gen, 0);
         });
     }
-    poll.announced = false;
 
     var handle = {
       /** Stops everything: the socket, the poll, pending retries; no callback fires after. */

@@ -161,17 +161,67 @@ mod tests {
         ]
     }
 
-    /// The whole table of SPEC §2 for the bound device (or an unbound session).
-    fn expected(status: Status, event: &str) -> Result<Outcome, Refusal> {
+    /// What each event does in each status, for the bound device (or an unbound
+    /// session): the diagram of SPEC §2 written out row by row, not computed.
+    /// `Err(())` is a refusal with `invalid_state` naming the current status.
+    #[rustfmt::skip]
+    const SPEC_TABLE: [(Status, &str, Result<Outcome, ()>); 30] = {
+        use Outcome::{Move, Stay};
         use Status::*;
-        match (status, event) {
-            (Initialized, "retrieve") => Ok(Outcome::Move(Retrieved)),
-            (Retrieved, "retrieve") => Ok(Outcome::Stay),
-            (Retrieved, "approve") => Ok(Outcome::Move(Confirmed)),
-            (Retrieved, "deny") => Ok(Outcome::Move(Declined)),
-            (Initialized | Retrieved, "expire") => Ok(Outcome::Move(Expired)),
-            (Initialized | Retrieved, "cancel") => Ok(Outcome::Move(Cancelled)),
-            (s, _) => Err(Refusal::InvalidState(s)),
+        [
+            (Initialized, "retrieve", Ok(Move(Retrieved))),
+            (Initialized, "approve",  Err(())),
+            (Initialized, "deny",     Err(())),
+            (Initialized, "expire",   Ok(Move(Expired))),
+            (Initialized, "cancel",   Ok(Move(Cancelled))),
+            (Retrieved,   "retrieve", Ok(Stay)),
+            (Retrieved,   "approve",  Ok(Move(Confirmed))),
+            (Retrieved,   "deny",     Ok(Move(Declined))),
+            (Retrieved,   "expire",   Ok(Move(Expired))),
+            (Retrieved,   "cancel",   Ok(Move(Cancelled))),
+            (Confirmed,   "retrieve", Err(())),
+            (Confirmed,   "approve",  Err(())),
+            (Confirmed,   "deny",     Err(())),
+            (Confirmed,   "expire",   Err(())),
+            (Confirmed,   "cancel",   Err(())),
+            (Declined,    "retrieve", Err(())),
+            (Declined,    "approve",  Err(())),
+            (Declined,    "deny",     Err(())),
+            (Declined,    "expire",   Err(())),
+            (Declined,    "cancel",   Err(())),
+            (Expired,     "retrieve", Err(())),
+            (Expired,     "approve",  Err(())),
+            (Expired,     "deny",     Err(())),
+            (Expired,     "expire",   Err(())),
+            (Expired,     "cancel",   Err(())),
+            (Cancelled,   "retrieve", Err(())),
+            (Cancelled,   "approve",  Err(())),
+            (Cancelled,   "deny",     Err(())),
+            (Cancelled,   "expire",   Err(())),
+            (Cancelled,   "cancel",   Err(())),
+        ]
+    };
+
+    /// The table's answer for (status, event).
+    fn expected(status: Status, event: &str) -> Result<Outcome, Refusal> {
+        let (_, _, outcome) = SPEC_TABLE
+            .iter()
+            .find(|(s, e, _)| *s == status && *e == event)
+            .expect("every pair is in the table");
+        outcome.map_err(|()| Refusal::InvalidState(status))
+    }
+
+    #[test]
+    fn the_table_names_every_status_and_event_once() {
+        let me = UserId::parse("me").unwrap();
+        for status in Status::ALL {
+            for (name, _) in events(&me) {
+                let rows = SPEC_TABLE
+                    .iter()
+                    .filter(|(s, e, _)| *s == status && *e == name)
+                    .count();
+                assert_eq!(rows, 1, "{status} {name}");
+            }
         }
     }
 

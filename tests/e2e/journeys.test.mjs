@@ -244,6 +244,51 @@ describe('the QR journey in real Chromium', () => {
     }
   });
 
+  test('a WebSocket dropped mid-session is resumed with after_seq and no transition is missed', async () => {
+    const urls = [];
+    const w = await world('resume', {
+      desktopSetup: (ctx) =>
+        ctx.routeWebSocket(/\/v1\/sessions\/[^/]+\/ws/, (ws) => {
+          urls.push(new URL(ws.url()));
+          const server = ws.connectToServer();
+          if (urls.length > 1) return; // later connections pass through untouched
+          // The first connection loses the `retrieved` frame in flight: the page side is
+          // dropped instead, as by a network change, before that frame arrives.
+          server.onMessage((frame) => {
+            if (JSON.parse(frame).type === 'snapshot') {
+              ws.send(frame);
+              return;
+            }
+            ws.close({ code: 4000, reason: 'dropped by the test' });
+            server.close();
+          });
+        }),
+    });
+    try {
+      const { url } = await startOnDesktop(w, 'resume');
+      const phone = await openOnPhone(w, 'resume', url);
+      // Only the resumed subscription can deliver it: its replay from after_seq.
+      await waitForText(w.desktop, 'status', 'retrieved');
+      assert.ok(urls.length >= 2, 'the SDK reconnected');
+      assert.equal(urls[0].searchParams.get('after_seq'), '1');
+      assert.equal(urls[1].searchParams.get('after_seq'), '1', 'it resumes after the last seq it saw');
+
+      await phone.getByLabel('Date of birth').fill('1815-12-10');
+      await phone
+        .getByTestId('file-selfie')
+        .setInputFiles({ name: 'selfie.jpg', mimeType: 'image/jpeg', buffer: await makeJpeg(phone) });
+      await phone.getByTestId('upload-selfie').filter({ hasText: /^Uploaded/ }).waitFor({ timeout: TIMEOUT });
+      await phone.getByTestId('approve').click();
+      await waitForText(w.desktop, 'status', 'confirmed');
+      await w.desktop.getByTestId('decision').waitFor({ state: 'visible', timeout: TIMEOUT });
+      assert.equal(await w.desktop.getByTestId('transport').textContent(), 'websocket');
+      assert.equal(w.navigations(), 1, 'the desktop page never reloaded');
+      await shot(w.desktop, 'resume-5-desktop-confirmed');
+    } finally {
+      await w.close();
+    }
+  });
+
   test('with WebSockets blocked in the page the desktop still reaches the outcome by long-poll', async () => {
     let attempts = 0;
     const w = await world('longpoll', {

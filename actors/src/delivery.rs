@@ -220,6 +220,15 @@ impl Audience {
     pub(crate) fn subscriber_count(&self) -> usize {
         self.subscribers.len()
     }
+
+    /// How many subscribers listen and how many long-polls wait (a timed-out poll is
+    /// not counted, even before the next sweep drops its sender).
+    pub(crate) fn count(&self) -> AudienceCount {
+        AudienceCount {
+            subscribers: self.subscriber_count(),
+            waiters: self.waiters.iter().filter(|w| !w.is_closed()).count(),
+        }
+    }
 }
 
 impl SessionCommand for Subscribe {
@@ -258,15 +267,25 @@ impl SessionCommand for WaitChange {
     }
 }
 
-/// How many subscribers a live session has (for tests and metrics).
+/// Who is listening to a live session (for tests and metrics).
 #[derive(Message, Clone, Copy, Debug)]
-#[rtype(result = "Result<usize, SessionError>")]
-pub struct CountSubscribers;
+#[rtype(result = "Result<AudienceCount, SessionError>")]
+pub struct CountAudience;
 
-impl SessionCommand for CountSubscribers {
-    type Output = usize;
-    fn on_ended(&self, _: &SessionRecord, _: DateTime<Utc>) -> Result<usize, SessionError> {
-        Ok(0)
+/// The answer to [`CountAudience`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AudienceCount {
+    /// WebSocket subscribers.
+    pub subscribers: usize,
+    /// Parked long-polls.
+    pub waiters: usize,
+}
+
+impl SessionCommand for CountAudience {
+    type Output = AudienceCount;
+    fn on_ended(&self, _: &SessionRecord, _: DateTime<Utc>) -> Result<AudienceCount, SessionError> {
+        // An ended session has nobody left to tell.
+        Ok(AudienceCount::default())
     }
 }
 

@@ -15,7 +15,7 @@ use dashmap::DashMap;
 use crate::clock::SharedClock;
 use crate::commands::{Caller, Inspect, RotateToken, SessionCommand, Tick};
 use crate::delivery::{
-    Change, CountSubscribers, Push, Subscribe, Subscribed, SubscriberId, Unsubscribe, WaitChange,
+    Change, CountAudience, Push, Subscribe, Subscribed, SubscriberId, Unsubscribe, WaitChange,
 };
 use crate::error::SessionError;
 use crate::ids::{Seq, SessionId, TokenHash};
@@ -317,7 +317,12 @@ impl Registry {
 
     /// How many subscribers a session has (0 once it ended).
     pub async fn subscriber_count(&self, id: SessionId) -> Result<usize, SessionError> {
-        self.call(id, CountSubscribers).await
+        Ok(self.call(id, CountAudience).await?.subscribers)
+    }
+
+    /// How many long-polls wait on a session (0 once it ended).
+    pub async fn waiter_count(&self, id: SessionId) -> Result<usize, SessionError> {
+        Ok(self.call(id, CountAudience).await?.waiters)
     }
 
     /// Tells a foreign session token (`403`) from one that is no session's (`401`).

@@ -24,7 +24,8 @@ use crate::commands::{
     authorize, Cancel, Decide, InjectFault, Inspect, Plan, Retrieve, RotateToken, Tick,
 };
 use crate::delivery::{
-    check_after, Audience, Change, CountSubscribers, Subscribe, Subscribed, Unsubscribe, WaitChange,
+    check_after, Audience, AudienceCount, Change, CountAudience, Subscribe, Subscribed,
+    Unsubscribe, WaitChange,
 };
 use crate::error::SessionError;
 use crate::ids::SessionId;
@@ -505,10 +506,10 @@ impl Handler<WaitChange> for SessionActor {
     }
 }
 
-impl Handler<CountSubscribers> for SessionActor {
-    type Result = Result<usize, SessionError>;
+impl Handler<CountAudience> for SessionActor {
+    type Result = Result<AudienceCount, SessionError>;
 
-    fn handle(&mut self, _: CountSubscribers, _: &mut Context<Self>) -> Self::Result {
-        Ok(self.audience.subscriber_count())
+    fn handle(&mut self, _: CountAudience, _: &mut Context<Self>) -> Self::Result {
+        Ok(self.audience.count())
     }
 }

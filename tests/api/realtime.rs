@@ -373,17 +373,33 @@ async fn a_long_poll_answers_at_once_when_behind() {
     );
 }
 
+/// Waits until the session's actor holds a parked long-poll (bounded).
+async fn wait_until_polling(app: &TestApp, id: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while app.registry.waiter_count(session_id(id)).await.unwrap() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the long-poll never parked"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[actix_web::test]
 async fn a_long_poll_wakes_up_on_the_next_transition() {
     let app = spawn_app().await;
     let (id, token) = session(&app).await;
     let waiting = poll(&app, &id, &token, "wait=30");
     let drive = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        wait_until_polling(&app, &id).await;
         app.information(&id, "alice").await;
-        std::time::Instant::now()
     };
-    let (res, _) = tokio::join!(waiting, drive);
+    // Bounded well below the poll's 30 s: it answers on the transition, not the timeout.
+    let (res, ()) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(waiting, drive)
+    })
+    .await
+    .expect("the poll answered on the transition, not at its timeout");
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
     assert_eq!(
@@ -420,11 +436,15 @@ async fn a_long_poll_is_woken_by_expiry() {
     let (id, token) = session(&app).await;
     let waiting = poll(&app, &id, &token, "wait=30");
     let drive = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        wait_until_polling(&app, &id).await;
         app.clock.advance(chrono::Duration::seconds(601));
         app.registry.tick_all();
     };
-    let (res, ()) = tokio::join!(waiting, drive);
+    let (res, ()) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(waiting, drive)
+    })
+    .await
+    .expect("the poll answered on the expiry, not at its timeout");
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["status"], "expired");
 }

@@ -219,6 +219,30 @@ async fn webhook_counts(app: &TestApp, id: &str) -> Value {
     body["webhooks"].clone()
 }
 
+/// Waits until the outbox has recorded at least `n` delivery attempts for the
+/// session's first event (bounded).
+async fn wait_for_attempts(app: &TestApp, id: &str, n: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let conn = app.db_read();
+    loop {
+        let attempts: i64 = conn
+            .query_row(
+                "SELECT attempts FROM webhook_outbox WHERE session_id = ?1 AND seq = 2",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if attempts >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {attempts} attempts for {id}, wanted {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls the session's webhook counts until they equal `want` (bounded).
 async fn wait_for_counts(app: &TestApp, id: &str, want: Value) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -376,8 +400,8 @@ async fn an_event_for_a_receiver_that_is_down_arrives_once_it_is_up() {
     let app = spawn_app_with(with_webhooks).await;
     let id = create_with_callback(&app, &format!("http://{addr}/hooks")).await;
     assert_eq!(app.cancel(&id).await.status(), 200);
-    // Connection refused for a few attempts.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Connection refused, attempt after attempt: wait until a few were recorded.
+    wait_for_attempts(&app, &id, 3).await;
     assert_eq!(
         webhook_counts(&app, &id).await,
         json!({"pending": 1, "failed": 0})
@@ -491,7 +515,9 @@ async fn an_event_still_refused_after_the_give_up_time_is_counted_as_failed() {
         tries >= 2,
         "it was retried before giving up ({tries} tries)"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A negative: nothing may arrive during a window several retry periods long
+    // (the backoff here is 30 to 120 ms). The window observes; it synchronizes nothing.
+    tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
         receiver.hits().len(),
         tries,

@@ -4,6 +4,7 @@
 
 import { spawn } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, createWriteStream } from 'node:fs';
+import { createHmac } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -24,12 +25,12 @@ const BROKER_BIN = process.env.IDV_BROKER_BIN || join(root, 'target', 'debug', '
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 
 /**
- * Starts `idv-broker --demo` on a free port with a fresh database; resolves once it
- * printed `listening on http://…`. `stop()` sends SIGTERM and waits for the exit.
+ * Starts `idv-broker` (by default with `--demo`) on a free port with a fresh database;
+ * resolves once it printed `listening on http://…`. `stop()` sends SIGTERM and waits.
  */
-export async function startBroker(name) {
+export async function startBroker(name, { args = ['--demo'] } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'idv-e2e-'));
-  const child = spawn(BROKER_BIN, ['--demo', '--bind', '127.0.0.1:0', '--db', join(dir, 'db')], {
+  const child = spawn(BROKER_BIN, [...args, '--bind', '127.0.0.1:0', '--db', join(dir, 'db')], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' },
   });
@@ -189,4 +190,13 @@ export async function makeJpeg(page) {
   const buffer = Buffer.from(dataUrl.split(',')[1], 'base64');
   if (buffer[0] !== 0xff || buffer[1] !== 0xd8) throw new Error('canvas did not produce a JPEG');
   return buffer;
+}
+
+/** An HS256 device JWT, as a phone app's own backend would mint it for the broker. */
+export function deviceJwt(issuer, secret, sub, ttlSeconds = 600) {
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const now = Math.floor(Date.now() / 1000);
+  const unsigned = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ iss: issuer, sub, iat: now, exp: now + ttlSeconds })}`;
+  const sig = createHmac('sha256', secret).update(unsigned).digest('base64url');
+  return `${unsigned}.${sig}`;
 }

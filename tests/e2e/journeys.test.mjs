@@ -9,6 +9,7 @@ import {
   PHONE,
   TIMEOUT,
   assertAccessible,
+  deviceJwt,
   launchBrowser,
   makeJpeg,
   shot,
@@ -323,6 +324,91 @@ describe('the QR journey in real Chromium', () => {
       await shot(w.desktop, 'longpoll-5-desktop-confirmed');
     } finally {
       await w.close();
+    }
+  });
+
+  test('without demo mode the device page takes its token from #token=, explains upload errors in words and follows redirect_url', async () => {
+    const apiKey = 'e2e-api-key-0123456789';
+    const secret = 'e2e-issuer-secret-0123456789';
+    const broker = await startBroker('app', {
+      args: ['--api-key', `Example Bank=${apiKey}`, '--issuer', `e2e-phone=${secret}`],
+    });
+    const contexts = [];
+    const watchers = [];
+    try {
+      // The app backend opens the session with its key.
+      const created = await fetch(`${broker.baseUrl}/v1/sessions`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', 'X-Api-Key': apiKey },
+        body: JSON.stringify({
+          scopes: ['full_name', 'selfie'],
+          registration: { full_name: 'Grace Hopper' },
+          redirect_url: `${broker.baseUrl}/healthz`,
+        }),
+      });
+      assert.equal(created.status, 201);
+      const session = await created.json();
+      assert.equal((await fetch(`${broker.baseUrl}/demo`)).status, 404, 'no demo without --demo');
+
+      // Without a token and without demo mode, the page says what it needs.
+      const bare = await browser.newContext(PHONE);
+      contexts.push(bare);
+      const lost = await bare.newPage();
+      watchers.push(await watch(lost, 'phone without token', { allow: [/status of 404 .*\/demo\/api\/device-token/] }));
+      await lost.goto(session.url);
+      await lost.getByTestId('problem').waitFor({ state: 'visible', timeout: TIMEOUT });
+      assert.match(await lost.getByTestId('problem').textContent(), /#token=/);
+      await assertAccessible(lost, '/verify without a token');
+      await shot(lost, 'app-1-phone-no-token');
+
+      // With the app's device token in the fragment.
+      const ctx = await browser.newContext(PHONE);
+      contexts.push(ctx);
+      const phone = await ctx.newPage();
+      watchers.push(
+        await watch(phone, 'phone with #token=', {
+          allow: [new RegExp(`status of 415 .*/v1/sessions/${session.session_id}/files/selfie`)],
+        })
+      );
+      await phone.goto(`${session.url}#token=${deviceJwt('e2e-phone', secret, 'user-42')}`);
+      await phone.getByTestId('scopes').waitFor({ state: 'visible', timeout: TIMEOUT });
+      assert.equal(await phone.getByTestId('requester').textContent(), 'Example Bank');
+      assert.equal(await phone.getByLabel('Full name').inputValue(), 'Grace Hopper');
+      assert.equal(await phone.evaluate(() => location.hash), '', 'the token left the address bar');
+      // A reload keeps the same device (the token is kept for this tab only).
+      await phone.reload();
+      await phone.getByTestId('scopes').waitFor({ state: 'visible', timeout: TIMEOUT });
+
+      // Approve with the selfie missing: told in words, focus on the missing field.
+      await phone.getByTestId('approve').click();
+      await phone.getByRole('alert').filter({ hasText: 'One thing is missing' }).waitFor({ timeout: TIMEOUT });
+      assert.equal(await phone.evaluate(() => document.activeElement?.getAttribute('data-testid')), 'file-selfie');
+      await shot(phone, 'app-2-phone-missing');
+
+      const selfie = phone.getByTestId('file-selfie');
+      const state = phone.getByTestId('upload-selfie');
+      // Bytes that are not an image: the broker answers 415, the page says it in words.
+      await selfie.setInputFiles({ name: 'selfie.jpg', mimeType: 'image/jpeg', buffer: Buffer.from('not a photo at all') });
+      await state.filter({ hasText: 'not a JPEG or PNG image' }).waitFor({ timeout: TIMEOUT });
+      // Larger than the broker takes: refused before any byte is sent.
+      const big = Buffer.alloc(5 * 1024 * 1024 + 1, 0);
+      big.set([0xff, 0xd8, 0xff, 0xe0]);
+      await selfie.setInputFiles({ name: 'huge.jpg', mimeType: 'image/jpeg', buffer: big });
+      await state.filter({ hasText: 'the limit is 5 MB' }).waitFor({ timeout: TIMEOUT });
+      await assertAccessible(phone, '/verify with upload errors');
+      await shot(phone, 'app-3-phone-upload-errors');
+
+      // Deny: the page follows the session's redirect_url with session_id and status added.
+      await phone.getByTestId('deny').click();
+      await phone.waitForURL(/\/healthz\?/, { timeout: TIMEOUT });
+      const landed = new URL(phone.url());
+      assert.equal(landed.searchParams.get('session_id'), session.session_id);
+      assert.equal(landed.searchParams.get('status'), 'declined');
+
+      for (const w of watchers) w.assertClean();
+    } finally {
+      for (const c of contexts) await c.close().catch(() => {});
+      await broker.stop();
     }
   });
 });

@@ -170,7 +170,8 @@
           session = s;
           lastSeq = typeof s.seq === 'number' ? s.seq : null;
           safe(cb.onSession, [session]);
-          safe(cb.onStatus, [s.status || 'initialized', session]);
+          // Without a known seq the first snapshot or poll answer brings the status.
+          if (lastSeq !== null) safe(cb.onStatus, [s.status || 'initialized', session]);
           renderQr(gen);
           connect(gen);
         },
@@ -386,8 +387,8 @@
         '/v1/sessions/' +
         encodeURIComponent(s.session_id) +
         '/status?wait=' +
-        pollWaitSeconds +
-        (lastSeq !== null ? '&after_seq=' + lastSeq : '');
+        // Without a known seq, ask for the current state at once (after_seq defaults to it).
+        (lastSeq !== null ? pollWaitSeconds + '&after_seq=' + lastSeq : '0');
       fetch(url, {
         headers: { Authorization: 'Bearer ' + s.session_token },
         cache: 'no-store',

@@ -107,7 +107,8 @@
   function sizeInWords(bytes) {
     if (bytes < 1024) return bytes + ' bytes';
     if (bytes < 1024 * 1024) return Math.round(bytes / 1024) + ' KB';
-    return (bytes / (1024 * 1024)).toFixed(1) + ' MB';
+    // Rounded up, so a file just over the limit never reads as "5.0 MB".
+    return (Math.ceil((bytes / (1024 * 1024)) * 10) / 10).toFixed(1) + ' MB';
   }
 
   /** What an HTTP error means for the person holding the phone. */
@@ -388,7 +389,7 @@
     if (file.size > MAX_UPLOAD_BYTES) {
       up.state = 'error';
       state.className = 'upload-state error';
-      state.textContent = 'This photo is ' + sizeInWords(file.size) + '; the limit is 5 MB. Choose a smaller one.';
+      state.textContent = 'This photo is too large (' + sizeInWords(file.size) + '): the limit is 5 MB. Choose a smaller one.';
       return;
     }
     up.previewUrl = URL.createObjectURL(file);
@@ -553,6 +554,10 @@
       return;
     }
     send('approve', c.shared);
+  });
+  // A summary of what was missing is stale once the person changes anything.
+  els.form.addEventListener('change', function () {
+    els.summary.hidden = true;
   });
   els.deny.addEventListener('click', function () {
     if (!info || finished) return;

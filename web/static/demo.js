@@ -21,6 +21,7 @@
   var sharedEl = $('shared-data');
   var filesEl = $('files');
   var startNote = $('start-note');
+  var qrDone = $('qr-done');
 
   var flow = null;
   var sessionsSeen = 0;
@@ -82,6 +83,9 @@
   }
 
   function showOutcome(text, kind) {
+    // The code belongs to a finished session: nobody should scan it any more.
+    qr.classList.add('is-finished');
+    qrDone.hidden = false;
     outcome.hidden = false;
     outcome.className = 'card outcome outcome-' + kind;
     outcomeText.textContent = text;
@@ -134,6 +138,8 @@
     decisionEl.hidden = true;
     refreshNote.hidden = true;
     qrCard.hidden = false;
+    qr.classList.remove('is-finished');
+    qrDone.hidden = true;
     qr.setAttribute('aria-busy', 'true');
     transportEl.textContent = 'connecting';
 

@@ -122,7 +122,7 @@ pub struct Settings {
     /// How long a graceful stop waits for in-flight requests.
     pub shutdown_timeout: Duration,
     /// WebSocket heartbeat timings and bounds.
-    pub ws: idv_web::ws::WsConfig,
+    pub ws: idv_web::state::WsConfig,
     /// Most bytes of uploads held in memory (staged until approve, or streaming in).
     pub max_staged_bytes: usize,
     /// How long a confirmed session keeps its shared data and files after the decision.
@@ -150,7 +150,7 @@ impl Settings {
             max_live_sessions: idv_actors::registry::RegistryConfig::default().max_live_sessions,
             workers: None,
             shutdown_timeout: Duration::from_secs(30),
-            ws: idv_web::ws::WsConfig::default(),
+            ws: idv_web::state::WsConfig::default(),
             max_staged_bytes: idv_actors::staging::DEFAULT_MAX_STAGED_BYTES,
             retention: idv_actors::retention::DEFAULT_RETENTION,
             retention_sweep_every: idv_actors::retention::DEFAULT_SWEEP_EVERY,

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 
 use actix::{Actor as _, Addr};
-use actix_web::dev::{Server, ServerHandle};
+use actix_web::dev::Server;
 use idv_actors::credentials::{ApiKeys, Issuers};
 use idv_actors::ids::SessionToken;
 use idv_actors::registry::{Registry, RegistryConfig};
@@ -201,11 +201,6 @@ impl Application {
     /// The retention sweeper (send it [`Sweep`](idv_actors::retention::Sweep) to sweep now).
     pub fn sweeper(&self) -> Addr<RetentionSweeper> {
         self.sweeper.clone()
-    }
-
-    /// A handle to stop the HTTP server.
-    pub fn server_handle(&self) -> ServerHandle {
-        self.server.handle()
     }
 
     /// Serves until `shutdown` resolves, then stops in order: close WebSockets with 1001

@@ -1,8 +1,6 @@
 //! The credentials of SPEC §1: backend API keys and device JWTs.
 //! (Session tokens are [`crate::ids::SessionToken`].)
 
-use std::collections::HashSet;
-
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -145,16 +143,6 @@ impl Issuers {
         let data = jsonwebtoken::decode::<DeviceClaims>(token, key, &validation)
             .map_err(|_| JwtError::Invalid)?;
         UserId::parse(&data.claims.sub).ok_or(JwtError::BadSubject)
-    }
-
-    /// Whether `iss` is trusted.
-    pub fn trusts(&self, iss: &str) -> bool {
-        self.issuers.iter().any(|(i, _)| i == iss)
-    }
-
-    /// The names of the trusted issuers.
-    pub fn names(&self) -> HashSet<&str> {
-        self.issuers.iter().map(|(i, _)| i.as_str()).collect()
     }
 }
 

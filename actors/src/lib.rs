@@ -6,7 +6,6 @@
 //! - [`session`]: the session actor (state, seq, expiry timer).
 //! - [`delivery`]: a session's subscribers and long-poll waiters; push after commit.
 //! - [`registry`]: live actors by session id; rehydration and replacement.
-//! - [`store`]: SQLite with a group-committing writer thread.
 //! - [`staging`]: uploads held in memory until approve, under a broker-wide budget.
 //! - [`retention`]: the sweeper that purges confirmed sessions' data after retention.
 //! - [`store`]: SQLite with a group-committing writer thread, and the webhook outbox.

@@ -3,6 +3,7 @@
 use idv_actors::credentials::{ApiKeys, Issuers};
 use idv_actors::ids::SessionId;
 use idv_actors::registry::Registry;
+use std::time::Duration;
 
 /// Bounds on `ttl_seconds` (SPEC §3: default 600, allowed 30..=86400).
 #[derive(Clone, Copy, Debug)]
@@ -25,6 +26,30 @@ impl Default for TtlBounds {
     }
 }
 
+/// WebSocket timings and bounds.
+#[derive(Clone, Copy, Debug)]
+pub struct WsConfig {
+    /// How often the server pings (SPEC: 10 s).
+    pub ping_interval: Duration,
+    /// A peer silent this long is dropped (SPEC: 30 s).
+    pub client_timeout: Duration,
+    /// Largest frame accepted from a client; larger closes with a policy error.
+    pub max_frame: usize,
+    /// Pushes queued for one subscriber before the session drops it as too slow.
+    pub mailbox: usize,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(10),
+            client_timeout: Duration::from_secs(30),
+            max_frame: 4 * 1024,
+            mailbox: 16,
+        }
+    }
+}
+
 /// The state shared by every handler, wrapped in `web::Data`.
 #[derive(Clone)]
 pub struct AppState {
@@ -39,7 +64,7 @@ pub struct AppState {
     /// Accepted `ttl_seconds`.
     pub ttl: TtlBounds,
     /// WebSocket timings and bounds.
-    pub ws: crate::ws::WsConfig,
+    pub ws: WsConfig,
     /// Turns `true` when the broker starts shutting down: WebSockets close with 1001
     /// and long-polls answer at once.
     pub shutdown: tokio::sync::watch::Receiver<bool>,

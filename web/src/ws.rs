@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -24,31 +24,7 @@ use tokio::sync::watch;
 use crate::auth::BrowserClient;
 use crate::error::ApiError;
 use crate::routes::session_id;
-use crate::state::AppState;
-
-/// WebSocket timings and bounds.
-#[derive(Clone, Copy, Debug)]
-pub struct WsConfig {
-    /// How often the server pings (SPEC: 10 s).
-    pub ping_interval: Duration,
-    /// A peer silent this long is dropped (SPEC: 30 s).
-    pub client_timeout: Duration,
-    /// Largest frame accepted from a client; larger closes with a policy error.
-    pub max_frame: usize,
-    /// Pushes queued for one subscriber before the session drops it as too slow.
-    pub mailbox: usize,
-}
-
-impl Default for WsConfig {
-    fn default() -> Self {
-        Self {
-            ping_interval: Duration::from_secs(10),
-            client_timeout: Duration::from_secs(30),
-            max_frame: 4 * 1024,
-            mailbox: 16,
-        }
-    }
-}
+use crate::state::{AppState, WsConfig};
 
 /// `?after_seq=N` (and the `token` the auth extractor reads).
 #[derive(Debug, Deserialize)]

@@ -126,7 +126,6 @@ struct Inner {
     writer: Mutex<Option<Sender<Box<dyn Job>>>>,
     readers: Mutex<Option<Sender<readers::ReadJob>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    path: PathBuf,
     /// Handed to every write job, so that `apply_transition` can enqueue webhooks.
     webhooks: Option<Arc<WebhookRoute>>,
     /// Woken after a commit that enqueued a webhook event. `Notify` keeps one permit
@@ -194,16 +193,10 @@ impl Store {
                 writer: Mutex::new(Some(wtx)),
                 readers: Mutex::new(Some(rtx)),
                 threads: Mutex::new(threads),
-                path: config.path.clone(),
                 webhooks: config.webhooks.clone().map(Arc::new),
                 webhook_wake: Arc::new(tokio::sync::Notify::new()),
             }),
         })
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
     }
 
     /// Runs `f` in the next group-committed transaction and answers once it is durable.

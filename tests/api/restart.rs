@@ -364,3 +364,59 @@ async fn an_unusable_database_exits_2_with_one_line_on_stderr() {
         assert_one_line(&stderr);
     }
 }
+
+#[actix_web::test]
+async fn a_purge_cut_short_by_kill_9_is_gone_from_every_file_before_the_restart_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("broker.db");
+    let client = http_client();
+    // The broker scrubs the WAL 500 ms after a purge; a kill -9 slower than that finds
+    // nothing left to prove. Try until the kill lands while the marker is still on disk.
+    let mut left_by_the_crash = None;
+    for _ in 0..5 {
+        let marker = format!("wal-marker-{}", uuid::Uuid::new_v4().simple());
+        let mut broker = start_broker(&db).await;
+        let res = client
+            .post(format!("{}/v1/sessions", broker.address))
+            .header("X-Api-Key", API_KEY)
+            .json(&json!({"scopes": ["full_name"], "registration": {"first_name": marker}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        let id = res.json::<Value>().await.unwrap()["session_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let res = client
+            .delete(format!("{}/v1/sessions/{id}", broker.address))
+            .header("X-Api-Key", API_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        broker.child.kill().await.unwrap();
+        if !crate::custody::files_containing(dir.path(), &marker).is_empty() {
+            left_by_the_crash = Some(marker);
+            break;
+        }
+    }
+    let marker =
+        left_by_the_crash.expect("a kill -9 right after the cancel left the marker in the WAL");
+
+    // Once the restarted broker listens, no file holds the marker: not the database,
+    // not its -wal, not its -shm.
+    let mut broker = start_broker(&db).await;
+    let found = crate::custody::files_containing(dir.path(), &marker);
+    assert!(
+        found.is_empty(),
+        "{marker} survived the restart in {found:?}"
+    );
+    let res = client
+        .get(format!("{}/readyz", broker.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    broker.child.kill().await.unwrap();
+}

@@ -5,12 +5,14 @@
 
 mod helpers;
 
+mod caching;
 mod concurrency;
 mod credentials;
 mod custody;
 mod expiry;
 mod idempotency;
 mod journeys;
+mod json_depth;
 mod realtime;
 mod restart;
 mod rules;

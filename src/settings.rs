@@ -9,6 +9,9 @@ use idv_actors::credentials::parse_pair;
 use idv_actors::webhooks::WebhookConfig;
 use idv_web::TtlBounds;
 
+/// Shortest API key or issuer secret accepted (SPEC §6).
+pub const MIN_SECRET_BYTES: usize = 16;
+
 /// idv-broker: a real-time identity-verification session broker.
 #[derive(Debug, Parser)]
 #[command(
@@ -188,6 +191,8 @@ impl Settings {
         let api_keys = pairs(list(args.api_keys, "IDVB_API_KEYS"), "--api-key")?;
         let issuers = pairs(list(args.issuers, "IDVB_ISSUERS"), "--issuer")?;
         let webhook_secrets = list(args.webhook_secrets, "IDVB_WEBHOOK_SECRET");
+        check_credentials("--api-key", "key", &api_keys)?;
+        check_credentials("--issuer", "secret", &issuers)?;
         if args.demo {
             return Err(
                 "--demo: the demo pages (/demo, /verify) are not part of this version".into(),
@@ -239,6 +244,29 @@ impl Settings {
     }
 }
 
+/// Refuses weak or ambiguous credentials (SPEC §6): a key or secret shorter than
+/// [`MIN_SECRET_BYTES`], or two under the same name. `secret` is what the value is
+/// called ("key", "secret"). Errors name the flag and the name, never the value.
+pub fn check_credentials(
+    flag: &str,
+    secret: &str,
+    pairs: &[(String, String)],
+) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for (name, value) in pairs {
+        if !seen.insert(name.as_str()) {
+            return Err(format!("{flag}: the name {name:?} is given twice"));
+        }
+        if value.len() < MIN_SECRET_BYTES {
+            return Err(format!(
+                "{flag}: the {secret} of {name:?} is {} bytes; at least {MIN_SECRET_BYTES} are needed",
+                value.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser as _;
@@ -260,26 +288,37 @@ mod tests {
         let s = settings(
             &[],
             &[
-                ("IDVB_API_KEYS", "A=1,B=2"),
+                ("IDVB_API_KEYS", "A=key-one-0123456789,B=key-two-0123456789"),
                 ("IDVB_WEBHOOK_SECRET", "new,old"),
             ],
         )
         .unwrap();
         assert_eq!(
             s.api_keys,
-            vec![("A".into(), "1".into()), ("B".into(), "2".into())]
+            vec![
+                ("A".into(), "key-one-0123456789".into()),
+                ("B".into(), "key-two-0123456789".into())
+            ]
         );
         assert_eq!(s.webhook_secrets, vec!["new".to_owned(), "old".to_owned()]);
         let s = settings(&["--webhook-secret", "with,comma"], &[]).unwrap();
         assert_eq!(s.webhook_secrets, vec!["with,comma".to_owned()]);
         let s = settings(
-            &["--api-key", "A=k,ey", "--api-key", "B=2"],
-            &[("IDVB_API_KEYS", "C=3")],
+            &[
+                "--api-key",
+                "A=key,one-0123456789",
+                "--api-key",
+                "B=key-two-0123456789",
+            ],
+            &[("IDVB_API_KEYS", "C=key-three-0123456789")],
         )
         .unwrap();
         assert_eq!(
             s.api_keys,
-            vec![("A".into(), "k,ey".into()), ("B".into(), "2".into())]
+            vec![
+                ("A".into(), "key,one-0123456789".into()),
+                ("B".into(), "key-two-0123456789".into())
+            ]
         );
     }
 
@@ -311,5 +350,75 @@ mod tests {
             .expect("refused")
             .contains("--demo"));
         assert!(settings(&[], &[]).is_ok());
+    }
+
+    #[test]
+    fn keys_and_issuer_secrets_shorter_than_16_bytes_are_refused_without_echoing_them() {
+        let err = settings(&["--api-key", "Acme=short-key"], &[])
+            .err()
+            .expect("refused");
+        assert!(err.contains("--api-key") && err.contains("Acme"), "{err}");
+        assert!(!err.contains("short-key"), "{err}");
+        let err = settings(&[], &[("IDVB_ISSUERS", "phone-app=15-bytes-secret")])
+            .err()
+            .expect("refused");
+        assert!(
+            err.contains("--issuer") && err.contains("phone-app"),
+            "{err}"
+        );
+        assert!(!err.contains("15-bytes-secret"), "{err}");
+        // 16 bytes is enough; bytes are counted, not characters.
+        assert!(settings(
+            &[
+                "--api-key",
+                "Acme=0123456789abcdef",
+                "--issuer",
+                "phone-app=0123456789abcdef"
+            ],
+            &[]
+        )
+        .is_ok());
+        assert!(settings(&["--api-key", "Acme=ééééééé-ab"], &[]).is_ok());
+        assert!(settings(&["--api-key", "Acme=éééééé-ab"], &[]).is_err());
+    }
+
+    #[test]
+    fn two_api_keys_or_two_issuers_with_the_same_name_are_refused() {
+        let err = settings(
+            &[
+                "--api-key",
+                "Acme=first-key-0123456789",
+                "--api-key",
+                "Acme=second-key-0123456789",
+            ],
+            &[],
+        )
+        .err()
+        .expect("refused");
+        assert!(err.contains("--api-key") && err.contains("Acme"), "{err}");
+        let err = settings(
+            &[],
+            &[(
+                "IDVB_ISSUERS",
+                "phone-app=first-secret-0123,phone-app=second-secret-0123",
+            )],
+        )
+        .err()
+        .expect("refused");
+        assert!(
+            err.contains("--issuer") && err.contains("phone-app"),
+            "{err}"
+        );
+        // An API key and an issuer may share a name: they are different roles.
+        assert!(settings(
+            &[
+                "--api-key",
+                "Acme=first-key-0123456789",
+                "--issuer",
+                "Acme=first-secret-0123",
+            ],
+            &[],
+        )
+        .is_ok());
     }
 }

@@ -13,7 +13,7 @@ use idv_actors::webhooks::dispatcher::DispatcherError;
 use idv_actors::webhooks::{Dispatcher, Shutdown, Signer};
 use idv_web::{AppState, ServerConfig};
 
-use crate::settings::Settings;
+use crate::settings::{check_credentials, Settings};
 
 /// How often the registry looks for overdue sessions whose actor did not expire them.
 const EXPIRY_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -21,6 +21,9 @@ const EXPIRY_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis
 /// Why the broker could not start (all exit code 2).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// Weak or ambiguous credentials (SPEC §6).
+    #[error("{0}")]
+    Config(String),
     /// The database cannot be opened or migrated.
     #[error("cannot use the database {path}: {source}")]
     Database {
@@ -62,6 +65,10 @@ impl Application {
     /// restores the live sessions' actors, then binds. Nothing listens before the
     /// store is consistent.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        // Checked here as well as when flags are parsed, so no embedder (or test) runs
+        // a broker with credentials the binary would refuse.
+        check_credentials("--api-key", "key", &settings.api_keys).map_err(StartError::Config)?;
+        check_credentials("--issuer", "secret", &settings.issuers).map_err(StartError::Config)?;
         idv_actors::webhooks::install_crypto_provider();
         let db_error = |source| StartError::Database {
             path: settings.db.display().to_string(),

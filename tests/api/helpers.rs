@@ -11,11 +11,12 @@ use idv_actors::registry::Registry;
 use idv_broker::{Application, Settings};
 use serde_json::{json, Value};
 
-/// The backend key every test app accepts, and its name.
-pub const API_KEY: &str = "test-key-1";
+/// The backend key every test app accepts, and its name. Keys and secrets are at least
+/// 16 bytes: the broker refuses shorter ones.
+pub const API_KEY: &str = "test-key-1-acme-bank";
 pub const API_KEY_NAME: &str = "Acme Bank";
 /// A second backend, to prove isolation.
-pub const OTHER_API_KEY: &str = "test-key-2";
+pub const OTHER_API_KEY: &str = "test-key-2-other-corp";
 /// The trusted device issuer and its secret.
 pub const ISSUER: &str = "phone-app";
 pub const ISSUER_SECRET: &str = "issuer-secret-for-tests";

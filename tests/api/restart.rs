@@ -356,13 +356,68 @@ async fn an_unusable_database_exits_2_with_one_line_on_stderr() {
             "--db",
             db.to_str().unwrap(),
             "--api-key",
-            "a=b",
+            &format!("{API_KEY_NAME}={API_KEY}"),
         ])
         .await;
         assert_eq!(code, Some(2), "{}: {stderr}", db.display());
         assert!(!stdout.contains("listening on"));
         assert_one_line(&stderr);
     }
+}
+
+#[actix_web::test]
+async fn weak_or_ambiguous_credentials_exit_2_with_one_line_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("weak.db");
+    let db = db.to_str().unwrap();
+    let good_key = format!("{API_KEY_NAME}={API_KEY}");
+    let good_issuer = format!("{ISSUER}={ISSUER_SECRET}");
+    let cases: [(&str, Vec<&str>); 4] = [
+        (
+            "a 15-byte API key",
+            vec!["--api-key", "Acme=fifteen-bytes", "--issuer", &good_issuer],
+        ),
+        (
+            "a 15-byte issuer secret",
+            vec![
+                "--api-key",
+                &good_key,
+                "--issuer",
+                "phone-app=fifteen-bytes",
+            ],
+        ),
+        (
+            "two API keys named alike",
+            vec![
+                "--api-key",
+                &good_key,
+                "--api-key",
+                "Acme Bank=another-key-0123456789",
+            ],
+        ),
+        (
+            "two issuers named alike",
+            vec![
+                "--issuer",
+                &good_issuer,
+                "--issuer",
+                "phone-app=another-secret-0123456789",
+            ],
+        ),
+    ];
+    for (why, creds) in cases {
+        let mut args = vec!["--bind", "127.0.0.1:0", "--db", db];
+        args.extend(creds);
+        let (code, stdout, stderr) = run_broker(&args).await;
+        assert_eq!(code, Some(2), "{why}: {stderr}");
+        assert!(!stdout.contains("listening on"), "{why}");
+        assert_one_line(&stderr);
+        assert!(!stderr.contains("fifteen-bytes"), "{why}: {stderr}");
+    }
+    assert!(
+        !Path::new(db).exists(),
+        "refused before the database is touched"
+    );
 }
 
 #[actix_web::test]

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::ids::UserId;
+use crate::ids::{DeviceId, UserId};
 
 /// Accepted clock skew on a device JWT's `exp` (SPEC §5).
 pub const JWT_LEEWAY_SECS: u64 = 60;
@@ -122,8 +122,8 @@ impl Issuers {
 
     /// Verifies a device JWT: HS256 only (the header's `alg` is pinned, `none` refused),
     /// a trusted `iss` checked with that issuer's secret, `exp` required (60 s leeway),
-    /// and a `sub` that is a valid user id.
-    pub fn verify(&self, token: &str) -> Result<UserId, JwtError> {
+    /// and a `sub` that is a valid user id. The device is the issuer and `sub` together.
+    pub fn verify(&self, token: &str) -> Result<DeviceId, JwtError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
         if header.alg != Algorithm::HS256 {
             return Err(JwtError::Malformed);
@@ -144,7 +144,8 @@ impl Issuers {
         validation.validate_aud = false;
         let data = jsonwebtoken::decode::<DeviceClaims>(token, key, &validation)
             .map_err(|_| JwtError::Invalid)?;
-        UserId::parse(&data.claims.sub).ok_or(JwtError::BadSubject)
+        let user_id = UserId::parse(&data.claims.sub).ok_or(JwtError::BadSubject)?;
+        Ok(DeviceId::new(iss.as_str(), user_id))
     }
 
     /// Whether `iss` is trusted.
@@ -194,9 +195,17 @@ mod tests {
     #[test]
     fn a_token_from_a_trusted_issuer_yields_its_sub() {
         let jwt = mint_device_jwt("phone-app", "s3cret", "alice", 60).unwrap();
-        assert_eq!(issuers().verify(&jwt).unwrap().as_str(), "alice");
-        let jwt = mint_device_jwt("other", "other-secret", "bob", 60).unwrap();
-        assert_eq!(issuers().verify(&jwt).unwrap().as_str(), "bob");
+        let device = issuers().verify(&jwt).unwrap();
+        assert_eq!(
+            (device.issuer.as_str(), device.user_id.as_str()),
+            ("phone-app", "alice")
+        );
+        let jwt = mint_device_jwt("other", "other-secret", "alice", 60).unwrap();
+        let device = issuers().verify(&jwt).unwrap();
+        assert_eq!(
+            (device.issuer.as_str(), device.user_id.as_str()),
+            ("other", "alice")
+        );
     }
 
     #[test]

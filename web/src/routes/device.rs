@@ -19,7 +19,7 @@ pub async fn information(
     let id = session_id(&path)?;
     let session = state
         .registry
-        .call(id, Retrieve { device: device.sub })
+        .call(id, Retrieve { device: device.id })
         .await?;
     Ok(ok_no_store().json(Information::from(&session)))
 }
@@ -38,7 +38,7 @@ pub async fn update(
         .call(
             id,
             Decide {
-                device: device.sub,
+                device: device.id,
                 answer,
             },
         )

@@ -5,9 +5,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use idv_actors::clock::{SharedClock, SystemClock};
-use idv_actors::credentials::parse_pair;
+use idv_actors::credentials::{parse_pair, MAX_TOKEN_LIFETIME_SECS};
 use idv_actors::webhooks::WebhookConfig;
 use idv_web::TtlBounds;
+
+/// Longest `--ttl` of the `token` subcommand: what the broker accepts.
+const MAX_TOKEN_TTL: u64 = MAX_TOKEN_LIFETIME_SECS;
 
 /// Shortest API key or issuer secret accepted (SPEC §6).
 pub const MIN_SECRET_BYTES: usize = 16;
@@ -38,9 +41,12 @@ pub enum Command {
         /// The user id (`sub`).
         #[arg(long)]
         sub: String,
-        /// Lifetime in seconds.
-        #[arg(long, default_value_t = 3600)]
+        /// Lifetime in seconds; the broker refuses tokens valid for more than 24 h.
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=MAX_TOKEN_TTL))]
         ttl: u64,
+        /// The audience (`aud`), for a broker started with --audience.
+        #[arg(long, value_name = "AUD")]
+        audience: Option<String>,
     },
 }
 
@@ -83,6 +89,9 @@ pub struct RunArgs {
     /// Most MiB of uploads held in memory across the broker before approve.
     #[arg(long, env = "IDVB_MAX_STAGED_MIB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(5..=65536))]
     pub max_staged_mib: u32,
+    /// Device JWTs must carry this in `aud`.
+    #[arg(long, env = "IDVB_AUDIENCE", value_name = "AUD")]
+    pub audience: Option<String>,
 }
 
 /// Everything the application needs to start.
@@ -98,6 +107,8 @@ pub struct Settings {
     pub api_keys: Vec<(String, String)>,
     /// (issuer, secret) pairs.
     pub issuers: Vec<(String, String)>,
+    /// The audience device JWTs must name in `aud`; `None`: `aud` is not checked.
+    pub audience: Option<String>,
     /// Default webhook URL.
     pub webhook_url: Option<String>,
     /// Signing secrets, newest first.
@@ -137,6 +148,7 @@ impl Settings {
             public_url: None,
             api_keys: Vec::new(),
             issuers: Vec::new(),
+            audience: None,
             webhook_url: None,
             webhook_secrets: Vec::new(),
             webhooks: WebhookConfig::default(),
@@ -193,6 +205,13 @@ impl Settings {
         let webhook_secrets = list(args.webhook_secrets, "IDVB_WEBHOOK_SECRET");
         check_credentials("--api-key", "key", &api_keys)?;
         check_credentials("--issuer", "secret", &issuers)?;
+        if args
+            .audience
+            .as_deref()
+            .is_some_and(|a| a.trim().is_empty())
+        {
+            return Err("--audience must not be empty".into());
+        }
         if args.demo {
             return Err(
                 "--demo: the demo pages (/demo, /verify) are not part of this version".into(),
@@ -233,6 +252,7 @@ impl Settings {
             public_url: args.public_url.map(|u| u.trim_end_matches('/').to_owned()),
             api_keys,
             issuers,
+            audience: args.audience,
             webhook_url: args.webhook_url,
             webhook_secrets,
             rate_limit: args.rate_limit,
@@ -420,5 +440,13 @@ mod tests {
             &[],
         )
         .is_ok());
+    }
+
+    #[test]
+    fn an_audience_is_taken_from_its_flag_and_may_not_be_blank() {
+        assert_eq!(settings(&[], &[]).unwrap().audience, None);
+        let s = settings(&["--audience", "idv-broker"], &[]).unwrap();
+        assert_eq!(s.audience.as_deref(), Some("idv-broker"));
+        assert!(settings(&["--audience", " "], &[]).is_err());
     }
 }

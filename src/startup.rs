@@ -137,6 +137,9 @@ impl Application {
         for (iss, secret) in &settings.issuers {
             issuers.add(iss, secret);
         }
+        if let Some(audience) = &settings.audience {
+            issuers.require_audience(audience);
+        }
         let state = AppState {
             registry: registry.clone(),
             api_keys,

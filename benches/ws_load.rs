@@ -33,7 +33,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-const API_KEY: &str = "bench-key";
+const API_KEY: &str = "bench-key-0123456789";
 const ISSUER: &str = "bench-issuer";
 const ISSUER_SECRET: &str = "bench-issuer-secret";
 /// Handshakes (and session creations) in flight at once: enough to keep both cores busy,

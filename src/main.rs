@@ -36,9 +36,17 @@ fn main() -> ExitCode {
         issuer: (iss, secret),
         sub,
         ttl,
+        audience,
     }) = cli.command
     {
-        return match idv_actors::credentials::mint_device_jwt(&iss, &secret, &sub, ttl) {
+        let minted = idv_actors::credentials::mint_device_jwt_for(
+            &iss,
+            &secret,
+            &sub,
+            ttl,
+            audience.as_deref(),
+        );
+        return match minted {
             Ok(jwt) => {
                 println!("{jwt}");
                 ExitCode::SUCCESS

@@ -5,9 +5,15 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use idv_actors::clock::{SharedClock, SystemClock};
-use idv_actors::credentials::parse_pair;
+use idv_actors::credentials::{parse_pair, MAX_TOKEN_LIFETIME_SECS};
 use idv_actors::webhooks::WebhookConfig;
 use idv_web::TtlBounds;
+
+/// Longest `--ttl` of the `token` subcommand: what the broker accepts.
+const MAX_TOKEN_TTL: u64 = MAX_TOKEN_LIFETIME_SECS;
+
+/// Shortest API key or issuer secret accepted (SPEC §6).
+pub const MIN_SECRET_BYTES: usize = 16;
 
 /// idv-broker: a real-time identity-verification session broker.
 #[derive(Debug, Parser)]
@@ -35,9 +41,12 @@ pub enum Command {
         /// The user id (`sub`).
         #[arg(long)]
         sub: String,
-        /// Lifetime in seconds.
-        #[arg(long, default_value_t = 3600)]
+        /// Lifetime in seconds; the broker refuses tokens valid for more than 24 h.
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=MAX_TOKEN_TTL))]
         ttl: u64,
+        /// The audience (`aud`), for a broker started with --audience.
+        #[arg(long, value_name = "AUD")]
+        audience: Option<String>,
     },
 }
 
@@ -80,6 +89,9 @@ pub struct RunArgs {
     /// Most MiB of uploads held in memory across the broker before approve.
     #[arg(long, env = "IDVB_MAX_STAGED_MIB", default_value_t = 256, value_parser = clap::value_parser!(u32).range(5..=65536))]
     pub max_staged_mib: u32,
+    /// Device JWTs must carry this in `aud`.
+    #[arg(long, env = "IDVB_AUDIENCE", value_name = "AUD")]
+    pub audience: Option<String>,
 }
 
 /// The name of the API key that demo mode makes for itself (`requester.name` on the
@@ -101,6 +113,8 @@ pub struct Settings {
     pub api_keys: Vec<(String, String)>,
     /// (issuer, secret) pairs.
     pub issuers: Vec<(String, String)>,
+    /// The audience device JWTs must name in `aud`; `None`: `aud` is not checked.
+    pub audience: Option<String>,
     /// Default webhook URL.
     pub webhook_url: Option<String>,
     /// Signing secrets, newest first.
@@ -140,6 +154,7 @@ impl Settings {
             public_url: None,
             api_keys: Vec::new(),
             issuers: Vec::new(),
+            audience: None,
             webhook_url: None,
             webhook_secrets: Vec::new(),
             webhooks: WebhookConfig::default(),
@@ -194,6 +209,15 @@ impl Settings {
         let api_keys = pairs(list(args.api_keys, "IDVB_API_KEYS"), "--api-key")?;
         let issuers = pairs(list(args.issuers, "IDVB_ISSUERS"), "--issuer")?;
         let webhook_secrets = list(args.webhook_secrets, "IDVB_WEBHOOK_SECRET");
+        check_credentials("--api-key", "key", &api_keys)?;
+        check_credentials("--issuer", "secret", &issuers)?;
+        if args
+            .audience
+            .as_deref()
+            .is_some_and(|a| a.trim().is_empty())
+        {
+            return Err("--audience must not be empty".into());
+        }
         if args.demo {
             if api_keys.iter().any(|(name, _)| name == DEMO_API_KEY_NAME) {
                 return Err(format!(
@@ -241,6 +265,7 @@ impl Settings {
             public_url: args.public_url.map(|u| u.trim_end_matches('/').to_owned()),
             api_keys,
             issuers,
+            audience: args.audience,
             webhook_url: args.webhook_url,
             webhook_secrets,
             rate_limit: args.rate_limit,
@@ -250,6 +275,29 @@ impl Settings {
             ..Self::with_db(args.db)
         })
     }
+}
+
+/// Refuses weak or ambiguous credentials (SPEC §6): a key or secret shorter than
+/// [`MIN_SECRET_BYTES`], or two under the same name. `secret` is what the value is
+/// called ("key", "secret"). Errors name the flag and the name, never the value.
+pub fn check_credentials(
+    flag: &str,
+    secret: &str,
+    pairs: &[(String, String)],
+) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for (name, value) in pairs {
+        if !seen.insert(name.as_str()) {
+            return Err(format!("{flag}: the name {name:?} is given twice"));
+        }
+        if value.len() < MIN_SECRET_BYTES {
+            return Err(format!(
+                "{flag}: the {secret} of {name:?} is {} bytes; at least {MIN_SECRET_BYTES} are needed",
+                value.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -273,26 +321,37 @@ mod tests {
         let s = settings(
             &[],
             &[
-                ("IDVB_API_KEYS", "A=1,B=2"),
+                ("IDVB_API_KEYS", "A=key-one-0123456789,B=key-two-0123456789"),
                 ("IDVB_WEBHOOK_SECRET", "new,old"),
             ],
         )
         .unwrap();
         assert_eq!(
             s.api_keys,
-            vec![("A".into(), "1".into()), ("B".into(), "2".into())]
+            vec![
+                ("A".into(), "key-one-0123456789".into()),
+                ("B".into(), "key-two-0123456789".into())
+            ]
         );
         assert_eq!(s.webhook_secrets, vec!["new".to_owned(), "old".to_owned()]);
         let s = settings(&["--webhook-secret", "with,comma"], &[]).unwrap();
         assert_eq!(s.webhook_secrets, vec!["with,comma".to_owned()]);
         let s = settings(
-            &["--api-key", "A=k,ey", "--api-key", "B=2"],
-            &[("IDVB_API_KEYS", "C=3")],
+            &[
+                "--api-key",
+                "A=key,one-0123456789",
+                "--api-key",
+                "B=key-two-0123456789",
+            ],
+            &[("IDVB_API_KEYS", "C=key-three-0123456789")],
         )
         .unwrap();
         assert_eq!(
             s.api_keys,
-            vec![("A".into(), "k,ey".into()), ("B".into(), "2".into())]
+            vec![
+                ("A".into(), "key,one-0123456789".into()),
+                ("B".into(), "key-two-0123456789".into())
+            ]
         );
     }
 
@@ -339,5 +398,83 @@ mod tests {
         .err()
         .expect("refused");
         assert!(err.contains("demo"), "{err}");
+    }
+
+    #[test]
+    fn keys_and_issuer_secrets_shorter_than_16_bytes_are_refused_without_echoing_them() {
+        let err = settings(&["--api-key", "Acme=short-key"], &[])
+            .err()
+            .expect("refused");
+        assert!(err.contains("--api-key") && err.contains("Acme"), "{err}");
+        assert!(!err.contains("short-key"), "{err}");
+        let err = settings(&[], &[("IDVB_ISSUERS", "phone-app=15-bytes-secret")])
+            .err()
+            .expect("refused");
+        assert!(
+            err.contains("--issuer") && err.contains("phone-app"),
+            "{err}"
+        );
+        assert!(!err.contains("15-bytes-secret"), "{err}");
+        // 16 bytes is enough; bytes are counted, not characters.
+        assert!(settings(
+            &[
+                "--api-key",
+                "Acme=0123456789abcdef",
+                "--issuer",
+                "phone-app=0123456789abcdef"
+            ],
+            &[]
+        )
+        .is_ok());
+        assert!(settings(&["--api-key", "Acme=ééééééé-ab"], &[]).is_ok());
+        assert!(settings(&["--api-key", "Acme=éééééé-ab"], &[]).is_err());
+    }
+
+    #[test]
+    fn two_api_keys_or_two_issuers_with_the_same_name_are_refused() {
+        let err = settings(
+            &[
+                "--api-key",
+                "Acme=first-key-0123456789",
+                "--api-key",
+                "Acme=second-key-0123456789",
+            ],
+            &[],
+        )
+        .err()
+        .expect("refused");
+        assert!(err.contains("--api-key") && err.contains("Acme"), "{err}");
+        let err = settings(
+            &[],
+            &[(
+                "IDVB_ISSUERS",
+                "phone-app=first-secret-0123,phone-app=second-secret-0123",
+            )],
+        )
+        .err()
+        .expect("refused");
+        assert!(
+            err.contains("--issuer") && err.contains("phone-app"),
+            "{err}"
+        );
+        // An API key and an issuer may share a name: they are different roles.
+        assert!(settings(
+            &[
+                "--api-key",
+                "Acme=first-key-0123456789",
+                "--issuer",
+                "Acme=first-secret-0123",
+            ],
+            &[],
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn an_audience_is_taken_from_its_flag_and_may_not_be_blank() {
+        assert_eq!(settings(&[], &[]).unwrap().audience, None);
+        let s = settings(&["--audience", "idv-broker"], &[]).unwrap();
+        assert_eq!(s.audience.as_deref(), Some("idv-broker"));
+        assert!(settings(&["--audience", " "], &[]).is_err());
     }
 }

@@ -14,7 +14,7 @@ use idv_actors::webhooks::dispatcher::DispatcherError;
 use idv_actors::webhooks::{Dispatcher, Shutdown, Signer};
 use idv_web::{AppState, DemoApp, ServerConfig};
 
-use crate::settings::{Settings, DEMO_API_KEY_NAME, DEMO_ISSUER};
+use crate::settings::{check_credentials, Settings, DEMO_API_KEY_NAME, DEMO_ISSUER};
 
 /// How often the registry looks for overdue sessions whose actor did not expire them.
 const EXPIRY_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -22,6 +22,9 @@ const EXPIRY_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis
 /// Why the broker could not start (all exit code 2).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// Weak or ambiguous credentials (SPEC §6).
+    #[error("{0}")]
+    Config(String),
     /// The database cannot be opened or migrated.
     #[error("cannot use the database {path}: {source}")]
     Database {
@@ -65,6 +68,10 @@ impl Application {
     /// restores the live sessions' actors, then binds. Nothing listens before the
     /// store is consistent.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        // Checked here as well as when flags are parsed, so no embedder (or test) runs
+        // a broker with credentials the binary would refuse.
+        check_credentials("--api-key", "key", &settings.api_keys).map_err(StartError::Config)?;
+        check_credentials("--issuer", "secret", &settings.issuers).map_err(StartError::Config)?;
         idv_actors::webhooks::install_crypto_provider();
         let db_error = |source| StartError::Database {
             path: settings.db.display().to_string(),
@@ -132,6 +139,9 @@ impl Application {
         let mut issuers = Issuers::default();
         for (iss, secret) in &settings.issuers {
             issuers.add(iss, secret);
+        }
+        if let Some(audience) = &settings.audience {
+            issuers.require_audience(audience);
         }
         // Demo mode brings its own backend key and device issuer, with fresh random
         // secrets at every start: nothing to configure, nothing that outlives the run.

@@ -10,7 +10,7 @@ use actix::Message;
 use chrono::{DateTime, Utc};
 
 use crate::error::SessionError;
-use crate::ids::{TokenHash, UserId};
+use crate::ids::{DeviceId, TokenHash};
 use crate::model::{is_file_scope, Consent, SessionRecord};
 use crate::status::{next, Event, Outcome};
 use crate::store::TransitionWrite;
@@ -28,10 +28,10 @@ pub enum Caller {
         /// SHA-256 of the presented token.
         token: TokenHash,
     },
-    /// The phone, by its JWT's `sub`.
+    /// The phone, by its JWT's issuer and `sub`.
     Device {
-        /// The device's user id.
-        sub: UserId,
+        /// The device.
+        device: DeviceId,
     },
 }
 
@@ -43,8 +43,8 @@ pub fn authorize(session: &SessionRecord, caller: &Caller) -> Result<(), Session
         Caller::Client { token } if !token.matches(&session.token_hash) => {
             Err(SessionError::Unauthorized)
         }
-        Caller::Device { sub } => match &session.user_id {
-            Some(bound) if bound != sub => Err(SessionError::Forbidden(
+        Caller::Device { device } => match &session.device {
+            Some(bound) if bound != device => Err(SessionError::Forbidden(
                 "the session is bound to another device",
             )),
             _ => Ok(()),
@@ -100,8 +100,8 @@ pub struct Inspect {
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "Result<SessionRecord, SessionError>")]
 pub struct Retrieve {
-    /// The device's `sub`.
-    pub device: UserId,
+    /// The device.
+    pub device: DeviceId,
 }
 
 impl Retrieve {
@@ -109,7 +109,7 @@ impl Retrieve {
     pub fn plan(&self, session: &SessionRecord, now: DateTime<Utc>) -> Result<Plan, SessionError> {
         let outcome = next(
             session.status,
-            session.user_id.as_ref(),
+            session.device.as_ref(),
             Event::Retrieve {
                 device: &self.device,
             },
@@ -141,8 +141,8 @@ pub enum Answer {
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "Result<SessionRecord, SessionError>")]
 pub struct Decide {
-    /// The device's `sub`.
-    pub device: UserId,
+    /// The device.
+    pub device: DeviceId,
     /// What the person decided.
     pub answer: Answer,
 }
@@ -163,7 +163,7 @@ impl Decide {
                 device: &self.device,
             },
         };
-        let outcome = next(session.status, session.user_id.as_ref(), event)?;
+        let outcome = next(session.status, session.device.as_ref(), event)?;
         check_not_overdue(session, now)?;
         let Outcome::Move(status) = outcome else {
             return Err(SessionError::InvalidState(session.status));

@@ -116,6 +116,27 @@ impl fmt::Display for UserId {
     }
 }
 
+/// A device as its JWT names it: the trusted issuer (`iss`) and the user id it vouches
+/// for (`sub`). Sessions bind and compare the pair, so the same `sub` from another
+/// issuer is another device (SPEC §2).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DeviceId {
+    /// The issuer: one of the configured `--issuer` names.
+    pub issuer: String,
+    /// The user id.
+    pub user_id: UserId,
+}
+
+impl DeviceId {
+    /// The device `user_id` of `issuer`.
+    pub fn new(issuer: impl Into<String>, user_id: UserId) -> Self {
+        Self {
+            issuer: issuer.into(),
+            user_id,
+        }
+    }
+}
+
 /// A session token as handed to the client once: 256 random bits, URL-safe base64.
 ///
 /// It is never stored; only its [`TokenHash`] is.

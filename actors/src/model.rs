@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::ids::{Seq, SessionId, TokenHash, UserId};
+use crate::ids::{DeviceId, Seq, SessionId, TokenHash, UserId};
 use crate::status::Status;
 
 /// The scopes satisfied by an uploaded file rather than a `shared_data` value.
@@ -72,8 +72,8 @@ pub struct SessionRecord {
     pub expires_at: DateTime<Utc>,
     /// Time of the terminal transition.
     pub decided_at: Option<DateTime<Utc>>,
-    /// The device bound by the first `information`.
-    pub user_id: Option<UserId>,
+    /// The device bound by the first `information`: its issuer and `sub`.
+    pub device: Option<DeviceId>,
     /// The person's decision, if they made one.
     pub consent: Option<Consent>,
 }
@@ -98,7 +98,7 @@ impl SessionRecord {
             updated_at: now,
             expires_at: now + ttl,
             decided_at: None,
-            user_id: None,
+            device: None,
             consent: None,
         }
     }

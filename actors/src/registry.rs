@@ -190,7 +190,7 @@ impl Registry {
                 // The store already holds the new token's hash; tell the live actor so
                 // the old token stops working before the new one is handed out.
                 self.call(existing.id, RotateToken).await?;
-                Ok((existing, true))
+                Ok((*existing, true))
             }
             CreateOutcome::Conflict => Err(SessionError::IdempotencyConflict),
         }

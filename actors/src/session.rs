@@ -270,7 +270,7 @@ impl SessionActor {
             s.decided_at = Some(write.at);
         }
         if let Some(device) = &write.bind {
-            s.user_id = Some(device.clone());
+            s.device = Some(device.clone());
         }
         if let Some(consent) = &write.consent {
             s.consent = Some(consent.clone());

@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 
 use crate::commands::{authorize, Caller, Plan, SessionCommand};
 use crate::error::SessionError;
-use crate::ids::{FileId, UserId};
+use crate::ids::{DeviceId, FileId};
 use crate::model::{is_file_scope, SessionRecord};
 use crate::status::Status;
 use crate::store::TransitionWrite;
@@ -249,8 +249,8 @@ pub struct StagedFile {
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "Result<StagedFile, SessionError>")]
 pub struct StageFile {
-    /// The device's `sub`.
-    pub device: UserId,
+    /// The device (issuer and `sub`).
+    pub device: DeviceId,
     /// The file scope.
     pub kind: String,
     /// The body, already checked for type and size.
@@ -263,14 +263,14 @@ pub struct StageFile {
 /// foreign device learns nothing about the session's state.
 fn check_upload(
     session: &SessionRecord,
-    device: &UserId,
+    device: &DeviceId,
     kind: &str,
     now: DateTime<Utc>,
 ) -> Result<(), SessionError> {
     authorize(
         session,
         &Caller::Device {
-            sub: device.clone(),
+            device: device.clone(),
         },
     )?;
     if session.status != Status::Retrieved {
@@ -279,7 +279,7 @@ fn check_upload(
     if now >= session.expires_at {
         return Err(SessionError::InvalidState(Status::Expired));
     }
-    if session.user_id.as_ref() != Some(device) {
+    if session.device.as_ref() != Some(device) {
         return Err(SessionError::Forbidden(
             "the session is bound to another device",
         ));
@@ -320,8 +320,8 @@ impl SessionCommand for StageFile {
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "Result<(), SessionError>")]
 pub struct CheckUpload {
-    /// The device's `sub`.
-    pub device: UserId,
+    /// The device (issuer and `sub`).
+    pub device: DeviceId,
     /// The file scope.
     pub kind: String,
 }
@@ -454,7 +454,7 @@ mod tests {
             Upload::new(ImageType::Jpeg, vec![0; n], r)
         };
         let mut staged = Staged::default();
-        let device = UserId::parse("alice").unwrap();
+        let device = DeviceId::new("phone-app", crate::ids::UserId::parse("alice").unwrap());
         let first = staged.put(StageFile {
             device: device.clone(),
             kind: "selfie".into(),

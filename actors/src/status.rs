@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::UserId;
+use crate::ids::DeviceId;
 
 /// The status of a verification session; the wire names are the snake_case ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -79,18 +79,18 @@ impl FromStr for Status {
 pub enum Event<'a> {
     /// A device calls `information`.
     Retrieve {
-        /// The calling device's `sub`.
-        device: &'a UserId,
+        /// The calling device.
+        device: &'a DeviceId,
     },
     /// The bound device approves.
     Approve {
-        /// The calling device's `sub`.
-        device: &'a UserId,
+        /// The calling device.
+        device: &'a DeviceId,
     },
     /// The bound device denies.
     Deny {
-        /// The calling device's `sub`.
-        device: &'a UserId,
+        /// The calling device.
+        device: &'a DeviceId,
     },
     /// `expires_at` has passed.
     Expire,
@@ -119,11 +119,15 @@ pub enum Refusal {
 }
 
 /// The transition rule of SPEC §2: what `event` does to a session in `status`
-/// whose bound device is `bound`.
+/// whose bound device is `bound`. A device is its issuer and `sub` together.
 ///
 /// The device check comes before the state check, so that a foreign device
 /// learns nothing about a session it may not touch.
-pub fn next(status: Status, bound: Option<&UserId>, event: Event<'_>) -> Result<Outcome, Refusal> {
+pub fn next(
+    status: Status,
+    bound: Option<&DeviceId>,
+    event: Event<'_>,
+) -> Result<Outcome, Refusal> {
     use Status::*;
     let device = match event {
         Event::Retrieve { device } | Event::Approve { device } | Event::Deny { device } => {
@@ -151,7 +155,11 @@ pub fn next(status: Status, bound: Option<&UserId>, event: Event<'_>) -> Result<
 mod tests {
     use super::*;
 
-    fn events(device: &UserId) -> [(&'static str, Event<'_>); 5] {
+    fn device(issuer: &str, sub: &str) -> DeviceId {
+        DeviceId::new(issuer, crate::ids::UserId::parse(sub).unwrap())
+    }
+
+    fn events(device: &DeviceId) -> [(&'static str, Event<'_>); 5] {
         [
             ("retrieve", Event::Retrieve { device }),
             ("approve", Event::Approve { device }),
@@ -213,7 +221,7 @@ mod tests {
 
     #[test]
     fn the_table_names_every_status_and_event_once() {
-        let me = UserId::parse("me").unwrap();
+        let me = device("phone-app", "me");
         for status in Status::ALL {
             for (name, _) in events(&me) {
                 let rows = SPEC_TABLE
@@ -227,7 +235,7 @@ mod tests {
 
     #[test]
     fn every_status_and_event_pair_follows_the_spec() {
-        let me = UserId::parse("me").unwrap();
+        let me = device("phone-app", "me");
         for status in Status::ALL {
             for bound in [None, Some(&me)] {
                 for (name, event) in events(&me) {
@@ -243,14 +251,16 @@ mod tests {
 
     #[test]
     fn another_device_is_refused_in_every_status_but_system_events_are_not() {
-        let me = UserId::parse("me").unwrap();
-        let other = UserId::parse("other").unwrap();
-        for status in Status::ALL {
-            for (name, event) in events(&other) {
-                let got = next(status, Some(&me), event);
-                match name {
-                    "expire" | "cancel" => assert_eq!(got, expected(status, name)),
-                    _ => assert_eq!(got, Err(Refusal::WrongDevice), "{status} {name}"),
+        let me = device("phone-app", "me");
+        // Another user of the same issuer, and the same user id from another issuer.
+        for other in [device("phone-app", "other"), device("other-app", "me")] {
+            for status in Status::ALL {
+                for (name, event) in events(&other) {
+                    let got = next(status, Some(&me), event);
+                    match name {
+                        "expire" | "cancel" => assert_eq!(got, expected(status, name)),
+                        _ => assert_eq!(got, Err(Refusal::WrongDevice), "{status} {name}"),
+                    }
                 }
             }
         }
@@ -258,7 +268,7 @@ mod tests {
 
     #[test]
     fn nothing_leaves_a_terminal_status() {
-        let me = UserId::parse("me").unwrap();
+        let me = device("phone-app", "me");
         for status in Status::ALL.into_iter().filter(|s| s.is_terminal()) {
             for (_, event) in events(&me) {
                 assert_eq!(

@@ -20,7 +20,13 @@ async fn a_missing_or_unknown_api_key_is_a_401() {
         .await
         .unwrap();
     assert_error(res, 401, "unauthorized").await;
-    for key in ["nope", "", "TEST-KEY-1", "Acme Bank", "test-key-2x"] {
+    for key in [
+        "nope",
+        "",
+        &API_KEY.to_uppercase(),
+        API_KEY_NAME,
+        &format!("{OTHER_API_KEY}x"),
+    ] {
         let res = app
             .client
             .post(app.url("/v1/sessions"))

@@ -35,7 +35,7 @@ fn jpeg(marker: &str) -> Vec<u8> {
 }
 
 /// Every file under `dir` (database, WAL, shared memory, anything) containing `needle`.
-fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+pub(crate) fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {

@@ -11,14 +11,18 @@ use idv_actors::registry::Registry;
 use idv_broker::{Application, Settings};
 use serde_json::{json, Value};
 
-/// The backend key every test app accepts, and its name.
-pub const API_KEY: &str = "test-key-1";
+/// The backend key every test app accepts, and its name. Keys and secrets are at least
+/// 16 bytes: the broker refuses shorter ones.
+pub const API_KEY: &str = "test-key-1-acme-bank";
 pub const API_KEY_NAME: &str = "Acme Bank";
 /// A second backend, to prove isolation.
-pub const OTHER_API_KEY: &str = "test-key-2";
+pub const OTHER_API_KEY: &str = "test-key-2-other-corp";
 /// The trusted device issuer and its secret.
 pub const ISSUER: &str = "phone-app";
 pub const ISSUER_SECRET: &str = "issuer-secret-for-tests";
+/// A second trusted issuer, whose users are other devices even with the same `sub`.
+pub const OTHER_ISSUER: &str = "other-app";
+pub const OTHER_ISSUER_SECRET: &str = "other-issuer-secret-for-tests";
 
 /// A running in-process broker.
 pub struct TestApp {
@@ -36,7 +40,7 @@ pub struct TestApp {
     server: Option<actix_web::rt::task::JoinHandle<std::io::Result<()>>>,
 }
 
-/// Settings for a test broker over `db`: two API keys, one issuer, no rate limit.
+/// Settings for a test broker over `db`: two API keys, two issuers, no rate limit.
 pub fn test_settings(db: &Path, clock: Arc<OffsetClock>) -> Settings {
     let mut s = Settings::with_db(db);
     s.bind = "127.0.0.1:0".into();
@@ -44,7 +48,10 @@ pub fn test_settings(db: &Path, clock: Arc<OffsetClock>) -> Settings {
         (API_KEY_NAME.into(), API_KEY.into()),
         ("Other Corp".into(), OTHER_API_KEY.into()),
     ];
-    s.issuers = vec![(ISSUER.into(), ISSUER_SECRET.into())];
+    s.issuers = vec![
+        (ISSUER.into(), ISSUER_SECRET.into()),
+        (OTHER_ISSUER.into(), OTHER_ISSUER_SECRET.into()),
+    ];
     s.rate_limit = 0;
     s.workers = Some(2);
     s.clock = clock;

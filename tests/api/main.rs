@@ -5,12 +5,15 @@
 
 mod helpers;
 
+mod caching;
 mod concurrency;
 mod credentials;
 mod custody;
+mod devices;
 mod expiry;
 mod idempotency;
 mod journeys;
+mod json_depth;
 mod pages;
 mod realtime;
 mod restart;

@@ -335,6 +335,45 @@ async fn the_demo_plays_the_app_backend_without_its_key_reaching_the_browser() {
 }
 
 #[actix_web::test]
+async fn demo_device_tokens_carry_the_brokers_audience_when_one_is_required() {
+    let app = spawn_app_with(|s| {
+        s.demo = true;
+        s.audience = Some("idv-broker-test".into());
+    })
+    .await;
+    let created: Value = app
+        .client
+        .post(app.url("/demo/api/sessions"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let device: Value = app
+        .client
+        .post(app.url("/demo/api/device-token"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let res = app
+        .client
+        .get(app.url(&format!(
+            "/v1/sessions/{}/information",
+            created["session_id"].as_str().unwrap()
+        )))
+        .bearer_auth(device["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[actix_web::test]
 async fn the_binary_with_only_demo_starts_a_usable_broker_and_says_where_the_demo_is() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_idv-broker"))

@@ -356,11 +356,122 @@ async fn an_unusable_database_exits_2_with_one_line_on_stderr() {
             "--db",
             db.to_str().unwrap(),
             "--api-key",
-            "a=b",
+            &format!("{API_KEY_NAME}={API_KEY}"),
         ])
         .await;
         assert_eq!(code, Some(2), "{}: {stderr}", db.display());
         assert!(!stdout.contains("listening on"));
         assert_one_line(&stderr);
     }
+}
+
+#[actix_web::test]
+async fn weak_or_ambiguous_credentials_exit_2_with_one_line_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("weak.db");
+    let db = db.to_str().unwrap();
+    let good_key = format!("{API_KEY_NAME}={API_KEY}");
+    let good_issuer = format!("{ISSUER}={ISSUER_SECRET}");
+    let cases: [(&str, Vec<&str>); 4] = [
+        (
+            "a 15-byte API key",
+            vec!["--api-key", "Acme=fifteen-bytes", "--issuer", &good_issuer],
+        ),
+        (
+            "a 15-byte issuer secret",
+            vec![
+                "--api-key",
+                &good_key,
+                "--issuer",
+                "phone-app=fifteen-bytes",
+            ],
+        ),
+        (
+            "two API keys named alike",
+            vec![
+                "--api-key",
+                &good_key,
+                "--api-key",
+                "Acme Bank=another-key-0123456789",
+            ],
+        ),
+        (
+            "two issuers named alike",
+            vec![
+                "--issuer",
+                &good_issuer,
+                "--issuer",
+                "phone-app=another-secret-0123456789",
+            ],
+        ),
+    ];
+    for (why, creds) in cases {
+        let mut args = vec!["--bind", "127.0.0.1:0", "--db", db];
+        args.extend(creds);
+        let (code, stdout, stderr) = run_broker(&args).await;
+        assert_eq!(code, Some(2), "{why}: {stderr}");
+        assert!(!stdout.contains("listening on"), "{why}");
+        assert_one_line(&stderr);
+        assert!(!stderr.contains("fifteen-bytes"), "{why}: {stderr}");
+    }
+    assert!(
+        !Path::new(db).exists(),
+        "refused before the database is touched"
+    );
+}
+
+#[actix_web::test]
+async fn a_purge_cut_short_by_kill_9_is_gone_from_every_file_before_the_restart_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("broker.db");
+    let client = http_client();
+    // The broker scrubs the WAL 500 ms after a purge; a kill -9 slower than that finds
+    // nothing left to prove. Try until the kill lands while the marker is still on disk.
+    let mut left_by_the_crash = None;
+    for _ in 0..5 {
+        let marker = format!("wal-marker-{}", uuid::Uuid::new_v4().simple());
+        let mut broker = start_broker(&db).await;
+        let res = client
+            .post(format!("{}/v1/sessions", broker.address))
+            .header("X-Api-Key", API_KEY)
+            .json(&json!({"scopes": ["full_name"], "registration": {"first_name": marker}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        let id = res.json::<Value>().await.unwrap()["session_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let res = client
+            .delete(format!("{}/v1/sessions/{id}", broker.address))
+            .header("X-Api-Key", API_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        broker.child.kill().await.unwrap();
+        if !crate::custody::files_containing(dir.path(), &marker).is_empty() {
+            left_by_the_crash = Some(marker);
+            break;
+        }
+    }
+    let marker =
+        left_by_the_crash.expect("a kill -9 right after the cancel left the marker in the WAL");
+
+    // Once the restarted broker listens, no file holds the marker: not the database,
+    // not its -wal, not its -shm.
+    let mut broker = start_broker(&db).await;
+    let found = crate::custody::files_containing(dir.path(), &marker);
+    assert!(
+        found.is_empty(),
+        "{marker} survived the restart in {found:?}"
+    );
+    let res = client
+        .get(format!("{}/readyz", broker.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    broker.child.kill().await.unwrap();
 }

@@ -8,7 +8,7 @@ use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
 use idv_actors::commands::Caller;
-use idv_actors::ids::{SessionToken, UserId};
+use idv_actors::ids::{DeviceId, SessionToken};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -138,8 +138,8 @@ impl FromRequest for BrowserClient {
 /// The phone, authenticated by a trusted issuer's HS256 JWT.
 #[derive(Debug)]
 pub struct Device {
-    /// The JWT's `sub`.
-    pub sub: UserId,
+    /// The JWT's issuer and `sub`: sessions bind the pair.
+    pub id: DeviceId,
 }
 
 impl FromRequest for Device {
@@ -151,11 +151,11 @@ impl FromRequest for Device {
             let token = bearer(req).ok_or_else(|| {
                 ApiError::unauthorized("missing device token (Authorization: Bearer <jwt>)")
             })?;
-            let sub = state(req)?
+            let id = state(req)?
                 .issuers
                 .verify(token)
                 .map_err(|e| ApiError::unauthorized(e.to_string()))?;
-            Ok(Device { sub })
+            Ok(Device { id })
         })())
     }
 }

@@ -201,7 +201,10 @@ pub struct DecisionView<'a> {
     pub session_id: String,
     pub status: &'static str,
     pub seq: u64,
+    /// The bound device's `sub`.
     pub user_id: Option<&'a str>,
+    /// The bound device's `iss` (`null` if it bound before issuers were recorded).
+    pub issuer: Option<&'a str>,
     pub vendor_data: Option<&'a str>,
     pub external_reference_id: Option<&'a str>,
     pub scopes: &'a [String],
@@ -222,7 +225,12 @@ impl<'a> From<&'a Decision> for DecisionView<'a> {
             session_id: s.id.to_string(),
             status: s.status.as_str(),
             seq: s.seq.0,
-            user_id: s.user_id.as_ref().map(|u| u.as_str()),
+            user_id: s.device.as_ref().map(|d| d.user_id.as_str()),
+            issuer: s
+                .device
+                .as_ref()
+                .map(|d| d.issuer.as_str())
+                .filter(|iss| !iss.is_empty()),
             vendor_data: s.request.vendor_data.as_deref(),
             external_reference_id: s.request.external_reference_id.as_deref(),
             scopes: &s.request.scopes,

@@ -5,6 +5,7 @@
 //! - [`routes`]: handlers, one module per role (backend sessions, client, device, users, ops).
 //! - [`auth`]: extractors for the three credentials of SPEC §1.
 //! - [`dto`]: request and response bodies, with their validation.
+//! - [`json`]: the JSON body extractor, with its bound on nesting.
 //! - [`error`]: [`ApiError`](error::ApiError), the codes and body of SPEC §5.
 //! - [`middleware`]: per-IP rate limiting and the access log.
 //! - [`state`]: what handlers share.
@@ -13,6 +14,7 @@
 pub mod auth;
 pub mod dto;
 pub mod error;
+pub mod json;
 pub mod middleware;
 pub mod routes;
 pub mod state;

@@ -70,6 +70,10 @@ pub enum StoreError {
     /// A row held something this broker cannot read.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The WAL could not be checkpointed at open (another process keeps it busy), so
+    /// data deleted before a crash could still be in it.
+    #[error("the write-ahead log could not be checkpointed: another connection keeps it busy")]
+    Unscrubbed,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -160,7 +164,9 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
 }
 
 impl Store {
-    /// Opens (creating if needed) the database, applies migrations and starts the threads.
+    /// Opens (creating if needed) the database, applies migrations, empties the WAL
+    /// (what a crash left there, deleted data included, goes into the database file
+    /// or away) and starts the threads.
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
         if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -168,6 +174,7 @@ impl Store {
         }
         let mut conn = open_connection(&config.path, false)?;
         schema::migrate(&mut conn)?;
+        writer::checkpoint_at_open(&conn, BUSY_TIMEOUT)?;
 
         let (wtx, wrx) = crossbeam_channel::bounded::<Box<dyn Job>>(QUEUE_BOUND);
         let mut threads = Vec::new();

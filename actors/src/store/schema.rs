@@ -13,6 +13,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../../migrations/0004_idempotency_expiry.sql"),
     ),
+    (
+        5,
+        include_str!("../../../migrations/0005_device_issuer.sql"),
+    ),
 ];
 
 /// Brings the schema up to date inside one transaction, recording each version applied.

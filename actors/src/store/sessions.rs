@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 
 use super::writer::Effects;
 use super::{ms, time, Store, StoreError};
-use crate::ids::{Seq, SessionId, TokenHash, UserId};
+use crate::ids::{DeviceId, Seq, SessionId, TokenHash, UserId};
 use crate::model::{
     Consent, Decision, SessionEvent, SessionRecord, SessionRequest, UserRecord, UserStatus,
 };
@@ -41,8 +41,8 @@ pub enum CreateOutcome {
     /// A new session was inserted.
     Created,
     /// The key was seen with the same body: that session, with its token replaced by
-    /// the new one.
-    Replayed(SessionRecord),
+    /// the new one. Boxed: a record is large next to the other variants.
+    Replayed(Box<SessionRecord>),
     /// The key was seen with another body.
     Conflict,
 }
@@ -58,8 +58,8 @@ pub struct TransitionWrite {
     pub status: Status,
     /// When it happened.
     pub at: DateTime<Utc>,
-    /// Binds the device (on `retrieved`).
-    pub bind: Option<UserId>,
+    /// Binds the device, its issuer and `sub` (on `retrieved`).
+    pub bind: Option<DeviceId>,
     /// The person's decision (on approve and deny).
     pub consent: Option<Consent>,
     /// The values shared on approve.
@@ -77,7 +77,7 @@ impl TransitionWrite {
 
 const SESSION_COLUMNS: &str = "id, owner, token_hash, status, seq, scopes, vendor_data, \
      external_reference_id, registration, redirect_url, callback_url, created_at, updated_at, \
-     expires_at, decided_at, user_id, is_consented, consented_at";
+     expires_at, decided_at, user_id, is_consented, consented_at, issuer";
 
 fn session_from_row(row: &Row<'_>) -> Result<SessionRecord, StoreError> {
     let id: String = row.get(0)?;
@@ -89,6 +89,7 @@ fn session_from_row(row: &Row<'_>) -> Result<SessionRecord, StoreError> {
     let user_id: Option<String> = row.get(15)?;
     let is_consented: Option<bool> = row.get(16)?;
     let consented_at: Option<i64> = row.get(17)?;
+    let issuer: Option<String> = row.get(18)?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("session {id}: {what}"));
     Ok(SessionRecord {
         id: SessionId::parse(&id).ok_or_else(|| corrupt("id"))?,
@@ -111,9 +112,14 @@ fn session_from_row(row: &Row<'_>) -> Result<SessionRecord, StoreError> {
         updated_at: time(row.get(12)?)?,
         expires_at: time(row.get(13)?)?,
         decided_at: opt_time(row.get(14)?)?,
-        user_id: user_id
-            .map(|u| UserId::parse(&u).ok_or_else(|| corrupt("user id")))
-            .transpose()?,
+        device: match (issuer, user_id) {
+            (Some(issuer), Some(user_id)) => Some(DeviceId::new(
+                issuer,
+                UserId::parse(&user_id).ok_or_else(|| corrupt("user id"))?,
+            )),
+            (None, None) => None,
+            _ => return Err(corrupt("a device bound without its issuer, or the reverse")),
+        },
         consent: match (is_consented, consented_at) {
             (Some(is_consented), Some(at)) => Some(Consent {
                 is_consented,
@@ -192,6 +198,7 @@ pub(crate) fn apply_transition(
             "UPDATE sessions SET status = ?1, seq = ?2, updated_at = ?3, \
                decided_at = CASE WHEN ?4 THEN ?3 ELSE decided_at END, \
                user_id = COALESCE(?5, user_id), \
+               issuer = COALESCE(?12, issuer), \
                is_consented = COALESCE(?6, is_consented), \
                consented_at = COALESCE(?7, consented_at), \
                shared_data = CASE WHEN ?8 THEN NULL ELSE COALESCE(?9, shared_data) END, \
@@ -203,13 +210,14 @@ pub(crate) fn apply_transition(
             seq.0 as i64,
             ms(t.at),
             t.status.is_terminal(),
-            t.bind.as_ref().map(UserId::as_str),
+            t.bind.as_ref().map(|d| d.user_id.as_str()),
             t.consent.as_ref().map(|c| c.is_consented),
             t.consent.as_ref().map(|c| ms(c.consented_at)),
             purge,
             shared,
             t.id.to_string(),
             t.from_seq.0 as i64,
+            t.bind.as_ref().map(|d| d.issuer.as_str()),
         ])?;
     if changed != 1 {
         return Err(StoreError::Stale);
@@ -268,7 +276,7 @@ impl Store {
                         conn.prepare_cached("UPDATE sessions SET token_hash = ?1 WHERE id = ?2")?
                             .execute(params![&s.token_hash.0[..], session_id])?;
                         return load_session(conn, id)?
-                            .map(CreateOutcome::Replayed)
+                            .map(|s| CreateOutcome::Replayed(Box::new(s)))
                             .ok_or_else(|| StoreError::Corrupt("idempotency key without session".into()));
                     }
                 }

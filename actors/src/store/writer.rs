@@ -174,3 +174,22 @@ pub(crate) fn checkpoint(conn: &Connection) -> Result<bool, StoreError> {
 
 /// How long a checkpoint waits for readers before it is retried later.
 const CHECKPOINT_BUSY_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Checkpoints the WAL into the database and truncates it, before the broker serves
+/// anything. A purge is scrubbed from the WAL by a checkpoint that the writer only
+/// schedules in memory ([`SCRUB_DELAY`]): after a crash the old frames holding the
+/// deleted data are still in the `-wal` file, so they are cleared here (SPEC §2).
+/// Retries while another connection keeps the WAL busy, for up to `wait`; a checkpoint
+/// that cannot complete is an error, and the broker does not start.
+pub(crate) fn checkpoint_at_open(conn: &Connection, wait: Duration) -> Result<(), StoreError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if checkpoint(conn)? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(StoreError::Unscrubbed);
+        }
+        std::thread::sleep(CHECKPOINT_BUSY_TIMEOUT);
+    }
+}

@@ -4,7 +4,7 @@
 //! server, acting as the demo key's owner directly, so the key never reaches a page.
 
 use actix_web::{web, HttpResponse};
-use idv_actors::credentials::mint_device_jwt;
+use idv_actors::credentials::mint_device_jwt_for;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -89,11 +89,13 @@ pub async fn device_token(state: web::Data<AppState>) -> Result<HttpResponse, Ap
         "demo-user-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
-    let token = mint_device_jwt(
+    // With `--audience`, the broker's own demo tokens must name it like any other.
+    let token = mint_device_jwt_for(
         &demo.issuer,
         &demo.issuer_secret,
         &sub,
         DEMO_DEVICE_TOKEN_SECS,
+        state.issuers.audience(),
     )
     .map_err(ApiError::internal)?;
     Ok(HttpResponse::Ok()

@@ -3,10 +3,11 @@
 use actix_web::{web, HttpResponse};
 use idv_actors::commands::{Decide, Retrieve};
 
-use super::session_id;
+use super::{ok_no_store, session_id};
 use crate::auth::Device;
 use crate::dto::{Information, Update, Updated};
 use crate::error::ApiError;
+use crate::json::Json;
 use crate::state::AppState;
 
 /// `GET /v1/sessions/{id}/information`: binds the device and moves to `retrieved`.
@@ -18,9 +19,9 @@ pub async fn information(
     let id = session_id(&path)?;
     let session = state
         .registry
-        .call(id, Retrieve { device: device.sub })
+        .call(id, Retrieve { device: device.id })
         .await?;
-    Ok(HttpResponse::Ok().json(Information::from(&session)))
+    Ok(ok_no_store().json(Information::from(&session)))
 }
 
 /// `POST /v1/sessions/{id}/update`: approve or deny.
@@ -28,7 +29,7 @@ pub async fn update(
     state: web::Data<AppState>,
     device: Device,
     path: web::Path<String>,
-    body: web::Json<Update>,
+    body: Json<Update>,
 ) -> Result<HttpResponse, ApiError> {
     let id = session_id(&path)?;
     let answer = body.into_inner().into_answer()?;
@@ -37,7 +38,7 @@ pub async fn update(
         .call(
             id,
             Decide {
-                device: device.sub,
+                device: device.id,
                 answer,
             },
         )

@@ -121,7 +121,7 @@ pub async fn upload(
         .call(
             id,
             CheckUpload {
-                device: device.sub.clone(),
+                device: device.id.clone(),
                 kind: kind.clone(),
             },
         )
@@ -140,7 +140,7 @@ pub async fn upload(
         .call(
             id,
             StageFile {
-                device: device.sub,
+                device: device.id,
                 kind,
                 upload: Upload::new(content_type, bytes, reservation),
             },

@@ -7,10 +7,11 @@ use idv_actors::model::{SessionRecord, SessionRequest};
 use idv_actors::store::IdempotencyClaim;
 use sha2::{Digest, Sha256};
 
-use super::session_id;
+use super::{ok_no_store, session_id};
 use crate::auth::Backend;
 use crate::dto::{CreateSession, Created, DecisionView, SessionView};
 use crate::error::ApiError;
+use crate::json::Json;
 use crate::state::AppState;
 
 /// Longest `Idempotency-Key` accepted.
@@ -69,7 +70,7 @@ pub async fn create(
     state: web::Data<AppState>,
     backend: Backend,
     req: HttpRequest,
-    body: web::Json<CreateSession>,
+    body: Json<CreateSession>,
 ) -> Result<HttpResponse, ApiError> {
     let claim = idempotency_claim(&req, &body)?;
     let (session, token, replayed) = open(&state, &backend.owner, body.into_inner(), claim).await?;
@@ -155,7 +156,7 @@ async fn with_webhooks(
         .webhook_counts(session.id)
         .await
         .map_err(idv_actors::SessionError::from)?;
-    Ok(HttpResponse::Ok().json(SessionView::from(session).with_webhooks(webhooks)))
+    Ok(ok_no_store().json(SessionView::from(session).with_webhooks(webhooks)))
 }
 
 /// `GET /v1/sessions/{id}/decision`.
@@ -166,7 +167,7 @@ pub async fn decision(
 ) -> Result<HttpResponse, ApiError> {
     let id = session_id(&path)?;
     let decision = state.registry.decision(id, &backend.owner).await?;
-    Ok(HttpResponse::Ok().json(DecisionView::from(&decision)))
+    Ok(ok_no_store().json(DecisionView::from(&decision)))
 }
 
 /// `DELETE /v1/sessions/{id}`.

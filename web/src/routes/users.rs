@@ -8,6 +8,7 @@ use idv_actors::model::UserStatus;
 use crate::auth::Backend;
 use crate::dto::{SetUserStatus, UserView};
 use crate::error::ApiError;
+use crate::json::Json;
 use crate::state::AppState;
 
 fn user_id(raw: &str) -> Result<UserId, ApiError> {
@@ -21,7 +22,7 @@ pub async fn set_status(
     state: web::Data<AppState>,
     backend: Backend,
     path: web::Path<String>,
-    body: web::Json<SetUserStatus>,
+    body: Json<SetUserStatus>,
 ) -> Result<HttpResponse, ApiError> {
     let user = user_id(&path)?;
     let status = UserStatus::parse(&body.status).ok_or_else(|| {

@@ -32,7 +32,7 @@ after(async () => {
  * One journey's world: its own broker, a desktop page and (on demand) a phone page,
  * each watched for errors. `close()` checks both pages stayed clean.
  */
-async function world(name, { desktopSetup } = {}) {
+async function world(name, { desktopSetup, desktopAllow } = {}) {
   const broker = await startBroker(name);
   const contexts = [];
   const watchers = [];
@@ -42,7 +42,7 @@ async function world(name, { desktopSetup } = {}) {
   contexts.push(desktopContext);
   if (desktopSetup) await desktopSetup(desktopContext);
   const desktop = await desktopContext.newPage();
-  watchers.push(await watch(desktop, 'desktop /demo'));
+  watchers.push(await watch(desktop, 'desktop /demo', { allow: desktopAllow }));
   desktop.on('framenavigated', (frame) => {
     if (frame === desktop.mainFrame()) navigations += 1;
   });
@@ -240,6 +240,42 @@ describe('the QR journey in real Chromium', () => {
       await waitForText(w.desktop, 'status', 'retrieved');
       await assertAccessible(w.desktop, '/demo after a refresh');
       await shot(w.desktop, 'expiry-4-desktop-new-qr');
+    } finally {
+      await w.close();
+    }
+  });
+
+  test('when handleVerify fails after an approval the page is told through onError', async () => {
+    const w = await world('verify-failed', {
+      // The app backend cannot read the decision (say, it is down).
+      desktopSetup: (ctx) =>
+        ctx.route(/\/demo\/api\/sessions\/[^/]+\/decision$/, (route) =>
+          route.fulfill({
+            status: 503,
+            contentType: 'application/json',
+            body: JSON.stringify({ error: { code: 'unavailable', message: 'the app backend is down' } }),
+          })
+        ),
+      desktopAllow: [/status of 503 .*\/demo\/api\/sessions\/[^/]+\/decision/],
+    });
+    try {
+      const { url } = await startOnDesktop(w, 'verify-failed');
+      const phone = await openOnPhone(w, 'verify-failed', url);
+      await phone.getByLabel('Date of birth').fill('1815-12-10');
+      await phone
+        .getByTestId('file-selfie')
+        .setInputFiles({ name: 'selfie.jpg', mimeType: 'image/jpeg', buffer: await makeJpeg(phone) });
+      await phone.getByTestId('upload-selfie').filter({ hasText: /^Uploaded/ }).waitFor({ timeout: TIMEOUT });
+      await phone.getByTestId('approve').click();
+
+      await waitForText(w.desktop, 'status', 'confirmed');
+      await w.desktop
+        .getByTestId('outcome-text')
+        .filter({ hasText: 'Approved on the phone, but could not read the decision: the app backend is down.' })
+        .waitFor({ timeout: TIMEOUT });
+      assert.equal(await w.desktop.getByTestId('decision').isVisible(), false);
+      await assertAccessible(w.desktop, '/demo after a handleVerify failure');
+      await shot(w.desktop, 'verify-failed-5-desktop');
     } finally {
       await w.close();
     }

@@ -181,7 +181,7 @@
           declined: 'The person declined on their phone. Nothing was shared.',
           expired: 'The code expired before the person decided.',
           cancelled: 'The session was cancelled.',
-          verify_failed: 'Approved, but the decision could not be read: ' + err.message,
+          verify_failed: 'Approved on the phone, but ' + ((err.cause && err.cause.message) || err.message) + '.',
           session_failed: err.message,
           network: 'Connection problem: ' + err.message,
         };

@@ -173,7 +173,9 @@
           // Without a known seq the first snapshot or poll answer brings the status.
           if (lastSeq !== null) safe(cb.onStatus, [s.status || 'initialized', session]);
           renderQr(gen);
-          connect(gen);
+          // A session that is already over (say, an idempotent replay) has nothing to wait for.
+          if (lastSeq !== null && TERMINAL[s.status]) finish(gen, s.status);
+          else connect(gen);
         },
         function (e) {
           if (gen !== generation) return;

@@ -45,4 +45,7 @@ pub struct AppState {
     /// Whether the broker has a webhook secret; without one it sends nothing unsigned,
     /// so a `callback_url` is refused (SPEC §4).
     pub webhooks_signed: bool,
+    /// Refuses a `callback_url` that is or resolves to a non-public address, unless the
+    /// broker runs with `--webhook-allow-private` (SPEC §3).
+    pub callbacks: idv_actors::webhooks::CallbackGuard,
 }

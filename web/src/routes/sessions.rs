@@ -77,6 +77,13 @@ pub async fn create(
             "callback_url needs a webhook secret, and this broker has none: it sends nothing unsigned",
         ));
     }
+    if let Some(url) = &body.callback_url {
+        state
+            .callbacks
+            .check(url)
+            .await
+            .map_err(|refused| ApiError::invalid(refused.to_string()))?;
+    }
     let claim = idempotency_claim(&req, &body)?;
     let body = body.into_inner();
     let token = SessionToken::generate();

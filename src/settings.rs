@@ -92,6 +92,10 @@ pub struct RunArgs {
     /// Device JWTs must carry this in `aud`.
     #[arg(long, env = "IDVB_AUDIENCE", value_name = "AUD")]
     pub audience: Option<String>,
+    /// Lets sessions' callback_url point at loopback, private and other non-public
+    /// addresses (development, tests); off, they are refused at creation and at connect.
+    #[arg(long, env = "IDVB_WEBHOOK_ALLOW_PRIVATE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub webhook_allow_private: bool,
 }
 
 /// The name of the API key that demo mode makes for itself (`requester.name` on the
@@ -119,7 +123,9 @@ pub struct Settings {
     pub webhook_url: Option<String>,
     /// Signing secrets, newest first.
     pub webhook_secrets: Vec<String>,
-    /// Webhook delivery: timeout, backoff, give-up (tests shrink them).
+    /// Webhook delivery: timeout, backoff, give-up (tests shrink them); whether
+    /// callback URLs may reach private addresses (`--webhook-allow-private`), and the
+    /// resolver (tests inject one).
     pub webhooks: WebhookConfig,
     /// Per-IP requests per second; 0 is off.
     pub rate_limit: u32,
@@ -271,6 +277,10 @@ impl Settings {
             rate_limit: args.rate_limit,
             demo: args.demo,
             max_staged_bytes: args.max_staged_mib as usize * 1024 * 1024,
+            webhooks: WebhookConfig {
+                allow_private: args.webhook_allow_private,
+                ..WebhookConfig::default()
+            },
             retention: Duration::from_secs(u64::from(args.retention_days) * 24 * 60 * 60),
             ..Self::with_db(args.db)
         })
@@ -374,6 +384,25 @@ mod tests {
             .expect("refused")
             .contains("--bind"));
         assert!(settings(&["--bind", "127.0.0.1:0"], &[]).is_ok());
+    }
+
+    #[test]
+    fn private_callback_addresses_are_refused_unless_the_flag_allows_them() {
+        assert!(!settings(&[], &[]).unwrap().webhooks.allow_private);
+        let s = settings(&["--webhook-allow-private"], &[]).unwrap();
+        assert!(s.webhooks.allow_private);
+        // Trusted configuration: the operator's own URL is not checked, even on loopback.
+        let s = settings(
+            &[
+                "--webhook-url",
+                "http://127.0.0.1:9000/hooks",
+                "--webhook-secret",
+                "a-webhook-secret-of-some-length",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert!(!s.webhooks.allow_private);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use idv_actors::registry::{Registry, RegistryConfig};
 use idv_actors::retention::{RetentionSweeper, SweeperConfig};
 use idv_actors::store::{Store, StoreConfig, StoreError, WebhookRoute};
 use idv_actors::webhooks::dispatcher::DispatcherError;
-use idv_actors::webhooks::{Dispatcher, Shutdown, Signer};
+use idv_actors::webhooks::{CallbackGuard, Dispatcher, Shutdown, Signer};
 use idv_web::{AppState, DemoApp, ServerConfig};
 
 use crate::settings::{check_credentials, Settings, DEMO_API_KEY_NAME, DEMO_ISSUER};
@@ -169,7 +169,13 @@ impl Application {
             shutdown: shutdown_rx,
             webhooks_signed: dispatcher.is_some(),
             demo,
+            callbacks: CallbackGuard::new(&settings.webhooks),
         };
+        if settings.webhooks.allow_private {
+            tracing::warn!(
+                "--webhook-allow-private: callback_url may point at loopback and private addresses"
+            );
+        }
         let config = ServerConfig {
             rate_limit: settings.rate_limit,
             workers: settings.workers,

@@ -65,7 +65,11 @@ async fn the_approve_journey_ends_with_a_decision_that_holds_the_shared_data() {
 
 #[actix_web::test]
 async fn a_cancel_answers_with_the_webhook_counts_as_get_does() {
-    let app = spawn_app_with(|s| s.webhook_secrets = vec!["whsec-test".into()]).await;
+    let app = spawn_app_with(|s| {
+        s.webhook_secrets = vec!["whsec-test".into()];
+        s.webhooks.allow_private = true;
+    })
+    .await;
     // A receiver nobody listens on: the cancel's event stays pending.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hook = format!("http://{}/hook", closed.local_addr().unwrap());

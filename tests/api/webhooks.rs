@@ -10,7 +10,8 @@ use std::time::Duration;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use hmac::{Hmac, Mac};
-use idv_actors::webhooks::WebhookConfig;
+use idv_actors::webhooks::ssrf::{Lookup, LookupFuture};
+use idv_actors::webhooks::{SharedLookup, WebhookConfig};
 use idv_broker::Settings;
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -183,7 +184,8 @@ fn verifies(hit: &Hit, secret: &str) -> bool {
         .any(|s| s == expected)
 }
 
-/// Webhooks on, with a signing secret and retries fast enough for tests.
+/// Webhooks on, with a signing secret and retries fast enough for tests; callback URLs
+/// may point at the loopback receivers (`--webhook-allow-private`).
 fn with_webhooks(s: &mut Settings) {
     s.webhook_secrets = vec![SECRET.into()];
     s.webhooks = WebhookConfig {
@@ -192,6 +194,8 @@ fn with_webhooks(s: &mut Settings) {
         give_up_after: Duration::from_secs(3600),
         timeout: Duration::from_secs(2),
         max_in_flight: 16,
+        allow_private: true,
+        ..WebhookConfig::default()
     };
 }
 
@@ -217,30 +221,6 @@ async fn webhook_counts(app: &TestApp, id: &str) -> Value {
         .await
         .unwrap();
     body["webhooks"].clone()
-}
-
-/// Waits until the outbox has recorded at least `n` delivery attempts for the
-/// session's first event (bounded).
-async fn wait_for_attempts(app: &TestApp, id: &str, n: i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let conn = app.db_read();
-    loop {
-        let attempts: i64 = conn
-            .query_row(
-                "SELECT attempts FROM webhook_outbox WHERE session_id = ?1 AND seq = 2",
-                [id],
-                |r| r.get(0),
-            )
-            .unwrap();
-        if attempts >= n {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {attempts} attempts for {id}, wanted {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Polls the session's webhook counts until they equal `want` (bounded).
@@ -546,4 +526,211 @@ async fn a_callback_url_is_refused_when_the_broker_has_no_webhook_secret() {
         webhook_counts(&app, &id).await,
         json!({"pending": 0, "failed": 0})
     );
+}
+
+// --- Where webhooks may go (SSRF, SPEC §3): without `--webhook-allow-private`. ---
+//
+// No test here sends a packet to a non-loopback address: public addresses are only
+// ever answers of an injected resolver, and no event is made for a session whose
+// callback would really go to one.
+
+/// A resolver for tests that answers every name with one address, which the test may
+/// change (DNS rebinding), and counts its lookups.
+struct Rebinding {
+    answer: Mutex<std::net::IpAddr>,
+    lookups: AtomicUsize,
+}
+
+impl Rebinding {
+    fn new(first: &str) -> Arc<Self> {
+        Arc::new(Self {
+            answer: Mutex::new(first.parse().unwrap()),
+            lookups: AtomicUsize::new(0),
+        })
+    }
+
+    fn answer_now(&self, ip: &str) {
+        *self.answer.lock().unwrap() = ip.parse().unwrap();
+    }
+}
+
+impl Lookup for Rebinding {
+    fn lookup(&self, _host: &str) -> LookupFuture {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        let ip = *self.answer.lock().unwrap();
+        Box::pin(async move { Ok(vec![ip]) })
+    }
+}
+
+/// Webhooks on (secret, fast retries) with private addresses refused, names resolved by
+/// `lookup`.
+fn guarded_webhooks(lookup: Arc<Rebinding>) -> impl Fn(&mut Settings) + Clone {
+    move |s: &mut Settings| {
+        with_webhooks(s);
+        s.webhooks.allow_private = false;
+        s.webhooks.lookup = SharedLookup(lookup.clone());
+    }
+}
+
+/// The outbox row of the session's first event: (attempts, last_error), once it has
+/// at least `attempts` attempts (bounded wait).
+async fn wait_for_attempts(app: &TestApp, id: &str, attempts: i64) -> (i64, String) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let conn = app.db_read();
+    loop {
+        let row: Option<(i64, Option<String>)> = conn
+            .query_row(
+                "SELECT attempts, last_error FROM webhook_outbox WHERE session_id = ?1 \
+                 ORDER BY seq LIMIT 1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ok();
+        if let Some((n, Some(error))) = &row {
+            if *n >= attempts {
+                return (*n, error.clone());
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {attempts} attempts on {id}: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_web::test]
+async fn a_callback_url_at_a_loopback_private_or_link_local_address_is_refused() {
+    // Names resolve to a private address here, unless they are loopback by definition.
+    let app = spawn_app_with(guarded_webhooks(Rebinding::new("10.0.0.7"))).await;
+    for url in [
+        "http://127.0.0.1:8080/hooks",
+        "http://127.1/hooks",
+        "http://2130706433/hooks",
+        "http://[::1]:8080/hooks",
+        "http://10.1.2.3/hooks",
+        "http://172.16.5.4/hooks",
+        "http://192.168.1.10/hooks",
+        "http://100.64.0.1/hooks",
+        "http://169.254.169.254/latest/meta-data",
+        "http://0.0.0.0:8080/hooks",
+        "http://224.0.0.1/hooks",
+        "http://[::ffff:127.0.0.1]/hooks",
+        "http://[::ffff:a9fe:a9fe]/hooks",
+        "http://[fd00::1]/hooks",
+        "http://[fe80::1]/hooks",
+        "http://localhost:8080/hooks",
+        "https://hooks.internal.test/idv",
+    ] {
+        let res = app
+            .post_session(&json!({"scopes": ["full_name"], "callback_url": url}))
+            .await;
+        let message = assert_error(res, 400, "invalid_request").await;
+        assert!(message.contains("callback_url"), "{url}: {message}");
+    }
+    let sessions: i64 = app
+        .db_read()
+        .query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(sessions, 0, "nothing was created");
+}
+
+#[actix_web::test]
+async fn a_callback_url_at_a_public_address_is_accepted_without_the_flag() {
+    let app = spawn_app_with(guarded_webhooks(Rebinding::new("93.184.216.34"))).await;
+    // Neither session makes a transition, so no event exists and nothing is sent.
+    for url in [
+        "https://93.184.216.34/hooks",
+        "https://hooks.public.test/idv",
+    ] {
+        let id = create_with_callback(&app, url).await;
+        assert_eq!(
+            webhook_counts(&app, &id).await,
+            json!({"pending": 0, "failed": 0})
+        );
+    }
+    let events: i64 = app
+        .db_read()
+        .query_row("SELECT COUNT(*) FROM webhook_outbox", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(events, 0);
+}
+
+#[actix_web::test]
+async fn a_callback_name_that_resolves_to_loopback_at_delivery_is_never_connected_to() {
+    let receiver = Receiver::start().await;
+    let port = receiver.base.rsplit(':').next().unwrap().to_owned();
+    let url = format!("http://rebind.test:{port}/hooks");
+
+    // Control: allowed to reach loopback, the same name and resolver deliver, so the
+    // receiver would see an event that got through.
+    let dns = Rebinding::new("127.0.0.1");
+    let allowed = spawn_app_with({
+        let dns = dns.clone();
+        move |s: &mut Settings| {
+            guarded_webhooks(dns)(s);
+            s.webhooks.allow_private = true;
+        }
+    })
+    .await;
+    let id = create_with_callback(&allowed, &url).await;
+    assert_eq!(allowed.cancel(&id).await.status(), 200);
+    assert_eq!(receiver.wait_accepted(1).await.len(), 1);
+
+    // Without the flag: public when the session is created, loopback when it delivers.
+    let dns = Rebinding::new("93.184.216.34");
+    let app = spawn_app_with(guarded_webhooks(dns.clone())).await;
+    let id = create_with_callback(&app, &url).await;
+    assert_eq!(dns.lookups.load(Ordering::SeqCst), 1, "checked at creation");
+    dns.answer_now("127.0.0.1");
+    assert_eq!(app.cancel(&id).await.status(), 200);
+
+    let (_, error) = wait_for_attempts(&app, &id, 2).await;
+    assert!(error.contains("non-public"), "{error}");
+    assert!(
+        dns.lookups.load(Ordering::SeqCst) >= 3,
+        "resolved per attempt"
+    );
+    assert_eq!(receiver.hits().len(), 1, "only the control's event arrived");
+    assert_eq!(
+        webhook_counts(&app, &id).await,
+        json!({"pending": 1, "failed": 0})
+    );
+}
+
+#[actix_web::test]
+async fn a_loopback_callback_stored_while_allowed_is_not_sent_once_the_flag_is_off() {
+    let receiver = Receiver::start().await;
+    let app = spawn_app_with(with_webhooks).await;
+    let id = create_with_callback(&app, &receiver.url("/hooks")).await;
+
+    let app = app
+        .restart_with(
+            chrono::Duration::zero(),
+            guarded_webhooks(Rebinding::new("10.0.0.7")),
+        )
+        .await;
+    assert_eq!(app.cancel(&id).await.status(), 200);
+    let (_, error) = wait_for_attempts(&app, &id, 2).await;
+    assert!(error.contains("non-public"), "{error}");
+    assert!(receiver.hits().is_empty(), "{:#?}", receiver.hits());
+}
+
+#[actix_web::test]
+async fn the_operators_webhook_url_is_trusted_even_at_a_loopback_address() {
+    let receiver = Receiver::start().await;
+    let port = receiver.base.rsplit(':').next().unwrap().to_owned();
+    let app = spawn_app_with(move |s: &mut Settings| {
+        guarded_webhooks(Rebinding::new("127.0.0.1"))(s);
+        s.webhook_url = Some(format!("http://operator.test:{port}/default"));
+    })
+    .await;
+    let id = app.create_session(&["full_name"]).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.cancel(&id).await.status(), 200);
+    let hits = receiver.wait_accepted(1).await;
+    assert_eq!(hits[0].path, "/default");
+    assert_eq!(hits[0].json()["session_id"], id);
 }

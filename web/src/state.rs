@@ -71,6 +71,9 @@ pub struct AppState {
     /// Whether the broker has a webhook secret; without one it sends nothing unsigned,
     /// so a `callback_url` is refused (SPEC §4).
     pub webhooks_signed: bool,
+    /// Refuses a `callback_url` that is or resolves to a non-public address, unless the
+    /// broker runs with `--webhook-allow-private` (SPEC §3).
+    pub callbacks: idv_actors::webhooks::CallbackGuard,
     /// Demo mode's own backend credential and device issuer; `None` without `--demo`,
     /// and then `/demo` and its routes answer `404`.
     pub demo: Option<DemoApp>,

@@ -35,6 +35,9 @@ pub struct OutboxEvent {
     pub event_id: String,
     /// Where to POST it.
     pub url: String,
+    /// `url` is the operator's default `--webhook-url` (trusted configuration), not the
+    /// session's `callback_url` (which the SSRF guard checks again at connect).
+    pub operator_url: bool,
     /// The exact bytes to send (and sign).
     pub body: Arc<[u8]>,
     /// Attempts made so far.
@@ -155,7 +158,9 @@ impl Store {
             // that is what keeps delivery in seq order per session.
             let mut stmt = conn.prepare_cached(
                 "SELECT o.session_id, o.seq, o.event_id, o.url, o.body, o.attempts, \
-                        o.first_attempt_at \
+                        o.first_attempt_at, \
+                        COALESCE((SELECT s.callback_url IS NULL FROM sessions s \
+                                  WHERE s.id = o.session_id), 0) \
                  FROM webhook_outbox o \
                  WHERE o.state = 'pending' AND o.next_attempt_at <= ?1 \
                    AND NOT EXISTS (SELECT 1 FROM webhook_outbox p \
@@ -172,17 +177,21 @@ impl Store {
                     r.get::<_, Vec<u8>>(4)?,
                     r.get::<_, i64>(5)?,
                     r.get::<_, Option<i64>>(6)?,
+                    r.get::<_, bool>(7)?,
                 ))
             })?;
             let mut due = Vec::new();
             for row in rows {
-                let (session_id, seq, event_id, url, body, attempts, first) = row?;
+                let (session_id, seq, event_id, url, body, attempts, first, operator_url) = row?;
                 due.push(OutboxEvent {
                     session_id: SessionId::parse(&session_id)
                         .ok_or_else(|| StoreError::Corrupt("outbox session id".into()))?,
                     seq: Seq(u64::try_from(seq).map_err(|_| StoreError::Corrupt("seq".into()))?),
                     event_id,
                     url,
+                    // enqueue() takes the default URL only for a session without a
+                    // callback_url; a session that cannot be found counts as a callback.
+                    operator_url,
                     body: body.into(),
                     attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
                     first_attempt_at: first.map(time).transpose()?,

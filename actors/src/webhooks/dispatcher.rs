@@ -10,6 +10,10 @@
 //! store signals a committed event, when a retry falls due, and after every
 //! recorded outcome. The receiver's answer is trusted for its status code alone:
 //! at most [`EXCERPT_BYTES`] of its body are read, for the log.
+//!
+//! Two HTTP clients: one for the operator's `--webhook-url` (trusted configuration),
+//! and one for sessions' `callback_url`s that, unless `allow_private` is set, never
+//! connects to a non-public address (see [`super::ssrf`]).
 
 use std::collections::HashSet;
 use std::error::Error as _;
@@ -21,6 +25,7 @@ use chrono::{DateTime, Utc};
 use rustls_platform_verifier::BuilderVerifierExt as _;
 use tokio::sync::oneshot;
 
+use super::ssrf::{refused_literal, Resolver};
 use super::{Signer, WebhookConfig};
 use crate::clock::SharedClock;
 use crate::ids::SessionId;
@@ -59,7 +64,11 @@ struct Wake;
 pub struct Dispatcher {
     store: Store,
     clock: SharedClock,
+    /// For the operator's `--webhook-url`.
     client: reqwest::Client,
+    /// For sessions' `callback_url`s: with the guarded resolver and no proxy, unless
+    /// private addresses are allowed (then the same as `client`).
+    callbacks: reqwest::Client,
     signer: Signer,
     config: WebhookConfig,
     /// Sessions with a delivery in flight or not yet recorded: their later events wait.
@@ -81,15 +90,26 @@ pub struct Dispatcher {
 }
 
 /// An HTTP client for webhooks: TLS with the `ring` provider and the platform's roots
-/// (passed in, not installed process-wide), no redirects, a total timeout.
-fn http_client(timeout: Duration) -> Result<reqwest::Client, DispatcherError> {
+/// (passed in, not installed process-wide), no redirects, a total timeout, names
+/// resolved by `resolver`.
+///
+/// A guarded client uses no proxy: through a proxy, the resolver would see the proxy's
+/// name and not the receiver's, and the check would be void.
+fn http_client(timeout: Duration, resolver: Resolver) -> Result<reqwest::Client, DispatcherError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_platform_verifier()?
         .with_no_client_auth();
-    Ok(reqwest::Client::builder()
+    let builder = reqwest::Client::builder();
+    let builder = if resolver.is_guarded() {
+        builder.no_proxy()
+    } else {
+        builder
+    };
+    Ok(builder
         .tls_backend_preconfigured(tls)
+        .dns_resolver(resolver)
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(timeout)
@@ -105,8 +125,15 @@ impl Dispatcher {
         signer: Signer,
         config: WebhookConfig,
     ) -> Result<Self, DispatcherError> {
+        let client = http_client(config.timeout, Resolver::trusting(config.lookup.clone()))?;
+        let callbacks = if config.allow_private {
+            client.clone()
+        } else {
+            http_client(config.timeout, Resolver::guarded(config.lookup.clone()))?
+        };
         Ok(Self {
-            client: http_client(config.timeout)?,
+            client,
+            callbacks,
             store,
             clock,
             signer,
@@ -188,12 +215,23 @@ impl Dispatcher {
     /// POSTs one event, then records the outcome; the session is held back meanwhile.
     fn deliver(&mut self, event: OutboxEvent, ctx: &mut Context<Self>) {
         self.in_flight.insert(event.session_id);
-        let client = self.client.clone();
+        // An IP literal reaches no resolver: a session's callback is checked here too.
+        let guarded = !event.operator_url && !self.config.allow_private;
+        let client = if event.operator_url {
+            self.client.clone()
+        } else {
+            self.callbacks.clone()
+        };
         let signer = self.signer.clone();
         let at = self.clock.now();
         ctx.spawn(
             async move {
-                let outcome = post(&client, &signer, &event, at).await;
+                let outcome = match guarded.then(|| refused_literal(&event.url)).flatten() {
+                    Some(_) => Err("not sent: the callback URL's host is a loopback, private \
+                                    or other non-public address"
+                        .to_owned()),
+                    None => post(&client, &signer, &event, at).await,
+                };
                 (event, outcome)
             }
             .into_actor(self)

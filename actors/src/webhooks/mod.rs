@@ -3,6 +3,8 @@
 //! Layout:
 //! - [`dispatcher`]: the actor that delivers the outbox, and its messages.
 //! - [`signature`]: the `X-Idv-Signature` HMAC.
+//! - [`ssrf`]: where webhooks may go (sessions' `callback_url`s reach public addresses
+//!   only, checked at creation and again at connect).
 //!
 //! Events are not made here: the store enqueues one in the transaction of every
 //! transition (see `store::outbox`), so the dispatcher only ever reads what is
@@ -10,11 +12,13 @@
 
 pub mod dispatcher;
 pub mod signature;
+pub mod ssrf;
 
 use std::time::Duration;
 
 pub use dispatcher::{Dispatcher, Shutdown};
 pub use signature::Signer;
+pub use ssrf::{CallbackGuard, SharedLookup};
 
 /// How the dispatcher delivers and retries. The defaults are SPEC §4's; tests shrink them.
 #[derive(Clone, Debug)]
@@ -29,6 +33,13 @@ pub struct WebhookConfig {
     pub timeout: Duration,
     /// Most deliveries in flight at once (to different sessions).
     pub max_in_flight: usize,
+    /// `--webhook-allow-private`: sessions' `callback_url`s may point at loopback,
+    /// private and other non-public addresses (development, tests). Off: such URLs are
+    /// refused at creation and never connected to (see [`ssrf`]).
+    pub allow_private: bool,
+    /// How webhook host names are resolved, at creation and at connect: the system
+    /// resolver; tests inject answers.
+    pub lookup: SharedLookup,
 }
 
 /// Makes `ring` the process's rustls crypto provider, if none is yet.
@@ -51,6 +62,8 @@ impl Default for WebhookConfig {
             give_up_after: Duration::from_secs(24 * 60 * 60),
             timeout: Duration::from_secs(5),
             max_in_flight: 64,
+            allow_private: false,
+            lookup: SharedLookup::default(),
         }
     }
 }

@@ -97,6 +97,13 @@ pub(crate) async fn open(
             "callback_url needs a webhook secret, and this broker has none: it sends nothing unsigned",
         ));
     }
+    if let Some(url) = &body.callback_url {
+        state
+            .callbacks
+            .check(url)
+            .await
+            .map_err(|refused| ApiError::invalid(refused.to_string()))?;
+    }
     let token = SessionToken::generate();
     let record = SessionRecord::open(
         owner,

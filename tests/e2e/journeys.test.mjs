@@ -379,7 +379,7 @@ describe('the QR journey in real Chromium', () => {
         body: JSON.stringify({
           scopes: ['full_name', 'selfie'],
           registration: { full_name: 'Grace Hopper' },
-          redirect_url: `${broker.baseUrl}/healthz`,
+          redirect_url: 'https://app.example/idv/done',
         }),
       });
       assert.equal(created.status, 201);
@@ -400,6 +400,13 @@ describe('the QR journey in real Chromium', () => {
       // With the app's device token in the fragment.
       const ctx = await browser.newContext(PHONE);
       contexts.push(ctx);
+      // The app's own page that redirect_url leads back to (served here, no network).
+      await ctx.route('https://app.example/**', (route) =>
+        route.fulfill({
+          contentType: 'text/html',
+          body: '<!doctype html><html lang="en"><title>App</title><link rel="icon" href="data:,"><h1>Back in the app</h1></html>',
+        })
+      );
       const phone = await ctx.newPage();
       watchers.push(
         await watch(phone, 'phone with #token=', {
@@ -436,7 +443,8 @@ describe('the QR journey in real Chromium', () => {
 
       // Deny: the page follows the session's redirect_url with session_id and status added.
       await phone.getByTestId('deny').click();
-      await phone.waitForURL(/\/healthz\?/, { timeout: TIMEOUT });
+      await phone.waitForURL(/^https:\/\/app\.example\/idv\/done\?/, { timeout: TIMEOUT });
+      await phone.getByRole('heading', { name: 'Back in the app' }).waitFor({ timeout: TIMEOUT });
       const landed = new URL(phone.url());
       assert.equal(landed.searchParams.get('session_id'), session.session_id);
       assert.equal(landed.searchParams.get('status'), 'declined');

@@ -147,6 +147,7 @@ impl Application {
             rate_limit: settings.rate_limit,
             workers: settings.workers,
             shutdown_timeout: settings.shutdown_timeout,
+            linger: settings.linger,
         };
         let server = idv_web::serve(listener, state, &config).map_err(bind_error)?;
         Ok(Self {

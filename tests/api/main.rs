@@ -20,3 +20,4 @@ mod supervision;
 mod users;
 mod validation;
 mod webhooks;
+mod ws_close;

@@ -116,6 +116,7 @@ impl SessionActor {
                     Ok(Some(record)) => {
                         let terminal = record.status.is_terminal();
                         let missed = act.audience.published().filter(|p| record.seq > *p);
+                        act.registry.track_token(id, record.token_hash);
                         act.state = Some(record);
                         if let Some(after) = missed {
                             act.catch_up(after, ctx);
@@ -295,6 +296,9 @@ impl SessionActor {
         // Committed with the approve, or discarded by any other end: either way the
         // memory copy goes now, and its bytes return to the staging budget.
         self.staged.clear();
+        if let Some(s) = &self.state {
+            self.registry.untrack_token(self.id, s.token_hash);
+        }
         if let Some(h) = self.expiry.take() {
             ctx.cancel_future(h);
         }
@@ -316,10 +320,12 @@ impl Actor for SessionActor {
         if self.ended {
             return;
         }
-        if self.state.is_none() {
-            self.load(ctx);
-        } else {
-            self.arm_expiry(ctx);
+        match &self.state {
+            None => self.load(ctx),
+            Some(s) => {
+                self.registry.track_token(self.id, s.token_hash);
+                self.arm_expiry(ctx);
+            }
         }
     }
 }
@@ -418,7 +424,11 @@ impl Handler<RotateToken> for SessionActor {
                 .into_actor(self)
                 .map(|res, act, _| {
                     if let (Some(stored), Some(s)) = (res?, act.state.as_mut()) {
+                        act.registry.untrack_token(act.id, s.token_hash);
                         s.token_hash = stored.token_hash;
+                        if !act.ended {
+                            act.registry.track_token(act.id, s.token_hash);
+                        }
                     }
                     Ok(())
                 }),

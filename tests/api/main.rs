@@ -11,6 +11,7 @@ mod custody;
 mod expiry;
 mod idempotency;
 mod journeys;
+mod probes;
 mod realtime;
 mod restart;
 mod rules;

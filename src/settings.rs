@@ -117,6 +117,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// WebSocket heartbeat timings and bounds.
     pub ws: idv_web::ws::WsConfig,
+    /// How long an upload's body may take to arrive (SPEC §3: 30 s).
+    pub upload_timeout: Duration,
     /// How long a connection whose request body was refused unread keeps being read
     /// (and discarded) so its client gets the answer before the connection closes.
     pub linger: Duration,
@@ -148,6 +150,7 @@ impl Settings {
             workers: None,
             shutdown_timeout: Duration::from_secs(30),
             ws: idv_web::ws::WsConfig::default(),
+            upload_timeout: idv_web::routes::files::UPLOAD_TIMEOUT,
             linger: idv_web::ServerConfig::default().linger,
             max_staged_bytes: idv_actors::staging::DEFAULT_MAX_STAGED_BYTES,
             retention: idv_actors::retention::DEFAULT_RETENTION,

@@ -140,6 +140,7 @@ impl Application {
                 .unwrap_or_else(|| format!("http://{addr}")),
             ttl: settings.ttl,
             ws: settings.ws,
+            upload_timeout: settings.upload_timeout,
             shutdown: shutdown_rx,
             webhooks_signed: dispatcher.is_some(),
         };

@@ -30,7 +30,7 @@ use crate::error::SessionError;
 use crate::ids::SessionId;
 use crate::model::{SessionRecord, SessionRequest};
 use crate::registry::Registry;
-use crate::staging::{CheckUpload, StageFile, Staged, StagedFile};
+use crate::staging::{CheckUpload, StageFile, Staged, StagedFile, UploadTicket};
 use crate::status::{next, Event, Outcome};
 use crate::store::{StoreError, TransitionWrite};
 
@@ -294,8 +294,10 @@ impl SessionActor {
     fn finish(&mut self, ctx: &mut Context<Self>) {
         self.ended = true;
         // Committed with the approve, or discarded by any other end: either way the
-        // memory copy goes now, and its bytes return to the staging budget.
+        // memory copy goes now, and its bytes return to the staging budget. Uploads
+        // still streaming in are ended too: nothing can stage them any more.
         self.staged.clear();
+        self.staged.end_streaming();
         if let Some(s) = &self.state {
             self.registry.untrack_token(self.id, s.token_hash);
         }
@@ -337,7 +339,8 @@ impl Supervised for SessionActor {
         self.expiry = None;
         // Staged uploads were never committed; a restart loses them by design (the
         // device uploads again), rather than trusting memory the panic may have left
-        // half-changed.
+        // half-changed. Uploads still streaming in keep their tickets: the reloaded
+        // session checks them again when they are staged.
         self.staged.clear();
         if !self.ended {
             self.state = None;
@@ -397,17 +400,20 @@ impl Handler<StageFile> for SessionActor {
         let now = self.now();
         self.contain(ctx, |act, _| {
             msg.check(act.record()?, now)?;
-            Ok(act.staged.put(msg))
+            act.staged.put(msg)
         })
     }
 }
 
 impl Handler<CheckUpload> for SessionActor {
-    type Result = Result<(), SessionError>;
+    type Result = Result<UploadTicket, SessionError>;
 
     fn handle(&mut self, msg: CheckUpload, ctx: &mut Context<Self>) -> Self::Result {
         let now = self.now();
-        self.contain(ctx, |act, _| msg.check(act.record()?, now))
+        self.contain(ctx, |act, _| {
+            msg.check(act.record()?, now)?;
+            Ok(act.staged.begin(&msg.kind))
+        })
     }
 }
 

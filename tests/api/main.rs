@@ -16,6 +16,7 @@ mod realtime;
 mod restart;
 mod rules;
 mod sessions;
+mod staging;
 mod status;
 mod supervision;
 mod users;

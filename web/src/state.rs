@@ -39,6 +39,8 @@ pub struct AppState {
     pub ttl: TtlBounds,
     /// WebSocket timings and bounds.
     pub ws: crate::ws::WsConfig,
+    /// How long an upload's body may take to arrive (SPEC §3: 30 s; tests shrink it).
+    pub upload_timeout: std::time::Duration,
     /// Turns `true` when the broker starts shutting down: WebSockets close with 1001
     /// and long-polls answer at once.
     pub shutdown: tokio::sync::watch::Receiver<bool>,

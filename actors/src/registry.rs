@@ -159,7 +159,9 @@ impl Registry {
     /// Forgets `hash` as session `id`'s token (it ended, or its token was replaced);
     /// idempotent.
     pub(crate) fn untrack_token(&self, id: SessionId, hash: TokenHash) {
-        self.inner.tokens.remove_if(&hash.0, |_, owner| *owner == id);
+        self.inner
+            .tokens
+            .remove_if(&hash.0, |_, owner| *owner == id);
     }
 
     /// Whether `hash` is the token of a live session.

@@ -23,7 +23,9 @@ async fn ws_handshake(app: &TestApp, id: &str, token: &str) -> u16 {
 }
 
 fn random_token() -> String {
-    idv_actors::ids::SessionToken::generate().expose().to_owned()
+    idv_actors::ids::SessionToken::generate()
+        .expose()
+        .to_owned()
 }
 
 async fn session(app: &TestApp) -> (String, String) {
@@ -60,16 +62,21 @@ async fn wrong_tokens_for_a_live_session_are_refused_without_reading_the_store()
 
     // Sessions that are not live answer as before (and may read the store).
     assert_eq!(app.cancel(&other).await.status(), 200);
-    assert_error(app.status(&other, &random_token()).await, 401, "unauthorized").await;
+    assert_error(
+        app.status(&other, &random_token()).await,
+        401,
+        "unauthorized",
+    )
+    .await;
     assert_error(app.status(&other, &token).await, 403, "forbidden").await;
     assert_eq!(app.status(&other, &other_token).await.status(), 200);
     let unknown = uuid::Uuid::new_v4().to_string();
     assert_error(app.status(&unknown, &token).await, 404, "not_found").await;
-    assert_error(app.status(&unknown, &random_token()).await, 401, "unauthorized").await;
     assert_error(
-        app.status(&unknown, &other_token).await,
-        404,
-        "not_found",
+        app.status(&unknown, &random_token()).await,
+        401,
+        "unauthorized",
     )
     .await;
+    assert_error(app.status(&unknown, &other_token).await, 404, "not_found").await;
 }

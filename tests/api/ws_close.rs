@@ -163,7 +163,11 @@ async fn a_clients_close_frame_is_answered_with_its_code_and_the_connection_ends
         let mut ws = RawWs::connect(&app, id, token).await;
         assert_eq!(ws.json().await["type"], "snapshot");
         ws.send_close(code).await;
-        assert_eq!(ws.close_code().await, Some(code), "the echo carries our code");
+        assert_eq!(
+            ws.close_code().await,
+            Some(code),
+            "the echo carries our code"
+        );
         ws.assert_eof().await;
     }
 }
@@ -174,9 +178,7 @@ async fn when_close_frames_cross_the_connection_still_ends_at_once() {
     let (id, token) = app.retrieved_session(&["full_name"], "alice").await;
     let mut ws = RawWs::connect(&app, &id, &token).await;
     assert_eq!(ws.json().await["type"], "snapshot");
-    let res = app
-        .update(&id, "alice", &json!({"decision": "deny"}))
-        .await;
+    let res = app.update(&id, "alice", &json!({"decision": "deny"})).await;
     assert_eq!(res.status(), 200);
     let last = ws.json().await;
     assert_eq!(last["status"], "declined");
@@ -191,9 +193,7 @@ async fn when_close_frames_cross_the_connection_still_ends_at_once() {
 async fn a_subscriber_to_an_ended_session_is_disconnected_as_soon_as_it_answers_the_close() {
     let app = app().await;
     let (id, token) = app.retrieved_session(&["full_name"], "alice").await;
-    let res = app
-        .update(&id, "alice", &json!({"decision": "deny"}))
-        .await;
+    let res = app.update(&id, "alice", &json!({"decision": "deny"})).await;
     assert_eq!(res.status(), 200);
     let mut ws = RawWs::connect(&app, &id, &token).await;
     assert_eq!(ws.json().await["status"], "declined");
@@ -212,9 +212,7 @@ async fn a_client_that_never_answers_the_servers_close_is_disconnected_after_the
     let (id, token) = app.retrieved_session(&["full_name"], "alice").await;
     let mut ws = RawWs::connect(&app, &id, &token).await;
     assert_eq!(ws.json().await["type"], "snapshot");
-    let res = app
-        .update(&id, "alice", &json!({"decision": "deny"}))
-        .await;
+    let res = app.update(&id, "alice", &json!({"decision": "deny"})).await;
     assert_eq!(res.status(), 200);
     assert_eq!(ws.close_code().await, Some(1000));
     // No close frame back.

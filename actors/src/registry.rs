@@ -166,10 +166,9 @@ impl Registry {
 
     /// Whether `hash` is the token of a live session.
     fn is_live_token(&self, hash: TokenHash) -> bool {
-        self.inner
-            .tokens
-            .get(&hash.0)
-            .is_some_and(|id| self.inner.live.contains_key(&*id))
+        // The id is copied out first: no lock of one map is held while taking the other's.
+        let owner = self.inner.tokens.get(&hash.0).map(|id| *id);
+        owner.is_some_and(|id| self.inner.live.contains_key(&id))
     }
 
     /// Finds a session: its live actor (rehydrated if needed) or its terminal record.

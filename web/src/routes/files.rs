@@ -58,9 +58,9 @@ fn unsupported(message: &str) -> ApiError {
 
 /// Reads the body into an [`UploadBuffer`] charging `budget`, refusing (`413`) the
 /// chunk that takes it past the cap or (`503`) past the budget. Gives up with `408`
-/// once `allowed` has passed since the request came in (`deadline`), and with `409` as soon as `ticket` says a newer upload of the kind
-/// replaced this one (or the session ended). Whatever was read is wiped and given back
-/// to the budget on every refusal.
+/// at `deadline` (`allowed` after the request came in), and with `409` as soon as
+/// `ticket` says a newer upload of the kind replaced this one or the session ended.
+/// Whatever was read is wiped and given back to the budget on every refusal.
 async fn read_body(
     mut payload: web::Payload,
     announced: Option<usize>,
@@ -87,10 +87,7 @@ async fn read_body(
         () = tokio::time::sleep_until(deadline) => {
             return Err(ApiError::new(
                 ErrorCode::Timeout,
-                format!(
-                    "the upload's body did not arrive within {:?}; try again",
-                    allowed
-                ),
+                format!("the upload's body did not arrive within {allowed:?}; try again"),
             ))
         }
     }

@@ -15,6 +15,19 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(EXIT_USAGE)
 }
 
+/// Turns core dumps off for this process, soft and hard limit both, so nothing in it
+/// can turn them on again: uploads are held in memory until approve, and a core dump
+/// would write them to disk (docs/custody.md).
+#[cfg(unix)]
+fn disable_core_dumps() -> std::io::Result<()> {
+    rlimit::setrlimit(rlimit::Resource::CORE, 0, 0)
+}
+
+#[cfg(not(unix))]
+fn disable_core_dumps() -> std::io::Result<()> {
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -66,6 +79,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    if let Err(e) = disable_core_dumps() {
+        tracing::warn!(error = %e, "cannot turn core dumps off; run with `ulimit -c 0`");
+    }
 
     actix_web::rt::System::new().block_on(async move {
         let app = match Application::build(settings).await {

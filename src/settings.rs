@@ -143,6 +143,11 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// WebSocket heartbeat timings and bounds.
     pub ws: idv_web::state::WsConfig,
+    /// How long an upload's body may take to arrive (SPEC §3: 30 s).
+    pub upload_timeout: Duration,
+    /// How long a connection whose request body was refused unread keeps being read
+    /// (and discarded) so its client gets the answer before the connection closes.
+    pub linger: Duration,
     /// Most bytes of uploads held in memory (staged until approve, or streaming in).
     pub max_staged_bytes: usize,
     /// How long a confirmed session keeps its shared data and files after the decision.
@@ -172,6 +177,8 @@ impl Settings {
             workers: None,
             shutdown_timeout: Duration::from_secs(30),
             ws: idv_web::state::WsConfig::default(),
+            upload_timeout: idv_web::routes::files::UPLOAD_TIMEOUT,
+            linger: idv_web::ServerConfig::default().linger,
             max_staged_bytes: idv_actors::staging::DEFAULT_MAX_STAGED_BYTES,
             retention: idv_actors::retention::DEFAULT_RETENTION,
             retention_sweep_every: idv_actors::retention::DEFAULT_SWEEP_EVERY,

@@ -166,6 +166,7 @@ impl Application {
                 .unwrap_or_else(|| format!("http://{addr}")),
             ttl: settings.ttl,
             ws: settings.ws,
+            upload_timeout: settings.upload_timeout,
             shutdown: shutdown_rx,
             webhooks_signed: dispatcher.is_some(),
             demo,
@@ -180,6 +181,7 @@ impl Application {
             rate_limit: settings.rate_limit,
             workers: settings.workers,
             shutdown_timeout: settings.shutdown_timeout,
+            linger: settings.linger,
         };
         let demo_url = state
             .demo

@@ -18,6 +18,10 @@ pub enum SessionError {
     /// Not allowed in the current status (`409 invalid_state`).
     #[error("not allowed while the session is {0}")]
     InvalidState(Status),
+    /// An upload ended before it was staged: a newer upload of the same kind replaced
+    /// it, or the session ended (`409 invalid_state`).
+    #[error("a newer upload of this kind replaced this one, or the session ended")]
+    UploadReplaced,
     /// The same idempotency key was used with another body (`409 idempotency_conflict`).
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyConflict,

@@ -64,6 +64,12 @@ struct Inner {
     /// Live sessions' actors. DashMap shards its locks, so lookups from every worker
     /// thread proceed in parallel and no lock is held across an `.await`.
     live: DashMap<SessionId, Addr<SessionActor>>,
+    /// The token hash of every live session that has its record in memory, kept by the
+    /// session actors themselves. A token that is not the session's own is told apart
+    /// here, without the store: another live session's (`403`) or nobody's live one
+    /// (`401`), so a probe with random tokens costs no store read. Keyed by the SHA-256,
+    /// so the lookup's timing says nothing about any token.
+    tokens: DashMap<[u8; 32], SessionId>,
     store: Store,
     clock: SharedClock,
     config: RegistryConfig,
@@ -78,6 +84,7 @@ impl Registry {
         Self {
             inner: Arc::new(Inner {
                 live: DashMap::new(),
+                tokens: DashMap::new(),
                 store,
                 clock,
                 staging: StagingBudget::new(config.max_staged_bytes),
@@ -142,6 +149,26 @@ impl Registry {
     /// Removes `addr` for `id`, if it is still the one registered (idempotent).
     pub(crate) fn forget(&self, id: SessionId, addr: &Addr<SessionActor>) {
         self.inner.live.remove_if(&id, |_, a| a == addr);
+    }
+
+    /// Records that live session `id` has the token `hash` (its actor holds the record).
+    pub(crate) fn track_token(&self, id: SessionId, hash: TokenHash) {
+        self.inner.tokens.insert(hash.0, id);
+    }
+
+    /// Forgets `hash` as session `id`'s token (it ended, or its token was replaced);
+    /// idempotent.
+    pub(crate) fn untrack_token(&self, id: SessionId, hash: TokenHash) {
+        self.inner
+            .tokens
+            .remove_if(&hash.0, |_, owner| *owner == id);
+    }
+
+    /// Whether `hash` is the token of a live session.
+    fn is_live_token(&self, hash: TokenHash) -> bool {
+        // The id is copied out first: no lock of one map is held while taking the other's.
+        let owner = self.inner.tokens.get(&hash.0).map(|id| *id);
+        owner.is_some_and(|id| self.inner.live.contains_key(&id))
     }
 
     /// Finds a session: its live actor (rehydrated if needed) or its terminal record.
@@ -239,7 +266,7 @@ impl Registry {
     ) -> Result<SessionRecord, SessionError> {
         let token = client_token(&caller);
         let res = self.call(id, Inspect { caller }).await;
-        self.refine(res, token).await
+        self.refine(id, res, token).await
     }
 
     /// Subscribes to a session's transitions. Returns the subscription (its snapshot
@@ -266,7 +293,7 @@ impl Registry {
                 },
             )
             .await;
-        let subscribed = self.refine(res, token).await?;
+        let subscribed = self.refine(id, res, token).await?;
         let replay = match after {
             Some(after) if after < subscribed.snapshot.seq => {
                 let upto = subscribed.snapshot.seq;
@@ -312,7 +339,7 @@ impl Registry {
     ) -> Result<Change, SessionError> {
         let token = client_token(&caller);
         let res = self.call(id, WaitChange { caller, after }).await;
-        self.refine(res, token).await
+        self.refine(id, res, token).await
     }
 
     /// How many subscribers a session has (0 once it ended).
@@ -326,24 +353,38 @@ impl Registry {
     }
 
     /// Tells a foreign session token (`403`) from one that is no session's (`401`).
+    ///
+    /// The session answered first, from memory if it is live. A token that is not its
+    /// own is looked up among the live sessions' tokens, in memory; only when the
+    /// session is not live (ended, or unknown) is the store asked whether any session
+    /// has the token, so a wrong token for a live session never costs a store read.
+    /// Those reads are bounded like every other: by the per-IP rate limit and the
+    /// store's queue bound (`503` past it).
     async fn refine<T>(
         &self,
+        id: SessionId,
         res: Result<T, SessionError>,
         token: Option<TokenHash>,
     ) -> Result<T, SessionError> {
-        match (res, token) {
-            (Err(SessionError::Unauthorized), Some(t))
-                if self.inner.store.token_in_use(t).await? =>
-            {
-                Err(SessionError::Forbidden(
-                    "this token belongs to another session",
-                ))
+        let Some(t) = token else { return res };
+        match res {
+            Err(SessionError::Unauthorized) => {
+                let foreign = self.is_live_token(t)
+                    || (!self.inner.live.contains_key(&id)
+                        && self.inner.store.token_in_use(t).await?);
+                Err(if foreign {
+                    SessionError::Forbidden("this token belongs to another session")
+                } else {
+                    SessionError::Unauthorized
+                })
             }
             // A token of no session learns nothing, not even whether the id exists.
-            (Err(SessionError::NotFound), Some(t)) if !self.inner.store.token_in_use(t).await? => {
+            Err(SessionError::NotFound)
+                if !self.is_live_token(t) && !self.inner.store.token_in_use(t).await? =>
+            {
                 Err(SessionError::Unauthorized)
             }
-            (res, _) => res,
+            res => res,
         }
     }
 

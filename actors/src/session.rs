@@ -31,7 +31,7 @@ use crate::error::SessionError;
 use crate::ids::SessionId;
 use crate::model::{SessionRecord, SessionRequest};
 use crate::registry::Registry;
-use crate::staging::{CheckUpload, StageFile, Staged, StagedFile};
+use crate::staging::{CheckUpload, StageFile, Staged, StagedFile, UploadTicket};
 use crate::status::{next, Event, Outcome};
 use crate::store::{StoreError, TransitionWrite};
 
@@ -117,6 +117,7 @@ impl SessionActor {
                     Ok(Some(record)) => {
                         let terminal = record.status.is_terminal();
                         let missed = act.audience.published().filter(|p| record.seq > *p);
+                        act.registry.track_token(id, record.token_hash);
                         act.state = Some(record);
                         if let Some(after) = missed {
                             act.catch_up(after, ctx);
@@ -294,8 +295,13 @@ impl SessionActor {
     fn finish(&mut self, ctx: &mut Context<Self>) {
         self.ended = true;
         // Committed with the approve, or discarded by any other end: either way the
-        // memory copy goes now, and its bytes return to the staging budget.
+        // memory copy goes now, and its bytes return to the staging budget. Uploads
+        // still streaming in are ended too: nothing can stage them any more.
         self.staged.clear();
+        self.staged.end_streaming();
+        if let Some(s) = &self.state {
+            self.registry.untrack_token(self.id, s.token_hash);
+        }
         if let Some(h) = self.expiry.take() {
             ctx.cancel_future(h);
         }
@@ -317,10 +323,12 @@ impl Actor for SessionActor {
         if self.ended {
             return;
         }
-        if self.state.is_none() {
-            self.load(ctx);
-        } else {
-            self.arm_expiry(ctx);
+        match &self.state {
+            None => self.load(ctx),
+            Some(s) => {
+                self.registry.track_token(self.id, s.token_hash);
+                self.arm_expiry(ctx);
+            }
         }
     }
 }
@@ -332,7 +340,8 @@ impl Supervised for SessionActor {
         self.expiry = None;
         // Staged uploads were never committed; a restart loses them by design (the
         // device uploads again), rather than trusting memory the panic may have left
-        // half-changed.
+        // half-changed. Uploads still streaming in keep their tickets: the reloaded
+        // session checks them again when they are staged.
         self.staged.clear();
         if !self.ended {
             self.state = None;
@@ -392,17 +401,20 @@ impl Handler<StageFile> for SessionActor {
         let now = self.now();
         self.contain(ctx, |act, _| {
             msg.check(act.record()?, now)?;
-            Ok(act.staged.put(msg))
+            act.staged.put(msg)
         })
     }
 }
 
 impl Handler<CheckUpload> for SessionActor {
-    type Result = Result<(), SessionError>;
+    type Result = Result<UploadTicket, SessionError>;
 
     fn handle(&mut self, msg: CheckUpload, ctx: &mut Context<Self>) -> Self::Result {
         let now = self.now();
-        self.contain(ctx, |act, _| msg.check(act.record()?, now))
+        self.contain(ctx, |act, _| {
+            msg.check(act.record()?, now)?;
+            Ok(act.staged.begin(&msg.kind))
+        })
     }
 }
 
@@ -419,7 +431,11 @@ impl Handler<RotateToken> for SessionActor {
                 .into_actor(self)
                 .map(|res, act, _| {
                     if let (Some(stored), Some(s)) = (res?, act.state.as_mut()) {
+                        act.registry.untrack_token(act.id, s.token_hash);
                         s.token_hash = stored.token_hash;
+                        if !act.ended {
+                            act.registry.track_token(act.id, s.token_hash);
+                        }
                     }
                     Ok(())
                 }),

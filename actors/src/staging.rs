@@ -3,14 +3,20 @@
 //! Layout:
 //! - [`ImageType`]: the accepted media types, and the magic bytes that prove them.
 //! - [`StagingBudget`] / [`Reservation`]: the broker-wide bound on staged bytes.
+//! - [`UploadBuffer`]: a body while it streams in, taking memory from the budget as
+//!   its bytes arrive.
 //! - [`Upload`]: one uploaded body, holding its share of the budget.
 //! - [`Staged`]: a session actor's uploads by kind, and [`StageFile`], the message
 //!   that adds one.
-//! - [`CheckUpload`]: the same rules asked before the body is read.
+//! - [`CheckUpload`]: the same rules asked before the body is read; it also makes the
+//!   upload the one of its kind that streams in ([`UploadTicket`]).
 //!
 //! Nothing here touches the disk. A staged upload reaches the store only inside the
 //! approve transition ([`NewFile`] in [`TransitionWrite`]); every other way a session
 //! ends, and an actor restart, drops it, which gives its bytes back to the budget.
+//! Every buffer that held an upload's bytes is wiped (zeroized) when it is let go:
+//! the growing buffer's old copies, and the staged body itself when its last handle
+//! drops.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,6 +25,8 @@ use std::sync::Arc;
 
 use actix::Message;
 use chrono::{DateTime, Utc};
+use tokio::sync::oneshot;
+use zeroize::{ZeroizeOnDrop, Zeroizing};
 
 use crate::commands::{authorize, Caller, Plan, SessionCommand};
 use crate::error::SessionError;
@@ -185,22 +193,150 @@ impl fmt::Debug for Reservation {
     }
 }
 
+/// Why a chunk could not be added to an [`UploadBuffer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufferFull {
+    /// The body would pass [`MAX_UPLOAD_BYTES`] (`413`).
+    TooLarge,
+    /// The staging budget cannot cover it (`503`).
+    Budget,
+}
+
+/// An upload's body while it streams in.
+///
+/// Memory is taken from the [`StagingBudget`] as bytes arrive, never from an announced
+/// `Content-Length`: a stalled upload holds only about what it sent. The buffer grows
+/// by doubling (at most to the announced length), so it holds at most twice what
+/// arrived, and the budget is charged for what is allocated, not just what is filled.
+/// Growing copies into a new buffer and wipes the old one, so no stale copy of the
+/// bytes is left in freed memory; the last buffer is wiped when dropped.
+pub struct UploadBuffer {
+    bytes: Zeroizing<Vec<u8>>,
+    /// Covers `bytes.capacity()`.
+    reservation: Reservation,
+    /// The announced length, if any: the buffer never grows past it while the body
+    /// keeps to it.
+    announced: Option<usize>,
+}
+
+impl UploadBuffer {
+    /// An empty buffer charging `budget`; `announced` is the `Content-Length`, if any.
+    pub fn new(budget: &Arc<StagingBudget>, announced: Option<usize>) -> Self {
+        Self {
+            bytes: Zeroizing::new(Vec::new()),
+            reservation: budget.reserve(),
+            announced,
+        }
+    }
+
+    /// Appends `chunk`, taking more of the budget if the buffer must grow. On an error
+    /// nothing is added and nothing more is taken.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), BufferFull> {
+        let len = self.bytes.len() + chunk.len();
+        if len > MAX_UPLOAD_BYTES {
+            return Err(BufferFull::TooLarge);
+        }
+        if len > self.bytes.capacity() {
+            let doubled = (self.bytes.capacity() * 2).min(MAX_UPLOAD_BYTES);
+            let ceiling = self
+                .announced
+                .filter(|&a| a >= len)
+                .unwrap_or(MAX_UPLOAD_BYTES);
+            let target = len.max(doubled.min(ceiling));
+            // Short of budget for the slack, grow just enough: only bytes that do not
+            // fit are refused.
+            if self.regrow(target).is_err() {
+                self.regrow(len)?;
+            }
+        }
+        self.bytes.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    /// Bytes received.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether nothing was received.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The bytes received.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Bytes taken from the budget (the allocated capacity).
+    pub fn reserved(&self) -> usize {
+        self.reservation.bytes()
+    }
+
+    /// Moves the bytes into a buffer of exactly `capacity`, wiping the old one, and
+    /// makes the reservation match.
+    fn regrow(&mut self, capacity: usize) -> Result<(), BufferFull> {
+        let more = capacity.saturating_sub(self.reservation.bytes());
+        if more > 0 && !self.reservation.grow(more) {
+            return Err(BufferFull::Budget);
+        }
+        let mut next = Zeroizing::new(Vec::with_capacity(capacity));
+        next.extend_from_slice(&self.bytes);
+        // The old buffer is zeroized as it drops here.
+        self.bytes = next;
+        self.reservation.shrink_to(capacity);
+        Ok(())
+    }
+
+    /// The finished upload. A buffer left larger than its body (a body without a
+    /// `Content-Length`, or shorter than announced) is first copied into one that fits.
+    pub fn finish(mut self, content_type: ImageType) -> Arc<Upload> {
+        if self.bytes.capacity() > self.bytes.len() {
+            // Cannot fail: it needs no more of the budget than is held.
+            let _ = self.regrow(self.bytes.len());
+        }
+        Arc::new(Upload {
+            content_type,
+            bytes: self.bytes,
+            _reservation: self.reservation,
+        })
+    }
+}
+
+impl fmt::Debug for UploadBuffer {
+    // Never the bytes (see `Upload`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "UploadBuffer({} bytes, {} reserved)",
+            self.bytes.len(),
+            self.reservation.bytes()
+        )
+    }
+}
+
+/// Its bytes are wiped when it is dropped (they are a `Zeroizing` buffer).
+impl ZeroizeOnDrop for UploadBuffer {}
+
 /// One uploaded body with its type, holding its bytes' share of the budget.
 pub struct Upload {
     /// The checked media type.
     pub content_type: ImageType,
-    /// The body.
-    pub bytes: Vec<u8>,
+    /// The body; wiped when the last handle to the upload is dropped.
+    pub bytes: Zeroizing<Vec<u8>>,
     /// Released when the last handle to this upload is dropped.
     _reservation: Reservation,
 }
+
+/// Its bytes are wiped when it is dropped (they are a `Zeroizing` buffer).
+impl ZeroizeOnDrop for Upload {}
 
 impl Upload {
     /// An upload whose `bytes` are covered by `reservation`.
     pub fn new(content_type: ImageType, bytes: Vec<u8>, reservation: Reservation) -> Arc<Self> {
         Arc::new(Self {
             content_type,
-            bytes,
+            bytes: Zeroizing::new(bytes),
             _reservation: reservation,
         })
     }
@@ -253,8 +389,26 @@ pub struct StageFile {
     pub device: DeviceId,
     /// The file scope.
     pub kind: String,
+    /// The ticket [`CheckUpload`] gave this upload; refused if a newer upload of the
+    /// kind replaced it meanwhile.
+    pub upload_id: UploadId,
     /// The body, already checked for type and size.
     pub upload: Arc<Upload>,
+}
+
+/// Which upload of a session and kind is the one streaming in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UploadId(u64);
+
+/// What [`CheckUpload`] answers: the upload may stream in, as the one of its kind.
+#[derive(Debug)]
+pub struct UploadTicket {
+    /// To hand back with [`StageFile`].
+    pub id: UploadId,
+    /// Resolves (with an error: nothing is ever sent) once this upload may no longer
+    /// be staged: a newer upload of the same kind replaced it, or the session ended.
+    /// The upload's reader stops at once and lets its bytes go.
+    pub ended: oneshot::Receiver<()>,
 }
 
 /// The rules of an upload (SPEC §3), shared by [`CheckUpload`] before the body is read
@@ -317,8 +471,13 @@ impl SessionCommand for StageFile {
 /// valid device token could stream 5 MiB at any session id and hold the staging
 /// budget meanwhile. It answers as [`StageFile`] would; [`StageFile`] checks again,
 /// since the session may change while the body streams in.
+///
+/// Accepted, the upload becomes the one of its kind that streams in: an unfinished
+/// earlier one is ended at once (its [`UploadTicket::ended`] resolves), so a phone that
+/// retries after a dropped connection does not wait for the dead upload to time out,
+/// and the dead upload's bytes go back to the budget.
 #[derive(Message, Clone, Debug)]
-#[rtype(result = "Result<(), SessionError>")]
+#[rtype(result = "Result<UploadTicket, SessionError>")]
 pub struct CheckUpload {
     /// The device (issuer and `sub`).
     pub device: DeviceId,
@@ -334,25 +493,62 @@ impl CheckUpload {
 }
 
 impl SessionCommand for CheckUpload {
-    type Output = ();
-    fn on_ended(&self, session: &SessionRecord, now: DateTime<Utc>) -> Result<(), SessionError> {
+    type Output = UploadTicket;
+    fn on_ended(
+        &self,
+        session: &SessionRecord,
+        now: DateTime<Utc>,
+    ) -> Result<UploadTicket, SessionError> {
         self.check(session, now)?;
         // As for `StageFile`: an ended session never takes an upload.
         Err(SessionError::InvalidState(session.status))
     }
 }
 
-/// A session actor's staged uploads, one per file kind.
+/// The upload of one kind that is streaming in.
+#[derive(Debug)]
+struct Streaming {
+    id: UploadId,
+    /// Dropped to end the upload: its reader's [`UploadTicket::ended`] resolves.
+    _end: oneshot::Sender<()>,
+}
+
+/// A session actor's staged uploads, one per file kind, and the uploads streaming in,
+/// at most one per kind.
 #[derive(Debug, Default)]
 pub struct Staged {
     /// Kind → the latest upload of that kind.
     files: BTreeMap<String, NewFile>,
+    /// Kind → the upload of that kind streaming in now. An entry whose upload failed
+    /// (cut off, too large, too slow) stays until the next upload of the kind or the
+    /// end of the session: at most one per file kind, so this stays small.
+    streaming: BTreeMap<String, Streaming>,
+    /// The id of the next upload to begin.
+    next_upload: u64,
 }
 
 impl Staged {
+    /// Makes a new upload of `kind` the one streaming in; an unfinished earlier one is
+    /// ended (its sender dropped).
+    pub fn begin(&mut self, kind: &str) -> UploadTicket {
+        let id = UploadId(self.next_upload);
+        self.next_upload += 1;
+        let (end, ended) = oneshot::channel();
+        self.streaming
+            .insert(kind.to_owned(), Streaming { id, _end: end });
+        UploadTicket { id, ended }
+    }
+
     /// Stages `msg` (already checked), replacing an earlier upload of the same kind;
-    /// the replaced one is dropped and its bytes go back to the budget.
-    pub fn put(&mut self, msg: StageFile) -> StagedFile {
+    /// the replaced one is dropped and its bytes go back to the budget. Refused
+    /// (`409`) if a newer upload of the kind began while this one streamed in.
+    pub fn put(&mut self, msg: StageFile) -> Result<StagedFile, SessionError> {
+        match self.streaming.get(&msg.kind) {
+            Some(current) if current.id == msg.upload_id => {
+                self.streaming.remove(&msg.kind);
+            }
+            _ => return Err(SessionError::UploadReplaced),
+        }
         let file = NewFile {
             file_id: FileId::new(),
             kind: msg.kind,
@@ -364,7 +560,7 @@ impl Staged {
             size: file.upload.size(),
         };
         self.files.insert(file.kind.clone(), file);
-        answer
+        Ok(answer)
     }
 
     /// The kinds with an upload.
@@ -386,9 +582,15 @@ impl Staged {
         }
     }
 
-    /// Drops everything staged (deny, expiry, cancel, commit, restart).
+    /// Drops everything staged (deny, expiry, cancel, commit, restart). Uploads still
+    /// streaming in are left alone: see [`end_streaming`](Self::end_streaming).
     pub fn clear(&mut self) {
         self.files.clear();
+    }
+
+    /// Ends every upload still streaming in (the session is over).
+    pub fn end_streaming(&mut self) {
+        self.streaming.clear();
     }
 }
 
@@ -455,21 +657,139 @@ mod tests {
         };
         let mut staged = Staged::default();
         let device = DeviceId::new("phone-app", crate::ids::UserId::parse("alice").unwrap());
-        let first = staged.put(StageFile {
-            device: device.clone(),
-            kind: "selfie".into(),
-            upload: upload(30),
-        });
-        let second = staged.put(StageFile {
-            device,
-            kind: "selfie".into(),
-            upload: upload(20),
-        });
+        let ticket = staged.begin("selfie");
+        let first = staged
+            .put(StageFile {
+                device: device.clone(),
+                kind: "selfie".into(),
+                upload_id: ticket.id,
+                upload: upload(30),
+            })
+            .unwrap();
+        let ticket = staged.begin("selfie");
+        let second = staged
+            .put(StageFile {
+                device,
+                kind: "selfie".into(),
+                upload_id: ticket.id,
+                upload: upload(20),
+            })
+            .unwrap();
         assert_ne!(first.file_id, second.file_id);
         assert_eq!(budget.used(), 20);
         assert_eq!(staged.kinds().len(), 1);
         staged.clear();
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_new_upload_of_a_kind_ends_the_one_still_streaming_in() {
+        let budget = StagingBudget::new(100);
+        let mut staged = Staged::default();
+        let device = DeviceId::new("phone-app", crate::ids::UserId::parse("alice").unwrap());
+        let stage = |kind: &str, id: UploadId| StageFile {
+            device: device.clone(),
+            kind: kind.into(),
+            upload_id: id,
+            upload: Upload::new(ImageType::Png, vec![1; 4], budget.reserve()),
+        };
+        let mut stalled = staged.begin("selfie");
+        let other_kind = staged.begin("document_front");
+        assert_eq!(
+            stalled.ended.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty),
+            "still the current upload"
+        );
+        let mut retry = staged.begin("selfie");
+        assert_eq!(
+            stalled.ended.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed),
+            "ended by the retry"
+        );
+        assert!(matches!(
+            staged.put(stage("selfie", stalled.id)),
+            Err(SessionError::UploadReplaced)
+        ));
+        assert!(staged.put(stage("selfie", retry.id)).is_ok());
+        // Once staged, a ticket cannot be used again.
+        assert!(staged.put(stage("selfie", retry.id)).is_err());
+        assert!(staged.put(stage("document_front", other_kind.id)).is_ok());
+        assert_eq!(staged.kinds().len(), 2);
+        assert_eq!(
+            retry.ended.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        );
+        let mut streaming = staged.begin("selfie");
+        staged.end_streaming();
+        assert_eq!(
+            streaming.ended.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed),
+            "the session ended"
+        );
+    }
+
+    #[test]
+    fn an_upload_buffer_takes_memory_as_bytes_arrive_not_as_announced() {
+        let budget = StagingBudget::new(MAX_UPLOAD_BYTES);
+        let mut buffer = UploadBuffer::new(&budget, Some(MAX_UPLOAD_BYTES));
+        assert_eq!(budget.used(), 0, "nothing taken for the announced length");
+        buffer.push(&[7; 100]).unwrap();
+        assert_eq!((buffer.len(), budget.used()), (100, 100));
+        buffer.push(&[7; 10]).unwrap();
+        assert_eq!(budget.used(), 200, "grows by doubling");
+        buffer.push(&[7; 300]).unwrap();
+        assert_eq!(budget.used(), 410, "or to what a large chunk needs");
+        drop(buffer);
+        assert_eq!(budget.used(), 0);
+
+        // Never past the announced length while the body keeps to it, so an honest
+        // body ends in a buffer that fits exactly.
+        let mut buffer = UploadBuffer::new(&budget, Some(150));
+        buffer.push(&[7; 100]).unwrap();
+        buffer.push(&[7; 50]).unwrap();
+        assert_eq!(buffer.reserved(), 150);
+        let upload = buffer.finish(ImageType::Png);
+        assert_eq!((upload.size(), budget.used()), (150, 150));
+        drop(upload);
+
+        // Without a length, the finished body is copied into a buffer that fits.
+        let mut buffer = UploadBuffer::new(&budget, None);
+        buffer.push(&[7; 100]).unwrap();
+        buffer.push(&[8; 1]).unwrap();
+        assert_eq!(budget.used(), 200);
+        let upload = buffer.finish(ImageType::Png);
+        assert_eq!(budget.used(), 101);
+        assert_eq!(upload.bytes.capacity(), 101);
+        assert_eq!(upload.bytes[100], 8);
+        drop(upload);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn an_upload_buffer_refuses_past_the_cap_or_the_budget_and_takes_nothing_then() {
+        let budget = StagingBudget::new(1000);
+        let mut buffer = UploadBuffer::new(&budget, None);
+        buffer.push(&[0; 600]).unwrap();
+        assert_eq!(buffer.push(&[0; 500]), Err(BufferFull::Budget));
+        assert_eq!((buffer.len(), budget.used()), (600, 600));
+        buffer.push(&[0; 400]).unwrap();
+        assert_eq!((buffer.len(), budget.used()), (1000, 1000));
+
+        let budget = StagingBudget::new(2 * MAX_UPLOAD_BYTES);
+        let mut buffer = UploadBuffer::new(&budget, None);
+        buffer.push(&vec![0; MAX_UPLOAD_BYTES]).unwrap();
+        assert_eq!(buffer.push(&[0]), Err(BufferFull::TooLarge));
+        assert_eq!(budget.used(), MAX_UPLOAD_BYTES);
+    }
+
+    #[test]
+    fn staged_bytes_are_wiped_when_dropped() {
+        // Reading freed memory to watch the wipe would need `unsafe`; what can be
+        // checked is that every type holding upload bytes wipes them on drop.
+        fn wipes_on_drop<T: ZeroizeOnDrop>() {}
+        wipes_on_drop::<Upload>();
+        wipes_on_drop::<UploadBuffer>();
+        wipes_on_drop::<Zeroizing<Vec<u8>>>();
     }
 
     #[test]

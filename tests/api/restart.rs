@@ -72,12 +72,12 @@ fn http_client() -> reqwest::Client {
 }
 
 /// The real binary, listening on a free port.
-struct Broker {
-    child: Child,
-    address: String,
+pub(crate) struct Broker {
+    pub(crate) child: Child,
+    pub(crate) address: String,
 }
 
-async fn start_broker(db: &Path) -> Broker {
+pub(crate) async fn start_broker(db: &Path) -> Broker {
     let mut child = Command::new(env!("CARGO_BIN_EXE_idv-broker"))
         .args(["--bind", "127.0.0.1:0", "--db"])
         .arg(db)

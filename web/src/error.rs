@@ -19,6 +19,8 @@ pub enum ErrorCode {
     NotFound,
     /// 405
     MethodNotAllowed,
+    /// 408
+    Timeout,
     /// 409
     InvalidState,
     /// 409
@@ -46,6 +48,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Timeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::InvalidState | ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -178,6 +181,10 @@ impl From<SessionError> for ApiError {
             SessionError::InvalidState(s) => ApiError::new(
                 ErrorCode::InvalidState,
                 format!("not allowed while the session is {s}"),
+            ),
+            SessionError::UploadReplaced => ApiError::new(
+                ErrorCode::InvalidState,
+                "this upload was ended: a newer upload of the same kind replaced it, or the session ended",
             ),
             SessionError::IdempotencyConflict => ApiError::new(
                 ErrorCode::IdempotencyConflict,

@@ -43,6 +43,10 @@ pub struct ServerConfig {
     pub workers: Option<usize>,
     /// How long a graceful stop waits for in-flight requests.
     pub shutdown_timeout: Duration,
+    /// How long a connection answered before its request body was read (an upload
+    /// refused early) keeps being read, so its client sees the answer before the close.
+    /// A WebSocket is not lingered: it closes with its own handshake.
+    pub linger: Duration,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +55,7 @@ impl Default for ServerConfig {
             rate_limit: 100,
             workers: None,
             shutdown_timeout: Duration::from_secs(30),
+            linger: Duration::from_secs(1),
         }
     }
 }
@@ -155,6 +160,7 @@ pub fn serve(
             .default_service(web::to(not_found))
     })
     .disable_signals()
+    .client_disconnect_timeout(config.linger)
     .shutdown_timeout(config.shutdown_timeout.as_secs());
     if let Some(n) = config.workers {
         server = server.workers(n);

@@ -37,6 +37,9 @@ pub struct WsConfig {
     pub max_frame: usize,
     /// Pushes queued for one subscriber before the session drops it as too slow.
     pub mailbox: usize,
+    /// After the server's close frame, how long it waits for the client's before it
+    /// ends the connection anyway.
+    pub close_timeout: Duration,
 }
 
 impl Default for WsConfig {
@@ -46,6 +49,7 @@ impl Default for WsConfig {
             client_timeout: Duration::from_secs(30),
             max_frame: 4 * 1024,
             mailbox: 16,
+            close_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -65,6 +69,8 @@ pub struct AppState {
     pub ttl: TtlBounds,
     /// WebSocket timings and bounds.
     pub ws: WsConfig,
+    /// How long an upload's body may take to arrive (SPEC §3: 30 s; tests shrink it).
+    pub upload_timeout: std::time::Duration,
     /// Turns `true` when the broker starts shutting down: WebSockets close with 1001
     /// and long-polls answer at once.
     pub shutdown: tokio::sync::watch::Receiver<bool>,

@@ -5,6 +5,14 @@
 //! Order on the wire: the snapshot, the replay of `after_seq` (from the events log,
 //! up to the snapshot's seq), then live pushes (seq above the snapshot's). Pushes
 //! that arrive before the handler hands over the snapshot wait in `pending`.
+//!
+//! Closing (RFC 6455 §7): a client's close frame is answered with a close frame
+//! carrying its code, and the connection ends at once. When the server closes (the
+//! session ended, shutdown, a slow reader), it sends its close frame, sends nothing
+//! more, and ends the connection as soon as the client's close frame arrives (also
+//! when the two crossed), or after [`WsConfig::close_timeout`] without one. Ending
+//! the connection closes the TCP stream right away: the HTTP layer does not linger
+//! on an upgraded connection.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -76,18 +84,37 @@ pub struct Subscriber {
     /// Set by the session when it dropped this subscriber for not keeping up.
     evicted: Arc<AtomicBool>,
     shutdown: watch::Receiver<bool>,
+    /// Whether the server sent its close frame: nothing is sent after it, and the
+    /// client's close frame ends the connection.
+    closing: bool,
 }
 
 impl Subscriber {
+    /// Sends the server's close frame (once), then waits for the client's, at most
+    /// `close_timeout`.
     fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: ws::CloseCode, why: &str) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
         ctx.close(Some(ws::CloseReason {
             code,
             description: Some(why.to_owned()),
         }));
+        ctx.run_later(self.config.close_timeout, |_, ctx| ctx.stop());
+    }
+
+    /// Sends the server's close frame (unless sent) and ends the connection without
+    /// waiting: the peer is gone or broke the protocol.
+    fn abort(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: ws::CloseCode, why: &str) {
+        self.close(ctx, code, why);
         ctx.stop();
     }
 
     fn send(&mut self, ctx: &mut ws::WebsocketContext<Self>, frame: &Frame<'_>) {
+        if self.closing {
+            return;
+        }
         match serde_json::to_string(frame) {
             Ok(text) => ctx.text(text),
             Err(e) => tracing::error!(error = %e, "cannot encode a frame"),
@@ -132,12 +159,12 @@ impl Actor for Subscriber {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.config.mailbox);
         ctx.run_interval(self.config.ping_interval, |act, ctx| {
-            if act.check_evicted(ctx) {
+            if act.closing || act.check_evicted(ctx) {
                 return;
             }
             let silent = act.last_heard.elapsed();
             if silent >= act.config.client_timeout {
-                act.close(ctx, ws::CloseCode::Policy, "no answer to pings");
+                act.abort(ctx, ws::CloseCode::Policy, "no answer to pings");
                 return;
             }
             // If the deadline falls before the next tick, check exactly at it, so a dead
@@ -146,7 +173,7 @@ impl Actor for Subscriber {
             if left < act.config.ping_interval {
                 ctx.run_later(left, |act, ctx| {
                     if act.last_heard.elapsed() >= act.config.client_timeout {
-                        act.close(ctx, ws::CloseCode::Policy, "no answer to pings");
+                        act.abort(ctx, ws::CloseCode::Policy, "no answer to pings");
                     }
                 });
             }
@@ -217,6 +244,21 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Subscriber {
     fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
         self.last_heard = Instant::now();
         match msg {
+            Ok(ws::Message::Close(reason)) => {
+                // Echo the client's code (RFC 6455 §5.5.1), unless the server's close
+                // frame went first (the two crossed); either way the handshake is
+                // complete, so the connection ends now.
+                if !self.closing {
+                    self.closing = true;
+                    ctx.close(reason.map(|r| ws::CloseReason {
+                        code: r.code,
+                        description: None,
+                    }));
+                }
+                ctx.stop();
+            }
+            // After the server's close frame only the client's close frame matters.
+            _ if self.closing => {}
             Ok(ws::Message::Ping(p)) => ctx.pong(&p),
             Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
             // Client text frames carry nothing the broker acts on.
@@ -224,11 +266,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Subscriber {
             Ok(ws::Message::Binary(_)) | Ok(ws::Message::Continuation(_)) => {
                 self.close(ctx, ws::CloseCode::Policy, "binary frames are not accepted")
             }
-            Ok(ws::Message::Close(_)) => {
-                ctx.close(None);
-                ctx.stop();
-            }
-            Err(ws::ProtocolError::Overflow) => self.close(
+            Err(ws::ProtocolError::Overflow) => self.abort(
                 ctx,
                 ws::CloseCode::Policy,
                 &format!(
@@ -236,7 +274,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Subscriber {
                     self.config.max_frame
                 ),
             ),
-            Err(e) => self.close(ctx, ws::CloseCode::Protocol, &e.to_string()),
+            Err(e) => self.abort(ctx, ws::CloseCode::Protocol, &e.to_string()),
         }
     }
 }
@@ -264,6 +302,7 @@ pub async fn subscribe(
         last_heard: Instant::now(),
         evicted: evicted.clone(),
         shutdown: state.shutdown.clone(),
+        closing: false,
     };
     let (addr, response) = ws::WsResponseBuilder::new(actor, &req, stream)
         .frame_size(state.ws.max_frame)

@@ -1,17 +1,25 @@
 //! Uploads (device) and downloads (backend) of files.
 //!
 //! The session is asked first ([`CheckUpload`]), so an upload the session would refuse
-//! is refused unread. An upload is read into memory only: the body streams in under the broker-wide
-//! staging budget and the 5 MiB cap, both enforced chunk by chunk, so an oversized or
-//! over-budget body is refused while it is still arriving. The session actor then holds
-//! it until approve (SPEC §2).
+//! is refused unread; accepted, the upload becomes the one of its kind streaming in,
+//! ending an unfinished earlier one. An upload is read into memory only: the body
+//! streams into an [`UploadBuffer`] that takes memory from the broker-wide staging
+//! budget as bytes arrive, under the 5 MiB cap, so an oversized or over-budget body is
+//! refused while it is still arriving, and a stalled one holds only what it sent. The
+//! body must arrive within the upload timeout (SPEC §3: 30 s). The session actor then
+//! holds it until approve (SPEC §2).
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt as _;
 use idv_actors::ids::FileId;
 use idv_actors::model::is_file_scope;
-use idv_actors::staging::{CheckUpload, ImageType, Reservation, StageFile, StagingBudget, Upload};
+use idv_actors::staging::{
+    BufferFull, CheckUpload, ImageType, StageFile, StagingBudget, UploadBuffer, UploadTicket,
+};
 use idv_actors::SessionError;
 
 use super::session_id;
@@ -19,6 +27,9 @@ use crate::auth::{Backend, Device};
 use crate::dto::Uploaded;
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
+
+/// How long an upload's body may take to arrive, from its request head (SPEC §3).
+pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Seconds a client is told to wait when the staging budget is full: staged bytes go
 /// back as sessions are decided or expire, which takes seconds to minutes.
@@ -45,37 +56,42 @@ fn unsupported(message: &str) -> ApiError {
     ApiError::new(ErrorCode::UnsupportedMediaType, message)
 }
 
-/// Reads the body into memory, reserving its bytes from `budget` as they arrive, and
-/// refusing (`413`) the chunk that takes it past the cap or (`503`) past the budget.
+/// Reads the body into an [`UploadBuffer`] charging `budget`, refusing (`413`) the
+/// chunk that takes it past the cap or (`503`) past the budget. Gives up with `408`
+/// at `deadline` (`allowed` after the request came in), and with `409` as soon as
+/// `ticket` says a newer upload of the kind replaced this one or the session ended.
+/// Whatever was read is wiped and given back to the budget on every refusal.
 async fn read_body(
     mut payload: web::Payload,
     announced: Option<usize>,
-    budget: &std::sync::Arc<StagingBudget>,
-) -> Result<(Vec<u8>, Reservation), ApiError> {
-    let max = idv_actors::staging::MAX_UPLOAD_BYTES;
-    let mut reservation = budget.reserve();
-    // An announced length is reserved (and allocated) at once: a full budget is refused
-    // before a byte is read.
-    if let Some(len) = announced {
-        if !reservation.grow(len) {
-            return Err(budget_full());
+    budget: &Arc<StagingBudget>,
+    ticket: &mut UploadTicket,
+    deadline: tokio::time::Instant,
+    allowed: Duration,
+) -> Result<UploadBuffer, ApiError> {
+    let mut buffer = UploadBuffer::new(budget, announced);
+    let read = async {
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::invalid(format!("the upload was cut off: {e}")))?;
+            buffer.push(&chunk).map_err(|e| match e {
+                BufferFull::TooLarge => too_large(),
+                BufferFull::Budget => budget_full(),
+            })?;
+        }
+        Ok::<(), ApiError>(())
+    };
+    tokio::select! {
+        res = read => res?,
+        _ = &mut ticket.ended => return Err(SessionError::UploadReplaced.into()),
+        () = tokio::time::sleep_until(deadline) => {
+            return Err(ApiError::new(
+                ErrorCode::Timeout,
+                format!("the upload's body did not arrive within {allowed:?}; try again"),
+            ))
         }
     }
-    let mut body = Vec::with_capacity(announced.unwrap_or(0));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::invalid(format!("the upload was cut off: {e}")))?;
-        let total = body.len() + chunk.len();
-        if total > max {
-            return Err(too_large());
-        }
-        let more = total.saturating_sub(reservation.bytes());
-        if more > 0 && !reservation.grow(more) {
-            return Err(budget_full());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    reservation.shrink_to(body.len());
-    Ok((body, reservation))
+    Ok(buffer)
 }
 
 /// `PUT /v1/sessions/{id}/files/{kind}`: stages an image with the session's actor.
@@ -86,6 +102,7 @@ pub async fn upload(
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let deadline = tokio::time::Instant::now() + state.upload_timeout;
     let (id, kind) = path.into_inner();
     let id = session_id(&id)?;
     // Checks that need no session come first, so a bad request is refused unread.
@@ -116,7 +133,7 @@ pub async fn upload(
     };
     // The session's rules before a byte of the body is read or reserved: a device may
     // not stream an upload at a session it cannot use. `StageFile` checks again after.
-    state
+    let mut ticket = state
         .registry
         .call(
             id,
@@ -126,9 +143,16 @@ pub async fn upload(
             },
         )
         .await?;
-    let (bytes, reservation) =
-        read_body(payload, announced, state.registry.staging_budget()).await?;
-    if !content_type.matches(&bytes) {
+    let buffer = read_body(
+        payload,
+        announced,
+        state.registry.staging_budget(),
+        &mut ticket,
+        deadline,
+        state.upload_timeout,
+    )
+    .await?;
+    if !content_type.matches(buffer.as_slice()) {
         return Err(unsupported(&format!(
             "the body does not start like a {} image ({})",
             content_type.name(),
@@ -142,7 +166,8 @@ pub async fn upload(
             StageFile {
                 device: device.id,
                 kind,
-                upload: Upload::new(content_type, bytes, reservation),
+                upload_id: ticket.id,
+                upload: buffer.finish(content_type),
             },
         )
         .await?;

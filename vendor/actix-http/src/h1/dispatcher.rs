@@ -178,6 +178,15 @@ pin_project! {
         payload: Option<PayloadSender>,
         // true when current request uses chunked transfer encoding (drainable when payload is dropped)
         payload_drainable: bool,
+        // idv-broker patch: true if the response being sent upgraded the connection (a
+        // WebSocket). When its body ends, the upgraded protocol has closed itself (its
+        // close handshake is done), and its peer waits for the server's FIN: so the
+        // linger sends the FIN first (shuts the write half), then drains until the
+        // peer closes too or the disconnect deadline passes, instead of holding the
+        // FIN back until then.
+        upgraded: bool,
+        // idv-broker patch: the write half was shut during the linger.
+        fin_sent: bool,
         messages: VecDeque<DispatcherMessage>,
 
         head_timer: TimerState,
@@ -299,6 +308,8 @@ where
                     state: State::None,
                     payload: None,
                     payload_drainable: false,
+                    upgraded: false,
+                    fin_sent: false,
                     messages: VecDeque::new(),
 
                     head_timer: TimerState::new(config.client_request_deadline().is_some()),
@@ -441,10 +452,26 @@ where
             return Ok(Poll::Pending);
         }
 
+        // idv-broker patch: an upgraded connection sends its FIN before it drains.
+        {
+            let this = self.as_mut().project();
+            if *this.upgraded && !*this.fin_sent {
+                let io = Pin::new(this.io.as_mut().unwrap());
+                match io.poll_shutdown(cx) {
+                    Poll::Pending => return Ok(Poll::Pending),
+                    Poll::Ready(res) => res.map_err(DispatchError::from)?,
+                }
+                *this.fin_sent = true;
+            }
+        }
+
         if !self.as_mut().ensure_linger_timer(cx) {
             let this = self.as_mut().project();
             this.flags.remove(Flags::LINGER);
             this.flags.insert(Flags::SHUTDOWN);
+            if *this.fin_sent {
+                this.flags.insert(Flags::WRITE_DISCONNECT);
+            }
             return Ok(Poll::Ready(()));
         }
 
@@ -461,6 +488,9 @@ where
             if should_disconnect {
                 this.flags.remove(Flags::LINGER);
                 this.flags.insert(Flags::READ_DISCONNECT | Flags::SHUTDOWN);
+                if *this.fin_sent {
+                    this.flags.insert(Flags::WRITE_DISCONNECT);
+                }
                 return Ok(Poll::Ready(()));
             }
 
@@ -515,6 +545,7 @@ where
             res.head_mut().set_connection_type(ConnectionType::Close);
         }
 
+        *self.as_mut().project().upgraded = is_upgrade;
         let size = self.as_mut().send_response_inner(res, &body)?;
         match size {
             BodySize::None | BodySize::Sized(0) => {
@@ -1147,6 +1178,9 @@ where
                     trace!("timed-out during linger; shutting down connection");
                     this.flags.remove(Flags::LINGER);
                     this.flags.insert(Flags::SHUTDOWN);
+                    if *this.fin_sent {
+                        this.flags.insert(Flags::WRITE_DISCONNECT);
+                    }
                     this.shutdown_timer.clear(line!());
                 } else {
                     trace!("timed-out during shutdown");

@@ -1,0 +1,82 @@
+//! Cheap probes (issue 9, item 12): a wrong session token for a live session is
+//! refused from memory, without a store read; sessions that are not live still answer
+//! as before.
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// The status of a refused `/ws` handshake (an upgrade that succeeds is `101`).
+async fn ws_handshake(app: &TestApp, id: &str, token: &str) -> u16 {
+    app.client
+        .get(app.url(&format!("/v1/sessions/{id}/ws")))
+        .bearer_auth(token)
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn random_token() -> String {
+    idv_actors::ids::SessionToken::generate()
+        .expose()
+        .to_owned()
+}
+
+async fn session(app: &TestApp) -> (String, String) {
+    let created: Value = app.create_session(&["full_name"]).await;
+    (
+        created["session_id"].as_str().unwrap().to_owned(),
+        created["session_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[actix_web::test]
+async fn wrong_tokens_for_a_live_session_are_refused_without_reading_the_store() {
+    let app = spawn_app().await;
+    let (id, token) = session(&app).await;
+    let (other, other_token) = session(&app).await;
+    let store = app.registry.store();
+    let before = store.session_reads();
+
+    for _ in 0..20 {
+        assert_error(app.status(&id, &random_token()).await, 401, "unauthorized").await;
+        assert_eq!(ws_handshake(&app, &id, &random_token()).await, 401);
+    }
+    // Another live session's token is still told apart, from memory too.
+    assert_error(app.status(&id, &other_token).await, 403, "forbidden").await;
+    assert_eq!(ws_handshake(&app, &id, &other_token).await, 403);
+    // The right token still works.
+    assert_eq!(app.status(&id, &token).await.status(), 200);
+    assert_eq!(ws_handshake(&app, &id, &token).await, 101);
+    assert_eq!(
+        store.session_reads(),
+        before,
+        "probing a live session read nothing from the store"
+    );
+
+    // Sessions that are not live answer as before (and may read the store).
+    assert_eq!(app.cancel(&other).await.status(), 200);
+    assert_error(
+        app.status(&other, &random_token()).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    assert_error(app.status(&other, &token).await, 403, "forbidden").await;
+    assert_eq!(app.status(&other, &other_token).await.status(), 200);
+    let unknown = uuid::Uuid::new_v4().to_string();
+    assert_error(app.status(&unknown, &token).await, 404, "not_found").await;
+    assert_error(
+        app.status(&unknown, &random_token()).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    assert_error(app.status(&unknown, &other_token).await, 404, "not_found").await;
+}

@@ -327,7 +327,14 @@
     var id = fieldId(kind);
     var lab = document.createElement('label');
     lab.htmlFor = id;
-    lab.textContent = label(kind) + (kind === 'selfie' ? ' (take one now or choose a photo)' : ' (take a photo or choose one)');
+    lab.textContent = kind === 'selfie' ? 'Selfie: a photo of your face' : label(kind);
+    var hint = document.createElement('p');
+    hint.className = 'muted small hint';
+    hint.id = id + '-hint';
+    hint.textContent =
+      kind === 'selfie'
+        ? 'Your front camera opens; on a computer, choose a photo file.'
+        : 'Your camera opens; on a computer, choose a photo file.';
     var input = document.createElement('input');
     input.type = 'file';
     input.id = id;
@@ -335,7 +342,7 @@
     input.accept = 'image/jpeg,image/png';
     input.setAttribute('capture', kind === 'selfie' ? 'user' : 'environment');
     input.setAttribute('data-testid', 'file-' + kind);
-    input.setAttribute('aria-describedby', id + '-state');
+    input.setAttribute('aria-describedby', id + '-hint ' + id + '-state');
 
     var preview = document.createElement('img');
     preview.className = 'preview';
@@ -363,6 +370,7 @@
     });
 
     wrap.appendChild(lab);
+    wrap.appendChild(hint);
     wrap.appendChild(input);
     wrap.appendChild(preview);
     wrap.appendChild(progress);

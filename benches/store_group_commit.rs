@@ -19,7 +19,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use idv_actors::ids::{Seq, SessionId, SessionToken};
 use idv_actors::model::{SessionRecord, SessionRequest};
 use idv_actors::status::Status;
-use idv_actors::store::{NewSession, Store, StoreConfig, TransitionWrite};
+use idv_actors::store::{NewSession, Store, StoreConfig};
+use idv_actors::write::TransitionWrite;
 
 /// A fresh database on the same disk as `target/` (not a tmpfs, so fsync is real).
 fn bench_dir() -> tempfile::TempDir {
@@ -61,6 +62,9 @@ fn transition(id: SessionId, from: Seq) -> TransitionWrite {
         consent: None,
         shared_data: None,
         files: Vec::new(),
+        decided_at: None,
+        purge: false,
+        registers_user: false,
     }
 }
 

@@ -13,7 +13,7 @@ use crate::error::SessionError;
 use crate::ids::{DeviceId, TokenHash};
 use crate::model::{is_file_scope, Consent, SessionRecord};
 use crate::status::{next, Event, Outcome};
-use crate::store::TransitionWrite;
+use crate::write::TransitionWrite;
 
 /// Who is calling, as the web layer authenticated them.
 #[derive(Clone, Debug)]
@@ -62,6 +62,10 @@ pub enum Plan {
     Move(TransitionWrite),
 }
 
+/// The write of a move to `status` that [`next`] allowed, with what every such move
+/// does: `decided_at` on a terminal status, the custody purge on an end without
+/// consent, the user made known on `confirmed`. Commands add their own parts (the
+/// binding, the consent, the shared data and files).
 fn transition(
     session: &SessionRecord,
     at: DateTime<Utc>,
@@ -76,12 +80,32 @@ fn transition(
         consent: None,
         shared_data: None,
         files: Vec::new(),
+        decided_at: status.is_terminal().then_some(at),
+        purge: status.discards_personal_data(),
+        registers_user: status.registers_user(),
+    }
+}
+
+/// Plans the expiry of a session whose `expires_at` is at or before `now`: `None` if it
+/// is not due yet, or [`next`] refuses (already terminal). The session actor's timer
+/// and the start-up expiry of what became overdue while the broker was down both ask
+/// this.
+pub fn plan_expiry(session: &SessionRecord, now: DateTime<Utc>) -> Option<TransitionWrite> {
+    if now < session.expires_at {
+        return None;
+    }
+    match next(session.status, None, Event::Expire) {
+        Ok(Outcome::Move(status)) => Some(transition(session, now, status)),
+        Ok(Outcome::Stay) | Err(_) => None,
     }
 }
 
 /// Refuses device commands once `expires_at` passed, even if the expiry timer has not
 /// fired yet: the session is expired in all but the commit.
-fn check_not_overdue(session: &SessionRecord, now: DateTime<Utc>) -> Result<(), SessionError> {
+pub(crate) fn check_not_overdue(
+    session: &SessionRecord,
+    now: DateTime<Utc>,
+) -> Result<(), SessionError> {
     if !session.status.is_terminal() && now >= session.expires_at {
         return Err(SessionError::InvalidState(crate::status::Status::Expired));
     }
@@ -361,5 +385,64 @@ impl SessionCommand for InjectFault {
     type Output = ();
     fn on_ended(&self, _: &SessionRecord, _: DateTime<Utc>) -> Result<(), SessionError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::SessionToken;
+    use crate::model::SessionRequest;
+    use crate::status::Status;
+
+    fn session(status: Status) -> SessionRecord {
+        let mut s = SessionRecord::open(
+            "Acme",
+            SessionToken::generate().hash(),
+            SessionRequest::default(),
+            Utc::now(),
+            chrono::Duration::seconds(60),
+        );
+        s.status = status;
+        s
+    }
+
+    #[test]
+    fn expiry_is_planned_only_once_due_and_only_for_a_live_session() {
+        let live = session(Status::Retrieved);
+        let due = live.expires_at;
+        assert!(plan_expiry(&live, due - chrono::Duration::milliseconds(1)).is_none());
+        let write = plan_expiry(&live, due).expect("due");
+        assert_eq!(write.status, Status::Expired);
+        assert_eq!(write.from_seq, live.seq);
+        assert_eq!(write.decided_at, Some(due));
+        assert!(
+            write.purge,
+            "an expiry discards what was stored about the person"
+        );
+        assert!(!write.registers_user);
+        for terminal in Status::ALL.into_iter().filter(|s| s.is_terminal()) {
+            assert!(plan_expiry(&session(terminal), due).is_none(), "{terminal}");
+        }
+    }
+
+    #[test]
+    fn every_move_carries_what_its_status_implies_written_out() {
+        // (status reached, decided_at set, personal data discarded, user registered)
+        let table = [
+            (Status::Retrieved, false, false, false),
+            (Status::Confirmed, true, false, true),
+            (Status::Declined, true, true, false),
+            (Status::Expired, true, true, false),
+            (Status::Cancelled, true, true, false),
+        ];
+        let s = session(Status::Retrieved);
+        let at = Utc::now();
+        for (status, decided, purge, registers) in table {
+            let w = transition(&s, at, status);
+            assert_eq!(w.decided_at.is_some(), decided, "{status}");
+            assert_eq!(w.purge, purge, "{status}");
+            assert_eq!(w.registers_user, registers, "{status}");
+        }
     }
 }

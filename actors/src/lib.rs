@@ -10,6 +10,7 @@
 //! - [`retention`]: the sweeper that purges confirmed sessions' data after retention.
 //! - [`store`]: SQLite with a group-committing writer thread, and the webhook outbox.
 //! - [`webhooks`]: the dispatcher that delivers the outbox, signed.
+//! - [`write`]: what a transition writes, as planned (the store decides nothing).
 //! - [`credentials`]: API keys, session tokens and device JWTs.
 //! - [`ids`], [`model`], [`clock`], [`error`]: the vocabulary.
 
@@ -27,5 +28,6 @@ pub mod staging;
 pub mod status;
 pub mod store;
 pub mod webhooks;
+pub mod write;
 
 pub use error::SessionError;

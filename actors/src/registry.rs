@@ -13,7 +13,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use crate::clock::SharedClock;
-use crate::commands::{Caller, Inspect, RotateToken, SessionCommand, Tick};
+use crate::commands::{plan_expiry, Caller, Inspect, RotateToken, SessionCommand, Tick};
 use crate::delivery::{
     Change, CountAudience, Push, Subscribe, Subscribed, SubscriberId, Unsubscribe, WaitChange,
 };
@@ -117,14 +117,21 @@ impl Registry {
     /// down, then starts an actor (and its expiry timer) for every live session.
     /// Returns (expired, restored).
     pub async fn restore(&self) -> Result<(usize, usize), StoreError> {
+        let now = self.inner.clock.now();
+        let live = self.inner.store.load_live_sessions().await?;
+        // The same planning as the actors' own timers, committed in one transaction.
+        let (overdue, live): (Vec<_>, Vec<_>) = live
+            .into_iter()
+            .map(|record| (plan_expiry(&record, now), record))
+            .partition(|(expiry, _)| expiry.is_some());
         let expired = self
             .inner
             .store
-            .expire_overdue(self.inner.clock.now())
-            .await?;
-        let live = self.inner.store.load_live_sessions().await?;
+            .commit_transitions(overdue.into_iter().filter_map(|(w, _)| w).collect())
+            .await?
+            .len();
         let restored = live.len();
-        for record in live {
+        for (_, record) in live {
             self.spawn(record.id, Some(record));
         }
         Ok((expired, restored))

@@ -14,14 +14,13 @@
 
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix::fut::ready;
 use actix::prelude::*;
 
 use crate::commands::{
-    authorize, Cancel, Decide, InjectFault, Inspect, Plan, Retrieve, RotateToken, Tick,
+    authorize, plan_expiry, Cancel, Decide, InjectFault, Inspect, Plan, Retrieve, RotateToken, Tick,
 };
 use crate::delivery::{
     check_after, Audience, AudienceCount, Change, CountAudience, Subscribe, Subscribed,
@@ -29,11 +28,10 @@ use crate::delivery::{
 };
 use crate::error::SessionError;
 use crate::ids::SessionId;
-use crate::model::{SessionRecord, SessionRequest};
+use crate::model::SessionRecord;
 use crate::registry::Registry;
 use crate::staging::{CheckUpload, StageFile, Staged, StagedFile, UploadTicket};
-use crate::status::{next, Event, Outcome};
-use crate::store::{StoreError, TransitionWrite};
+use crate::store::StoreError;
 
 /// Longest single timer; a longer wait re-arms, so a moved clock is noticed.
 const MAX_TIMER: Duration = Duration::from_secs(60);
@@ -189,33 +187,17 @@ impl SessionActor {
         if s.status.is_terminal() {
             return;
         }
-        if now < s.expires_at {
+        let Some(write) = plan_expiry(s, now) else {
             self.arm_expiry(ctx);
             return;
-        }
-        let Ok(Outcome::Move(status)) = next(s.status, None, Event::Expire) else {
-            return;
-        };
-        let write = TransitionWrite {
-            id: s.id,
-            from_seq: s.seq,
-            status,
-            at: now,
-            bind: None,
-            consent: None,
-            shared_data: None,
-            files: Vec::new(),
         };
         let store = self.registry.store().clone();
         // `wait`, not `spawn`: nothing else may touch the session while it expires.
         ctx.wait(
-            async move {
-                let res = store.commit_transition(write.clone()).await;
-                (write, res)
-            }
+            async move { store.commit_transition(write).await }
             .into_actor(self)
-            .map(|(write, res), act, ctx| match res {
-                Ok(()) => act.apply(&write, ctx),
+            .map(|res, act, ctx| match res {
+                Ok(committed) => act.apply(committed, ctx),
                 Err(StoreError::Stale) => act.reload(ctx),
                 Err(e) => {
                     tracing::error!(session = %act.id, error = %e, "cannot commit expiry; retrying");
@@ -234,22 +216,20 @@ impl SessionActor {
             Ok(Plan::Move(write)) => {
                 let store = self.registry.store().clone();
                 AtomicResponse::new(Box::pin(
-                    async move {
-                        let res = store.commit_transition(write.clone()).await;
-                        (write, res)
-                    }
-                    .into_actor(self)
-                    .map(|(write, res), act, ctx| match res {
-                        Ok(()) => {
-                            act.apply(&write, ctx);
-                            act.record().cloned()
-                        }
-                        Err(StoreError::Stale) => {
-                            act.reload(ctx);
-                            Err(SessionError::Restarted)
-                        }
-                        Err(e) => Err(e.into()),
-                    }),
+                    async move { store.commit_transition(write).await }
+                        .into_actor(self)
+                        .map(|res, act, ctx| match res {
+                            Ok(committed) => {
+                                let answer = committed.clone();
+                                act.apply(committed, ctx);
+                                Ok(answer)
+                            }
+                            Err(StoreError::Stale) => {
+                                act.reload(ctx);
+                                Err(SessionError::Restarted)
+                            }
+                            Err(e) => Err(e.into()),
+                        }),
                 ))
             }
         }
@@ -261,31 +241,15 @@ impl SessionActor {
         ctx.stop();
     }
 
-    /// Applies a committed transition to the in-memory state.
-    fn apply(&mut self, write: &TransitionWrite, ctx: &mut Context<Self>) {
-        let Some(s) = self.state.as_mut() else { return };
-        s.status = write.status;
-        s.seq = write.from_seq.next();
-        s.updated_at = write.at;
-        if write.status.is_terminal() {
-            s.decided_at = Some(write.at);
-        }
-        if let Some(device) = &write.bind {
-            s.device = Some(device.clone());
-        }
-        if let Some(consent) = &write.consent {
-            s.consent = Some(consent.clone());
-        }
-        if write.purges() && s.request.registration.is_some() {
-            s.request = Arc::new(SessionRequest {
-                registration: None,
-                ..(*s.request).clone()
-            });
-        }
+    /// Adopts the session as the store committed it: the actor recomputes nothing of
+    /// what the transition changed.
+    fn apply(&mut self, committed: SessionRecord, ctx: &mut Context<Self>) {
+        let terminal = committed.status.is_terminal();
+        let s = self.state.insert(committed);
         // Pushed only now, after the commit: nobody hears of a transition that could
         // still be lost.
-        self.audience.publish(s, s.seq, write.at);
-        if write.status.is_terminal() {
+        self.audience.publish(s, s.seq, s.updated_at);
+        if terminal {
             self.finish(ctx);
         }
     }

@@ -28,79 +28,18 @@ use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 use zeroize::{ZeroizeOnDrop, Zeroizing};
 
-use crate::commands::{authorize, Caller, Plan, SessionCommand};
+use crate::commands::{check_not_overdue, Plan, SessionCommand};
 use crate::error::SessionError;
 use crate::ids::{DeviceId, FileId};
 use crate::model::{is_file_scope, SessionRecord};
-use crate::status::Status;
-use crate::store::TransitionWrite;
+use crate::status::{next, Event, Status};
+use crate::write::{ImageType, NewFile, TransitionWrite, Upload};
 
 /// Largest upload accepted (SPEC §3: at most 5 MiB).
 pub const MAX_UPLOAD_BYTES: usize = 5 * 1024 * 1024;
 
 /// Default bound on the bytes staged across the whole broker.
 pub const DEFAULT_MAX_STAGED_BYTES: usize = 256 * 1024 * 1024;
-
-/// The media types an upload may have.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ImageType {
-    /// `image/jpeg`.
-    Jpeg,
-    /// `image/png`.
-    Png,
-}
-
-impl ImageType {
-    /// Parses a `Content-Type` value (parameters and case ignored); `None` for any
-    /// other type.
-    pub fn from_content_type(value: &str) -> Option<Self> {
-        let essence = value.split(';').next().unwrap_or("").trim();
-        if essence.eq_ignore_ascii_case("image/jpeg") {
-            Some(ImageType::Jpeg)
-        } else if essence.eq_ignore_ascii_case("image/png") {
-            Some(ImageType::Png)
-        } else {
-            None
-        }
-    }
-
-    /// The canonical `Content-Type`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ImageType::Jpeg => "image/jpeg",
-            ImageType::Png => "image/png",
-        }
-    }
-
-    /// The format's name, for messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            ImageType::Jpeg => "JPEG",
-            ImageType::Png => "PNG",
-        }
-    }
-
-    /// Parses the canonical name as stored.
-    pub fn parse(s: &str) -> Option<Self> {
-        [ImageType::Jpeg, ImageType::Png]
-            .into_iter()
-            .find(|t| t.as_str() == s)
-    }
-
-    /// The signature every file of this type starts with.
-    fn magic(self) -> &'static [u8] {
-        match self {
-            ImageType::Jpeg => &[0xFF, 0xD8, 0xFF],
-            ImageType::Png => &[0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1A, b'\n'],
-        }
-    }
-
-    /// Whether `bytes` start with this type's signature: a header that claims PNG over
-    /// a body that is not one is refused.
-    pub fn matches(self, bytes: &[u8]) -> bool {
-        bytes.starts_with(self.magic())
-    }
-}
 
 /// The broker-wide bound on staged bytes, shared by every session actor and every
 /// upload still streaming in.
@@ -125,11 +64,6 @@ impl StagingBudget {
     /// Bytes reserved now.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
-    }
-
-    /// The bound.
-    pub fn limit(&self) -> usize {
-        self.limit
     }
 
     /// An empty reservation, to grow while a body streams in.
@@ -295,11 +229,7 @@ impl UploadBuffer {
             // Cannot fail: it needs no more of the budget than is held.
             let _ = self.regrow(self.bytes.len());
         }
-        Arc::new(Upload {
-            content_type,
-            bytes: self.bytes,
-            _reservation: self.reservation,
-        })
+        Upload::new(content_type, self.bytes, self.reservation)
     }
 }
 
@@ -317,58 +247,6 @@ impl fmt::Debug for UploadBuffer {
 
 /// Its bytes are wiped when it is dropped (they are a `Zeroizing` buffer).
 impl ZeroizeOnDrop for UploadBuffer {}
-
-/// One uploaded body with its type, holding its bytes' share of the budget.
-pub struct Upload {
-    /// The checked media type.
-    pub content_type: ImageType,
-    /// The body; wiped when the last handle to the upload is dropped.
-    pub bytes: Zeroizing<Vec<u8>>,
-    /// Released when the last handle to this upload is dropped.
-    _reservation: Reservation,
-}
-
-/// Its bytes are wiped when it is dropped (they are a `Zeroizing` buffer).
-impl ZeroizeOnDrop for Upload {}
-
-impl Upload {
-    /// An upload whose `bytes` are covered by `reservation`.
-    pub fn new(content_type: ImageType, bytes: Vec<u8>, reservation: Reservation) -> Arc<Self> {
-        Arc::new(Self {
-            content_type,
-            bytes: Zeroizing::new(bytes),
-            _reservation: reservation,
-        })
-    }
-
-    /// Size in bytes.
-    pub fn size(&self) -> u64 {
-        self.bytes.len() as u64
-    }
-}
-
-impl fmt::Debug for Upload {
-    // Never the bytes: this is biometric data, and Debug output ends up in logs.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Upload({}, {} bytes)",
-            self.content_type.as_str(),
-            self.bytes.len()
-        )
-    }
-}
-
-/// A staged file as the approve transition writes it.
-#[derive(Clone, Debug)]
-pub struct NewFile {
-    /// The id handed to the device at upload.
-    pub file_id: FileId,
-    /// The file scope it satisfies.
-    pub kind: String,
-    /// The body; shared with the actor's staging, so the write copies nothing.
-    pub upload: Arc<Upload>,
-}
 
 /// What [`StageFile`] answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -421,23 +299,14 @@ fn check_upload(
     kind: &str,
     now: DateTime<Utc>,
 ) -> Result<(), SessionError> {
-    authorize(
-        session,
-        &Caller::Device {
-            device: device.clone(),
-        },
+    // The device, then the state (SPEC §2 through `next`), then the clock: the same
+    // order every device command checks in.
+    next(
+        session.status,
+        session.device.as_ref(),
+        Event::Upload { device },
     )?;
-    if session.status != Status::Retrieved {
-        return Err(SessionError::InvalidState(session.status));
-    }
-    if now >= session.expires_at {
-        return Err(SessionError::InvalidState(Status::Expired));
-    }
-    if session.device.as_ref() != Some(device) {
-        return Err(SessionError::Forbidden(
-            "the session is bound to another device",
-        ));
-    }
+    check_not_overdue(session, now)?;
     if !is_file_scope(kind) || !session.request.scopes.iter().any(|s| s == kind) {
         return Err(SessionError::Invalid(format!(
             "{kind:?} is not a file scope of this session"

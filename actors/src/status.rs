@@ -44,6 +44,34 @@ impl Status {
         !matches!(self, Status::Initialized | Status::Retrieved)
     }
 
+    /// The statuses a session can still leave: it has an actor and an expiry timer.
+    pub fn live() -> impl Iterator<Item = Status> {
+        Status::ALL.into_iter().filter(|s| !s.is_terminal())
+    }
+
+    /// [`Status::live`] as an SQL list, `('initialized', 'retrieved')`, for the store's
+    /// queries. A literal rather than bound parameters, so that SQLite can match it to
+    /// the partial index on live sessions (a test holds the index to it).
+    pub fn live_sql() -> &'static str {
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            let names: Vec<String> = Status::live().map(|s| format!("'{s}'")).collect();
+            format!("({})", names.join(", "))
+        });
+        &SQL
+    }
+
+    /// Whether reaching this status ends the session without the person's consent,
+    /// so that everything stored about them is deleted (SPEC §2, data custody).
+    pub fn discards_personal_data(self) -> bool {
+        self.is_terminal() && self != Status::Confirmed
+    }
+
+    /// Whether reaching this status makes the bound user known to the backend, with
+    /// status `PENDING` until set (SPEC §3, users).
+    pub fn registers_user(self) -> bool {
+        self == Status::Confirmed
+    }
+
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -92,6 +120,11 @@ pub enum Event<'a> {
         /// The calling device.
         device: &'a DeviceId,
     },
+    /// A device uploads a file (nothing moves; it is allowed or refused).
+    Upload {
+        /// The calling device.
+        device: &'a DeviceId,
+    },
     /// `expires_at` has passed.
     Expire,
     /// The backend deletes the session.
@@ -130,9 +163,10 @@ pub fn next(
 ) -> Result<Outcome, Refusal> {
     use Status::*;
     let device = match event {
-        Event::Retrieve { device } | Event::Approve { device } | Event::Deny { device } => {
-            Some(device)
-        }
+        Event::Retrieve { device }
+        | Event::Approve { device }
+        | Event::Deny { device }
+        | Event::Upload { device } => Some(device),
         Event::Expire | Event::Cancel => None,
     };
     if let (Some(device), Some(bound)) = (device, bound) {
@@ -145,6 +179,7 @@ pub fn next(
         (Retrieved, Event::Retrieve { .. }) => Ok(Outcome::Stay),
         (Retrieved, Event::Approve { .. }) => Ok(Outcome::Move(Confirmed)),
         (Retrieved, Event::Deny { .. }) => Ok(Outcome::Move(Declined)),
+        (Retrieved, Event::Upload { .. }) => Ok(Outcome::Stay),
         (Initialized | Retrieved, Event::Expire) => Ok(Outcome::Move(Expired)),
         (Initialized | Retrieved, Event::Cancel) => Ok(Outcome::Move(Cancelled)),
         (status, _) => Err(Refusal::InvalidState(status)),
@@ -159,11 +194,12 @@ mod tests {
         DeviceId::new(issuer, crate::ids::UserId::parse(sub).unwrap())
     }
 
-    fn events(device: &DeviceId) -> [(&'static str, Event<'_>); 5] {
+    fn events(device: &DeviceId) -> [(&'static str, Event<'_>); 6] {
         [
             ("retrieve", Event::Retrieve { device }),
             ("approve", Event::Approve { device }),
             ("deny", Event::Deny { device }),
+            ("upload", Event::Upload { device }),
             ("expire", Event::Expire),
             ("cancel", Event::Cancel),
         ]
@@ -173,38 +209,44 @@ mod tests {
     /// session): the diagram of SPEC §2 written out row by row, not computed.
     /// `Err(())` is a refusal with `invalid_state` naming the current status.
     #[rustfmt::skip]
-    const SPEC_TABLE: [(Status, &str, Result<Outcome, ()>); 30] = {
+    const SPEC_TABLE: [(Status, &str, Result<Outcome, ()>); 36] = {
         use Outcome::{Move, Stay};
         use Status::*;
         [
             (Initialized, "retrieve", Ok(Move(Retrieved))),
             (Initialized, "approve",  Err(())),
             (Initialized, "deny",     Err(())),
+            (Initialized, "upload",   Err(())),
             (Initialized, "expire",   Ok(Move(Expired))),
             (Initialized, "cancel",   Ok(Move(Cancelled))),
             (Retrieved,   "retrieve", Ok(Stay)),
             (Retrieved,   "approve",  Ok(Move(Confirmed))),
             (Retrieved,   "deny",     Ok(Move(Declined))),
+            (Retrieved,   "upload",   Ok(Stay)),
             (Retrieved,   "expire",   Ok(Move(Expired))),
             (Retrieved,   "cancel",   Ok(Move(Cancelled))),
             (Confirmed,   "retrieve", Err(())),
             (Confirmed,   "approve",  Err(())),
             (Confirmed,   "deny",     Err(())),
+            (Confirmed,   "upload",   Err(())),
             (Confirmed,   "expire",   Err(())),
             (Confirmed,   "cancel",   Err(())),
             (Declined,    "retrieve", Err(())),
             (Declined,    "approve",  Err(())),
             (Declined,    "deny",     Err(())),
+            (Declined,    "upload",   Err(())),
             (Declined,    "expire",   Err(())),
             (Declined,    "cancel",   Err(())),
             (Expired,     "retrieve", Err(())),
             (Expired,     "approve",  Err(())),
             (Expired,     "deny",     Err(())),
+            (Expired,     "upload",   Err(())),
             (Expired,     "expire",   Err(())),
             (Expired,     "cancel",   Err(())),
             (Cancelled,   "retrieve", Err(())),
             (Cancelled,   "approve",  Err(())),
             (Cancelled,   "deny",     Err(())),
+            (Cancelled,   "upload",   Err(())),
             (Cancelled,   "expire",   Err(())),
             (Cancelled,   "cancel",   Err(())),
         ]

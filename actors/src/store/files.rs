@@ -9,10 +9,10 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::writer::Effects;
-use super::{Store, StoreError, TransitionWrite};
+use super::{Store, StoreError};
 use crate::ids::{FileId, SessionId};
 use crate::model::FileMeta;
-use crate::status::Status;
+use crate::write::TransitionWrite;
 
 /// Most sessions one retention job purges, so one sweep never holds the writer (and
 /// every transition queued behind it) for long; the sweeper repeats until done.
@@ -48,7 +48,7 @@ pub(crate) fn apply(
     t: &TransitionWrite,
     fx: &mut Effects,
 ) -> Result<(), StoreError> {
-    if t.status == Status::Confirmed {
+    if !t.files.is_empty() {
         let mut insert = conn.prepare_cached(
             "INSERT INTO files (file_id, session_id, kind, content_type, size, bytes, created_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -65,7 +65,7 @@ pub(crate) fn apply(
             ])?;
         }
     }
-    if t.purges() {
+    if t.purge {
         // Nothing is stored before approve, so this finds nothing today; it is here so
         // that "a session ended without consent has no files" holds by construction.
         let deleted = conn

@@ -31,7 +31,7 @@ pub use files::{StoredFile, PURGE_BATCH};
 pub use outbox::{
     DeliveryRecord, DueEvents, OutboxEvent, WebhookCounts, WebhookRoute, STATUS_CHANGED,
 };
-pub use sessions::{CreateOutcome, IdempotencyClaim, NewSession, TransitionWrite};
+pub use sessions::{CreateOutcome, IdempotencyClaim, NewSession};
 
 use writer::{Effects, FnJob, Job};
 

@@ -7,11 +7,11 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
-use super::sessions::TransitionWrite;
 use super::writer::Effects;
 use super::{ms, time, Store, StoreError};
 use crate::clock::rfc3339;
 use crate::ids::{Seq, SessionId};
+use crate::write::TransitionWrite;
 
 /// The `event` name of every webhook the broker sends.
 pub const STATUS_CHANGED: &str = "session.status_changed";
@@ -338,15 +338,19 @@ mod tests {
     }
 
     fn step(s: &SessionRecord, from: u64, status: Status) -> TransitionWrite {
+        let at = s.created_at + chrono::Duration::seconds(from as i64);
         TransitionWrite {
             id: s.id,
             from_seq: Seq(from),
             status,
-            at: s.created_at + chrono::Duration::seconds(from as i64),
+            at,
             bind: None,
             consent: None,
             shared_data: None,
             files: Vec::new(),
+            decided_at: status.is_terminal().then_some(at),
+            purge: status.discards_personal_data(),
+            registers_user: status.registers_user(),
         }
     }
 

@@ -11,6 +11,7 @@ use crate::model::{
     Consent, Decision, SessionEvent, SessionRecord, SessionRequest, UserRecord, UserStatus,
 };
 use crate::status::Status;
+use crate::write::TransitionWrite;
 
 /// How long an idempotency key holds its session (SPEC §3).
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::hours(24);
@@ -45,34 +46,6 @@ pub enum CreateOutcome {
     Replayed(Box<SessionRecord>),
     /// The key was seen with another body.
     Conflict,
-}
-
-/// One committed transition.
-#[derive(Clone, Debug)]
-pub struct TransitionWrite {
-    /// The session.
-    pub id: SessionId,
-    /// The seq the writer believes is current; the write fails as stale otherwise.
-    pub from_seq: Seq,
-    /// The new status.
-    pub status: Status,
-    /// When it happened.
-    pub at: DateTime<Utc>,
-    /// Binds the device, its issuer and `sub` (on `retrieved`).
-    pub bind: Option<DeviceId>,
-    /// The person's decision (on approve and deny).
-    pub consent: Option<Consent>,
-    /// The values shared on approve.
-    pub shared_data: Option<serde_json::Map<String, serde_json::Value>>,
-    /// The staged files, stored on approve in the same commit.
-    pub files: Vec<crate::staging::NewFile>,
-}
-
-impl TransitionWrite {
-    /// Whether this transition ends the session without consent, so its personal data goes.
-    pub fn purges(&self) -> bool {
-        self.status.is_terminal() && self.status != Status::Confirmed
-    }
 }
 
 const SESSION_COLUMNS: &str = "id, owner, token_hash, status, seq, scopes, vendor_data, \
@@ -179,12 +152,14 @@ fn insert_session(conn: &Connection, s: &SessionRecord) -> Result<(), StoreError
     Ok(())
 }
 
-/// Applies one transition: the session row, its event, the user it binds, and the purge.
+/// Applies one transition as it is described: the session row, its event, the user
+/// it makes known, the files, the purge and the webhook event. Decides nothing; answers
+/// the row as committed (`RETURNING`), which the session actor adopts.
 pub(crate) fn apply_transition(
     conn: &Connection,
     t: &TransitionWrite,
     fx: &mut Effects,
-) -> Result<(), StoreError> {
+) -> Result<SessionRecord, StoreError> {
     let seq = t.from_seq.next();
     let shared = t
         .shared_data
@@ -192,24 +167,25 @@ pub(crate) fn apply_transition(
         .map(serde_json::to_string)
         .transpose()
         .map_err(|e| StoreError::Corrupt(format!("shared data: {e}")))?;
-    let purge = t.purges();
-    let changed = conn
-        .prepare_cached(
-            "UPDATE sessions SET status = ?1, seq = ?2, updated_at = ?3, \
-               decided_at = CASE WHEN ?4 THEN ?3 ELSE decided_at END, \
+    let purge = t.purge;
+    let sql = format!(
+        "UPDATE sessions SET status = ?1, seq = ?2, updated_at = ?3, \
+               decided_at = COALESCE(?4, decided_at), \
                user_id = COALESCE(?5, user_id), \
                issuer = COALESCE(?12, issuer), \
                is_consented = COALESCE(?6, is_consented), \
                consented_at = COALESCE(?7, consented_at), \
                shared_data = CASE WHEN ?8 THEN NULL ELSE COALESCE(?9, shared_data) END, \
                registration = CASE WHEN ?8 THEN NULL ELSE registration END \
-             WHERE id = ?10 AND seq = ?11",
-        )?
-        .execute(params![
+             WHERE id = ?10 AND seq = ?11 RETURNING {SESSION_COLUMNS}"
+    );
+    let committed = {
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(params![
             t.status.as_str(),
             seq.0 as i64,
             ms(t.at),
-            t.status.is_terminal(),
+            t.decided_at.map(ms),
             t.bind.as_ref().map(|d| d.user_id.as_str()),
             t.consent.as_ref().map(|c| c.is_consented),
             t.consent.as_ref().map(|c| ms(c.consented_at)),
@@ -219,9 +195,12 @@ pub(crate) fn apply_transition(
             t.from_seq.0 as i64,
             t.bind.as_ref().map(|d| d.issuer.as_str()),
         ])?;
-    if changed != 1 {
-        return Err(StoreError::Stale);
-    }
+        match rows.next()? {
+            Some(row) => session_from_row(row)?,
+            // Another writer moved the session first (or it is gone).
+            None => return Err(StoreError::Stale),
+        }
+    };
     conn.prepare_cached(
         "INSERT INTO session_events (session_id, seq, status, at) VALUES (?1, ?2, ?3, ?4)",
     )?
@@ -231,7 +210,7 @@ pub(crate) fn apply_transition(
         t.status.as_str(),
         ms(t.at)
     ])?;
-    if t.status == Status::Confirmed {
+    if t.registers_user {
         conn.prepare_cached(
             "INSERT INTO users (owner, user_id, status, updated_at) \
              SELECT owner, user_id, 'PENDING', ?2 FROM sessions WHERE id = ?1 AND user_id IS NOT NULL \
@@ -245,7 +224,7 @@ pub(crate) fn apply_transition(
     }
     // Same transaction as the transition: an acknowledged transition has its event.
     super::outbox::enqueue(conn, t, fx)?;
-    Ok(())
+    Ok(committed)
 }
 
 impl Store {
@@ -322,38 +301,24 @@ impl Store {
         .await
     }
 
-    /// Commits a transition; `Stale` if the session's seq is no longer `from_seq`.
-    pub async fn commit_transition(&self, t: TransitionWrite) -> Result<(), StoreError> {
+    /// Commits a transition and answers the session as committed; `Stale` if the
+    /// session's seq is no longer `from_seq`.
+    pub async fn commit_transition(&self, t: TransitionWrite) -> Result<SessionRecord, StoreError> {
         self.write(move |conn, fx| apply_transition(conn, &t, fx))
             .await
     }
 
-    /// Expires every live session whose `expires_at` is at or before `now`, in one
-    /// transaction; returns how many. Run at start, before the broker listens.
-    pub async fn expire_overdue(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+    /// Commits several transitions in one transaction (the start-up expiry of what
+    /// became overdue while the broker was down); answers the committed sessions.
+    pub async fn commit_transitions(
+        &self,
+        writes: Vec<TransitionWrite>,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
         self.write(move |conn, fx| {
-            let overdue: Vec<(String, i64)> = conn
-                .prepare(
-                    "SELECT id, seq FROM sessions WHERE status IN ('initialized', 'retrieved') \
-                     AND expires_at <= ?1",
-                )?
-                .query_map([ms(now)], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
-            for (id, seq) in &overdue {
-                let t = TransitionWrite {
-                    id: SessionId::parse(id)
-                        .ok_or_else(|| StoreError::Corrupt("session id".into()))?,
-                    from_seq: Seq(*seq as u64),
-                    status: Status::Expired,
-                    at: now,
-                    bind: None,
-                    consent: None,
-                    shared_data: None,
-                    files: Vec::new(),
-                };
-                apply_transition(conn, &t, fx)?;
-            }
-            Ok(overdue.len())
+            writes
+                .iter()
+                .map(|t| apply_transition(conn, t, fx))
+                .collect()
         })
         .await
     }
@@ -366,10 +331,10 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<SessionId>, StoreError> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT id FROM sessions WHERE status IN ('initialized', 'retrieved') \
-                 AND expires_at <= ?1 LIMIT ?2",
-            )?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT id FROM sessions WHERE status IN {} AND expires_at <= ?1 LIMIT ?2",
+                Status::live_sql()
+            ))?;
             let rows = stmt.query_map(params![ms(now), limit as i64], |r| r.get::<_, String>(0))?;
             let mut out = Vec::new();
             for id in rows {
@@ -394,7 +359,8 @@ impl Store {
     pub async fn load_live_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
         self.read(|conn| {
             let sql = format!(
-                "SELECT {SESSION_COLUMNS} FROM sessions WHERE status IN ('initialized', 'retrieved')"
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE status IN {}",
+                Status::live_sql()
             );
             let mut stmt = conn.prepare(&sql)?;
             let mut rows = stmt.query([])?;
@@ -533,6 +499,33 @@ mod tests {
     use super::*;
     use crate::ids::SessionToken;
     use crate::store::StoreConfig;
+
+    #[actix_rt::test]
+    async fn the_live_session_index_covers_exactly_the_live_statuses_the_queries_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        drop(Store::open(&StoreConfig::new(&path)).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let partial: Vec<String> = conn
+            .prepare(
+                "SELECT sql FROM sqlite_master WHERE type = 'index' AND sql LIKE '%WHERE status IN%'",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(!partial.is_empty(), "the migrations index live sessions");
+        for sql in partial {
+            // The migration's literal list must be the one `Status::live` makes, or the
+            // planner could not use the index for the store's live-session queries.
+            assert!(
+                sql.contains(&format!("status IN {}", Status::live_sql())),
+                "{sql}"
+            );
+        }
+        assert_eq!(Status::live_sql(), "('initialized', 'retrieved')");
+    }
 
     async fn create_with_key(store: &Store, key: &str, at: DateTime<Utc>) {
         let record = SessionRecord::open(

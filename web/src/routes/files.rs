@@ -18,8 +18,9 @@ use futures_util::StreamExt as _;
 use idv_actors::ids::FileId;
 use idv_actors::model::is_file_scope;
 use idv_actors::staging::{
-    BufferFull, CheckUpload, ImageType, StageFile, StagingBudget, UploadBuffer, UploadTicket,
+    BufferFull, CheckUpload, StageFile, StagingBudget, UploadBuffer, UploadTicket,
 };
+use idv_actors::write::ImageType;
 use idv_actors::SessionError;
 
 use super::session_id;

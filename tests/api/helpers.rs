@@ -1,7 +1,5 @@
 //! Starts the real broker on port 0 with a fresh SQLite file, and typed helpers.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

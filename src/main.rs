@@ -4,7 +4,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use idv_broker::settings::{Cli, Command};
+use idv_broker::settings::{Cli, Command, LogFormat};
 use idv_broker::{startup, Application, Settings};
 
 /// Exit code for a bad flag or an unusable database (SPEC §6).
@@ -67,18 +67,27 @@ fn main() -> ExitCode {
             Err(e) => fail(e),
         };
     }
+    let log_format = cli.run.log_format;
     let settings = match Settings::from_args(cli.run) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+        );
+    match log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
     if let Err(e) = disable_core_dumps() {
         tracing::warn!(error = %e, "cannot turn core dumps off; run with `ulimit -c 0`");
     }
@@ -97,7 +106,14 @@ fn main() -> ExitCode {
         println!("listening on http://{}", app.addr());
         let _ = std::io::stdout().flush();
         if let Some(demo) = app.demo_url() {
-            eprintln!("idv-broker: demo mode: open {demo} in a browser");
+            // Always said, whatever RUST_LOG filters; as a JSON line in JSON mode.
+            match log_format {
+                LogFormat::Text => eprintln!("idv-broker: demo mode: open {demo} in a browser"),
+                LogFormat::Json => eprintln!(
+                    "{}",
+                    serde_json::json!({"level": "INFO", "message": format!("demo mode: open {demo} in a browser"), "demo_url": demo})
+                ),
+            }
         }
         match app.run_until_stopped(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -96,6 +96,19 @@ pub struct RunArgs {
     /// addresses (development, tests); off, they are refused at creation and at connect.
     #[arg(long, env = "IDVB_WEBHOOK_ALLOW_PRIVATE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
     pub webhook_allow_private: bool,
+    /// How log lines are written to stderr: `text` for people, `json` (one object per
+    /// line) for log pipelines.
+    #[arg(long, env = "IDVB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The format of the log lines (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, its fields at the top level.
+    Json,
 }
 
 /// The name of the API key that demo mode makes for itself (`requester.name` on the

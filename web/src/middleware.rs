@@ -1,5 +1,9 @@
-//! Per-IP rate limiting (governor) and an access log that never prints query strings
-//! (they may carry `?token=`).
+//! Per-IP rate limiting (governor) and the access log.
+//!
+//! The access log writes one line per request, at `info` under the target `access`
+//! (`RUST_LOG=info,access=warn` silences it): the route *template*, never the raw
+//! path (`/v1/users/{user_id}` would carry a user id) nor the query string (it may
+//! carry `?token=`), the status, the latency and the session id when the route has one.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -72,19 +76,40 @@ pub async fn rate_limit(
     next.call(req).await
 }
 
-/// The access log: method, path, status and latency at `debug`; no query string.
+/// The access log (see the module docs): one line per request.
 pub async fn access_log(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let start = Instant::now();
     let method = req.method().clone();
-    let path = req.path().to_owned();
     let res = next.call(req).await;
-    let status = match &res {
-        Ok(r) => r.status().as_u16(),
-        Err(e) => e.as_response_error().status_code().as_u16(),
+    // Read after the call: routing happens inside. The template of the matched
+    // resource, or a fixed word (the raw path is the caller's text, not ours); the
+    // session id only when it parses as one.
+    let (route, session, status) = match &res {
+        Ok(r) => (
+            r.request()
+                .match_pattern()
+                .unwrap_or_else(|| "(no route)".to_owned()),
+            r.request()
+                .match_info()
+                .get("id")
+                .and_then(idv_actors::ids::SessionId::parse),
+            r.status().as_u16(),
+        ),
+        Err(e) => (
+            "(refused before routing)".to_owned(),
+            None,
+            e.as_response_error().status_code().as_u16(),
+        ),
     };
-    tracing::debug!(%method, %path, status, micros = start.elapsed().as_micros() as u64, "request");
+    let micros = start.elapsed().as_micros() as u64;
+    match session {
+        Some(session) => tracing::info!(
+            target: "access", %method, %route, status, micros, session = %session, "request"
+        ),
+        None => tracing::info!(target: "access", %method, %route, status, micros, "request"),
+    }
     res
 }

@@ -1,0 +1,378 @@
+//! Throughput and footprint of the HTTP API, side by side in one run (issue 11):
+//!
+//! ```text
+//! cargo build --release && cargo bench --bench http_load -- --seconds 5 --connections 32 --sessions 100000
+//! ```
+//!
+//! Layout of a run:
+//! - start the release broker (`IDVB_BENCH_BIN`, else `target/release/idv-broker`) on
+//!   `127.0.0.1:0` with a fresh database, rate limit off, logs at `warn`;
+//! - **rates**, each for `--seconds` with `--connections` keep-alive connections, closed
+//!   loop: `GET /healthz` (the ceiling: routing and HTTP only), `POST /v1/sessions`
+//!   (a durable create: token generation and hashing, the group commit, the actor
+//!   spawn), `GET /v1/sessions/{id}/status` (a read served by the live actor); the
+//!   create and status rates are reported as ratios to `/healthz` measured minutes
+//!   apart on the same box, which cancels most of the machine's noise;
+//! - **memory**: live sessions brought to `--sessions` in all, the broker's RSS before
+//!   and after → bytes per idle live session;
+//! - **restart**: SIGTERM, then the same binary on the same database: time from spawn to
+//!   `listening on` (every live session restored and its actor started before it
+//!   listens), and to the answer of the last session created (its actor armed).
+//!
+//! The load client is a minimal HTTP/1.1 client over raw sockets, so that it takes as
+//! little of the two cores as it can. Everything goes to 127.0.0.1 and every phase has
+//! a deadline, so a run always ends.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const API_KEY: &str = "bench-key-0123456789";
+const ISSUER: &str = "bench-issuer=bench-issuer-secret-0123";
+/// Creates in flight at once while filling the broker with idle sessions.
+const FILL_CONCURRENCY: usize = 64;
+/// No phase runs longer than this, whatever the arguments.
+const PHASE_DEADLINE: Duration = Duration::from_secs(600);
+
+struct Args {
+    seconds: u64,
+    connections: usize,
+    sessions: usize,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        seconds: 5,
+        connections: 32,
+        sessions: 100_000,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--seconds" => a.seconds = val().parse().expect("--seconds"),
+            "--connections" | "-c" => a.connections = val().parse().expect("--connections"),
+            "--sessions" => a.sessions = val().parse().expect("--sessions"),
+            // `cargo bench` passes this to every bench target.
+            "--bench" => {}
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    a
+}
+
+/// The broker under test; killed when dropped.
+struct Broker {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bin() -> String {
+    let bin = std::env::var("IDVB_BENCH_BIN")
+        .unwrap_or_else(|_| format!("{}/target/release/idv-broker", env!("CARGO_MANIFEST_DIR")));
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "{bin} is missing: run `cargo build --release` first (or set IDVB_BENCH_BIN)"
+    );
+    bin
+}
+
+/// Starts the broker on `db`; answers it and the time until it printed `listening on`.
+fn start_broker(db: &std::path::Path) -> (Broker, Duration) {
+    let started = Instant::now();
+    let mut child = Command::new(bin())
+        .args(["--bind", "127.0.0.1:0", "--rate-limit", "0"])
+        .arg("--db")
+        .arg(db)
+        .args(["--api-key", &format!("bench={API_KEY}")])
+        .args(["--issuer", ISSUER])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the broker starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let listening = started.elapsed();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    (Broker { child, addr }, listening)
+}
+
+/// VmRSS of `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+/// One keep-alive HTTP/1.1 connection: writes a request, reads one response.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(addr: &str) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Self {
+            stream,
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// Sends `request` (complete bytes) and answers (status, body).
+    async fn call(&mut self, request: &[u8]) -> (u16, Vec<u8>) {
+        self.stream.write_all(request).await.unwrap();
+        self.buf.clear();
+        let head_end = loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the broker closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = std::str::from_utf8(&self.buf[..head_end]).unwrap();
+        let status: u16 = head[9..12].parse().unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        while self.buf.len() < head_end + length {
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the broker closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        (status, self.buf[head_end..head_end + length].to_vec())
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn get(path: &str, bearer: Option<&str>) -> Vec<u8> {
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    format!("GET {path} HTTP/1.1\r\nHost: bench\r\n{auth}\r\n").into_bytes()
+}
+
+fn create_request() -> Vec<u8> {
+    let body = r#"{"scopes":["full_name","date_of_birth"],"vendor_data":"bench"}"#;
+    format!(
+        "POST /v1/sessions HTTP/1.1\r\nHost: bench\r\nX-Api-Key: {API_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Requests per second over `seconds`, `connections` closed loops each sending what
+/// `request(i)` makes for its connection `i` and expecting `want`.
+async fn rate(
+    addr: &str,
+    connections: usize,
+    seconds: u64,
+    want: u16,
+    request: impl Fn(usize) -> Vec<u8>,
+) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..connections {
+        let (stop, done, req) = (stop.clone(), done.clone(), request(i));
+        let addr = addr.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&addr).await;
+            while !stop.load(Ordering::Relaxed) {
+                let (status, body) = conn.call(&req).await;
+                assert_eq!(status, want, "{}", String::from_utf8_lossy(&body));
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Warm up, then count over the window.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (from, t0) = (done.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let n = done.load(Ordering::Relaxed) - from;
+    let elapsed = t0.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        tokio::time::timeout(PHASE_DEADLINE, t)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    n as f64 / elapsed.as_secs_f64()
+}
+
+/// Creates `n` sessions; answers (id, token) of each.
+async fn fill(addr: &str, n: usize) -> Vec<(String, String)> {
+    let per = n.div_ceil(FILL_CONCURRENCY);
+    let mut tasks = Vec::new();
+    for k in 0..FILL_CONCURRENCY {
+        let addr = addr.to_owned();
+        let count = per.min(n.saturating_sub(k * per));
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&addr).await;
+            let req = create_request();
+            let mut out = Vec::with_capacity(count);
+            for _ in 0..count {
+                let (status, body) = conn.call(&req).await;
+                assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                out.push((
+                    v["session_id"].as_str().unwrap().to_owned(),
+                    v["session_token"].as_str().unwrap().to_owned(),
+                ));
+            }
+            out
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    for t in tasks {
+        all.extend(
+            tokio::time::timeout(PHASE_DEADLINE, t)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    all
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+async fn main() {
+    let args = parse_args();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bench.db");
+    let (broker, _) = start_broker(&db);
+    let addr = broker.addr.clone();
+    let c = args.connections;
+
+    let healthz = rate(&addr, c, args.seconds, 200, |_| get("/healthz", None)).await;
+    let creates = rate(&addr, c, args.seconds, 201, |_| create_request()).await;
+    let watched = fill(&addr, c).await;
+    let status = rate(&addr, c, args.seconds, 200, |i| {
+        let (id, token) = &watched[i];
+        get(&format!("/v1/sessions/{id}/status"), Some(token))
+    })
+    .await;
+    let healthz_again = rate(&addr, c, args.seconds, 200, |_| get("/healthz", None)).await;
+    let ceiling = (healthz + healthz_again) / 2.0;
+
+    // Memory: bring the live sessions to `--sessions` in all.
+    let pid = broker.child.id();
+    let before = rss(pid);
+    let count_before = count_live(&db);
+    let added = args.sessions.saturating_sub(count_before);
+    let t0 = Instant::now();
+    let created = fill(&addr, added).await;
+    let fill_secs = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss(pid);
+    let live = count_live(&db);
+    let per_session = after.saturating_sub(before) as f64 / added.max(1) as f64;
+
+    // Restart with every session still live.
+    let last = created.last().or(watched.last()).cloned().unwrap();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    drop(broker);
+    let t0 = Instant::now();
+    let (broker, listening) = start_broker(&db);
+    let mut conn = Conn::open(&broker.addr).await;
+    let (code, _) = conn
+        .call(&get(
+            &format!("/v1/sessions/{}/status", last.0),
+            Some(&last.1),
+        ))
+        .await;
+    assert_eq!(code, 200);
+    let answered = t0.elapsed();
+    drop(broker);
+
+    println!(
+        "## HTTP throughput and footprint ({c} connections, {}s windows)\n",
+        args.seconds
+    );
+    println!("| measure | value | ratio |");
+    println!("|---|---|---|");
+    println!("| `GET /healthz` per second (mean of before and after) | {ceiling:.0} | 1.00 |");
+    println!(
+        "| `POST /v1/sessions` per second (durable) | {creates:.0} | {:.2} |",
+        creates / ceiling
+    );
+    println!(
+        "| `GET /v1/sessions/{{id}}/status` per second | {status:.0} | {:.2} |",
+        status / ceiling
+    );
+    println!(
+        "| broker memory per idle live session ({live} live, {added} added in {fill_secs:.1} s) | {:.2} KiB | |",
+        per_session / 1024.0
+    );
+    println!(
+        "| restart with {live} live sessions: to `listening on` | {:.2} s | |",
+        listening.as_secs_f64()
+    );
+    println!(
+        "| restart: to the last session's answer (its actor armed) | {:.2} s | |",
+        answered.as_secs_f64()
+    );
+}
+
+/// Live sessions in the database (read-only, beside the running broker).
+fn count_live(db: &std::path::Path) -> usize {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.query_row(
+        &format!(
+            "SELECT count(*) FROM sessions WHERE status IN {}",
+            idv_actors::status::Status::live_sql()
+        ),
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .unwrap() as usize
+}

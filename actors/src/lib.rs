@@ -5,6 +5,7 @@
 //! - [`commands`]: the messages a session accepts and the rules that plan them.
 //! - [`session`]: the session actor (state, seq, expiry timer).
 //! - [`delivery`]: a session's subscribers and long-poll waiters; push after commit.
+//! - [`fault`]: test-only fault injection, to prove supervision.
 //! - [`registry`]: live actors by session id; rehydration and replacement.
 //! - [`staging`]: uploads held in memory until approve, under a broker-wide budget.
 //! - [`retention`]: the sweeper that purges confirmed sessions' data after retention.
@@ -18,6 +19,7 @@ pub mod commands;
 pub mod credentials;
 pub mod delivery;
 pub mod error;
+pub mod fault;
 pub mod ids;
 pub mod model;
 pub mod registry;

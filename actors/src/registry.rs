@@ -15,7 +15,8 @@ use dashmap::DashMap;
 use crate::clock::SharedClock;
 use crate::commands::{Caller, Inspect, RotateToken, SessionCommand, Tick};
 use crate::delivery::{
-    Change, CountAudience, Push, Subscribe, Subscribed, SubscriberId, Unsubscribe, WaitChange,
+    AudienceLost, Change, CountAudience, Push, Subscribe, Subscribed, SubscriberId, Unsubscribe,
+    WaitChange,
 };
 use crate::error::SessionError;
 use crate::ids::{Seq, SessionId, TokenHash};
@@ -224,7 +225,11 @@ impl Registry {
     }
 
     /// Sends `cmd` to the session's actor, or answers it from the store if the session
-    /// ended. A command whose actor died or restarted is re-sent to its replacement.
+    /// ended. A command the actor refused with [`SessionError::Restarted`] (a contained
+    /// panic: nothing was committed) is re-sent to the restarted actor. A command whose
+    /// actor died while holding it (`MailboxError::Closed`) may have committed: it is
+    /// re-sent only if it commits nothing ([`SessionCommand::retry_safe`]), else
+    /// answered `503`, so a committed approve is never re-run into a false `409`.
     pub async fn call<C: SessionCommand>(
         &self,
         id: SessionId,
@@ -247,9 +252,15 @@ impl Registry {
                     }
                     Ok(res) => return res,
                     Err(MailboxError::Closed) | Err(MailboxError::Timeout) => {
-                        // Stopped (ended, or killed by a panic): drop the dead address and
-                        // look again; the store says whether it is live or ended.
+                        // Stopped (ended, or killed by a panic): drop the dead address; the
+                        // next lookup asks the store whether it is live or ended.
                         self.forget(id, &addr);
+                        if !cmd.retry_safe() {
+                            return Err(SessionError::Unavailable(
+                                "the session restarted while handling this request; \
+                                 read it before trying again",
+                            ));
+                        }
                     }
                 },
             }
@@ -279,6 +290,7 @@ impl Registry {
         caller: Caller,
         after: Option<Seq>,
         subscriber: Recipient<Push>,
+        lost: Recipient<AudienceLost>,
         evicted: Arc<AtomicBool>,
     ) -> Result<(Subscribed, Vec<SessionEvent>), SessionError> {
         let token = client_token(&caller);
@@ -289,6 +301,7 @@ impl Registry {
                     caller,
                     after,
                     subscriber,
+                    lost,
                     evicted,
                 },
             )

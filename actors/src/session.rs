@@ -10,7 +10,10 @@
 //! stops unexpectedly (a contained panic, a stale write) it is restarted in place:
 //! the same `Addr` keeps working and [`Supervised::restarting`] drops the
 //! in-memory state, which `started` reloads from the store before any queued
-//! message is handled.
+//! message is handled. A panic outside the containment kills the actor for good;
+//! its [`Audience`] then tells the subscribers (they re-subscribe through the
+//! registry, which starts a replacement) and wakes the long-polls (they wait again),
+//! so nobody waits on a dead actor. [`ArmFault`] (test-only) injects such panics.
 
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -28,6 +31,7 @@ use crate::delivery::{
     Unsubscribe, WaitChange,
 };
 use crate::error::SessionError;
+use crate::fault::{ArmFault, FaultPoint};
 use crate::ids::SessionId;
 use crate::model::{SessionRecord, SessionRequest};
 use crate::registry::Registry;
@@ -61,6 +65,8 @@ pub struct SessionActor {
     /// Uploads held in memory until approve (SPEC §2); dropped by every other end and
     /// by a restart.
     staged: Staged,
+    /// Test-only ([`ArmFault`]): the point where this actor panics, uncontained.
+    fault: Option<FaultPoint>,
 }
 
 impl SessionActor {
@@ -74,13 +80,22 @@ impl SessionActor {
             ended: false,
             registry,
             expiry: None,
-            audience: Audience::default(),
+            audience: Audience::new(id),
             staged: Staged::default(),
+            fault: None,
         }
     }
 
     fn now(&self) -> chrono::DateTime<chrono::Utc> {
         self.registry.clock().now()
+    }
+
+    /// Panics, outside any containment, if a test armed a fault at `at`.
+    fn trip(&mut self, at: FaultPoint) {
+        if self.fault == Some(at) {
+            self.fault = None;
+            panic!("injected fault at {at:?} in session {}", self.id);
+        }
     }
 
     fn record(&self) -> Result<&SessionRecord, SessionError> {
@@ -108,6 +123,7 @@ impl SessionActor {
 
     /// Reads the session from the store, holding the mailbox until it is in.
     fn load(&mut self, ctx: &mut Context<Self>) {
+        self.trip(FaultPoint::Load);
         let store = self.registry.store().clone();
         let id = self.id;
         ctx.wait(
@@ -116,10 +132,12 @@ impl SessionActor {
                 .map(move |res, act, ctx| match res {
                     Ok(Some(record)) => {
                         let terminal = record.status.is_terminal();
-                        let missed = act.audience.published().filter(|p| record.seq > *p);
+                        // Whoever listens is brought up to date from the events log (an
+                        // empty read when nothing was missed; restarts are rare).
+                        let listened = act.audience.published();
                         act.registry.track_token(id, record.token_hash);
                         act.state = Some(record);
-                        if let Some(after) = missed {
+                        if let Some(after) = listened {
                             act.catch_up(after, ctx);
                         } else if terminal {
                             act.finish(ctx);
@@ -144,6 +162,7 @@ impl SessionActor {
     /// between a commit and its push, and subscribers must miss nothing. Then resumes
     /// as a load does (finish if terminal, else arm the expiry timer).
     fn catch_up(&mut self, after: crate::ids::Seq, ctx: &mut Context<Self>) {
+        self.trip(FaultPoint::CatchUp);
         let store = self.registry.store().clone();
         let id = self.id;
         ctx.wait(async move { store.events_after(id, after).await }.into_actor(self).map(
@@ -184,6 +203,7 @@ impl SessionActor {
 
     /// Expires the session if `expires_at` has passed, else re-arms the timer.
     fn check_expiry(&mut self, ctx: &mut Context<Self>) {
+        self.trip(FaultPoint::CheckExpiry);
         let now = self.now();
         let Some(s) = &self.state else { return };
         if s.status.is_terminal() {
@@ -263,6 +283,7 @@ impl SessionActor {
 
     /// Applies a committed transition to the in-memory state.
     fn apply(&mut self, write: &TransitionWrite, ctx: &mut Context<Self>) {
+        self.trip(FaultPoint::Apply);
         let Some(s) = self.state.as_mut() else { return };
         s.status = write.status;
         s.seq = write.from_seq.next();
@@ -284,15 +305,24 @@ impl SessionActor {
         }
         // Pushed only now, after the commit: nobody hears of a transition that could
         // still be lost.
-        self.audience.publish(s, s.seq, write.at);
+        self.publish(write.at);
         if write.status.is_terminal() {
             self.finish(ctx);
+        }
+    }
+
+    /// Pushes the committed state, reached at `at`, to the audience.
+    fn publish(&mut self, at: chrono::DateTime<chrono::Utc>) {
+        self.trip(FaultPoint::Publish);
+        if let Some(s) = &self.state {
+            self.audience.publish(s, s.seq, at);
         }
     }
 
     /// The session is terminal: leave the registry and stop. Reads are served from the
     /// store from now on.
     fn finish(&mut self, ctx: &mut Context<Self>) {
+        self.trip(FaultPoint::Finish);
         self.ended = true;
         // Committed with the approve, or discarded by any other end: either way the
         // memory copy goes now, and its bytes return to the staging budget. Uploads
@@ -307,7 +337,7 @@ impl SessionActor {
         }
         self.registry.forget(self.id, &ctx.address());
         // Every subscriber has had the terminal push and closes itself.
-        self.audience = Audience::default();
+        self.audience.release();
         ctx.stop();
     }
 
@@ -422,6 +452,7 @@ impl Handler<RotateToken> for SessionActor {
     type Result = AtomicResponse<Self, Result<(), SessionError>>;
 
     fn handle(&mut self, _: RotateToken, _: &mut Context<Self>) -> Self::Result {
+        self.trip(FaultPoint::RotateToken);
         // Re-read rather than take a token from the message: replays may deliver their
         // messages out of commit order, and the store's token is the one that counts.
         let store = self.registry.store().clone();
@@ -447,6 +478,7 @@ impl Handler<Tick> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) {
+        self.trip(FaultPoint::Tick);
         self.check_expiry(ctx);
     }
 }
@@ -466,6 +498,15 @@ impl Handler<InjectFault> for SessionActor {
             Err(SessionError::Restarted) | Ok(()) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl Handler<ArmFault> for SessionActor {
+    type Result = Result<(), SessionError>;
+
+    fn handle(&mut self, msg: ArmFault, _: &mut Context<Self>) -> Self::Result {
+        self.fault = Some(msg.at);
+        Ok(())
     }
 }
 
@@ -494,6 +535,7 @@ impl Handler<Unsubscribe> for SessionActor {
     type Result = Result<(), SessionError>;
 
     fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) -> Self::Result {
+        self.trip(FaultPoint::Unsubscribe);
         self.audience.unsubscribe(msg.id);
         Ok(())
     }

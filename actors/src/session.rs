@@ -14,6 +14,9 @@
 //! its [`Audience`] then tells the subscribers (they re-subscribe through the
 //! registry, which starts a replacement) and wakes the long-polls (they wait again),
 //! so nobody waits on a dead actor. [`ArmFault`] (test-only) injects such panics.
+//!
+//! The actor holds only the handles it uses: the store (as [`SessionStore`]), the
+//! clock, and a [`LiveSessions`] handle on the registry; it never sees the registry.
 
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -23,6 +26,7 @@ use std::time::Duration;
 use actix::fut::ready;
 use actix::prelude::*;
 
+use crate::clock::SharedClock;
 use crate::commands::{
     authorize, Cancel, Decide, InjectFault, Inspect, Plan, Retrieve, RotateToken, Tick,
 };
@@ -33,8 +37,9 @@ use crate::delivery::{
 use crate::error::SessionError;
 use crate::fault::{ArmFault, FaultPoint};
 use crate::ids::SessionId;
+use crate::live::{Generation, LiveSessions};
 use crate::model::{SessionRecord, SessionRequest};
-use crate::registry::Registry;
+use crate::session_store::SessionStore;
 use crate::staging::{CheckUpload, StageFile, Staged, StagedFile, UploadTicket};
 use crate::status::{next, Event, Outcome};
 use crate::store::{StoreError, TransitionWrite};
@@ -56,7 +61,13 @@ pub struct SessionActor {
     /// Set once the session is terminal. Survives restarts, so an ended actor that a
     /// lingering `Addr` restarts answers from its final state instead of reloading.
     ended: bool,
-    registry: Registry,
+    /// Where the session is committed.
+    store: Arc<dyn SessionStore>,
+    clock: SharedClock,
+    /// The registry, as far as this actor tells it anything.
+    live: Arc<dyn LiveSessions>,
+    /// Which start of this session's actor this is (for [`LiveSessions::forget`]).
+    generation: Generation,
     /// The pending expiry timer.
     expiry: Option<SpawnHandle>,
     /// WebSocket subscribers and long-poll waiters. Kept across restarts: they are
@@ -73,12 +84,22 @@ impl SessionActor {
     /// An actor for session `id`: with its record when it is at hand and known current
     /// (just created, or restored at start), else `None` and it loads the session from
     /// the store before handling anything.
-    pub(crate) fn new(id: SessionId, record: Option<SessionRecord>, registry: Registry) -> Self {
+    pub(crate) fn new(
+        id: SessionId,
+        record: Option<SessionRecord>,
+        store: Arc<dyn SessionStore>,
+        clock: SharedClock,
+        live: Arc<dyn LiveSessions>,
+        generation: Generation,
+    ) -> Self {
         Self {
             id,
             state: record,
             ended: false,
-            registry,
+            store,
+            clock,
+            live,
+            generation,
             expiry: None,
             audience: Audience::new(id),
             staged: Staged::default(),
@@ -87,7 +108,7 @@ impl SessionActor {
     }
 
     fn now(&self) -> chrono::DateTime<chrono::Utc> {
-        self.registry.clock().now()
+        self.clock.now()
     }
 
     /// Panics, outside any containment, if a test armed a fault at `at`.
@@ -124,7 +145,7 @@ impl SessionActor {
     /// Reads the session from the store, holding the mailbox until it is in.
     fn load(&mut self, ctx: &mut Context<Self>) {
         self.trip(FaultPoint::Load);
-        let store = self.registry.store().clone();
+        let store = self.store.clone();
         let id = self.id;
         ctx.wait(
             async move { store.load_session(id).await }
@@ -135,7 +156,7 @@ impl SessionActor {
                         // Whoever listens is brought up to date from the events log (an
                         // empty read when nothing was missed; restarts are rare).
                         let listened = act.audience.published();
-                        act.registry.track_token(id, record.token_hash);
+                        act.live.track_token(id, record.token_hash);
                         act.state = Some(record);
                         if let Some(after) = listened {
                             act.catch_up(after, ctx);
@@ -147,7 +168,7 @@ impl SessionActor {
                     }
                     Ok(None) => {
                         act.ended = true;
-                        act.registry.forget(id, &ctx.address());
+                        act.live.forget(id, act.generation);
                         ctx.stop();
                     }
                     Err(e) => {
@@ -163,7 +184,7 @@ impl SessionActor {
     /// as a load does (finish if terminal, else arm the expiry timer).
     fn catch_up(&mut self, after: crate::ids::Seq, ctx: &mut Context<Self>) {
         self.trip(FaultPoint::CatchUp);
-        let store = self.registry.store().clone();
+        let store = self.store.clone();
         let id = self.id;
         ctx.wait(async move { store.events_after(id, after).await }.into_actor(self).map(
             |res, act, ctx| {
@@ -226,7 +247,7 @@ impl SessionActor {
             shared_data: None,
             files: Vec::new(),
         };
-        let store = self.registry.store().clone();
+        let store = self.store.clone();
         // `wait`, not `spawn`: nothing else may touch the session while it expires.
         ctx.wait(
             async move {
@@ -235,7 +256,7 @@ impl SessionActor {
             }
             .into_actor(self)
             .map(|(write, res), act, ctx| match res {
-                Ok(()) => act.apply(&write, ctx),
+                Ok(_) => act.apply(&write, ctx),
                 Err(StoreError::Stale) => act.reload(ctx),
                 Err(e) => {
                     tracing::error!(session = %act.id, error = %e, "cannot commit expiry; retrying");
@@ -252,7 +273,7 @@ impl SessionActor {
             Err(e) => AtomicResponse::new(Box::pin(ready(Err(e)))),
             Ok(Plan::Stay) => AtomicResponse::new(Box::pin(ready(self.record().cloned()))),
             Ok(Plan::Move(write)) => {
-                let store = self.registry.store().clone();
+                let store = self.store.clone();
                 AtomicResponse::new(Box::pin(
                     async move {
                         let res = store.commit_transition(write.clone()).await;
@@ -260,7 +281,7 @@ impl SessionActor {
                     }
                     .into_actor(self)
                     .map(|(write, res), act, ctx| match res {
-                        Ok(()) => {
+                        Ok(_) => {
                             act.apply(&write, ctx);
                             act.record().cloned()
                         }
@@ -330,12 +351,12 @@ impl SessionActor {
         self.staged.clear();
         self.staged.end_streaming();
         if let Some(s) = &self.state {
-            self.registry.untrack_token(self.id, s.token_hash);
+            self.live.untrack_token(self.id, s.token_hash);
         }
         if let Some(h) = self.expiry.take() {
             ctx.cancel_future(h);
         }
-        self.registry.forget(self.id, &ctx.address());
+        self.live.forget(self.id, self.generation);
         // Every subscriber has had the terminal push and closes itself.
         self.audience.release();
         ctx.stop();
@@ -356,7 +377,7 @@ impl Actor for SessionActor {
         match &self.state {
             None => self.load(ctx),
             Some(s) => {
-                self.registry.track_token(self.id, s.token_hash);
+                self.live.track_token(self.id, s.token_hash);
                 self.arm_expiry(ctx);
             }
         }
@@ -455,17 +476,17 @@ impl Handler<RotateToken> for SessionActor {
         self.trip(FaultPoint::RotateToken);
         // Re-read rather than take a token from the message: replays may deliver their
         // messages out of commit order, and the store's token is the one that counts.
-        let store = self.registry.store().clone();
+        let store = self.store.clone();
         let id = self.id;
         AtomicResponse::new(Box::pin(
             async move { store.load_session(id).await }
                 .into_actor(self)
                 .map(|res, act, _| {
                     if let (Some(stored), Some(s)) = (res?, act.state.as_mut()) {
-                        act.registry.untrack_token(act.id, s.token_hash);
+                        act.live.untrack_token(act.id, s.token_hash);
                         s.token_hash = stored.token_hash;
                         if !act.ended {
-                            act.registry.track_token(act.id, s.token_hash);
+                            act.live.track_token(act.id, s.token_hash);
                         }
                     }
                     Ok(())

@@ -179,9 +179,10 @@ impl SessionActor {
         );
     }
 
-    /// Publishes the transitions after `after` from the events log: the actor restarted
-    /// between a commit and its push, and subscribers must miss nothing. Then resumes
-    /// as a load does (finish if terminal, else arm the expiry timer).
+    /// Publishes the transitions after `after` from the events log to the subscribers
+    /// kept across a restart: the actor may have restarted between a commit and its
+    /// push, and subscribers must miss nothing. Then resumes as a load does (finish if
+    /// terminal, else arm the expiry timer).
     fn catch_up(&mut self, after: crate::ids::Seq, ctx: &mut Context<Self>) {
         self.trip(FaultPoint::CatchUp);
         let store = self.store.clone();

@@ -222,6 +222,57 @@ async fn a_panic_in_unsubscribe_strands_no_subscriber_and_no_long_poll() {
 }
 
 #[actix_web::test]
+async fn a_subscriber_that_cannot_follow_a_dead_actor_is_told_to_reconnect_with_after_seq() {
+    let app = spawn_app().await;
+    let (id, token) = app.retrieved_session(&["full_name"], "alice").await;
+    let sid = session_id(&id);
+    let mut ws = connect(&app, &id, &token).await;
+    let poll = {
+        let request = app
+            .client
+            .get(app.url(&format!("/v1/sessions/{id}/status?after_seq=2&wait=30")))
+            .bearer_auth(&token);
+        tokio::spawn(async move { request.send().await.expect("the poll is answered") })
+    };
+    until("the subscriber and the poll wait", || async {
+        app.registry.subscriber_count(sid).await.unwrap() == 1
+            && app.registry.waiter_count(sid).await.unwrap() == 1
+    })
+    .await;
+    let actor = live_actor(&app, &id).await;
+    app.registry
+        .call(
+            sid,
+            ArmFault {
+                at: FaultPoint::Tick,
+            },
+        )
+        .await
+        .unwrap();
+
+    // No replacement can load the session: the store lost its sessions table.
+    {
+        let conn = rusqlite::Connection::open(&app.db).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        conn.execute_batch("DROP TABLE sessions").unwrap();
+    }
+    actor.do_send(Tick);
+
+    match next_frame(&mut ws).await {
+        Err(Some((code, reason))) => {
+            assert_eq!(code, CloseCode::Restart, "{reason}");
+            assert!(reason.contains("after_seq=2"), "{reason}");
+        }
+        other => panic!("expected a 1012 close, got {other:?}"),
+    }
+    let res = tokio::time::timeout(PROMPTLY, poll)
+        .await
+        .expect("the long-poll is answered promptly")
+        .unwrap();
+    assert_eq!(res.status(), 500, "the poll is told the store failed");
+}
+
+#[actix_web::test]
 async fn a_call_whose_actor_dies_after_committing_is_not_answered_with_a_false_409() {
     let app = spawn_app().await;
     let (id, _) = app.retrieved_session(&["full_name"], "alice").await;

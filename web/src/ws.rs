@@ -42,6 +42,10 @@ use crate::error::ApiError;
 use crate::routes::session_id;
 use crate::state::{AppState, WsConfig};
 
+/// How often one connection re-subscribes after its session's actor died; past that
+/// it closes with `1012` (reconnect with `after_seq`).
+const MAX_RESUBSCRIBES: usize = 3;
+
 /// `?after_seq=N` (and the `token` the auth extractor reads).
 #[derive(Debug, Deserialize)]
 pub struct WsQuery {
@@ -90,6 +94,8 @@ pub struct Subscriber {
     begun: bool,
     /// Whether [`AudienceLost`] came before [`Begin`]: re-subscribe once begun.
     lost_early: bool,
+    /// How often this connection re-subscribed after its session's actor died.
+    resubscribed: usize,
     pending: Vec<Push>,
     /// The last seq written to the client.
     last_seq: Seq,
@@ -237,6 +243,16 @@ impl Subscriber {
     /// registry, from the last seq written. Pushes wait in `pending` meanwhile.
     fn resubscribe(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         self.subscription = None;
+        if self.resubscribed == MAX_RESUBSCRIBES {
+            // An actor that keeps dying: let the client come back later instead.
+            let why = format!(
+                "service restart; reconnect with after_seq={}",
+                self.last_seq
+            );
+            self.close(ctx, ws::CloseCode::Restart, &why);
+            return;
+        }
+        self.resubscribed += 1;
         self.begun = false;
         let registry = self.registry.clone();
         let (id, caller, after) = (self.session_id, self.caller.clone(), self.last_seq);
@@ -374,6 +390,7 @@ pub async fn subscribe(
         subscription: None,
         begun: false,
         lost_early: false,
+        resubscribed: 0,
         pending: Vec::new(),
         last_seq: Seq(query.after_seq.unwrap_or(0)),
         last_heard: Instant::now(),

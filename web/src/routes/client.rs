@@ -20,6 +20,10 @@ use crate::state::AppState;
 /// Longest long-poll, in seconds (SPEC §3).
 pub const MAX_WAIT_SECS: u64 = 30;
 
+/// How often one long-poll waits again after its session's actor died under it;
+/// past that (an actor that keeps dying) it answers with what it has.
+const MAX_REWAITS: usize = 3;
+
 /// `?after_seq=N&wait=S` (and the `token` the auth extractor reads).
 #[derive(Debug, Deserialize)]
 pub struct StatusQuery {
@@ -98,6 +102,7 @@ async fn long_poll(
         .registry
         .wait_change(id, caller.clone(), after)
         .await?;
+    let mut rewaits = 0;
     loop {
         let (current, next) = match change {
             Change::Now(session) => return Ok(session),
@@ -113,7 +118,9 @@ async fn long_poll(
         tokio::select! {
             got = changed => match got {
                 Some(session) => return Ok(session),
+                None if rewaits == MAX_REWAITS => return Ok(current),
                 None => {
+                    rewaits += 1;
                     change = state
                         .registry
                         .wait_change(id, caller.clone(), Some(current.seq))

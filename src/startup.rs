@@ -87,7 +87,7 @@ impl Application {
         };
         let store = Store::open(&store_config).map_err(db_error)?;
         let registry = Registry::new(
-            store.clone(),
+            std::sync::Arc::new(store.clone()),
             settings.clock.clone(),
             RegistryConfig {
                 max_live_sessions: settings.max_live_sessions,
@@ -214,6 +214,11 @@ impl Application {
     /// The live-session registry (tests inject faults and move the clock through it).
     pub fn registry(&self) -> Registry {
         self.registry.clone()
+    }
+
+    /// The store (tests count its reads; the web crate never sees it).
+    pub fn store(&self) -> Store {
+        self.store.clone()
     }
 
     /// The retention sweeper (send it [`Sweep`](idv_actors::retention::Sweep) to sweep now).

@@ -309,6 +309,14 @@ pub trait SessionCommand:
     /// The success value.
     type Output: Send + 'static;
 
+    /// Whether the command may be sent again after its actor died while holding it
+    /// (`MailboxError::Closed`): only for commands that commit nothing. A command that
+    /// may have committed is answered `503` instead, never re-run (a second approve
+    /// would be a false `409`).
+    fn retry_safe(&self) -> bool {
+        false
+    }
+
     /// The answer for a session that is already terminal (no actor runs for it).
     fn on_ended(
         &self,

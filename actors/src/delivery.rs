@@ -35,6 +35,16 @@ pub struct Push {
     pub event: SessionEvent,
 }
 
+/// The session actor that held this subscription died without finishing the session
+/// (a panic outside its containment): no push will come through it any more. The
+/// subscriber re-subscribes through the registry with the last seq it has.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct AudienceLost {
+    /// The session.
+    pub session_id: SessionId,
+}
+
 /// The id of a subscriber within its session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SubscriberId(u64);
@@ -50,6 +60,8 @@ pub struct Subscribe {
     /// Where pushes go. The session uses `try_send`: a subscriber whose mailbox is
     /// full is dropped (and told through `evicted`), so it never slows the session.
     pub subscriber: Recipient<Push>,
+    /// Told if the session's actor dies with this subscription (see [`AudienceLost`]).
+    pub lost: Recipient<AudienceLost>,
     /// Set by the session when it drops the subscriber for not keeping up.
     pub evicted: Arc<AtomicBool>,
 }
@@ -111,12 +123,17 @@ pub fn check_after(after: Option<Seq>, current: Seq) -> Result<Seq, SessionError
 
 struct Subscriber {
     recipient: Recipient<Push>,
+    lost: Recipient<AudienceLost>,
     evicted: Arc<AtomicBool>,
 }
 
 /// The subscribers and waiters a session actor owns.
+///
+/// Dropped unreleased (the actor died), it tells its subscribers (see [`AudienceLost`]).
 #[derive(Default)]
 pub(crate) struct Audience {
+    /// The session, once known: named in [`AudienceLost`].
+    session: Option<SessionId>,
     subscribers: HashMap<SubscriberId, Subscriber>,
     next_id: u64,
     waiters: Vec<oneshot::Sender<SessionRecord>>,
@@ -143,11 +160,26 @@ impl Audience {
             id,
             Subscriber {
                 recipient: msg.subscriber.clone(),
+                lost: msg.lost.clone(),
                 evicted: msg.evicted.clone(),
             },
         );
         self.published = Some(self.published.map_or(seq, |p| p.max(seq)));
         Ok(id)
+    }
+
+    /// An audience for session `id`.
+    pub(crate) fn new(id: SessionId) -> Self {
+        let mut audience = Self::default();
+        audience.session = Some(id);
+        audience
+    }
+
+    /// Lets everyone go without telling them: the session ended normally and every
+    /// subscriber had the terminal push (and closes itself), every waiter its answer.
+    pub(crate) fn release(&mut self) {
+        self.subscribers.clear();
+        self.waiters.clear();
     }
 
     pub(crate) fn unsubscribe(&mut self, id: SubscriberId) {
@@ -231,8 +263,26 @@ impl Audience {
     }
 }
 
+impl Drop for Audience {
+    /// Reached with subscribers only when the actor was dropped without finishing (a
+    /// panic killed it): tell them, so they re-subscribe to its replacement. The
+    /// waiters' senders drop with it, which wakes their long-polls.
+    fn drop(&mut self) {
+        let Some(session_id) = self.session else {
+            return;
+        };
+        for s in self.subscribers.values() {
+            // `do_send`: never refused for a full mailbox; this notice must arrive.
+            s.lost.do_send(AudienceLost { session_id });
+        }
+    }
+}
+
 impl SessionCommand for Subscribe {
     type Output = Subscribed;
+    fn retry_safe(&self) -> bool {
+        true
+    }
     fn on_ended(
         &self,
         session: &SessionRecord,
@@ -249,6 +299,9 @@ impl SessionCommand for Subscribe {
 
 impl SessionCommand for Unsubscribe {
     type Output = ();
+    fn retry_safe(&self) -> bool {
+        true
+    }
     fn on_ended(&self, _: &SessionRecord, _: DateTime<Utc>) -> Result<(), SessionError> {
         Ok(())
     }
@@ -256,6 +309,9 @@ impl SessionCommand for Unsubscribe {
 
 impl SessionCommand for WaitChange {
     type Output = Change;
+    fn retry_safe(&self) -> bool {
+        true
+    }
     fn on_ended(&self, session: &SessionRecord, _: DateTime<Utc>) -> Result<Change, SessionError> {
         authorize(session, &self.caller)?;
         let after = check_after(self.after, session.seq)?;
@@ -283,6 +339,9 @@ pub struct AudienceCount {
 
 impl SessionCommand for CountAudience {
     type Output = AudienceCount;
+    fn retry_safe(&self) -> bool {
+        true
+    }
     fn on_ended(&self, _: &SessionRecord, _: DateTime<Utc>) -> Result<AudienceCount, SessionError> {
         // An ended session has nobody left to tell.
         Ok(AudienceCount::default())
@@ -305,6 +364,84 @@ mod tests {
     struct Probe {
         seen: Arc<Mutex<Vec<u64>>>,
         capacity: usize,
+    }
+
+    impl Probe {
+        fn new(seen: &Arc<Mutex<Vec<u64>>>) -> Self {
+            Probe {
+                seen: seen.clone(),
+                capacity: 64,
+            }
+        }
+    }
+
+    /// A probe's lost notice is recorded as seq 0.
+    impl Handler<AudienceLost> for Probe {
+        type Result = ();
+        fn handle(&mut self, _: AudienceLost, _: &mut Context<Self>) {
+            self.seen.lock().unwrap().push(0);
+        }
+    }
+
+    fn subscribe(probe: &Addr<Probe>, evicted: &Arc<AtomicBool>) -> Subscribe {
+        Subscribe {
+            caller: Caller::Backend {
+                owner: "owner".into(),
+            },
+            after: None,
+            subscriber: probe.clone().recipient(),
+            lost: probe.clone().recipient(),
+            evicted: evicted.clone(),
+        }
+    }
+
+    /// Waits (bounded) until `seen` holds `n` entries.
+    async fn seen_len(seen: &Arc<Mutex<Vec<u64>>>, n: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while seen.lock().unwrap().len() < n && std::time::Instant::now() < deadline {
+            actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    #[actix_rt::test]
+    async fn an_audience_dropped_without_release_tells_its_subscribers_and_wakes_its_waiters() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let probe = Probe::new(&seen).start();
+        let session = record();
+        let mut audience = Audience::new(session.id);
+        let flag = Arc::new(AtomicBool::new(false));
+        audience
+            .subscribe(&subscribe(&probe, &flag), session.seq)
+            .unwrap();
+        let waiter = audience.wait().unwrap();
+        drop(audience);
+        assert!(waiter.await.is_err(), "the long-poll was woken");
+        seen_len(&seen, 1).await;
+        assert_eq!(*seen.lock().unwrap(), vec![0], "the subscriber was told");
+    }
+
+    #[actix_rt::test]
+    async fn a_released_audience_tells_nobody() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let probe = Probe::new(&seen).start();
+        let mut session = record();
+        let mut audience = Audience::new(session.id);
+        let flag = Arc::new(AtomicBool::new(false));
+        audience
+            .subscribe(&subscribe(&probe, &flag), session.seq)
+            .unwrap();
+        audience.release();
+        drop(audience);
+        // A later push through a fresh audience is the only thing the probe sees.
+        let mut other = Audience::new(session.id);
+        other
+            .subscribe(&subscribe(&probe, &flag), session.seq)
+            .unwrap();
+        session.seq = Seq(2);
+        other.publish(&session, session.seq, Utc::now());
+        other.release();
+        seen_len(&seen, 1).await;
+        assert_eq!(*seen.lock().unwrap(), vec![2]);
     }
 
     impl Actor for Probe {
@@ -379,25 +516,11 @@ mod tests {
         let mut audience = Audience::default();
         let slow_flag = Arc::new(AtomicBool::new(false));
         let fast_flag = Arc::new(AtomicBool::new(false));
-        let subscribe = |r: Recipient<Push>, f: &Arc<AtomicBool>| Subscribe {
-            caller: Caller::Backend {
-                owner: "owner".into(),
-            },
-            after: None,
-            subscriber: r,
-            evicted: f.clone(),
-        };
         audience
-            .subscribe(
-                &subscribe(slow.clone().recipient(), &slow_flag),
-                session.seq,
-            )
+            .subscribe(&subscribe(&slow, &slow_flag), session.seq)
             .unwrap();
         audience
-            .subscribe(
-                &subscribe(fast.clone().recipient(), &fast_flag),
-                session.seq,
-            )
+            .subscribe(&subscribe(&fast, &fast_flag), session.seq)
             .unwrap();
 
         for seq in 2..=10 {

@@ -5,7 +5,11 @@
 //! - [`commands`]: the messages a session accepts and the rules that plan them.
 //! - [`session`]: the session actor (state, seq, expiry timer).
 //! - [`delivery`]: a session's subscribers and long-poll waiters; push after commit.
-//! - [`registry`]: live actors by session id; rehydration and replacement.
+//! - [`fault`]: test-only fault injection, to prove supervision.
+//! - [`registry`]: live actors by session id; rehydration and replacement; the web
+//!   crate's only way to the store.
+//! - `live`: the narrow handle a session actor has on the registry.
+//! - [`session_store`]: the store as the actors see it, one object-safe trait.
 //! - [`staging`]: uploads held in memory until approve, under a broker-wide budget.
 //! - [`retention`]: the sweeper that purges confirmed sessions' data after retention.
 //! - [`store`]: SQLite with a group-committing writer thread, and the webhook outbox.
@@ -19,11 +23,14 @@ pub mod commands;
 pub mod credentials;
 pub mod delivery;
 pub mod error;
+pub mod fault;
 pub mod ids;
+mod live;
 pub mod model;
 pub mod registry;
 pub mod retention;
 pub mod session;
+pub mod session_store;
 pub mod staging;
 pub mod status;
 pub mod store;

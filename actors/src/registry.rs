@@ -4,8 +4,12 @@
 //! runtime. A miss for a session that the store says is live rehydrates its actor;
 //! a dead address (an actor killed by a panic outside its containment) is replaced
 //! the same way, so no caller ever sees a closed mailbox.
+//!
+//! The registry reaches the store only through [`SessionStore`], and is the web
+//! crate's only way to it: the web crate never sees the store. Session actors get the
+//! store, the clock and a [`LiveSessions`] handle, not the registry.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::{Addr, MailboxError, Recipient, Supervisor};
@@ -15,14 +19,19 @@ use dashmap::DashMap;
 use crate::clock::SharedClock;
 use crate::commands::{plan_expiry, Caller, Inspect, RotateToken, SessionCommand, Tick};
 use crate::delivery::{
-    Change, CountAudience, Push, Subscribe, Subscribed, SubscriberId, Unsubscribe, WaitChange,
+    AudienceLost, Change, CountAudience, Push, Subscribe, Subscribed, SubscriberId, Unsubscribe,
+    WaitChange,
 };
 use crate::error::SessionError;
-use crate::ids::{Seq, SessionId, TokenHash};
-use crate::model::{Decision, SessionEvent, SessionRecord};
+use crate::ids::{Seq, SessionId, TokenHash, UserId};
+use crate::live::{Generation, LiveSessions};
+use crate::model::{Decision, SessionEvent, SessionRecord, UserRecord, UserStatus};
 use crate::session::SessionActor;
+use crate::session_store::SessionStore;
 use crate::staging::{StagingBudget, DEFAULT_MAX_STAGED_BYTES};
-use crate::store::{CreateOutcome, IdempotencyClaim, NewSession, Store, StoreError, StoredFile};
+use crate::store::{
+    CreateOutcome, IdempotencyClaim, NewSession, StoreError, StoredFile, WebhookCounts,
+};
 
 /// How often a command is re-sent after the actor it went to died or restarted.
 const MAX_ATTEMPTS: usize = 3;
@@ -60,17 +69,25 @@ pub struct Registry {
     inner: Arc<Inner>,
 }
 
+/// A live session's actor, and which start of it this is.
+struct Live {
+    addr: Addr<SessionActor>,
+    generation: Generation,
+}
+
 struct Inner {
     /// Live sessions' actors. DashMap shards its locks, so lookups from every worker
     /// thread proceed in parallel and no lock is held across an `.await`.
-    live: DashMap<SessionId, Addr<SessionActor>>,
+    live: DashMap<SessionId, Live>,
+    /// Numbers the actors started (see [`Generation`]).
+    generations: AtomicU64,
     /// The token hash of every live session that has its record in memory, kept by the
     /// session actors themselves. A token that is not the session's own is told apart
     /// here, without the store: another live session's (`403`) or nobody's live one
     /// (`401`), so a probe with random tokens costs no store read. Keyed by the SHA-256,
     /// so the lookup's timing says nothing about any token.
     tokens: DashMap<[u8; 32], SessionId>,
-    store: Store,
+    store: Arc<dyn SessionStore>,
     clock: SharedClock,
     config: RegistryConfig,
     /// The staging budget every upload reserves from and every session actor's staged
@@ -80,10 +97,11 @@ struct Inner {
 
 impl Registry {
     /// An empty registry over `store`.
-    pub fn new(store: Store, clock: SharedClock, config: RegistryConfig) -> Self {
+    pub fn new(store: Arc<dyn SessionStore>, clock: SharedClock, config: RegistryConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
                 live: DashMap::new(),
+                generations: AtomicU64::new(0),
                 tokens: DashMap::new(),
                 store,
                 clock,
@@ -91,11 +109,6 @@ impl Registry {
                 config,
             }),
         }
-    }
-
-    /// The store.
-    pub fn store(&self) -> &Store {
-        &self.inner.store
     }
 
     /// The clock.
@@ -143,32 +156,27 @@ impl Registry {
     /// terminal commit can never bring the session back to life.
     fn spawn(&self, id: SessionId, record: Option<SessionRecord>) -> Addr<SessionActor> {
         match self.inner.live.entry(id) {
-            Entry::Occupied(e) if e.get().connected() => e.get().clone(),
+            Entry::Occupied(e) if e.get().addr.connected() => e.get().addr.clone(),
             entry => {
-                let registry = self.clone();
-                let addr = Supervisor::start(move |_| SessionActor::new(id, record, registry));
-                entry.insert(addr.clone());
+                let generation = Generation(self.inner.generations.fetch_add(1, Ordering::Relaxed));
+                let store = self.inner.store.clone();
+                let clock = self.inner.clock.clone();
+                let live: Arc<dyn LiveSessions> = self.inner.clone();
+                let addr = Supervisor::start(move |_| {
+                    SessionActor::new(id, record, store, clock, live, generation)
+                });
+                entry.insert(Live {
+                    addr: addr.clone(),
+                    generation,
+                });
                 addr
             }
         }
     }
 
     /// Removes `addr` for `id`, if it is still the one registered (idempotent).
-    pub(crate) fn forget(&self, id: SessionId, addr: &Addr<SessionActor>) {
-        self.inner.live.remove_if(&id, |_, a| a == addr);
-    }
-
-    /// Records that live session `id` has the token `hash` (its actor holds the record).
-    pub(crate) fn track_token(&self, id: SessionId, hash: TokenHash) {
-        self.inner.tokens.insert(hash.0, id);
-    }
-
-    /// Forgets `hash` as session `id`'s token (it ended, or its token was replaced);
-    /// idempotent.
-    pub(crate) fn untrack_token(&self, id: SessionId, hash: TokenHash) {
-        self.inner
-            .tokens
-            .remove_if(&hash.0, |_, owner| *owner == id);
+    fn forget(&self, id: SessionId, addr: &Addr<SessionActor>) {
+        self.inner.live.remove_if(&id, |_, live| live.addr == *addr);
     }
 
     /// Whether `hash` is the token of a live session.
@@ -180,7 +188,7 @@ impl Registry {
 
     /// Finds a session: its live actor (rehydrated if needed) or its terminal record.
     pub async fn lookup(&self, id: SessionId) -> Result<Option<Lookup>, StoreError> {
-        if let Some(addr) = self.inner.live.get(&id).map(|a| a.clone()) {
+        if let Some(addr) = self.inner.live.get(&id).map(|l| l.addr.clone()) {
             if addr.connected() {
                 return Ok(Some(Lookup::Live(addr)));
             }
@@ -231,7 +239,11 @@ impl Registry {
     }
 
     /// Sends `cmd` to the session's actor, or answers it from the store if the session
-    /// ended. A command whose actor died or restarted is re-sent to its replacement.
+    /// ended. A command the actor refused with [`SessionError::Restarted`] (a contained
+    /// panic: nothing was committed) is re-sent to the restarted actor. A command whose
+    /// actor died while holding it (`MailboxError::Closed`) may have committed: it is
+    /// re-sent only if it commits nothing ([`SessionCommand::retry_safe`]), else
+    /// answered `503`, so a committed approve is never re-run into a false `409`.
     pub async fn call<C: SessionCommand>(
         &self,
         id: SessionId,
@@ -254,9 +266,15 @@ impl Registry {
                     }
                     Ok(res) => return res,
                     Err(MailboxError::Closed) | Err(MailboxError::Timeout) => {
-                        // Stopped (ended, or killed by a panic): drop the dead address and
-                        // look again; the store says whether it is live or ended.
+                        // Stopped (ended, or killed by a panic): drop the dead address; the
+                        // next lookup asks the store whether it is live or ended.
                         self.forget(id, &addr);
+                        if !cmd.retry_safe() {
+                            return Err(SessionError::Unavailable(
+                                "the session restarted while handling this request; \
+                                 read it before trying again",
+                            ));
+                        }
                     }
                 },
             }
@@ -286,6 +304,7 @@ impl Registry {
         caller: Caller,
         after: Option<Seq>,
         subscriber: Recipient<Push>,
+        lost: Recipient<AudienceLost>,
         evicted: Arc<AtomicBool>,
     ) -> Result<(Subscribed, Vec<SessionEvent>), SessionError> {
         let token = client_token(&caller);
@@ -296,6 +315,7 @@ impl Registry {
                     caller,
                     after,
                     subscriber,
+                    lost,
                     evicted,
                 },
             )
@@ -331,8 +351,8 @@ impl Registry {
     /// Removes a subscriber from its session if the session is still live (idempotent;
     /// never rehydrates a session just for this).
     pub fn unsubscribe(&self, id: SessionId, subscriber: SubscriberId) {
-        if let Some(addr) = self.inner.live.get(&id) {
-            addr.do_send(Unsubscribe { id: subscriber });
+        if let Some(live) = self.inner.live.get(&id) {
+            live.addr.do_send(Unsubscribe { id: subscriber });
         }
     }
 
@@ -467,8 +487,59 @@ impl Registry {
     /// Asks every live session to re-check its expiry now (after the clock moved).
     pub fn tick_all(&self) {
         for entry in self.inner.live.iter() {
-            entry.value().do_send(Tick);
+            entry.value().addr.do_send(Tick);
         }
+    }
+}
+
+impl Registry {
+    /// How a session's webhooks fared (for `GET /v1/sessions/{id}`).
+    pub async fn webhook_counts(&self, id: SessionId) -> Result<WebhookCounts, SessionError> {
+        Ok(self.inner.store.webhook_counts(id).await?)
+    }
+
+    /// A user as the key `owner` sees them.
+    pub async fn user(
+        &self,
+        owner: String,
+        user: UserId,
+    ) -> Result<Option<UserRecord>, SessionError> {
+        Ok(self.inner.store.user(owner, user).await?)
+    }
+
+    /// Sets a user's status for the key `owner`, now.
+    pub async fn set_user_status(
+        &self,
+        owner: String,
+        user: UserId,
+        status: UserStatus,
+    ) -> Result<UserRecord, SessionError> {
+        let now = self.inner.clock.now();
+        Ok(self
+            .inner
+            .store
+            .set_user_status(owner, user, status, now)
+            .await?)
+    }
+
+    /// Whether the store answers (readiness).
+    pub async fn ping_store(&self) -> Result<(), StoreError> {
+        self.inner.store.ping().await
+    }
+}
+
+impl LiveSessions for Inner {
+    fn forget(&self, id: SessionId, generation: Generation) {
+        self.live
+            .remove_if(&id, |_, live| live.generation == generation);
+    }
+
+    fn track_token(&self, id: SessionId, hash: TokenHash) {
+        self.tokens.insert(hash.0, id);
+    }
+
+    fn untrack_token(&self, id: SessionId, hash: TokenHash) {
+        self.tokens.remove_if(&hash.0, |_, owner| *owner == id);
     }
 }
 

@@ -10,15 +10,23 @@
 //! stops unexpectedly (a contained panic, a stale write) it is restarted in place:
 //! the same `Addr` keeps working and [`Supervised::restarting`] drops the
 //! in-memory state, which `started` reloads from the store before any queued
-//! message is handled.
+//! message is handled. A panic outside the containment kills the actor for good;
+//! its [`Audience`] then tells the subscribers (they re-subscribe through the
+//! registry, which starts a replacement) and wakes the long-polls (they wait again),
+//! so nobody waits on a dead actor. [`ArmFault`] (test-only) injects such panics.
+//!
+//! The actor holds only the handles it uses: the store (as [`SessionStore`]), the
+//! clock, and a [`LiveSessions`] handle on the registry; it never sees the registry.
 
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::fut::ready;
 use actix::prelude::*;
 
+use crate::clock::SharedClock;
 use crate::commands::{
     authorize, plan_expiry, Cancel, Decide, InjectFault, Inspect, Plan, Retrieve, RotateToken, Tick,
 };
@@ -27,9 +35,11 @@ use crate::delivery::{
     Unsubscribe, WaitChange,
 };
 use crate::error::SessionError;
+use crate::fault::{ArmFault, FaultPoint};
 use crate::ids::SessionId;
+use crate::live::{Generation, LiveSessions};
 use crate::model::SessionRecord;
-use crate::registry::Registry;
+use crate::session_store::SessionStore;
 use crate::staging::{CheckUpload, StageFile, Staged, StagedFile, UploadTicket};
 use crate::store::StoreError;
 
@@ -50,7 +60,13 @@ pub struct SessionActor {
     /// Set once the session is terminal. Survives restarts, so an ended actor that a
     /// lingering `Addr` restarts answers from its final state instead of reloading.
     ended: bool,
-    registry: Registry,
+    /// Where the session is committed.
+    store: Arc<dyn SessionStore>,
+    clock: SharedClock,
+    /// The registry, as far as this actor tells it anything.
+    live: Arc<dyn LiveSessions>,
+    /// Which start of this session's actor this is (for [`LiveSessions::forget`]).
+    generation: Generation,
     /// The pending expiry timer.
     expiry: Option<SpawnHandle>,
     /// WebSocket subscribers and long-poll waiters. Kept across restarts: they are
@@ -59,26 +75,47 @@ pub struct SessionActor {
     /// Uploads held in memory until approve (SPEC §2); dropped by every other end and
     /// by a restart.
     staged: Staged,
+    /// Test-only ([`ArmFault`]): the point where this actor panics, uncontained.
+    fault: Option<FaultPoint>,
 }
 
 impl SessionActor {
     /// An actor for session `id`: with its record when it is at hand and known current
     /// (just created, or restored at start), else `None` and it loads the session from
     /// the store before handling anything.
-    pub(crate) fn new(id: SessionId, record: Option<SessionRecord>, registry: Registry) -> Self {
+    pub(crate) fn new(
+        id: SessionId,
+        record: Option<SessionRecord>,
+        store: Arc<dyn SessionStore>,
+        clock: SharedClock,
+        live: Arc<dyn LiveSessions>,
+        generation: Generation,
+    ) -> Self {
         Self {
             id,
             state: record,
             ended: false,
-            registry,
+            store,
+            clock,
+            live,
+            generation,
             expiry: None,
-            audience: Audience::default(),
+            audience: Audience::new(id),
             staged: Staged::default(),
+            fault: None,
         }
     }
 
     fn now(&self) -> chrono::DateTime<chrono::Utc> {
-        self.registry.clock().now()
+        self.clock.now()
+    }
+
+    /// Panics, outside any containment, if a test armed a fault at `at`.
+    fn trip(&mut self, at: FaultPoint) {
+        if self.fault == Some(at) {
+            self.fault = None;
+            panic!("injected fault at {at:?} in session {}", self.id);
+        }
     }
 
     fn record(&self) -> Result<&SessionRecord, SessionError> {
@@ -106,7 +143,8 @@ impl SessionActor {
 
     /// Reads the session from the store, holding the mailbox until it is in.
     fn load(&mut self, ctx: &mut Context<Self>) {
-        let store = self.registry.store().clone();
+        self.trip(FaultPoint::Load);
+        let store = self.store.clone();
         let id = self.id;
         ctx.wait(
             async move { store.load_session(id).await }
@@ -114,10 +152,12 @@ impl SessionActor {
                 .map(move |res, act, ctx| match res {
                     Ok(Some(record)) => {
                         let terminal = record.status.is_terminal();
-                        let missed = act.audience.published().filter(|p| record.seq > *p);
-                        act.registry.track_token(id, record.token_hash);
+                        // Whoever listens is brought up to date from the events log (an
+                        // empty read when nothing was missed; restarts are rare).
+                        let listened = act.audience.published();
+                        act.live.track_token(id, record.token_hash);
                         act.state = Some(record);
-                        if let Some(after) = missed {
+                        if let Some(after) = listened {
                             act.catch_up(after, ctx);
                         } else if terminal {
                             act.finish(ctx);
@@ -127,7 +167,7 @@ impl SessionActor {
                     }
                     Ok(None) => {
                         act.ended = true;
-                        act.registry.forget(id, &ctx.address());
+                        act.live.forget(id, act.generation);
                         ctx.stop();
                     }
                     Err(e) => {
@@ -138,11 +178,13 @@ impl SessionActor {
         );
     }
 
-    /// Publishes the transitions after `after` from the events log: the actor restarted
-    /// between a commit and its push, and subscribers must miss nothing. Then resumes
-    /// as a load does (finish if terminal, else arm the expiry timer).
+    /// Publishes the transitions after `after` from the events log to the subscribers
+    /// kept across a restart: the actor may have restarted between a commit and its
+    /// push, and subscribers must miss nothing. Then resumes as a load does (finish if
+    /// terminal, else arm the expiry timer).
     fn catch_up(&mut self, after: crate::ids::Seq, ctx: &mut Context<Self>) {
-        let store = self.registry.store().clone();
+        self.trip(FaultPoint::CatchUp);
+        let store = self.store.clone();
         let id = self.id;
         ctx.wait(async move { store.events_after(id, after).await }.into_actor(self).map(
             |res, act, ctx| {
@@ -182,6 +224,7 @@ impl SessionActor {
 
     /// Expires the session if `expires_at` has passed, else re-arms the timer.
     fn check_expiry(&mut self, ctx: &mut Context<Self>) {
+        self.trip(FaultPoint::CheckExpiry);
         let now = self.now();
         let Some(s) = &self.state else { return };
         if s.status.is_terminal() {
@@ -191,7 +234,7 @@ impl SessionActor {
             self.arm_expiry(ctx);
             return;
         };
-        let store = self.registry.store().clone();
+        let store = self.store.clone();
         // `wait`, not `spawn`: nothing else may touch the session while it expires.
         ctx.wait(
             async move { store.commit_transition(write).await }
@@ -214,7 +257,7 @@ impl SessionActor {
             Err(e) => AtomicResponse::new(Box::pin(ready(Err(e)))),
             Ok(Plan::Stay) => AtomicResponse::new(Box::pin(ready(self.record().cloned()))),
             Ok(Plan::Move(write)) => {
-                let store = self.registry.store().clone();
+                let store = self.store.clone();
                 AtomicResponse::new(Box::pin(
                     async move { store.commit_transition(write).await }
                         .into_actor(self)
@@ -244,19 +287,30 @@ impl SessionActor {
     /// Adopts the session as the store committed it: the actor recomputes nothing of
     /// what the transition changed.
     fn apply(&mut self, committed: SessionRecord, ctx: &mut Context<Self>) {
+        self.trip(FaultPoint::Apply);
         let terminal = committed.status.is_terminal();
-        let s = self.state.insert(committed);
+        let at = committed.updated_at;
+        self.state = Some(committed);
         // Pushed only now, after the commit: nobody hears of a transition that could
         // still be lost.
-        self.audience.publish(s, s.seq, s.updated_at);
+        self.publish(at);
         if terminal {
             self.finish(ctx);
+        }
+    }
+
+    /// Pushes the committed state, reached at `at`, to the audience.
+    fn publish(&mut self, at: chrono::DateTime<chrono::Utc>) {
+        self.trip(FaultPoint::Publish);
+        if let Some(s) = &self.state {
+            self.audience.publish(s, s.seq, at);
         }
     }
 
     /// The session is terminal: leave the registry and stop. Reads are served from the
     /// store from now on.
     fn finish(&mut self, ctx: &mut Context<Self>) {
+        self.trip(FaultPoint::Finish);
         self.ended = true;
         // Committed with the approve, or discarded by any other end: either way the
         // memory copy goes now, and its bytes return to the staging budget. Uploads
@@ -264,14 +318,14 @@ impl SessionActor {
         self.staged.clear();
         self.staged.end_streaming();
         if let Some(s) = &self.state {
-            self.registry.untrack_token(self.id, s.token_hash);
+            self.live.untrack_token(self.id, s.token_hash);
         }
         if let Some(h) = self.expiry.take() {
             ctx.cancel_future(h);
         }
-        self.registry.forget(self.id, &ctx.address());
+        self.live.forget(self.id, self.generation);
         // Every subscriber has had the terminal push and closes itself.
-        self.audience = Audience::default();
+        self.audience.release();
         ctx.stop();
     }
 
@@ -290,7 +344,7 @@ impl Actor for SessionActor {
         match &self.state {
             None => self.load(ctx),
             Some(s) => {
-                self.registry.track_token(self.id, s.token_hash);
+                self.live.track_token(self.id, s.token_hash);
                 self.arm_expiry(ctx);
             }
         }
@@ -386,19 +440,20 @@ impl Handler<RotateToken> for SessionActor {
     type Result = AtomicResponse<Self, Result<(), SessionError>>;
 
     fn handle(&mut self, _: RotateToken, _: &mut Context<Self>) -> Self::Result {
+        self.trip(FaultPoint::RotateToken);
         // Re-read rather than take a token from the message: replays may deliver their
         // messages out of commit order, and the store's token is the one that counts.
-        let store = self.registry.store().clone();
+        let store = self.store.clone();
         let id = self.id;
         AtomicResponse::new(Box::pin(
             async move { store.load_session(id).await }
                 .into_actor(self)
                 .map(|res, act, _| {
                     if let (Some(stored), Some(s)) = (res?, act.state.as_mut()) {
-                        act.registry.untrack_token(act.id, s.token_hash);
+                        act.live.untrack_token(act.id, s.token_hash);
                         s.token_hash = stored.token_hash;
                         if !act.ended {
-                            act.registry.track_token(act.id, s.token_hash);
+                            act.live.track_token(act.id, s.token_hash);
                         }
                     }
                     Ok(())
@@ -411,6 +466,7 @@ impl Handler<Tick> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) {
+        self.trip(FaultPoint::Tick);
         self.check_expiry(ctx);
     }
 }
@@ -430,6 +486,15 @@ impl Handler<InjectFault> for SessionActor {
             Err(SessionError::Restarted) | Ok(()) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl Handler<ArmFault> for SessionActor {
+    type Result = Result<(), SessionError>;
+
+    fn handle(&mut self, msg: ArmFault, _: &mut Context<Self>) -> Self::Result {
+        self.fault = Some(msg.at);
+        Ok(())
     }
 }
 
@@ -458,6 +523,7 @@ impl Handler<Unsubscribe> for SessionActor {
     type Result = Result<(), SessionError>;
 
     fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) -> Self::Result {
+        self.trip(FaultPoint::Unsubscribe);
         self.audience.unsubscribe(msg.id);
         Ok(())
     }

@@ -28,6 +28,8 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub registry: Registry,
+    /// The broker's store, to count its reads.
+    pub store: idv_actors::store::Store,
     /// The retention sweeper; `send(Sweep)` sweeps now.
     pub sweeper: actix::Addr<idv_actors::retention::RetentionSweeper>,
     pub clock: Arc<OffsetClock>,
@@ -83,6 +85,7 @@ async fn start(
     let address = format!("http://{}", app.addr());
     let registry = app.registry();
     let sweeper = app.sweeper();
+    let store = app.store();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = actix_web::rt::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
@@ -94,6 +97,7 @@ async fn start(
             .build()
             .expect("client"),
         registry,
+        store,
         sweeper,
         clock,
         db,

@@ -41,7 +41,7 @@ async fn wrong_tokens_for_a_live_session_are_refused_without_reading_the_store()
     let app = spawn_app().await;
     let (id, token) = session(&app).await;
     let (other, other_token) = session(&app).await;
-    let store = app.registry.store();
+    let store = &app.store;
     let before = store.session_reads();
 
     for _ in 0..20 {

@@ -1,5 +1,6 @@
 //! The HTTP and WebSocket front of idv-broker: it only translates requests into
-//! actor messages and store calls, and their answers back.
+//! calls on the actors crate's registry, and their answers back. It never sees the
+//! store: the registry is its one way to sessions, users and readiness.
 //!
 //! Layout:
 //! - [`routes`]: handlers, one module per role (backend sessions, client, device, users, ops).

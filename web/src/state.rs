@@ -57,7 +57,7 @@ impl Default for WsConfig {
 /// The state shared by every handler, wrapped in `web::Data`.
 #[derive(Clone)]
 pub struct AppState {
-    /// Live session actors, and the store behind them.
+    /// Live session actors, and the only way to the store behind them.
     pub registry: Registry,
     /// Backend credentials.
     pub api_keys: ApiKeys,

@@ -13,6 +13,13 @@
 //! when the two crossed), or after [`WsConfig::close_timeout`] without one. Ending
 //! the connection closes the TCP stream right away: the HTTP layer does not linger
 //! on an upgraded connection.
+//!
+//! Supervision: if the session's actor dies with this subscription ([`AudienceLost`]),
+//! the connection re-subscribes through the registry (which starts a replacement)
+//! with `after_seq` = the last seq it wrote, exactly as a resuming client would: the
+//! replay fills the gap, nothing is written twice, and the client notices nothing. If
+//! that fails, it closes with `1012` and a reason naming the `after_seq` to reconnect
+//! with.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,7 +29,8 @@ use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use idv_actors::clock::rfc3339;
-use idv_actors::delivery::{Push, SubscriberId};
+use idv_actors::commands::Caller;
+use idv_actors::delivery::{AudienceLost, Push, SubscriberId};
 use idv_actors::ids::{Seq, SessionId};
 use idv_actors::model::{SessionEvent, SessionRecord};
 use idv_actors::registry::Registry;
@@ -33,6 +41,10 @@ use crate::auth::BrowserClient;
 use crate::error::ApiError;
 use crate::routes::session_id;
 use crate::state::{AppState, WsConfig};
+
+/// How often one connection re-subscribes after its session's actor died; past that
+/// it closes with `1012` (reconnect with `after_seq`).
+const MAX_RESUBSCRIBES: usize = 3;
 
 /// `?after_seq=N` (and the `token` the auth extractor reads).
 #[derive(Debug, Deserialize)]
@@ -72,11 +84,18 @@ struct Begin {
 pub struct Subscriber {
     session_id: SessionId,
     registry: Registry,
+    /// Who subscribed: a re-subscription after [`AudienceLost`] asks as them.
+    caller: Caller,
     config: WsConfig,
     /// The subscription, to remove on disconnect; `None` for an ended session.
     subscription: Option<SubscriberId>,
-    /// Whether the snapshot went out; pushes before that wait in `pending`.
+    /// Whether the snapshot (or a re-subscription's replay) went out; pushes before
+    /// that wait in `pending`.
     begun: bool,
+    /// Whether [`AudienceLost`] came before [`Begin`]: re-subscribe once begun.
+    lost_early: bool,
+    /// How often this connection re-subscribed after its session's actor died.
+    resubscribed: usize,
     pending: Vec<Push>,
     /// The last seq written to the client.
     last_seq: Seq,
@@ -196,11 +215,80 @@ impl Actor for Subscriber {
     }
 }
 
+impl Subscriber {
+    /// Writes the replay, then the pushes that waited for it; the subscription is
+    /// `msg.id` from now on.
+    fn resume(&mut self, msg: Begin, ctx: &mut ws::WebsocketContext<Self>) {
+        self.subscription = msg.id;
+        self.begun = true;
+        for event in &msg.replay {
+            self.deliver(ctx, event);
+        }
+        // Replay covers up to the snapshot; pushes cover what came after it.
+        let s = &msg.snapshot;
+        self.last_seq = self.last_seq.max(s.seq);
+        if s.status.is_terminal() {
+            self.close(ctx, ws::CloseCode::Normal, "the session is over");
+            return;
+        }
+        for push in std::mem::take(&mut self.pending) {
+            self.deliver(ctx, &push.event);
+        }
+        if std::mem::take(&mut self.lost_early) {
+            self.resubscribe(ctx);
+        }
+    }
+
+    /// The session's actor died with this subscription: subscribe again, through the
+    /// registry, from the last seq written. Pushes wait in `pending` meanwhile.
+    fn resubscribe(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        self.subscription = None;
+        if self.resubscribed == MAX_RESUBSCRIBES {
+            // An actor that keeps dying: let the client come back later instead.
+            let why = format!(
+                "service restart; reconnect with after_seq={}",
+                self.last_seq
+            );
+            self.close(ctx, ws::CloseCode::Restart, &why);
+            return;
+        }
+        self.resubscribed += 1;
+        self.begun = false;
+        let registry = self.registry.clone();
+        let (id, caller, after) = (self.session_id, self.caller.clone(), self.last_seq);
+        let evicted = self.evicted.clone();
+        let addr = ctx.address();
+        ctx.spawn(
+            async move {
+                let (push, lost) = (addr.clone().recipient(), addr.recipient());
+                registry
+                    .subscribe(id, caller, Some(after), push, lost, evicted)
+                    .await
+            }
+            .into_actor(self)
+            .map(|res, act, ctx| match res {
+                Ok((subscribed, replay)) => act.resume(
+                    Begin {
+                        id: subscribed.id,
+                        snapshot: subscribed.snapshot,
+                        replay,
+                    },
+                    ctx,
+                ),
+                Err(e) => {
+                    tracing::warn!(session = %act.session_id, error = %e, "cannot re-subscribe after the session restarted");
+                    let why = format!("service restart; reconnect with after_seq={}", act.last_seq);
+                    act.close(ctx, ws::CloseCode::Restart, &why);
+                }
+            }),
+        );
+    }
+}
+
 impl Handler<Begin> for Subscriber {
     type Result = ();
 
     fn handle(&mut self, msg: Begin, ctx: &mut Self::Context) {
-        self.subscription = msg.id;
         let s = &msg.snapshot;
         let frame = Frame::Snapshot {
             session_id: s.id.to_string(),
@@ -209,18 +297,21 @@ impl Handler<Begin> for Subscriber {
             expires_at: rfc3339(s.expires_at),
         };
         self.send(ctx, &frame);
-        self.begun = true;
-        for event in &msg.replay {
-            self.deliver(ctx, event);
-        }
-        // Replay covers up to the snapshot; pushes cover what came after it.
-        self.last_seq = self.last_seq.max(s.seq);
-        if s.status.is_terminal() {
-            self.close(ctx, ws::CloseCode::Normal, "the session is over");
+        self.resume(msg, ctx);
+    }
+}
+
+impl Handler<AudienceLost> for Subscriber {
+    type Result = ();
+
+    fn handle(&mut self, _: AudienceLost, ctx: &mut Self::Context) {
+        if self.closing {
             return;
         }
-        for push in std::mem::take(&mut self.pending) {
-            self.deliver(ctx, &push.event);
+        if self.begun {
+            self.resubscribe(ctx);
+        } else {
+            self.lost_early = true;
         }
     }
 }
@@ -294,9 +385,12 @@ pub async fn subscribe(
     let actor = Subscriber {
         session_id: id,
         registry: state.registry.clone(),
+        caller: client.caller.clone(),
         config: state.ws,
         subscription: None,
         begun: false,
+        lost_early: false,
+        resubscribed: 0,
         pending: Vec::new(),
         last_seq: Seq(query.after_seq.unwrap_or(0)),
         last_heard: Instant::now(),
@@ -316,6 +410,7 @@ pub async fn subscribe(
             id,
             client.caller,
             query.after_seq.map(Seq),
+            addr.clone().recipient(),
             addr.clone().recipient(),
             evicted,
         )

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
+use idv_actors::commands::Caller;
 use idv_actors::delivery::Change;
-use idv_actors::ids::Seq;
+use idv_actors::ids::{Seq, SessionId};
 use idv_actors::model::SessionRecord;
 use serde::Deserialize;
 
@@ -18,6 +19,10 @@ use crate::state::AppState;
 
 /// Longest long-poll, in seconds (SPEC §3).
 pub const MAX_WAIT_SECS: u64 = 30;
+
+/// How often one long-poll waits again after its session's actor died under it;
+/// past that (an actor that keeps dying) it answers with what it has.
+const MAX_REWAITS: usize = 3;
 
 /// `?after_seq=N&wait=S` (and the `token` the auth extractor reads).
 #[derive(Debug, Deserialize)]
@@ -59,11 +64,8 @@ pub async fn status(
     let session = if query.after_seq.is_none() && query.wait.is_none() {
         state.registry.inspect(id, client.caller).await?
     } else {
-        let change = state
-            .registry
-            .wait_change(id, client.caller, query.after_seq.map(Seq))
-            .await?;
-        long_poll(change, Duration::from_secs(wait), state.shutdown.clone()).await
+        let after = query.after_seq.map(Seq);
+        long_poll(&state, id, client.caller, after, Duration::from_secs(wait)).await?
     };
     let etag = format!("\"{}\"", session.seq);
     // A 304 carries the headers the 200 would (RFC 9110 §15.4.5): without `no-cache` a
@@ -80,27 +82,54 @@ pub async fn status(
         .json(StatusView::from(&session)))
 }
 
-/// Waits up to `wait` for the change (or for shutdown), then answers with the session.
+/// Waits up to `wait` for a change after `after` (or for shutdown), then answers with
+/// the session.
+///
+/// If the session's actor dies while the poll is parked (its waiter is dropped
+/// unanswered), the poll waits again through the registry, which starts a
+/// replacement, from the seq it had: until the same deadline, and missing nothing
+/// committed meanwhile.
 async fn long_poll(
-    change: Change,
+    state: &AppState,
+    id: SessionId,
+    caller: Caller,
+    after: Option<Seq>,
     wait: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) -> SessionRecord {
-    let (current, next) = match change {
-        Change::Now(session) => return session,
-        Change::Later { current, next } => (current, Some(next)),
-        Change::Never(current) => (current, None),
-    };
-    let changed = async {
-        match next {
-            Some(next) => next.await.ok(),
-            None => std::future::pending().await,
+) -> Result<SessionRecord, ApiError> {
+    let deadline = actix_web::rt::time::Instant::now() + wait;
+    let mut shutdown = state.shutdown.clone();
+    let mut change = state
+        .registry
+        .wait_change(id, caller.clone(), after)
+        .await?;
+    let mut rewaits = 0;
+    loop {
+        let (current, next) = match change {
+            Change::Now(session) => return Ok(session),
+            Change::Later { current, next } => (current, Some(next)),
+            Change::Never(current) => (current, None),
+        };
+        let changed = async {
+            match next {
+                Some(next) => next.await.ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            got = changed => match got {
+                Some(session) => return Ok(session),
+                None if rewaits == MAX_REWAITS => return Ok(current),
+                None => {
+                    rewaits += 1;
+                    change = state
+                        .registry
+                        .wait_change(id, caller.clone(), Some(current.seq))
+                        .await?;
+                }
+            },
+            () = actix_web::rt::time::sleep_until(deadline) => return Ok(current),
+            _ = shutdown.wait_for(|stopping| *stopping) => return Ok(current),
         }
-    };
-    tokio::select! {
-        Some(session) = changed => session,
-        () = actix_web::rt::time::sleep(wait) => current,
-        _ = shutdown.wait_for(|stopping| *stopping) => current,
     }
 }
 

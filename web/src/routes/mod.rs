@@ -1,5 +1,6 @@
-//! Handlers, one module per role. Each extracts and validates, sends one actor
-//! message or makes one store call, and maps the answer.
+//! Handlers, one module per role. Each extracts and validates, makes one registry
+//! call (one actor message, or one read the registry answers from the store), and
+//! maps the answer.
 
 pub mod client;
 pub mod demo;

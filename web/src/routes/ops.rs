@@ -12,7 +12,7 @@ pub async fn healthz() -> HttpResponse {
 
 /// `GET /readyz`: the store answers.
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    match state.registry.store().ping().await {
+    match state.registry.ping_store().await {
         Ok(()) => Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))),
         Err(e) => {
             tracing::error!(error = %e, "readiness check failed");

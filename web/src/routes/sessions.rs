@@ -157,12 +157,7 @@ async fn with_webhooks(
     state: &AppState,
     session: &SessionRecord,
 ) -> Result<HttpResponse, ApiError> {
-    let webhooks = state
-        .registry
-        .store()
-        .webhook_counts(session.id)
-        .await
-        .map_err(idv_actors::SessionError::from)?;
+    let webhooks = state.registry.webhook_counts(session.id).await?;
     Ok(ok_no_store().json(SessionView::from(session).with_webhooks(webhooks)))
 }
 

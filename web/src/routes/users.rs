@@ -31,11 +31,9 @@ pub async fn set_status(
             body.status
         ))
     })?;
-    let now = state.registry.clock().now();
     let record = state
         .registry
-        .store()
-        .set_user_status(backend.owner, user, status, now)
+        .set_user_status(backend.owner, user, status)
         .await?;
     Ok(HttpResponse::Ok().json(UserView::from(&record)))
 }
@@ -47,7 +45,7 @@ pub async fn get(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let user = user_id(&path)?;
-    let record = state.registry.store().user(backend.owner, user).await?;
+    let record = state.registry.user(backend.owner, user).await?;
     let record = record.ok_or_else(|| ApiError::not_found("no such user"))?;
     Ok(HttpResponse::Ok().json(UserView::from(&record)))
 }

@@ -1,0 +1,24 @@
+//! The narrow handle a session actor has on the registry that started it: the only
+//! registry calls it makes, behind a trait that depends on neither, so `session.rs`
+//! and `registry.rs` do not import each other in a cycle.
+
+use crate::ids::{SessionId, TokenHash};
+
+/// Which start of a session's actor this is: the registry numbers every actor it
+/// starts, so a late `forget` from an old actor never removes its replacement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Generation(pub(crate) u64);
+
+/// What a session actor tells the registry of live sessions.
+pub(crate) trait LiveSessions: Send + Sync + 'static {
+    /// The actor of start `generation` for session `id` ended: remove it, if it is
+    /// still the one registered (idempotent).
+    fn forget(&self, id: SessionId, generation: Generation);
+
+    /// Live session `id` has the token `hash` (its actor holds the record).
+    fn track_token(&self, id: SessionId, hash: TokenHash);
+
+    /// `hash` is no longer session `id`'s token (it ended, or its token was
+    /// replaced); idempotent.
+    fn untrack_token(&self, id: SessionId, hash: TokenHash);
+}

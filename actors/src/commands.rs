@@ -1,8 +1,11 @@
-//! The commands a session accepts, and the pure rules that plan each one.
+//! The pure rules that plan each command a session accepts (the messages themselves
+//! are beside the actor, in [`session::messages`](crate::session::messages)).
 //!
-//! The session actor runs these against its in-memory record; the registry runs
-//! the same functions against a terminal session read from the store, so a live
-//! and an ended session answer a command the same way.
+//! Every plan asks [`next`] whether the command may move the session and builds the
+//! [`TransitionWrite`] it commits. The session actor runs these against its in-memory
+//! record; the registry runs the same functions against a terminal session read from
+//! the store ([`SessionCommand::on_ended`]), so a live and an ended session answer a
+//! command the same way.
 
 use std::collections::BTreeSet;
 
@@ -10,30 +13,12 @@ use actix::Message;
 use chrono::{DateTime, Utc};
 
 use crate::error::SessionError;
-use crate::ids::{DeviceId, TokenHash};
 use crate::model::{is_file_scope, Consent, SessionRecord};
+use crate::session::messages::{
+    Answer, ArmFault, Caller, Cancel, Decide, InjectFault, Inspect, Retrieve, RotateToken,
+};
 use crate::status::{next, Event, Outcome};
 use crate::write::TransitionWrite;
-
-/// Who is calling, as the web layer authenticated them.
-#[derive(Clone, Debug)]
-pub enum Caller {
-    /// The enterprise backend, by the name of its API key.
-    Backend {
-        /// The API key's name.
-        owner: String,
-    },
-    /// The browser showing the QR, by the hash of the session token it presented.
-    Client {
-        /// SHA-256 of the presented token.
-        token: TokenHash,
-    },
-    /// The phone, by its JWT's issuer and `sub`.
-    Device {
-        /// The device.
-        device: DeviceId,
-    },
-}
 
 /// Checks that `caller` may see `session` at all.
 pub fn authorize(session: &SessionRecord, caller: &Caller) -> Result<(), SessionError> {
@@ -112,22 +97,6 @@ pub(crate) fn check_not_overdue(
     Ok(())
 }
 
-/// Reads the session (any role).
-#[derive(Message, Clone, Debug)]
-#[rtype(result = "Result<SessionRecord, SessionError>")]
-pub struct Inspect {
-    /// Who asks.
-    pub caller: Caller,
-}
-
-/// A device opens the session (`information`).
-#[derive(Message, Clone, Debug)]
-#[rtype(result = "Result<SessionRecord, SessionError>")]
-pub struct Retrieve {
-    /// The device.
-    pub device: DeviceId,
-}
-
 impl Retrieve {
     /// Plans `information`: bind and move to `retrieved`, or nothing for the bound device.
     pub fn plan(&self, session: &SessionRecord, now: DateTime<Utc>) -> Result<Plan, SessionError> {
@@ -147,28 +116,6 @@ impl Retrieve {
             }),
         })
     }
-}
-
-/// The person's answer.
-#[derive(Clone, Debug)]
-pub enum Answer {
-    /// Approve and share these values.
-    Approve {
-        /// One string per non-file scope.
-        shared_data: serde_json::Map<String, serde_json::Value>,
-    },
-    /// Deny.
-    Deny,
-}
-
-/// The bound device approves or denies (`update`).
-#[derive(Message, Clone, Debug)]
-#[rtype(result = "Result<SessionRecord, SessionError>")]
-pub struct Decide {
-    /// The device.
-    pub device: DeviceId,
-    /// What the person decided.
-    pub answer: Answer,
 }
 
 impl Decide {
@@ -250,14 +197,6 @@ fn check_complete(
     Ok(())
 }
 
-/// The backend cancels the session (`DELETE`).
-#[derive(Message, Clone, Debug)]
-#[rtype(result = "Result<SessionRecord, SessionError>")]
-pub struct Cancel {
-    /// The API key's name.
-    pub owner: String,
-}
-
 impl Cancel {
     /// Plans the cancel.
     pub fn plan(&self, session: &SessionRecord, now: DateTime<Utc>) -> Result<Plan, SessionError> {
@@ -276,30 +215,6 @@ impl Cancel {
             Outcome::Stay => Ok(Plan::Stay),
         }
     }
-}
-
-/// An idempotent replay committed a new token; the old one stops working.
-///
-/// It carries no token: concurrent replays commit their tokens in one order but may
-/// deliver these messages in another, so the actor adopts whatever token the store
-/// holds when it handles the message. Every message is sent after its commit, so once
-/// the last one is handled the actor holds the last token committed.
-#[derive(Message, Clone, Debug)]
-#[rtype(result = "Result<(), SessionError>")]
-pub struct RotateToken;
-
-/// The clock moved: re-check expiry now.
-#[derive(Message, Clone, Copy, Debug)]
-#[rtype(result = "()")]
-pub struct Tick;
-
-/// Test hook: makes the session actor fail, to prove supervision.
-#[doc(hidden)]
-#[derive(Message, Clone, Copy, Debug)]
-#[rtype(result = "Result<(), SessionError>")]
-pub struct InjectFault {
-    /// `true`: a panic inside the actor's containment; `false`: a panic that kills the actor.
-    pub contained: bool,
 }
 
 /// A command the registry can route to a live actor or answer for an ended session.
@@ -390,6 +305,14 @@ impl SessionCommand for RotateToken {
 }
 
 impl SessionCommand for InjectFault {
+    type Output = ();
+    fn on_ended(&self, _: &SessionRecord, _: DateTime<Utc>) -> Result<(), SessionError> {
+        Ok(())
+    }
+}
+
+/// Test-only (see [`ArmFault`]): an ended session has no actor to arm.
+impl SessionCommand for ArmFault {
     type Output = ();
     fn on_ended(&self, _: &SessionRecord, _: DateTime<Utc>) -> Result<(), SessionError> {
         Ok(())

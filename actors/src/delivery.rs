@@ -1,5 +1,6 @@
-//! Real-time delivery: the subscribers and long-poll waiters of a session, and
-//! the messages that manage them.
+//! Real-time delivery: the subscribers and long-poll waiters of a session (the
+//! messages that manage them are beside the actor, in
+//! [`session::messages`](crate::session::messages)).
 //!
 //! The session actor owns an [`Audience`] and publishes to it after each commit,
 //! never before. Subscribing happens inside the actor's mailbox, so the seq in the
@@ -15,100 +16,19 @@ use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
-use crate::commands::{authorize, Caller, SessionCommand};
+use crate::commands::{authorize, SessionCommand};
 use crate::error::SessionError;
 use crate::ids::{Seq, SessionId};
 use crate::model::{SessionEvent, SessionRecord};
+use crate::session::messages::{
+    AudienceCount, AudienceLost, Change, CountAudience, Push, Subscribe, Subscribed, SubscriberId,
+    Unsubscribe, WaitChange,
+};
 
 /// Most long-poll waiters one session holds; past it, `503`.
 pub const MAX_WAITERS_PER_SESSION: usize = 10_000;
 /// Most subscribers one session holds; past it, `503`.
 pub const MAX_SUBSCRIBERS_PER_SESSION: usize = 10_000;
-
-/// A committed transition, pushed to a subscriber.
-#[derive(Message, Clone, Debug)]
-#[rtype(result = "()")]
-pub struct Push {
-    /// The session.
-    pub session_id: SessionId,
-    /// The transition.
-    pub event: SessionEvent,
-}
-
-/// The session actor that held this subscription died without finishing the session
-/// (a panic outside its containment): no push will come through it any more. The
-/// subscriber re-subscribes through the registry with the last seq it has.
-#[derive(Message, Clone, Copy, Debug)]
-#[rtype(result = "()")]
-pub struct AudienceLost {
-    /// The session.
-    pub session_id: SessionId,
-}
-
-/// The id of a subscriber within its session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SubscriberId(u64);
-
-/// Registers a subscriber for the session's transitions.
-#[derive(Message, Clone)]
-#[rtype(result = "Result<Subscribed, SessionError>")]
-pub struct Subscribe {
-    /// Who asks (a client token).
-    pub caller: Caller,
-    /// The last seq the subscriber has; more than the current seq is `400`.
-    pub after: Option<Seq>,
-    /// Where pushes go. The session uses `try_send`: a subscriber whose mailbox is
-    /// full is dropped (and told through `evicted`), so it never slows the session.
-    pub subscriber: Recipient<Push>,
-    /// Told if the session's actor dies with this subscription (see [`AudienceLost`]).
-    pub lost: Recipient<AudienceLost>,
-    /// Set by the session when it drops the subscriber for not keeping up.
-    pub evicted: Arc<AtomicBool>,
-}
-
-/// The answer to [`Subscribe`].
-#[derive(Debug)]
-pub struct Subscribed {
-    /// The subscription, or `None` for an ended session (nothing more will come).
-    pub id: Option<SubscriberId>,
-    /// The session at the moment of subscribing; transitions after `snapshot.seq` are
-    /// pushed, those up to it are in the events log.
-    pub snapshot: SessionRecord,
-}
-
-/// Removes a subscriber (idempotent).
-#[derive(Message, Clone, Copy, Debug)]
-#[rtype(result = "Result<(), SessionError>")]
-pub struct Unsubscribe {
-    /// The subscription.
-    pub id: SubscriberId,
-}
-
-/// A long-poll: the session once `seq > after`.
-#[derive(Message, Clone, Debug)]
-#[rtype(result = "Result<Change, SessionError>")]
-pub struct WaitChange {
-    /// Who asks (a client token).
-    pub caller: Caller,
-    /// Answer once `seq` is above this; `None`: the current seq (the next change).
-    pub after: Option<Seq>,
-}
-
-/// The answer to [`WaitChange`].
-#[derive(Debug)]
-pub enum Change {
-    /// Already past `after`.
-    Now(SessionRecord),
-    /// Not yet: `next` fires with the session after its next transition.
-    Later {
-        /// The session as it is now.
-        current: SessionRecord,
-        /// Resolves at the next committed transition.
-        next: oneshot::Receiver<SessionRecord>,
-    },
-    /// The session is terminal: nothing will change.
-    Never(SessionRecord),
-}
 
 /// Checks `after` against the current seq; `None` means the current seq.
 pub fn check_after(after: Option<Seq>, current: Seq) -> Result<Seq, SessionError> {
@@ -323,20 +243,6 @@ impl SessionCommand for WaitChange {
     }
 }
 
-/// Who is listening to a live session (for tests and metrics).
-#[derive(Message, Clone, Copy, Debug)]
-#[rtype(result = "Result<AudienceCount, SessionError>")]
-pub struct CountAudience;
-
-/// The answer to [`CountAudience`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AudienceCount {
-    /// WebSocket subscribers.
-    pub subscribers: usize,
-    /// Parked long-polls.
-    pub waiters: usize,
-}
-
 impl SessionCommand for CountAudience {
     type Output = AudienceCount;
     fn retry_safe(&self) -> bool {
@@ -358,6 +264,7 @@ mod tests {
     use super::*;
     use crate::ids::SessionToken;
     use crate::model::SessionRequest;
+    use crate::session::messages::Caller;
     use crate::status::Status;
 
     /// Records what it is pushed; can be told to block its thread.

@@ -1,11 +1,12 @@
 //! The heart of idv-broker: verification sessions as supervised actors over SQLite.
 //!
 //! Layout:
-//! - [`status`]: the state machine of SPEC §2, one pure function.
-//! - [`commands`]: the messages a session accepts and the rules that plan them.
-//! - [`session`]: the session actor (state, seq, expiry timer).
+//! - [`status`]: the state machine of SPEC §2: [`status::next`] is the one place a
+//!   status changes.
+//! - [`commands`]: the rules that plan each command from `next` into a write.
+//! - [`session`]: the session actor (state, seq, expiry timer, audience), with its
+//!   messages beside it in [`session::messages`] (fault injection for tests too).
 //! - [`delivery`]: a session's subscribers and long-poll waiters; push after commit.
-//! - [`fault`]: test-only fault injection, to prove supervision.
 //! - [`registry`]: live actors by session id; rehydration and replacement; the web
 //!   crate's only way to the store.
 //! - `live`: the narrow handle a session actor has on the registry.
@@ -23,7 +24,6 @@ pub mod commands;
 pub mod credentials;
 pub mod delivery;
 pub mod error;
-pub mod fault;
 pub mod ids;
 mod live;
 pub mod model;

@@ -17,15 +17,16 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use crate::clock::SharedClock;
-use crate::commands::{plan_expiry, Caller, Inspect, RotateToken, SessionCommand, Tick};
-use crate::delivery::{
-    AudienceLost, Change, CountAudience, Push, Subscribe, Subscribed, SubscriberId, Unsubscribe,
-    WaitChange,
-};
+use crate::commands::{plan_expiry, SessionCommand};
 use crate::error::SessionError;
 use crate::ids::{Seq, SessionId, TokenHash, UserId};
 use crate::live::{Generation, LiveSessions};
 use crate::model::{Decision, SessionEvent, SessionRecord, UserRecord, UserStatus};
+use crate::session::messages::{
+    AudienceLost, Change, CountAudience, Push, Subscribe, Subscribed, SubscriberId, Unsubscribe,
+    WaitChange,
+};
+use crate::session::messages::{Caller, Inspect, RotateToken, Tick};
 use crate::session::SessionActor;
 use crate::session_store::SessionStore;
 use crate::staging::{StagingBudget, DEFAULT_MAX_STAGED_BYTES};

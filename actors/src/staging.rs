@@ -1,15 +1,15 @@
 //! Uploads held in memory until the person approves (SPEC §2, data custody).
 //!
 //! Layout:
-//! - [`ImageType`]: the accepted media types, and the magic bytes that prove them.
 //! - [`StagingBudget`] / [`Reservation`]: the broker-wide bound on staged bytes.
 //! - [`UploadBuffer`]: a body while it streams in, taking memory from the budget as
 //!   its bytes arrive.
-//! - [`Upload`]: one uploaded body, holding its share of the budget.
-//! - [`Staged`]: a session actor's uploads by kind, and [`StageFile`], the message
-//!   that adds one.
-//! - [`CheckUpload`]: the same rules asked before the body is read; it also makes the
-//!   upload the one of its kind that streams in ([`UploadTicket`]).
+//! - [`Staged`]: a session actor's uploads by kind, kept by the rules of
+//!   [`StageFile`] (which adds one) and [`CheckUpload`] (the same rules asked before
+//!   the body is read; it also makes the upload the one of its kind that streams in,
+//!   [`UploadTicket`]). The messages are beside the actor, in
+//!   [`session::messages`](crate::session::messages); the uploaded body
+//!   ([`Upload`], [`ImageType`]) is in [`write`](crate::write).
 //!
 //! Nothing here touches the disk. A staged upload reaches the store only inside the
 //! approve transition ([`NewFile`] in [`TransitionWrite`]); every other way a session
@@ -23,7 +23,6 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use actix::Message;
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 use zeroize::{ZeroizeOnDrop, Zeroizing};
@@ -32,6 +31,7 @@ use crate::commands::{check_not_overdue, Plan, SessionCommand};
 use crate::error::SessionError;
 use crate::ids::{DeviceId, FileId};
 use crate::model::{is_file_scope, SessionRecord};
+use crate::session::messages::{CheckUpload, StageFile, StagedFile, UploadId, UploadTicket};
 use crate::status::{next, Event, Status};
 use crate::write::{ImageType, NewFile, TransitionWrite, Upload};
 
@@ -248,47 +248,6 @@ impl fmt::Debug for UploadBuffer {
 /// Its bytes are wiped when it is dropped (they are a `Zeroizing` buffer).
 impl ZeroizeOnDrop for UploadBuffer {}
 
-/// What [`StageFile`] answers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StagedFile {
-    /// The new file id.
-    pub file_id: FileId,
-    /// The kind.
-    pub kind: String,
-    /// Size in bytes.
-    pub size: u64,
-}
-
-/// The bound device uploads a file (`PUT /files/{kind}`); the actor holds it in memory.
-#[derive(Message, Clone, Debug)]
-#[rtype(result = "Result<StagedFile, SessionError>")]
-pub struct StageFile {
-    /// The device (issuer and `sub`).
-    pub device: DeviceId,
-    /// The file scope.
-    pub kind: String,
-    /// The ticket [`CheckUpload`] gave this upload; refused if a newer upload of the
-    /// kind replaced it meanwhile.
-    pub upload_id: UploadId,
-    /// The body, already checked for type and size.
-    pub upload: Arc<Upload>,
-}
-
-/// Which upload of a session and kind is the one streaming in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct UploadId(u64);
-
-/// What [`CheckUpload`] answers: the upload may stream in, as the one of its kind.
-#[derive(Debug)]
-pub struct UploadTicket {
-    /// To hand back with [`StageFile`].
-    pub id: UploadId,
-    /// Resolves (with an error: nothing is ever sent) once this upload may no longer
-    /// be staged: a newer upload of the same kind replaced it, or the session ended.
-    /// The upload's reader stops at once and lets its bytes go.
-    pub ended: oneshot::Receiver<()>,
-}
-
 /// The rules of an upload (SPEC §3), shared by [`CheckUpload`] before the body is read
 /// and [`StageFile`] after: the bound device, a `retrieved` session that is not
 /// overdue, and a kind that is one of its file scopes. The device comes first, so a
@@ -334,24 +293,6 @@ impl SessionCommand for StageFile {
         // session must never stage anything.
         Err(SessionError::InvalidState(session.status))
     }
-}
-
-/// Asks whether an upload would be staged, before its body is read: without it any
-/// valid device token could stream 5 MiB at any session id and hold the staging
-/// budget meanwhile. It answers as [`StageFile`] would; [`StageFile`] checks again,
-/// since the session may change while the body streams in.
-///
-/// Accepted, the upload becomes the one of its kind that streams in: an unfinished
-/// earlier one is ended at once (its [`UploadTicket::ended`] resolves), so a phone that
-/// retries after a dropped connection does not wait for the dead upload to time out,
-/// and the dead upload's bytes go back to the budget.
-#[derive(Message, Clone, Debug)]
-#[rtype(result = "Result<UploadTicket, SessionError>")]
-pub struct CheckUpload {
-    /// The device (issuer and `sub`).
-    pub device: DeviceId,
-    /// The file scope.
-    pub kind: String,
 }
 
 impl CheckUpload {

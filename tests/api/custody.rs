@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use idv_actors::commands::InjectFault;
 use idv_actors::ids::SessionId;
 use idv_actors::retention::Sweep;
+use idv_actors::session::messages::InjectFault;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 

@@ -6,9 +6,10 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use idv_actors::commands::{InjectFault, RotateToken, Tick};
-use idv_actors::fault::{ArmFault, FaultPoint};
 use idv_actors::registry::Lookup;
+use idv_actors::session::messages::ArmFault;
+use idv_actors::session::messages::FaultPoint;
+use idv_actors::session::messages::{InjectFault, RotateToken, Tick};
 use idv_actors::session::SessionActor;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;

@@ -7,8 +7,8 @@ use std::future::{ready, Ready};
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
-use idv_actors::commands::Caller;
 use idv_actors::ids::{DeviceId, SessionToken};
+use idv_actors::session::messages::Caller;
 
 use crate::error::ApiError;
 use crate::state::AppState;

@@ -252,8 +252,8 @@ pub struct Uploaded {
     pub size: u64,
 }
 
-impl From<idv_actors::staging::StagedFile> for Uploaded {
-    fn from(f: idv_actors::staging::StagedFile) -> Self {
+impl From<idv_actors::session::messages::StagedFile> for Uploaded {
+    fn from(f: idv_actors::session::messages::StagedFile) -> Self {
         Self {
             file_id: f.file_id.to_string(),
             kind: f.kind,
@@ -326,8 +326,8 @@ pub struct Update {
 
 impl Update {
     /// Validates the shape; what must be in `shared_data` is the session's rule.
-    pub fn into_answer(self) -> Result<idv_actors::commands::Answer, ApiError> {
-        use idv_actors::commands::Answer;
+    pub fn into_answer(self) -> Result<idv_actors::session::messages::Answer, ApiError> {
+        use idv_actors::session::messages::Answer;
         match self.decision.as_str() {
             "approve" => {
                 let shared_data = self.shared_data.unwrap_or_default();

@@ -29,11 +29,11 @@ use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use idv_actors::clock::rfc3339;
-use idv_actors::commands::Caller;
-use idv_actors::delivery::{AudienceLost, Push, SubscriberId};
 use idv_actors::ids::{Seq, SessionId};
 use idv_actors::model::{SessionEvent, SessionRecord};
 use idv_actors::registry::Registry;
+use idv_actors::session::messages::Caller;
+use idv_actors::session::messages::{AudienceLost, Push, SubscriberId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 

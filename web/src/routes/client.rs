@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use idv_actors::commands::Caller;
-use idv_actors::delivery::Change;
 use idv_actors::ids::{Seq, SessionId};
 use idv_actors::model::SessionRecord;
+use idv_actors::session::messages::Caller;
+use idv_actors::session::messages::Change;
 use serde::Deserialize;
 
 use super::session_id;

@@ -1,7 +1,7 @@
 //! The device's routes (trusted-issuer JWT).
 
 use actix_web::{web, HttpResponse};
-use idv_actors::commands::{Decide, Retrieve};
+use idv_actors::session::messages::{Decide, Retrieve};
 
 use super::{ok_no_store, session_id};
 use crate::auth::Device;

@@ -17,9 +17,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt as _;
 use idv_actors::ids::FileId;
 use idv_actors::model::is_file_scope;
-use idv_actors::staging::{
-    BufferFull, CheckUpload, StageFile, StagingBudget, UploadBuffer, UploadTicket,
-};
+use idv_actors::session::messages::{CheckUpload, StageFile, UploadTicket};
+use idv_actors::staging::{BufferFull, StagingBudget, UploadBuffer};
 use idv_actors::write::ImageType;
 use idv_actors::SessionError;
 

@@ -1,9 +1,9 @@
 //! The backend's session routes (`X-Api-Key`).
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use idv_actors::commands::Cancel;
 use idv_actors::ids::SessionToken;
 use idv_actors::model::{SessionRecord, SessionRequest};
+use idv_actors::session::messages::Cancel;
 use idv_actors::store::IdempotencyClaim;
 use sha2::{Digest, Sha256};
 

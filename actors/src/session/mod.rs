@@ -18,6 +18,8 @@
 //! The actor holds only the handles it uses: the store (as [`SessionStore`]), the
 //! clock, and a [`LiveSessions`] handle on the registry; it never sees the registry.
 
+pub mod messages;
+
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -27,20 +29,21 @@ use actix::fut::ready;
 use actix::prelude::*;
 
 use crate::clock::SharedClock;
-use crate::commands::{
-    authorize, plan_expiry, Cancel, Decide, InjectFault, Inspect, Plan, Retrieve, RotateToken, Tick,
-};
-use crate::delivery::{
-    check_after, Audience, AudienceCount, Change, CountAudience, Subscribe, Subscribed,
-    Unsubscribe, WaitChange,
-};
+use crate::commands::{authorize, plan_expiry, Plan};
+use crate::delivery::{check_after, Audience};
 use crate::error::SessionError;
-use crate::fault::{ArmFault, FaultPoint};
 use crate::ids::SessionId;
 use crate::live::{Generation, LiveSessions};
 use crate::model::SessionRecord;
+use crate::session::messages::ArmFault;
+use crate::session::messages::FaultPoint;
+use crate::session::messages::{
+    AudienceCount, Change, CountAudience, Subscribe, Subscribed, Unsubscribe, WaitChange,
+};
+use crate::session::messages::{Cancel, Decide, InjectFault, Inspect, Retrieve, RotateToken, Tick};
+use crate::session::messages::{CheckUpload, StageFile, StagedFile, UploadTicket};
 use crate::session_store::SessionStore;
-use crate::staging::{CheckUpload, StageFile, Staged, StagedFile, UploadTicket};
+use crate::staging::Staged;
 use crate::store::StoreError;
 
 /// Longest single timer; a longer wait re-arms, so a moved clock is noticed.

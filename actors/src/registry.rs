@@ -292,7 +292,7 @@ impl Registry {
     ) -> Result<SessionRecord, SessionError> {
         let token = client_token(&caller);
         let res = self.call(id, Inspect { caller }).await;
-        self.refine(id, res, token).await
+        self.refine(res, token).await
     }
 
     /// Subscribes to a session's transitions. Returns the subscription (its snapshot
@@ -321,7 +321,7 @@ impl Registry {
                 },
             )
             .await;
-        let subscribed = self.refine(id, res, token).await?;
+        let subscribed = self.refine(res, token).await?;
         let replay = match after {
             Some(after) if after < subscribed.snapshot.seq => {
                 let upto = subscribed.snapshot.seq;
@@ -367,7 +367,7 @@ impl Registry {
     ) -> Result<Change, SessionError> {
         let token = client_token(&caller);
         let res = self.call(id, WaitChange { caller, after }).await;
-        self.refine(id, res, token).await
+        self.refine(res, token).await
     }
 
     /// How many subscribers a session has (0 once it ended).
@@ -382,24 +382,22 @@ impl Registry {
 
     /// Tells a foreign session token (`403`) from one that is no session's (`401`).
     ///
-    /// The session answered first, from memory if it is live. A token that is not its
-    /// own is looked up among the live sessions' tokens, in memory; only when the
-    /// session is not live (ended, or unknown) is the store asked whether any session
-    /// has the token, so a wrong token for a live session never costs a store read.
-    /// Those reads are bounded like every other: by the per-IP rate limit and the
-    /// store's queue bound (`503` past it).
+    /// The session answered first, from memory if it is live: a wrong token for a live
+    /// session never costs a session load. A token that is not its own is looked up
+    /// among the live sessions' tokens, in memory; only a token that no live session
+    /// has is looked up in the store (one indexed read): it may be the token of an
+    /// ended session, which is still a valid credential (`403`, SPEC §1), or of none
+    /// (`401`). Those reads are bounded like every other: by the per-IP rate limit and
+    /// the store's queue bound (`503` past it).
     async fn refine<T>(
         &self,
-        id: SessionId,
         res: Result<T, SessionError>,
         token: Option<TokenHash>,
     ) -> Result<T, SessionError> {
         let Some(t) = token else { return res };
         match res {
             Err(SessionError::Unauthorized) => {
-                let foreign = self.is_live_token(t)
-                    || (!self.inner.live.contains_key(&id)
-                        && self.inner.store.token_in_use(t).await?);
+                let foreign = self.is_live_token(t) || self.inner.store.token_in_use(t).await?;
                 Err(if foreign {
                     SessionError::Forbidden("this token belongs to another session")
                 } else {

@@ -1,6 +1,7 @@
 //! Cheap probes (issue 9, item 12): a wrong session token for a live session is
-//! refused from memory, without a store read; sessions that are not live still answer
-//! as before.
+//! checked in memory first and never costs a session load; a token no live session
+//! has costs one indexed token lookup, which tells an ended session's token (a valid
+//! credential: `403`, SPEC §1) from no session's (`401`).
 
 use serde_json::Value;
 
@@ -37,27 +38,42 @@ async fn session(app: &TestApp) -> (String, String) {
 }
 
 #[actix_web::test]
-async fn wrong_tokens_for_a_live_session_are_refused_without_reading_the_store() {
+async fn wrong_tokens_for_a_live_session_cost_no_session_load_and_at_most_one_token_lookup() {
     let app = spawn_app().await;
     let (id, token) = session(&app).await;
     let (other, other_token) = session(&app).await;
+    let (ended, ended_token) = session(&app).await;
+    assert_eq!(app.cancel(&ended).await.status(), 200);
     let store = &app.store;
-    let before = store.session_reads();
+    let (loads, lookups) = (store.session_reads(), store.token_lookups());
 
     for _ in 0..20 {
         assert_error(app.status(&id, &random_token()).await, 401, "unauthorized").await;
         assert_eq!(ws_handshake(&app, &id, &random_token()).await, 401);
     }
-    // Another live session's token is still told apart, from memory too.
+    assert_eq!(
+        store.token_lookups() - lookups,
+        40,
+        "one indexed token lookup per probe, nothing more"
+    );
+    // Another live session's token is told apart from memory.
+    let lookups = store.token_lookups();
     assert_error(app.status(&id, &other_token).await, 403, "forbidden").await;
     assert_eq!(ws_handshake(&app, &id, &other_token).await, 403);
+    assert_eq!(
+        store.token_lookups(),
+        lookups,
+        "a live token is known in memory"
+    );
+    // An ended session's token is a valid credential that may not touch this one.
+    assert_error(app.status(&id, &ended_token).await, 403, "forbidden").await;
     // The right token still works.
     assert_eq!(app.status(&id, &token).await.status(), 200);
     assert_eq!(ws_handshake(&app, &id, &token).await, 101);
     assert_eq!(
         store.session_reads(),
-        before,
-        "probing a live session read nothing from the store"
+        loads,
+        "probing a live session loaded no session from the store"
     );
 
     // Sessions that are not live answer as before (and may read the store).

@@ -136,9 +136,11 @@ struct Inner {
     /// Woken after a commit that enqueued a webhook event. `Notify` keeps one permit
     /// when nobody waits, so a wake-up between two dispatcher scans is not lost.
     webhook_wake: Arc<tokio::sync::Notify>,
-    /// Session loads and token lookups so far: what a request for a session costs the
-    /// store (tests check that probes of live sessions cost none). Relaxed: a counter.
+    /// Session loads so far: what a request for a session costs the store (tests check
+    /// that probes of live sessions cost none). Relaxed: a counter.
     session_reads: AtomicU64,
+    /// Token lookups so far (one indexed read each). Relaxed: a counter.
+    token_lookups: AtomicU64,
 }
 
 /// Opens a connection with the pragmas every connection of the broker uses.
@@ -207,17 +209,27 @@ impl Store {
                 webhooks: config.webhooks.clone().map(Arc::new),
                 webhook_wake: Arc::new(tokio::sync::Notify::new()),
                 session_reads: AtomicU64::new(0),
+                token_lookups: AtomicU64::new(0),
             }),
         })
     }
 
-    /// How many session loads and token lookups the store has been asked for.
+    /// How many session loads the store has been asked for.
     pub fn session_reads(&self) -> u64 {
         self.inner.session_reads.load(Ordering::Relaxed)
     }
 
+    /// How many token lookups the store has been asked for.
+    pub fn token_lookups(&self) -> u64 {
+        self.inner.token_lookups.load(Ordering::Relaxed)
+    }
+
     fn count_session_read(&self) {
         self.inner.session_reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_token_lookup(&self) {
+        self.inner.token_lookups.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Runs `f` in the next group-committed transaction and answers once it is durable.

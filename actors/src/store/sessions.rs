@@ -429,7 +429,7 @@ impl Store {
 
     /// Whether any session has this token (to tell a foreign token, `403`, from a bad one, `401`).
     pub async fn token_in_use(&self, hash: TokenHash) -> Result<bool, StoreError> {
-        self.count_session_read();
+        self.count_token_lookup();
         self.read(move |conn| {
             Ok(conn
                 .prepare_cached("SELECT 1 FROM sessions WHERE token_hash = ?1 LIMIT 1")?

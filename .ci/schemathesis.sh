@@ -10,6 +10,8 @@
 # 2-core box. Exits non-zero on any failure. ST_REPORT_DIR=DIR keeps a HAR of every
 # request and response per role.
 set -euo pipefail
+# Relative to the caller's folder, before the cd.
+report_dir=${ST_REPORT_DIR:+$(realpath -m "$ST_REPORT_DIR")}
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
@@ -97,7 +99,8 @@ checks=not_a_server_error,status_code_conformance,content_type_conformance,respo
 run() {
   local tag=$1 config=$2
   echo "schemathesis.sh: role $tag" >&2
-  "$venv/bin/schemathesis" --config-file "$config" run "$base/openapi.json" \
+  # From the temp folder: schemathesis keeps its example database in ./.schemathesis.
+  (cd "$work" && "$venv/bin/schemathesis" --config-file "$config" run "$base/openapi.json" \
     --include-tag "$tag" \
     --checks "$checks" \
     --max-examples "$max_examples" \
@@ -106,7 +109,7 @@ run() {
     --seed 1 \
     --no-color \
     --warnings off \
-    ${ST_REPORT_DIR:+--report har --report-dir "$ST_REPORT_DIR/$tag"}
+    ${report_dir:+--report har --report-dir "$report_dir/$tag"})
 }
 
 # Backend: every operation that takes the API key; a session id in the path is

@@ -218,7 +218,47 @@ pub async fn document() -> HttpResponse {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use utoipa::OpenApi as _;
     use utoipa::PartialSchema as _;
+
+    /// Every `resource("<path>", "<METHODS>")` in `configure`, as (method, path).
+    fn configured_routes() -> BTreeSet<(String, String)> {
+        let source = include_str!("lib.rs");
+        let mut routes = BTreeSet::new();
+        for call in source.split("resource(\"").skip(1) {
+            let mut parts = call.splitn(3, '"');
+            let (Some(path), Some(_), Some(rest)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let methods = rest.split('"').next().unwrap_or_default();
+            for method in methods.split(',') {
+                routes.insert((method.trim().to_lowercase(), path.to_owned()));
+            }
+        }
+        routes
+    }
+
+    #[test]
+    fn every_route_of_configure_is_in_the_document_and_nothing_else() {
+        let doc = serde_json::to_value(super::ApiDoc::openapi()).unwrap();
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                if ["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
+                    documented.insert((method.clone(), path.clone()));
+                }
+            }
+        }
+        let configured = configured_routes();
+        assert!(
+            configured.len() > 20,
+            "the routes were read: {configured:?}"
+        );
+        assert_eq!(documented, configured);
+    }
 
     #[test]
     fn the_session_status_enum_is_every_status_of_the_actors() {

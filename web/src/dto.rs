@@ -6,8 +6,10 @@ use idv_actors::model::{is_valid_scope, Consent, Decision, SessionRecord, UserRe
 use idv_actors::store::WebhookCounts;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
+use crate::schema::{FileKind, ImageContentType, Scope, SessionStatus, UserStatusName};
 
 /// Most scopes in one session.
 pub const MAX_SCOPES: usize = 32;
@@ -20,27 +22,60 @@ pub const MAX_URL_LEN: usize = 2048;
 /// Largest `shared_data` value, in bytes.
 pub const MAX_SHARED_VALUE_BYTES: usize = 4 * 1024;
 
+/// The scopes of a create request: 1 to 32 distinct names.
+pub fn scopes_request() -> utoipa::openapi::schema::ArrayBuilder {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(<Scope as utoipa::PartialSchema>::schema())
+        .min_items(Some(1))
+        .max_items(Some(MAX_SCOPES))
+        .unique_items(true)
+}
+
+/// A value in `shared_data`: a string of at most 4 KiB.
+pub struct SharedValue;
+
+impl utoipa::PartialSchema for SharedValue {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .max_length(Some(MAX_SHARED_VALUE_BYTES))
+            .description(Some(
+                "At most 4 KiB of UTF-8 (maxLength counts characters; the limit is in bytes).",
+            ))
+            .into()
+    }
+}
+impl ToSchema for SharedValue {}
+
 fn time(t: DateTime<Utc>) -> String {
     rfc3339(t)
 }
 
 /// `POST /v1/sessions`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
     /// Required: 1 to 32 distinct scope names.
+    #[schema(schema_with = scopes_request)]
     pub scopes: Vec<String>,
     /// Echoed back.
+    #[schema(max_length = 1024)]
     pub vendor_data: Option<String>,
     /// Echoed back.
+    #[schema(max_length = 1024)]
     pub external_reference_id: Option<String>,
-    /// Prefill for the device, a JSON object.
+    /// Prefill for the device, a JSON object of at most 16 KiB.
+    #[schema(value_type = Option<Object>)]
     pub registration: Option<Box<RawValue>>,
-    /// Absolute http(s) URL.
+    /// Absolute http(s) URL; the device is sent there after deciding.
+    #[schema(format = Uri, max_length = 2048, pattern = "^[Hh][Tt][Tt][Pp][Ss]?://")]
     pub redirect_url: Option<String>,
-    /// Absolute http(s) URL.
+    /// Absolute http(s) URL for the webhooks; needs a broker with a webhook secret, and
+    /// a public address unless the broker allows private ones.
+    #[schema(format = Uri, max_length = 2048, pattern = "^[Hh][Tt][Tt][Pp][Ss]?://")]
     pub callback_url: Option<String>,
-    /// Lifetime in seconds.
+    /// Lifetime in seconds (default 600).
+    #[schema(minimum = 30, maximum = 86400)]
     pub ttl_seconds: Option<i64>,
 }
 
@@ -119,22 +154,32 @@ impl CreateSession {
 }
 
 /// The answer to a create: the only time the session token is shown.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Created<'a> {
+    #[schema(format = Uuid)]
     pub session_id: String,
+    /// The client app's credential, shown only here (a replay issues a fresh one).
+    #[schema(min_length = 1)]
     pub session_token: &'a str,
+    /// Where the device opens the session (`<public base>/verify/<session_id>`).
+    #[schema(format = Uri)]
     pub url: String,
+    #[schema(value_type = SessionStatus)]
     pub status: &'static str,
+    #[schema(minimum = 1)]
     pub seq: u64,
+    #[schema(format = DateTime)]
     pub expires_at: String,
+    #[schema(value_type = Vec<Scope>)]
     pub scopes: &'a [String],
     pub vendor_data: Option<&'a str>,
 }
 
 /// `consent` as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ConsentView {
     pub is_consented: bool,
+    #[schema(format = DateTime)]
     pub consented_at: String,
 }
 
@@ -148,29 +193,56 @@ impl From<&Consent> for ConsentView {
 }
 
 /// `GET /v1/sessions/{id}`: the session without secrets or personal data.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct SessionView<'a> {
+    #[schema(format = Uuid)]
     pub session_id: String,
+    #[schema(value_type = SessionStatus)]
     pub status: &'static str,
+    #[schema(minimum = 1)]
     pub seq: u64,
+    #[schema(value_type = Vec<Scope>)]
     pub scopes: &'a [String],
     pub vendor_data: Option<&'a str>,
     pub external_reference_id: Option<&'a str>,
+    #[schema(format = Uri)]
     pub redirect_url: Option<&'a str>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
+    #[schema(format = DateTime)]
     pub expires_at: String,
+    /// `null` until the person decided.
     pub consent: Option<ConsentView>,
     /// SPEC §4's counts; filled by the handlers that read them.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub webhooks: Option<WebhookCounts>,
+    pub webhooks: Option<Webhooks>,
+}
+
+/// `webhooks` in `GET /v1/sessions/{id}` (SPEC §4).
+#[derive(Serialize, ToSchema)]
+pub struct Webhooks {
+    /// Events not yet delivered (including one in flight).
+    pub pending: u64,
+    /// Events given up on.
+    pub failed: u64,
+}
+
+impl From<WebhookCounts> for Webhooks {
+    fn from(c: WebhookCounts) -> Self {
+        Self {
+            pending: c.pending,
+            failed: c.failed,
+        }
+    }
 }
 
 impl SessionView<'_> {
     /// The view with the session's webhook counts.
     pub fn with_webhooks(self, counts: WebhookCounts) -> Self {
         Self {
-            webhooks: Some(counts),
+            webhooks: Some(counts.into()),
             ..self
         }
     }
@@ -196,10 +268,13 @@ impl<'a> From<&'a SessionRecord> for SessionView<'a> {
 }
 
 /// `GET /v1/sessions/{id}/decision`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct DecisionView<'a> {
+    #[schema(format = Uuid)]
     pub session_id: String,
+    #[schema(value_type = SessionStatus)]
     pub status: &'static str,
+    #[schema(minimum = 1)]
     pub seq: u64,
     /// The bound device's `sub`.
     pub user_id: Option<&'a str>,
@@ -207,15 +282,46 @@ pub struct DecisionView<'a> {
     pub issuer: Option<&'a str>,
     pub vendor_data: Option<&'a str>,
     pub external_reference_id: Option<&'a str>,
+    #[schema(value_type = Vec<Scope>)]
     pub scopes: &'a [String],
+    /// `null` when the person never decided; `is_consented` is false on a deny.
     pub consent: Option<ConsentView>,
+    /// The values shared on approve, one string per non-file scope; `null` otherwise.
+    #[schema(value_type = Option<HashMap<String, String>>)]
     pub shared_data: Option<&'a serde_json::Map<String, serde_json::Value>>,
-    pub files: &'a [idv_actors::model::FileMeta],
+    /// The files stored on approve; empty otherwise.
+    pub files: Vec<FileView<'a>>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub decided_at: Option<String>,
     /// When retention purged a confirmed session's shared data and files (`null` until
     /// then; see docs/custody.md).
+    #[schema(format = DateTime)]
     pub purged_at: Option<String>,
+}
+
+/// A stored file in a decision.
+#[derive(Serialize, ToSchema)]
+pub struct FileView<'a> {
+    #[schema(format = Uuid)]
+    pub file_id: String,
+    #[schema(value_type = FileKind)]
+    pub kind: &'a str,
+    #[schema(value_type = ImageContentType)]
+    pub content_type: &'a str,
+    pub size: u64,
+}
+
+impl<'a> From<&'a idv_actors::model::FileMeta> for FileView<'a> {
+    fn from(f: &'a idv_actors::model::FileMeta) -> Self {
+        Self {
+            file_id: f.file_id.to_string(),
+            kind: &f.kind,
+            content_type: &f.content_type,
+            size: f.size,
+        }
+    }
 }
 
 impl<'a> From<&'a Decision> for DecisionView<'a> {
@@ -236,7 +342,7 @@ impl<'a> From<&'a Decision> for DecisionView<'a> {
             scopes: &s.request.scopes,
             consent: s.consent.as_ref().map(ConsentView::from),
             shared_data: d.shared_data.as_ref(),
-            files: &d.files,
+            files: d.files.iter().map(FileView::from).collect(),
             created_at: time(s.created_at),
             decided_at: s.decided_at.map(time),
             purged_at: d.purged_at.map(time),
@@ -245,9 +351,11 @@ impl<'a> From<&'a Decision> for DecisionView<'a> {
 }
 
 /// The answer to `PUT /v1/sessions/{id}/files/{kind}`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Uploaded {
+    #[schema(format = Uuid)]
     pub file_id: String,
+    #[schema(value_type = FileKind)]
     pub kind: String,
     pub size: u64,
 }
@@ -263,12 +371,17 @@ impl From<idv_actors::session::messages::StagedFile> for Uploaded {
 }
 
 /// `GET /v1/sessions/{id}/status`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct StatusView {
+    #[schema(format = Uuid)]
     pub session_id: String,
+    #[schema(value_type = SessionStatus)]
     pub status: &'static str,
+    #[schema(minimum = 1)]
     pub seq: u64,
+    #[schema(format = DateTime)]
     pub updated_at: String,
+    #[schema(format = DateTime)]
     pub expires_at: String,
 }
 
@@ -285,19 +398,25 @@ impl From<&SessionRecord> for StatusView {
 }
 
 /// `requester` in `information`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Requester<'a> {
     pub name: &'a str,
 }
 
 /// `GET /v1/sessions/{id}/information`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Information<'a> {
+    #[schema(format = Uuid)]
     pub session_id: String,
+    #[schema(value_type = SessionStatus)]
     pub status: &'static str,
+    #[schema(value_type = Vec<Scope>)]
     pub scopes: &'a [String],
     pub requester: Requester<'a>,
+    /// The backend's prefill, a JSON object.
+    #[schema(value_type = Option<Object>)]
     pub registration: Option<&'a RawValue>,
+    #[schema(format = DateTime)]
     pub expires_at: String,
 }
 
@@ -315,13 +434,25 @@ impl<'a> From<&'a SessionRecord> for Information<'a> {
 }
 
 /// `POST /v1/sessions/{id}/update`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Update {
     /// `approve` or `deny`.
+    #[schema(value_type = DecisionName)]
     pub decision: String,
-    /// One string per non-file scope (approve only).
+    /// One string of at most 4 KiB per non-file scope, and nothing else (approve only).
+    #[schema(value_type = Option<HashMap<String, SharedValue>>)]
     pub shared_data: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The decision of an `update` (the schema of [`Update::decision`]).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum DecisionName {
+    /// Share what was asked for.
+    Approve,
+    /// Refuse.
+    Deny,
 }
 
 impl Update {
@@ -360,11 +491,16 @@ impl Update {
 }
 
 /// The answer to `update`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Updated {
+    #[schema(format = Uuid)]
     pub session_id: String,
+    #[schema(value_type = SessionStatus)]
     pub status: &'static str,
+    #[schema(minimum = 1)]
     pub seq: u64,
+    /// The session's `redirect_url` with `session_id` and `status` added, or `null`.
+    #[schema(format = Uri)]
     pub redirect_url: Option<String>,
 }
 
@@ -387,18 +523,22 @@ impl From<&SessionRecord> for Updated {
 }
 
 /// `PUT /v1/users/{user_id}/status`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetUserStatus {
     /// `PENDING`, `CREATED` or `BLOCKED`.
+    #[schema(value_type = UserStatusName)]
     pub status: String,
 }
 
 /// A user as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct UserView {
+    #[schema(pattern = "^[A-Za-z0-9._:@-]{1,128}$")]
     pub user_id: String,
+    #[schema(value_type = UserStatusName)]
     pub status: &'static str,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
@@ -410,4 +550,22 @@ impl From<&UserRecord> for UserView {
             updated_at: time(u.updated_at),
         }
     }
+}
+
+/// The body of `/healthz` and `/readyz`.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` (live) or `ready`.
+    pub status: String,
+}
+
+/// The body of `POST /demo/api/device-token`.
+#[derive(Serialize, ToSchema)]
+pub struct DemoDeviceToken {
+    /// The device JWT.
+    pub token: String,
+    /// Its `sub`: a fresh demo user.
+    pub sub: String,
+    /// Its `iss`: the demo issuer.
+    pub issuer: String,
 }

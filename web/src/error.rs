@@ -6,7 +6,7 @@ use idv_actors::SessionError;
 use serde::Serialize;
 
 /// The wire codes of SPEC §5; the snake_case names are what clients see.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// 400
@@ -137,15 +137,20 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Inner<'a>,
+/// The body of every error (SPEC §5).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
+    /// What went wrong.
+    pub error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
-struct Inner<'a> {
-    code: ErrorCode,
-    message: &'a str,
+/// `error` in [`ErrorBody`].
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail<'a> {
+    /// The wire code; the HTTP status follows from it.
+    pub code: ErrorCode,
+    /// What went wrong, for a person.
+    pub message: &'a str,
 }
 
 impl ResponseError for ApiError {
@@ -161,8 +166,8 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after {
             res.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
-        res.json(Body {
-            error: Inner {
+        res.json(ErrorBody {
+            error: ErrorDetail {
                 code: self.code,
                 message: &self.message,
             },

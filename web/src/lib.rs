@@ -11,13 +11,17 @@
 //! - [`middleware`]: per-IP rate limiting and the access log.
 //! - [`state`]: what handlers share.
 //! - [`ws`]: WebSocket subscriptions (the only module that speaks WebSocket).
+//! - [`openapi`]: `/openapi.json`, generated from the handlers' annotations and the
+//!   [`dto`] types; [`schema`]: the schemas of the actors' wire names.
 
 pub mod auth;
 pub mod dto;
 pub mod error;
 pub mod json;
 pub mod middleware;
+pub mod openapi;
 pub mod routes;
+pub mod schema;
 pub mod state;
 pub mod ws;
 
@@ -119,6 +123,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/v1/users/{user_id}/status", "PUT").route(web::put().to(users::set_status)))
     .service(resource("/v1/users/{user_id}", "GET").route(web::get().to(users::get)))
     .service(resource("/healthz", "GET").route(web::get().to(ops::healthz)))
+    .service(resource("/openapi.json", "GET").route(web::get().to(openapi::document)))
     .service(resource("/readyz", "GET").route(web::get().to(ops::readyz)))
     .service(resource("/sdk.js", "GET").route(web::get().to(pages::sdk)))
     .service(resource("/assets/{name}", "GET").route(web::get().to(pages::asset)))

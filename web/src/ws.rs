@@ -370,6 +370,24 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Subscriber {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/ws",
+    tag = "client",
+    security(("session_token" = []), ("session_token_query" = [])),
+    params(
+        ("id" = String, Path, format = Uuid, description = "The session id."),
+        ("after_seq" = Option<u64>, Query, description = "Replay every transition with seq above this (at most the current seq)."),
+        ("token" = Option<String>, Query, description = "The session token: a browser cannot set headers on a WebSocket."),
+    ),
+    responses(
+        (status = 101, description = "Switching to WebSocket: text frames {\"type\": \"snapshot\", …} then {\"type\": \"status\", …}; closed with 1000 once the session is terminal."),
+        (status = 400, description = "Not a WebSocket handshake, a bad id, or after_seq above the current seq.", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing session token, or not this session's.", body = crate::error::ErrorBody),
+        (status = 403, description = "The token may not read this session.", body = crate::error::ErrorBody),
+        (status = 404, description = "No such session.", body = crate::error::ErrorBody),
+    )
+)]
 /// `GET /v1/sessions/{id}/ws`. Authentication, the session and `after_seq` are all
 /// checked before the upgrade, so a refusal is a plain HTTP error (SPEC §5).
 pub async fn subscribe(

@@ -45,6 +45,28 @@ fn none_match(req: &HttpRequest, etag: &str) -> bool {
         })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/status",
+    tag = "client",
+    security(("session_token" = [])),
+    params(
+        ("id" = String, Path, format = Uuid, description = "The session id."),
+        ("after_seq" = Option<u64>, Query, description = "Long-poll: answer once seq is above this (default: the current seq)."),
+        ("wait" = Option<u64>, Query, minimum = 0, maximum = 30, description = "Long-poll: seconds to wait for a change."),
+        ("If-None-Match" = Option<String>, Header, description = "The ETag of a previous answer."),
+    ),
+    responses(
+        (status = 200, description = "The session's status.", body = StatusView,
+            headers(("ETag" = String, description = "\"<seq>\""))),
+        (status = 304, description = "If-None-Match names the current tag.",
+            headers(("ETag" = String, description = "\"<seq>\""))),
+        (status = 400, description = "The id is not a UUID, or wait is above 30.", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing session token, or not this session's.", body = crate::error::ErrorBody),
+        (status = 403, description = "The token may not read this session.", body = crate::error::ErrorBody),
+        (status = 404, description = "No such session.", body = crate::error::ErrorBody),
+    )
+)]
 /// `GET /v1/sessions/{id}/status`, with `ETag: "<seq>"` and the long-poll form.
 /// A waiting poll holds no thread: it is a parked future on a oneshot channel.
 pub async fn status(
@@ -137,6 +159,23 @@ async fn long_poll(
 /// `viewBox` and `crispEdges`, so it scales to any size without blur.
 pub const QR_MIN_PIXELS: u32 = 256;
 
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/qr.svg",
+    tag = "client",
+    security(("session_token" = []), ("session_token_query" = [])),
+    params(
+        ("id" = String, Path, format = Uuid, description = "The session id."),
+        ("token" = Option<String>, Query, description = "The session token, for an <img> that cannot send headers."),
+    ),
+    responses(
+        (status = 200, description = "A QR code of the session url.", content_type = "image/svg+xml", body = String),
+        (status = 400, description = "The id is not a UUID.", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing session token, or not this session's.", body = crate::error::ErrorBody),
+        (status = 403, description = "The token may not read this session.", body = crate::error::ErrorBody),
+        (status = 404, description = "No such session.", body = crate::error::ErrorBody),
+    )
+)]
 /// `GET /v1/sessions/{id}/qr.svg`: the session `url` as a QR code. Like `/ws` it takes
 /// `?token=`, since an `<img>` cannot send headers.
 pub async fn qr_svg(

@@ -22,12 +22,14 @@ pub const DEMO_SCOPES: [&str; 3] = ["full_name", "date_of_birth", "selfie"];
 pub const DEMO_DEVICE_TOKEN_SECS: u64 = 15 * 60;
 
 /// `POST /demo/api/sessions`: what the page may choose about a demo session.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DemoSession {
     /// Scopes; default [`DEMO_SCOPES`].
+    #[schema(value_type = Option<Vec<crate::schema::Scope>>, min_items = 1, max_items = 32)]
     pub scopes: Option<Vec<String>>,
     /// Lifetime in seconds (the usual bounds).
+    #[schema(minimum = 30, maximum = 86400)]
     pub ttl_seconds: Option<i64>,
 }
 
@@ -38,6 +40,19 @@ fn demo_app(state: &AppState) -> Result<&DemoApp, ApiError> {
         .ok_or_else(|| ApiError::not_found("the demo is off (start the broker with --demo)"))
 }
 
+#[utoipa::path(
+    post,
+    path = "/demo/api/sessions",
+    tag = "pages",
+    request_body = DemoSession,
+    responses(
+        (status = 201, description = "A session opened by the demo app.", body = crate::dto::Created),
+        (status = 400, description = "A bad value, an unknown field, or malformed JSON.", body = crate::error::ErrorBody),
+        (status = 404, description = "The demo is off.", body = crate::error::ErrorBody),
+        (status = 413, description = "The body is larger than 64 KiB.", body = crate::error::ErrorBody),
+        (status = 415, description = "The body is not Content-Type: application/json.", body = crate::error::ErrorBody),
+    )
+)]
 /// `POST /demo/api/sessions`: opens a session as the demo app, for a person who filled
 /// in nothing yet (the registration prefills the device page's name field).
 pub async fn create_session(
@@ -64,6 +79,24 @@ pub async fn create_session(
     Ok(HttpResponse::Created().json(created(&state, &session, &token)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/demo/api/sessions/{id}/decision",
+    tag = "pages",
+    security(("session_token" = [])),
+    params(
+        ("id" = String, Path, format = Uuid, description = "The session id."),
+    ),
+    responses(
+        (status = 200, description = "The decision, for the browser holding the session token.", body = DecisionView,
+            headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 400, description = "The id is not a UUID.", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing session token, or not this session's.", body = crate::error::ErrorBody),
+        (status = 403, description = "The token may not read this session.", body = crate::error::ErrorBody),
+        (status = 404, description = "The demo is off, or no such session.", body = crate::error::ErrorBody),
+        (status = 409, description = "invalid_state: the session is not terminal yet.", body = crate::error::ErrorBody),
+    )
+)]
 /// `GET /demo/api/sessions/{id}/decision`: the decision, for the browser that holds
 /// the session's token (as an app backend would check its own user's session).
 pub async fn decision(
@@ -81,6 +114,15 @@ pub async fn decision(
         .json(DecisionView::from(&decision)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/demo/api/device-token",
+    tag = "pages",
+    responses(
+        (status = 200, description = "A device token for a fresh demo user.", body = crate::dto::DemoDeviceToken),
+        (status = 404, description = "The demo is off.", body = crate::error::ErrorBody),
+    )
+)]
 /// `POST /demo/api/device-token`: a device token for a fresh demo user, for the hosted
 /// page opened without `#token=` (a real phone app brings its own).
 pub async fn device_token(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

@@ -94,6 +94,31 @@ async fn read_body(
     Ok(buffer)
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/sessions/{id}/files/{file}",
+    tag = "device",
+    security(("device_jwt" = [])),
+    params(
+        ("id" = String, Path, format = Uuid, description = "The session id."),
+        ("file" = crate::schema::FileKind, Path, description = "The kind of image: a file scope of the session."),
+    ),
+    request_body(description = "The image, raw, at most 5 MiB.", content(
+        (crate::schema::Binary = "image/jpeg"),
+        (crate::schema::Binary = "image/png")
+    )),
+    responses(
+        (status = 201, description = "The image is staged until approve; a second upload of a kind replaces the first.", body = Uploaded),
+        (status = 400, description = "A bad id, or a kind that is not a file scope of the session.", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing, expired or untrusted device token.", body = crate::error::ErrorBody),
+        (status = 403, description = "Another device is bound to the session.", body = crate::error::ErrorBody),
+        (status = 404, description = "No such session.", body = crate::error::ErrorBody),
+        (status = 408, description = "timeout: the body did not arrive within 30 s.", body = crate::error::ErrorBody),
+        (status = 409, description = "invalid_state: the session is not retrieved, or a newer upload of the kind replaced this one.", body = crate::error::ErrorBody),
+        (status = 413, description = "The image is larger than 5 MiB.", body = crate::error::ErrorBody),
+        (status = 415, description = "Not Content-Type image/jpeg or image/png, or the bytes are not such an image.", body = crate::error::ErrorBody),
+    )
+)]
 /// `PUT /v1/sessions/{id}/files/{kind}`: stages an image with the session's actor.
 pub async fn upload(
     state: web::Data<AppState>,
@@ -174,6 +199,26 @@ pub async fn upload(
     Ok(HttpResponse::Created().json(Uploaded::from(staged)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/files/{file}",
+    tag = "backend",
+    security(("api_key" = [])),
+    params(
+        ("id" = String, Path, format = Uuid, description = "The session id."),
+        ("file" = String, Path, format = Uuid, description = "The file id (from the decision's files)."),
+    ),
+    responses(
+        (status = 200, description = "The stored bytes.", content(
+            (crate::schema::Binary = "image/jpeg"),
+            (crate::schema::Binary = "image/png")
+        ),
+            headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 400, description = "An id is not a UUID.", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or unknown credential.", body = crate::error::ErrorBody),
+        (status = 404, description = "No such session or file, or it was deleted.", body = crate::error::ErrorBody),
+    )
+)]
 /// `GET /v1/sessions/{id}/files/{file_id}`: the stored bytes, `404` once deleted.
 pub async fn download(
     state: web::Data<AppState>,

@@ -70,11 +70,34 @@ fn serve(asset: &Asset) -> HttpResponse {
         .body(asset.body)
 }
 
+#[utoipa::path(
+    get,
+    path = "/sdk.js",
+    tag = "pages",
+    responses(
+        (status = 200, description = "The browser SDK.", content_type = "application/javascript; charset=utf-8", body = String),
+    )
+)]
 /// `GET /sdk.js`.
 pub async fn sdk() -> HttpResponse {
     serve(&SDK)
 }
 
+#[utoipa::path(
+    get,
+    path = "/assets/{name}",
+    tag = "pages",
+    params(
+        ("name" = String, Path, description = "style.css, demo.js or verify.js."),
+    ),
+    responses(
+        (status = 200, description = "The pages' stylesheet or a script.", content(
+            (String = "text/css; charset=utf-8"),
+            (String = "application/javascript; charset=utf-8")
+        )),
+        (status = 404, description = "No such asset.", body = crate::error::ErrorBody),
+    )
+)]
 /// `GET /assets/{name}`: the pages' stylesheet and scripts.
 pub async fn asset(name: web::Path<String>) -> Result<HttpResponse, ApiError> {
     ASSETS
@@ -84,6 +107,18 @@ pub async fn asset(name: web::Path<String>) -> Result<HttpResponse, ApiError> {
         .ok_or_else(|| ApiError::not_found("no such asset"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/verify/{id}",
+    tag = "pages",
+    params(
+        ("id" = String, Path, format = Uuid, description = "The session id."),
+    ),
+    responses(
+        (status = 200, description = "The hosted device page; it reads the device token from #token=<jwt>.", content_type = "text/html; charset=utf-8", body = String),
+        (status = 400, description = "The id is not a UUID.", body = crate::error::ErrorBody),
+    )
+)]
 /// `GET /verify/{id}`: the hosted device page. The page itself holds nothing about
 /// the session; it reads the id from its path and the device token from the fragment.
 pub async fn verify(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
@@ -91,6 +126,15 @@ pub async fn verify(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     Ok(serve(&VERIFY_PAGE))
 }
 
+#[utoipa::path(
+    get,
+    path = "/demo",
+    tag = "pages",
+    responses(
+        (status = 200, description = "The demo client app.", content_type = "text/html; charset=utf-8", body = String),
+        (status = 404, description = "The demo is off.", body = crate::error::ErrorBody),
+    )
+)]
 /// `GET /demo`: the demo client app, only in demo mode.
 pub async fn demo(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state

@@ -65,6 +65,25 @@ fn canonical(body: &CreateSession) -> Result<Vec<u8>, ApiError> {
     .map_err(ApiError::internal)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/sessions",
+    tag = "backend",
+    security(("api_key" = [])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "The same key with the same body within 24 h returns the same session, with a fresh token."),
+    ),
+    request_body = CreateSession,
+    responses(
+        (status = 201, description = "The session, and its token (shown only here).", body = Created),
+        (status = 200, description = "An Idempotency-Key replay: the same session, with a freshly issued token.", body = Created),
+        (status = 400, description = "A bad value, an unknown field, or malformed JSON.", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or unknown credential.", body = crate::error::ErrorBody),
+        (status = 409, description = "idempotency_conflict: the Idempotency-Key was used with another body.", body = crate::error::ErrorBody),
+        (status = 413, description = "The body is larger than 64 KiB.", body = crate::error::ErrorBody),
+        (status = 415, description = "The body is not Content-Type: application/json.", body = crate::error::ErrorBody),
+    )
+)]
 /// `POST /v1/sessions`.
 pub async fn create(
     state: web::Data<AppState>,
@@ -141,6 +160,22 @@ pub(crate) fn created<'a>(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}",
+    tag = "backend",
+    security(("api_key" = [])),
+    params(
+        ("id" = String, Path, format = Uuid, description = "The session id."),
+    ),
+    responses(
+        (status = 200, description = "The session, without secrets or personal data.", body = SessionView,
+            headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 400, description = "The id is not a UUID.", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or unknown credential.", body = crate::error::ErrorBody),
+        (status = 404, description = "The session does not exist, or belongs to another API key.", body = crate::error::ErrorBody),
+    )
+)]
 /// `GET /v1/sessions/{id}`.
 pub async fn get(
     state: web::Data<AppState>,
@@ -161,6 +196,23 @@ async fn with_webhooks(
     Ok(ok_no_store().json(SessionView::from(session).with_webhooks(webhooks)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/decision",
+    tag = "backend",
+    security(("api_key" = [])),
+    params(
+        ("id" = String, Path, format = Uuid, description = "The session id."),
+    ),
+    responses(
+        (status = 200, description = "The outcome of a terminal session.", body = DecisionView,
+            headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 400, description = "The id is not a UUID.", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or unknown credential.", body = crate::error::ErrorBody),
+        (status = 404, description = "The session does not exist, or belongs to another API key.", body = crate::error::ErrorBody),
+        (status = 409, description = "invalid_state: the session is not terminal yet.", body = crate::error::ErrorBody),
+    )
+)]
 /// `GET /v1/sessions/{id}/decision`.
 pub async fn decision(
     state: web::Data<AppState>,
@@ -172,6 +224,23 @@ pub async fn decision(
     Ok(ok_no_store().json(DecisionView::from(&decision)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/{id}",
+    tag = "backend",
+    security(("api_key" = [])),
+    params(
+        ("id" = String, Path, format = Uuid, description = "The session id."),
+    ),
+    responses(
+        (status = 200, description = "The session, now cancelled.", body = SessionView,
+            headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 400, description = "The id is not a UUID.", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or unknown credential.", body = crate::error::ErrorBody),
+        (status = 404, description = "The session does not exist, or belongs to another API key.", body = crate::error::ErrorBody),
+        (status = 409, description = "invalid_state: the session is already terminal.", body = crate::error::ErrorBody),
+    )
+)]
 /// `DELETE /v1/sessions/{id}`.
 pub async fn cancel(
     state: web::Data<AppState>,

@@ -17,6 +17,23 @@ fn user_id(raw: &str) -> Result<UserId, ApiError> {
     })
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/users/{user_id}/status",
+    tag = "backend",
+    security(("api_key" = [])),
+    params(
+        ("user_id" = String, Path, pattern = "^[A-Za-z0-9._:@-]{1,128}$", description = "The device's sub."),
+    ),
+    request_body = SetUserStatus,
+    responses(
+        (status = 200, description = "The user, with its new status.", body = UserView),
+        (status = 400, description = "A bad user id or status, an unknown field, or malformed JSON.", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or unknown credential.", body = crate::error::ErrorBody),
+        (status = 413, description = "The body is larger than 64 KiB.", body = crate::error::ErrorBody),
+        (status = 415, description = "The body is not Content-Type: application/json.", body = crate::error::ErrorBody),
+    )
+)]
 /// `PUT /v1/users/{user_id}/status`.
 pub async fn set_status(
     state: web::Data<AppState>,
@@ -38,6 +55,21 @@ pub async fn set_status(
     Ok(HttpResponse::Ok().json(UserView::from(&record)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user_id}",
+    tag = "backend",
+    security(("api_key" = [])),
+    params(
+        ("user_id" = String, Path, pattern = "^[A-Za-z0-9._:@-]{1,128}$", description = "The device's sub."),
+    ),
+    responses(
+        (status = 200, description = "The user.", body = UserView),
+        (status = 400, description = "A bad user id.", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or unknown credential.", body = crate::error::ErrorBody),
+        (status = 404, description = "No user of this API key has this id.", body = crate::error::ErrorBody),
+    )
+)]
 /// `GET /v1/users/{user_id}`.
 pub async fn get(
     state: web::Data<AppState>,

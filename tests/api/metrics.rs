@@ -82,14 +82,14 @@ fn parse(text: &str) -> Vec<Sample> {
 }
 
 /// The figures at one moment.
-struct Scrape {
+pub struct Scrape {
     text: String,
     samples: Vec<Sample>,
 }
 
 impl Scrape {
     /// The sum of the samples named `name` whose labels include `labels`; 0 if none.
-    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.samples
             .iter()
             .filter(|s| s.name == name)
@@ -107,7 +107,7 @@ impl Scrape {
     }
 }
 
-async fn scrape(app: &TestApp) -> Scrape {
+pub async fn scrape(app: &TestApp) -> Scrape {
     let res = app
         .client
         .get(app.url("/metrics"))
@@ -125,7 +125,7 @@ async fn scrape(app: &TestApp) -> Scrape {
 }
 
 /// Scrapes until `ok` holds, for up to [`WITHIN`]; the last scrape either way.
-async fn scrape_until(app: &TestApp, ok: impl Fn(&Scrape) -> bool) -> Scrape {
+pub async fn scrape_until(app: &TestApp, ok: impl Fn(&Scrape) -> bool) -> Scrape {
     let deadline = tokio::time::Instant::now() + WITHIN;
     loop {
         let s = scrape(app).await;

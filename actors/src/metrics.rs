@@ -3,7 +3,7 @@
 //!
 //! Layout:
 //! - the metric names, as constants (the list in `docs/api.md` is this one);
-//! - [`install`]: the process-wide recorder, installed once;
+//! - [`install`]: the process-wide recorder, installed once, with its upkeep thread;
 //! - [`render`]: the text exposition served at `GET /metrics`;
 //! - [`GaugeGuard`]: a gauge held up for as long as a value lives (a session actor, a
 //!   WebSocket subscriber, a waiting long-poll), so it cannot leak on an early return.
@@ -100,6 +100,7 @@ pub fn install() -> Option<&'static PrometheusHandle> {
                 Ok(()) => {
                     describe();
                     zero();
+                    spawn_upkeep(handle.clone());
                     Some(handle)
                 }
                 Err(e) => {
@@ -109,6 +110,25 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             }
         })
         .as_ref()
+}
+
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The exporter keeps every histogram sample until upkeep folds it into the buckets
+/// (a scrape does too); without this thread an unscraped broker's memory would grow
+/// with every request. A plain thread, not a task: the recorder outlives any one
+/// broker's runtime in a process that runs several.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".to_owned())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            handle.run_upkeep();
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the metrics upkeep thread");
+    }
 }
 
 /// The Prometheus text exposition of every metric recorded in this process.

@@ -73,6 +73,9 @@ impl Application {
         check_credentials("--api-key", "key", &settings.api_keys).map_err(StartError::Config)?;
         check_credentials("--issuer", "secret", &settings.issuers).map_err(StartError::Config)?;
         idv_actors::webhooks::install_crypto_provider();
+        // Once per process (see idv_actors::metrics): before the store and the actors
+        // record anything.
+        idv_actors::metrics::install();
         let db_error = |source| StartError::Database {
             path: settings.db.display().to_string(),
             source,

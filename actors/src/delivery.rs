@@ -144,6 +144,7 @@ impl Audience {
                 status: session.status,
                 at,
             },
+            committed_at: std::time::Instant::now(),
         };
         self.subscribers
             .retain(|_, s| match s.recipient.try_send(push.clone()) {

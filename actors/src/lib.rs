@@ -17,6 +17,7 @@
 //! - [`webhooks`]: the dispatcher that delivers the outbox, signed.
 //! - [`write`]: what a transition writes, as planned (the store decides nothing).
 //! - [`credentials`]: API keys, session tokens and device JWTs.
+//! - [`metrics`]: the Prometheus metrics' names, the recorder and `/metrics`' text.
 //! - [`ids`], [`model`], [`clock`], [`error`]: the vocabulary.
 
 pub mod clock;
@@ -26,6 +27,7 @@ pub mod delivery;
 pub mod error;
 pub mod ids;
 mod live;
+pub mod metrics;
 pub mod model;
 pub mod registry;
 pub mod retention;

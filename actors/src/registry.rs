@@ -226,6 +226,7 @@ impl Registry {
             .await?
         {
             CreateOutcome::Created => {
+                metrics::counter!(crate::metrics::SESSIONS_CREATED).increment(1);
                 self.spawn(record.id, Some(record.clone()));
                 Ok((record, false))
             }

@@ -97,6 +97,7 @@ impl Reservation {
         let ok = self.budget.take(n);
         if ok {
             self.bytes += n;
+            crate::metrics::staged_moved(n as f64);
         }
         ok
     }
@@ -110,6 +111,7 @@ impl Reservation {
     pub fn shrink_to(&mut self, n: usize) {
         if n < self.bytes {
             self.budget.used.fetch_sub(self.bytes - n, Ordering::AcqRel);
+            crate::metrics::staged_moved(-((self.bytes - n) as f64));
             self.bytes = n;
         }
     }
@@ -118,6 +120,7 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        crate::metrics::staged_moved(-(self.bytes as f64));
     }
 }
 

@@ -15,6 +15,7 @@ mod idempotency;
 mod journeys;
 mod json_depth;
 mod logs;
+mod metrics;
 mod openapi;
 mod pages;
 mod probes;

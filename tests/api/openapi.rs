@@ -11,7 +11,7 @@ use crate::helpers::*;
 /// Every route `configure` serves, as the document spells it. `/files/{file}` is one
 /// path for both methods: `{file}` is the kind on PUT and the file id on GET (two
 /// templates that differ only in a parameter's name are the same path to OpenAPI).
-const ROUTES: [(&str, &str); 23] = [
+const ROUTES: [(&str, &str); 24] = [
     ("post", "/v1/sessions"),
     ("get", "/v1/sessions/{id}"),
     ("delete", "/v1/sessions/{id}"),
@@ -27,6 +27,7 @@ const ROUTES: [(&str, &str); 23] = [
     ("post", "/v1/sessions/{id}/update"),
     ("get", "/healthz"),
     ("get", "/readyz"),
+    ("get", "/metrics"),
     ("get", "/openapi.json"),
     ("get", "/sdk.js"),
     ("get", "/assets/{name}"),

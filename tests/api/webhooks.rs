@@ -734,3 +734,52 @@ async fn the_operators_webhook_url_is_trusted_even_at_a_loopback_address() {
     assert_eq!(hits[0].path, "/default");
     assert_eq!(hits[0].json()["session_id"], id);
 }
+
+#[actix_web::test]
+async fn webhook_metrics_count_retries_and_deliveries_and_the_outbox_depth_follows_the_backlog() {
+    use crate::metrics::{scrape, scrape_until};
+    const DELIVERIES: &str = "idv_webhook_deliveries_total";
+    const DEPTH: &str = "idv_webhook_outbox_depth";
+    /// Sessions whose event waits for the receiver: more than other tests leave pending.
+    const N: usize = 6;
+    let addr = reserve_addr();
+    let app = spawn_app_with(with_webhooks).await;
+    let before = scrape(&app).await;
+    let mut ids = Vec::new();
+    for _ in 0..N {
+        let id = create_with_callback(&app, &format!("http://{addr}/hooks")).await;
+        assert_eq!(app.cancel(&id).await.status(), 200);
+        ids.push(id);
+    }
+    for id in &ids {
+        wait_for_attempts(&app, id, 2).await;
+    }
+    let retried = |s: &crate::metrics::Scrape| {
+        s.sum(DELIVERIES, &[("outcome", "retry")]) - before.sum(DELIVERIES, &[("outcome", "retry")])
+    };
+    let backlog = scrape_until(&app, |s| retried(s) >= (2 * N) as f64).await;
+    assert!(retried(&backlog) >= (2 * N) as f64, "retries counted");
+    let depth = backlog.sum(DEPTH, &[]);
+    assert!(
+        depth >= N as f64,
+        "outbox depth with the receiver down: {depth}"
+    );
+
+    let receiver = Receiver::start_on(addr, 0).await;
+    receiver.wait_accepted(N).await;
+    for id in &ids {
+        wait_for_counts(&app, id, json!({"pending": 0, "failed": 0})).await;
+    }
+    let drained = scrape_until(&app, |s| s.sum(DEPTH, &[]) <= depth - N as f64).await;
+    assert!(
+        drained.sum(DEPTH, &[]) <= depth - N as f64,
+        "outbox depth once delivered: {} (was {depth})",
+        drained.sum(DEPTH, &[])
+    );
+    assert!(
+        drained.sum(DELIVERIES, &[("outcome", "delivered")])
+            - before.sum(DELIVERIES, &[("outcome", "delivered")])
+            >= N as f64,
+        "deliveries counted"
+    );
+}

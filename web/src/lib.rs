@@ -125,6 +125,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/healthz", "GET").route(web::get().to(ops::healthz)))
     .service(resource("/openapi.json", "GET").route(web::get().to(openapi::document)))
     .service(resource("/readyz", "GET").route(web::get().to(ops::readyz)))
+    .service(resource("/metrics", "GET").route(web::get().to(ops::metrics)))
     .service(resource("/sdk.js", "GET").route(web::get().to(pages::sdk)))
     .service(resource("/assets/{name}", "GET").route(web::get().to(pages::asset)))
     .service(resource("/verify/{id}", "GET").route(web::get().to(pages::verify)))

@@ -69,6 +69,7 @@ pub async fn rate_limit(
             (req.app_data::<web::Data<RateLimiter>>(), req.peer_addr())
         {
             if let Err(wait) = limiter.check(peer.ip()) {
+                metrics::counter!(idv_actors::metrics::RATE_LIMITED).increment(1);
                 return Err(ApiError::rate_limited(wait.max(1)).into());
             }
         }
@@ -104,7 +105,9 @@ pub async fn access_log(
             e.as_response_error().status_code().as_u16(),
         ),
     };
-    let micros = start.elapsed().as_micros() as u64;
+    let elapsed = start.elapsed();
+    idv_actors::metrics::http_request(route.clone(), status, elapsed);
+    let micros = elapsed.as_micros() as u64;
     match session {
         Some(session) => tracing::info!(
             target: "access", %method, %route, status, micros, session = %session, "request"

@@ -45,6 +45,7 @@ use crate::ws;
         device::update,
         ops::healthz,
         ops::readyz,
+        ops::metrics,
         document,
         pages::sdk,
         pages::asset,
@@ -60,7 +61,7 @@ use crate::ws;
         (name = "backend", description = "The enterprise's server, with X-Api-Key."),
         (name = "client", description = "The browser that shows the QR code, with the session token."),
         (name = "device", description = "The phone, with a trusted issuer's JWT."),
-        (name = "operations", description = "Probes and this description."),
+        (name = "operations", description = "Probes, metrics and this description."),
         (name = "pages", description = "The hosted device page, the demo and the SDK."),
     )
 )]

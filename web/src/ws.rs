@@ -158,6 +158,15 @@ impl Subscriber {
         }
     }
 
+    /// Writes a pushed transition, and records its latency from the commit.
+    fn deliver_push(&mut self, ctx: &mut ws::WebsocketContext<Self>, push: &Push) {
+        let before = (self.last_seq, self.closing);
+        self.deliver(ctx, &push.event);
+        if !before.1 && self.last_seq != before.0 {
+            idv_actors::metrics::push_written(push.committed_at.elapsed());
+        }
+    }
+
     fn check_evicted(&mut self, ctx: &mut ws::WebsocketContext<Self>) -> bool {
         if self.evicted.load(Ordering::Acquire) {
             let why = format!(
@@ -176,6 +185,7 @@ impl Actor for Subscriber {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        metrics::gauge!(idv_actors::metrics::WS_SUBSCRIBERS).increment(1.0);
         ctx.set_mailbox_capacity(self.config.mailbox);
         ctx.run_interval(self.config.ping_interval, |act, ctx| {
             if act.closing || act.check_evicted(ctx) {
@@ -209,6 +219,7 @@ impl Actor for Subscriber {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        metrics::gauge!(idv_actors::metrics::WS_SUBSCRIBERS).decrement(1.0);
         if let Some(id) = self.subscription.take() {
             self.registry.unsubscribe(self.session_id, id);
         }
@@ -232,7 +243,7 @@ impl Subscriber {
             return;
         }
         for push in std::mem::take(&mut self.pending) {
-            self.deliver(ctx, &push.event);
+            self.deliver_push(ctx, &push);
         }
         if std::mem::take(&mut self.lost_early) {
             self.resubscribe(ctx);
@@ -324,7 +335,7 @@ impl Handler<Push> for Subscriber {
             return;
         }
         if self.begun {
-            self.deliver(ctx, &msg.event);
+            self.deliver_push(ctx, &msg);
         } else {
             self.pending.push(msg);
         }

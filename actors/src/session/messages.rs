@@ -126,6 +126,8 @@ pub struct Push {
     pub session_id: SessionId,
     /// The transition.
     pub event: SessionEvent,
+    /// When the session actor saw the commit complete: the start of the push latency.
+    pub committed_at: std::time::Instant,
 }
 
 /// The session actor that held this subscription died without finishing the session

@@ -80,6 +80,8 @@ pub struct SessionActor {
     staged: Staged,
     /// Test-only ([`ArmFault`]): the point where this actor panics, uncontained.
     fault: Option<FaultPoint>,
+    /// Holds the live-actors gauge up while this actor exists; restarts keep it.
+    _live_gauge: crate::metrics::GaugeGuard,
 }
 
 impl SessionActor {
@@ -106,6 +108,7 @@ impl SessionActor {
             audience: Audience::new(id),
             staged: Staged::default(),
             fault: None,
+            _live_gauge: crate::metrics::GaugeGuard::new(crate::metrics::LIVE_SESSIONS),
         }
     }
 
@@ -293,6 +296,9 @@ impl SessionActor {
         self.trip(FaultPoint::Apply);
         let terminal = committed.status.is_terminal();
         let at = committed.updated_at;
+        if self.state.as_ref().is_none_or(|s| s.seq < committed.seq) {
+            crate::metrics::transition(committed.status.as_str());
+        }
         self.state = Some(committed);
         // Pushed only now, after the commit: nobody hears of a transition that could
         // still be lost.

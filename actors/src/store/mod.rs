@@ -254,6 +254,7 @@ impl Store {
             })
             .await?;
         if enqueued {
+            crate::metrics::outbox_moved(1.0);
             self.inner.webhook_wake.notify_one();
         }
         Ok(out)

@@ -269,6 +269,17 @@ impl Store {
         .await
     }
 
+    /// How many events in all are pending (the outbox depth), when the dispatcher starts.
+    pub async fn pending_webhooks(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            let n: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM webhook_outbox WHERE state = 'pending'")?
+                .query_row([], |r| r.get(0))?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
     /// How many of a session's events are pending and how many failed.
     pub async fn webhook_counts(&self, id: SessionId) -> Result<WebhookCounts, StoreError> {
         self.read(move |conn| {

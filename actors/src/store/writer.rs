@@ -112,7 +112,9 @@ pub(crate) fn run(mut conn: Connection, jobs: Receiver<Box<dyn Job>>) {
                 }
             }
             let mut fx = Effects::default();
+            let began = Instant::now();
             let commit = commit_batch(&mut conn, &mut batch, &mut fx);
+            crate::metrics::store_commit(batch.len(), began.elapsed());
             if let Err(e) = &commit {
                 tracing::error!(error = %e, jobs = batch.len(), "store batch failed to commit");
             }

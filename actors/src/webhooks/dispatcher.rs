@@ -274,13 +274,24 @@ impl Dispatcher {
                 }
             }
         };
+        let outcome = match &record {
+            DeliveryRecord::Delivered => "delivered",
+            DeliveryRecord::Failed { .. } => "failed",
+            DeliveryRecord::Retry { .. } => "retry",
+        };
         let store = self.store.clone();
         let (id, seq) = (event.session_id, event.seq);
         ctx.spawn(
             async move { store.record_delivery(id, seq, at, record).await }
                 .into_actor(self)
                 .map(move |res, act, ctx| match res {
-                    Ok(()) => act.release(id, ctx),
+                    Ok(()) => {
+                        crate::metrics::webhook_delivery(outcome);
+                        if outcome != "retry" {
+                            crate::metrics::outbox_moved(-1.0);
+                        }
+                        act.release(id, ctx)
+                    }
                     Err(e) => {
                         // The row still says "due": hold the session back for a moment,
                         // or a failing store would turn into a tight resend loop.
@@ -394,6 +405,14 @@ impl Actor for Dispatcher {
         }));
         // Resume whatever a previous run left pending.
         self.scan(ctx);
+        // The outbox depth gauge starts from what a previous run left.
+        let store = self.store.clone();
+        actix::spawn(async move {
+            match store.pending_webhooks().await {
+                Ok(n) => crate::metrics::outbox_moved(n as f64),
+                Err(e) => tracing::warn!(error = %e, "cannot count the webhook outbox"),
+            }
+        });
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use idv_actors::ids::{Seq, SessionId};
+use idv_actors::metrics::GaugeGuard;
 use idv_actors::model::SessionRecord;
 use idv_actors::session::messages::Caller;
 use idv_actors::session::messages::Change;
@@ -131,6 +132,7 @@ async fn long_poll(
             Change::Later { current, next } => (current, Some(next)),
             Change::Never(current) => (current, None),
         };
+        let _waiting = GaugeGuard::new(idv_actors::metrics::WAITING_LONG_POLLS);
         let changed = async {
             match next {
                 Some(next) => next.await.ok(),

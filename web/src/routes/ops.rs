@@ -1,4 +1,4 @@
-//! Liveness and readiness.
+//! Liveness, readiness and the Prometheus metrics.
 
 use actix_web::{web, HttpResponse};
 
@@ -36,4 +36,23 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
             Err(ApiError::unavailable("the store is not reachable", 5))
         }
     }
+}
+
+/// The content type of the Prometheus text exposition format.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Every metric of the process, in the Prometheus text \
+            exposition format (names in docs/api.md).", content_type = "text/plain; version=0.0.4", body = String),
+    )
+)]
+/// `GET /metrics`: the Prometheus text exposition (see [`idv_actors::metrics`]).
+pub async fn metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(METRICS_CONTENT_TYPE)
+        .body(idv_actors::metrics::render())
 }

@@ -91,6 +91,8 @@ impl Application {
             settings.clock.clone(),
             RegistryConfig {
                 max_live_sessions: settings.max_live_sessions,
+                max_live_sessions_per_key: settings.max_live_sessions_per_key,
+                max_subscribers_per_session: settings.max_subscribers_per_session,
                 max_staged_bytes: settings.max_staged_bytes,
             },
         );
@@ -171,6 +173,8 @@ impl Application {
             webhooks_signed: dispatcher.is_some(),
             demo,
             callbacks: CallbackGuard::new(&settings.webhooks),
+            websockets: idv_web::limits::Gauge::new(settings.max_websockets),
+            long_polls: idv_web::limits::Gauge::new(settings.max_long_polls),
         };
         if settings.webhooks.allow_private {
             tracing::warn!(
@@ -182,6 +186,8 @@ impl Application {
             workers: settings.workers,
             shutdown_timeout: settings.shutdown_timeout,
             linger: settings.linger,
+            max_connections_per_ip: settings.max_connections_per_ip,
+            trusted_proxies: settings.trusted_proxies.clone(),
         };
         let demo_url = state
             .demo

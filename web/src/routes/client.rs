@@ -119,6 +119,8 @@ async fn long_poll(
     wait: Duration,
 ) -> Result<SessionRecord, ApiError> {
     let deadline = actix_web::rt::time::Instant::now() + wait;
+    // Held while the poll is parked (taken only once it has to wait).
+    let mut permit = None;
     let mut shutdown = state.shutdown.clone();
     let mut change = state
         .registry
@@ -131,6 +133,14 @@ async fn long_poll(
             Change::Later { current, next } => (current, Some(next)),
             Change::Never(current) => (current, None),
         };
+        if permit.is_none() && !wait.is_zero() {
+            permit = Some(state.long_polls.try_acquire().ok_or_else(|| {
+                ApiError::unavailable(
+                    "too many long-polls waiting; try again later",
+                    crate::limits::RETRY_AFTER_SECS,
+                )
+            })?);
+        }
         let changed = async {
             match next {
                 Some(next) => next.await.ok(),

@@ -322,3 +322,120 @@ async fn without_a_trusted_proxy_x_forwarded_for_is_ignored() {
     // The same peer, whatever it claims: the same bucket.
     assert_eq!(get_as(&app, "203.0.113.2").await.status(), 429);
 }
+
+/// The broker's open descriptors.
+#[cfg(target_os = "linux")]
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// (soft, hard) open-file limits of `pid`.
+#[cfg(target_os = "linux")]
+fn nofile(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut words = line.split_whitespace().skip(3);
+    (
+        words.next().unwrap().to_owned(),
+        words.next().unwrap().to_owned(),
+    )
+}
+
+/// The real binary, its soft open-file limit lowered under it with `prlimit`
+/// (util-linux): actix-server pauses accepting on `EMFILE` instead of spinning.
+#[cfg(target_os = "linux")]
+#[actix_web::test]
+async fn out_of_descriptors_the_broker_keeps_serving_what_it_holds_and_recovers_when_they_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = crate::restart::start_broker(&dir.path().join("broker.db")).await;
+    let pid = broker.child.id().unwrap();
+    // It raised its soft limit to the hard one at start.
+    let (soft, hard) = nofile(pid);
+    assert_eq!(soft, hard, "the open-file limit was not raised");
+    let addr = broker.address.trim_start_matches("http://").to_owned();
+    // Warm: both workers have served (what they set up on their first connection is
+    // in place), then every connection is closed again.
+    for _ in 0..4 {
+        let warm: Vec<_> =
+            futures_util::future::join_all((0..4).map(|_| tokio::net::TcpStream::connect(&addr)))
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+        for mut c in warm {
+            assert_eq!(request_on(&mut c, "/healthz").await, 200);
+        }
+    }
+    // The broker sees them close: its count stops moving.
+    let (mut last, mut same) = (open_fds(pid), 0);
+    while same < 3 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = open_fds(pid);
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    // Now leave it room for a few connections only.
+    let room = 4;
+    let status = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={}:", open_fds(pid) + room))
+        .status()
+        .unwrap();
+    assert!(status.success(), "prlimit failed");
+
+    let total = room + 8;
+    let mut conns = Vec::new();
+    for _ in 0..total {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        conns.push(c);
+    }
+    // The connections it could accept are answered; the others wait in the backlog
+    // (the broker holds every answered one open: keep-alive).
+    let window = tokio::time::Instant::now() + Duration::from_secs(3);
+    let reads = conns.iter_mut().map(|c| async move {
+        let mut buf = [0u8; 12];
+        match tokio::time::timeout_at(window, c.read_exact(&mut buf)).await {
+            Ok(Ok(_)) => {
+                assert_eq!(&buf, b"HTTP/1.1 200");
+                true
+            }
+            _ => false,
+        }
+    });
+    let answered = futures_util::future::join_all(reads)
+        .await
+        .into_iter()
+        .filter(|a| *a)
+        .count();
+    assert!(answered >= 1, "nothing was served");
+    assert!(answered < total, "the descriptors never ran out");
+    // Once they close, the broker serves again: it did not die or stop accepting.
+    drop(conns);
+    let client = {
+        idv_actors::webhooks::install_crypto_provider();
+        reqwest::Client::new()
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match client
+            .get(format!("{}/readyz", broker.address))
+            .send()
+            .await
+        {
+            Ok(res) if res.status() == 200 => break,
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "not serving again: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -586,4 +586,40 @@ mod tests {
         assert_eq!(s.audience.as_deref(), Some("idv-broker"));
         assert!(settings(&["--audience", " "], &[]).is_err());
     }
+
+    #[test]
+    fn limits_have_their_defaults_and_trusted_proxies_come_from_flags_or_the_environment() {
+        let s = settings(&[], &[]).unwrap();
+        assert_eq!(s.max_live_sessions, 1_000_000);
+        assert_eq!(s.max_live_sessions_per_key, None);
+        assert_eq!(s.max_websockets, 100_000);
+        assert_eq!(s.max_connections_per_ip, None);
+        assert_eq!(s.max_long_polls, 100_000);
+        assert_eq!(s.max_subscribers_per_session, 10_000);
+        assert!(s.trusted_proxies.is_empty());
+        let s = settings(
+            &[
+                "--max-live-sessions-per-key",
+                "50",
+                "--max-connections-per-ip",
+                "8",
+                "--trusted-proxy",
+                "10.0.0.0/8",
+                "--trusted-proxy",
+                "fd00::/8",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.max_live_sessions_per_key, Some(50));
+        assert_eq!(s.max_connections_per_ip, Some(8));
+        assert_eq!(s.trusted_proxies.len(), 2);
+        let s = settings(&[], &[("IDVB_TRUSTED_PROXIES", "10.0.0.1, 192.168.0.0/16")]).unwrap();
+        assert_eq!(s.trusted_proxies.len(), 2);
+        let err = settings(&["--trusted-proxy", "10.0.0.0/40"], &[])
+            .err()
+            .expect("refused");
+        assert!(err.contains("--trusted-proxy"), "{err}");
+        assert!(settings(&["--max-websockets", "0"], &[]).is_err());
+    }
 }

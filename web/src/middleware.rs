@@ -58,11 +58,6 @@ impl RateLimiter {
         }
     }
 
-    /// How many keys the limiter holds (each an IPv4 address or an IPv6 /64).
-    pub fn keys(&self) -> usize {
-        self.inner.as_ref().map_or(0, |l| l.len())
-    }
-
     /// `Err(seconds to wait)` if `ip` is over its quota.
     fn check(&self, ip: IpAddr) -> Result<(), u64> {
         let Some(l) = &self.inner else { return Ok(()) };

@@ -90,6 +90,7 @@ async fn one_api_key_cannot_take_more_live_sessions_than_its_quota_and_a_restart
 
     // After a restart the restored sessions count again.
     let app = app.restart_with(chrono::Duration::zero(), quota).await;
+    assert_eq!(app.registry.live_count_of(API_KEY_NAME), 2);
     assert_unavailable(post_with(&app, API_KEY).await).await;
     assert_eq!(post_with(&app, OTHER_API_KEY).await.status(), 201);
 }

@@ -96,6 +96,10 @@ pub struct RunArgs {
     /// addresses (development, tests); off, they are refused at creation and at connect.
     #[arg(long, env = "IDVB_WEBHOOK_ALLOW_PRIVATE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
     pub webhook_allow_private: bool,
+    /// Seconds a graceful stop (SIGTERM, Ctrl-C) waits for in-flight requests to finish
+    /// after it stops accepting and closes WebSockets.
+    #[arg(long, env = "IDVB_SHUTDOWN_TIMEOUT", value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub shutdown_timeout: u64,
     /// How log lines are written to stderr: `text` for people, `json` (one object per
     /// line) for log pipelines.
     #[arg(long, env = "IDVB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -362,6 +366,7 @@ impl Settings {
             max_long_polls: args.max_long_polls,
             max_subscribers_per_session: args.max_subscribers_per_session,
             trusted_proxies,
+            shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
             ..Self::with_db(args.db)
         })
     }

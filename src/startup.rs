@@ -243,9 +243,15 @@ impl Application {
         let handle = self.server.handle();
         let server = actix_web::rt::spawn(self.server);
         shutdown.await;
-        tracing::info!("shutting down: closing sockets, draining requests");
+        // In this order (SPEC §6): stop accepting (the stop command goes out when
+        // `stop` is called, the future only waits for it), then close WebSockets with
+        // 1001 and answer waiting long-polls, which would otherwise hold the drain until
+        // its timeout, then let in-flight requests finish, bounded by
+        // `--shutdown-timeout`.
+        tracing::info!("shutting down: no new connections; closing sockets, draining requests");
+        let drained = handle.stop(true);
         let _ = self.shutdown.send(true);
-        handle.stop(true).await;
+        drained.await;
         let _ = server.await;
         if let Some(dispatcher) = &self.dispatcher {
             // Bounded: a delivery takes at most its timeout, recording it a moment more.

@@ -23,6 +23,7 @@ mod realtime;
 mod restart;
 mod rules;
 mod sessions;
+mod shutdown;
 mod staging;
 mod status;
 mod supervision;

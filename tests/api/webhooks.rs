@@ -22,12 +22,12 @@ const SECRET: &str = "whsec-test-current";
 
 /// One request as the receiver got it.
 #[derive(Clone, Debug)]
-struct Hit {
+pub(crate) struct Hit {
     path: String,
     headers: BTreeMap<String, String>,
     body: Vec<u8>,
     /// The status the receiver answered.
-    answered: u16,
+    pub(crate) answered: u16,
 }
 
 impl Hit {
@@ -38,7 +38,7 @@ impl Hit {
             .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).expect("the body is JSON")
     }
 }
@@ -52,7 +52,7 @@ struct Recorded {
 
 /// A webhook receiver on loopback. Paths starting with `/fail` always answer 500,
 /// `/redirect` answers 307 to `/ok`; anything else answers 200 (after `fail_first`).
-struct Receiver {
+pub(crate) struct Receiver {
     base: String,
     recorded: Arc<Recorded>,
     handle: ServerHandle,
@@ -99,7 +99,7 @@ fn reserve_addr() -> SocketAddr {
 }
 
 impl Receiver {
-    async fn start() -> Receiver {
+    pub(crate) async fn start() -> Receiver {
         Self::start_on(reserve_addr(), 0).await
     }
 
@@ -128,11 +128,11 @@ impl Receiver {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    fn hits(&self) -> Vec<Hit> {
+    pub(crate) fn hits(&self) -> Vec<Hit> {
         self.recorded.hits.lock().unwrap().clone()
     }
 

@@ -165,6 +165,11 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
             )));
         }
         conn.execute_batch("PRAGMA synchronous = FULL;")?;
+        // The writer's page cache: 64 MiB rather than SQLite's 2 MB, so that a batch of
+        // inserts finds the index pages it touches in memory instead of reading them
+        // back from the file (the profile of a create run showed `readDbPage` under
+        // every index lookup).
+        conn.execute_batch("PRAGMA cache_size = -65536;")?;
     }
     Ok(conn)
 }

@@ -1,0 +1,232 @@
+//! SIGTERM while clients keep sessions moving (issue 11): the real binary stops
+//! accepting, closes every WebSocket with 1001, lets what is in flight finish, flushes
+//! the store and the webhook outbox, and exits 0; after a restart every acknowledged
+//! transition is there and its webhook is delivered.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::*;
+use crate::webhooks::Receiver;
+
+const SECRET: &str = "shutdown-webhook-secret";
+/// Clients driving sessions at once.
+const CLIENTS: usize = 8;
+
+async fn start(db: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idv-broker"))
+        .args(["--bind", "127.0.0.1:0", "--rate-limit", "0"])
+        .arg("--db")
+        .arg(db)
+        .args(["--api-key", &format!("{API_KEY_NAME}={API_KEY}")])
+        .args(["--issuer", &format!("{ISSUER}={ISSUER_SECRET}")])
+        .args(["--webhook-secret", SECRET, "--webhook-allow-private"])
+        .args(["--shutdown-timeout", "20"])
+        .env_remove("IDVB_WEBHOOK_URL")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the broker binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("listening in time")
+        .unwrap()
+        .unwrap();
+    let base = line.strip_prefix("listening on ").unwrap().to_owned();
+    (child, base)
+}
+
+/// What the broker acknowledged: the highest seq per session.
+type Acked = Arc<Mutex<BTreeMap<String, u64>>>;
+
+/// Creates, opens and approves sessions until the broker stops answering.
+async fn drive(base: String, callback: String, acked: Acked, client: usize) {
+    let http = reqwest::Client::new();
+    let device = jwt(ISSUER, ISSUER_SECRET, &format!("user-{client}"), 600);
+    loop {
+        let Ok(res) = http
+            .post(format!("{base}/v1/sessions"))
+            .header("X-Api-Key", API_KEY)
+            .json(&json!({"scopes": ["full_name"], "callback_url": callback}))
+            .send()
+            .await
+        else {
+            return;
+        };
+        if res.status() != 201 {
+            return;
+        }
+        let Ok(created) = res.json::<Value>().await else {
+            return;
+        };
+        let id = created["session_id"].as_str().unwrap().to_owned();
+        acked.lock().unwrap().insert(id.clone(), 1);
+        for (seq, step) in [(2, "information"), (3, "update")] {
+            let url = format!("{base}/v1/sessions/{id}/{step}");
+            let req = if step == "information" {
+                http.get(url)
+            } else {
+                http.post(url)
+                    .json(&json!({"decision": "approve", "shared_data": {"full_name": "Ada"}}))
+            };
+            match req.bearer_auth(&device).send().await {
+                Ok(res) if res.status() == 200 => {
+                    acked.lock().unwrap().insert(id.clone(), seq);
+                }
+                // Refused while stopping (`503`) or cut off: nothing acknowledged.
+                _ => return,
+            }
+        }
+    }
+}
+
+#[actix_web::test]
+async fn sigterm_under_load_stops_accepting_closes_sockets_drains_flushes_and_loses_nothing() {
+    idv_actors::webhooks::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("broker.db");
+    let receiver = Receiver::start().await;
+    let callback = receiver.url("/hooks");
+    let (mut child, base) = start(&db).await;
+    let http = reqwest::Client::new();
+
+    // Watchers on sessions that stay open, so every one of them must get 1001.
+    let mut sockets = Vec::new();
+    for _ in 0..4 {
+        let created: Value = http
+            .post(format!("{base}/v1/sessions"))
+            .header("X-Api-Key", API_KEY)
+            .json(&json!({"scopes": ["full_name"]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let (ws, _) = tokio_tungstenite::connect_async(format!(
+            "{}/v1/sessions/{}/ws?token={}",
+            base.replace("http://", "ws://"),
+            created["session_id"].as_str().unwrap(),
+            created["session_token"].as_str().unwrap()
+        ))
+        .await
+        .expect("handshake");
+        sockets.push(ws);
+    }
+
+    let acked: Acked = Arc::default();
+    let drivers: Vec<_> = (0..CLIENTS)
+        .map(|i| tokio::spawn(drive(base.clone(), callback.clone(), acked.clone(), i)))
+        .collect();
+    // Let the load build up: wait for some acknowledged approvals (bounded).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while acked.lock().unwrap().values().filter(|s| **s == 3).count() < 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the load never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let pid = child.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+
+    // Every watcher gets 1001.
+    for ws in &mut sockets {
+        let close = loop {
+            match tokio::time::timeout(Duration::from_secs(20), ws.next())
+                .await
+                .expect("a close frame in time")
+            {
+                Some(Ok(Message::Close(frame))) => break frame,
+                Some(Ok(_)) => {}
+                other => panic!("the socket ended without a close frame: {other:?}"),
+            }
+        };
+        assert_eq!(close.map(|c| c.code), Some(CloseCode::Away));
+    }
+    // The listener was closed before the sockets: a new connection is refused now.
+    let addr = base.trim_start_matches("http://");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after the WebSockets were closed"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(40), child.wait())
+        .await
+        .expect("the broker exits in time")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+    for d in drivers {
+        tokio::time::timeout(Duration::from_secs(30), d)
+            .await
+            .expect("the clients stop once the broker is gone")
+            .unwrap();
+    }
+
+    // After a restart, every acknowledged transition is there.
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 20);
+    let (mut child, base) = start(&db).await;
+    for (id, seq) in &acked {
+        let got: Value = http
+            .get(format!("{base}/v1/sessions/{id}"))
+            .header("X-Api-Key", API_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            got["seq"].as_u64().unwrap() >= *seq,
+            "{id}: acknowledged seq {seq}, stored {got}"
+        );
+    }
+    // And every acknowledged transition's webhook arrives (at least once).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let delivered: std::collections::BTreeSet<(String, u64)> = receiver
+            .hits()
+            .iter()
+            .filter(|h| h.answered == 200)
+            .map(|h| {
+                let b = h.json();
+                (
+                    b["session_id"].as_str().unwrap().to_owned(),
+                    b["seq"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let missing: Vec<_> = acked
+            .iter()
+            .flat_map(|(id, seq)| (2..=*seq).map(move |s| (id.clone(), s)))
+            .filter(|e| !delivered.contains(e))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "webhooks never delivered: {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().await.unwrap();
+}

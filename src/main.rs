@@ -28,6 +28,19 @@ fn disable_core_dumps() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Raises the soft open-file limit to the hard one: every connection, WebSocket and
+/// long-poll holds a descriptor, and the soft default (often 1024) is far below the
+/// broker's own limits. When descriptors still run out, actix-server does not spin:
+/// on `EMFILE`/`ENFILE` from accept it logs the error, stops polling the listener for
+/// 500 ms (new connections wait in the kernel backlog) and then accepts again,
+/// while the connections already open are served (README, Configuration).
+///
+/// Raised before anything opens (the store, the listener); logged once the broker has
+/// started, so a broker that cannot start still says only its one line.
+fn raise_open_file_limit() -> std::io::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX)
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -91,12 +104,17 @@ fn main() -> ExitCode {
     if let Err(e) = disable_core_dumps() {
         tracing::warn!(error = %e, "cannot turn core dumps off; run with `ulimit -c 0`");
     }
+    let open_files = raise_open_file_limit();
 
     actix_web::rt::System::new().block_on(async move {
         let app = match Application::build(settings).await {
             Ok(app) => app,
             Err(e) => return fail(e),
         };
+        match open_files {
+            Ok(n) => tracing::info!(open_files = n, "open-file limit raised to its hard limit"),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+        }
         // Handlers go in before the line is printed: a SIGTERM right after it must stop
         // the broker cleanly, not kill it.
         let shutdown = match startup::shutdown_signal() {

@@ -104,6 +104,37 @@ pub struct RunArgs {
     /// line) for log pipelines.
     #[arg(long, env = "IDVB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Most live (non-terminal) sessions at once; creating more is `503`.
+    #[arg(long, env = "IDVB_MAX_LIVE_SESSIONS", default_value_t = idv_actors::registry::DEFAULT_MAX_LIVE_SESSIONS, value_parser = positive)]
+    pub max_live_sessions: usize,
+    /// Most live sessions one API key holds at once (a quota per tenant); off unless set.
+    #[arg(long, env = "IDVB_MAX_LIVE_SESSIONS_PER_KEY", value_parser = positive)]
+    pub max_live_sessions_per_key: Option<usize>,
+    /// Most WebSocket connections open at once.
+    #[arg(long, env = "IDVB_MAX_WEBSOCKETS", default_value_t = idv_web::limits::DEFAULT_MAX_WEBSOCKETS, value_parser = positive)]
+    pub max_websockets: usize,
+    /// Most connections open at once from one client address (an IPv6 /64); off unless
+    /// set (behind a proxy every client shares one address).
+    #[arg(long, env = "IDVB_MAX_CONNECTIONS_PER_IP", value_parser = positive)]
+    pub max_connections_per_ip: Option<usize>,
+    /// Most long-polls waiting at once.
+    #[arg(long, env = "IDVB_MAX_LONG_POLLS", default_value_t = idv_web::limits::DEFAULT_MAX_LONG_POLLS, value_parser = positive)]
+    pub max_long_polls: usize,
+    /// Most WebSocket subscribers of one session.
+    #[arg(long, env = "IDVB_MAX_SUBSCRIBERS_PER_SESSION", default_value_t = idv_actors::delivery::MAX_SUBSCRIBERS_PER_SESSION, value_parser = positive)]
+    pub max_subscribers_per_session: usize,
+    /// A proxy (address or CIDR block) whose X-Forwarded-For names the client, for the
+    /// per-IP rate limit. Repeatable [env: IDVB_TRUSTED_PROXIES, comma-separated].
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    pub trusted_proxies: Vec<String>,
+}
+
+/// A whole number of at least 1 (a limit).
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("expected a whole number of at least 1".into()),
+    }
 }
 
 /// The format of the log lines (`--log-format`).
@@ -154,6 +185,18 @@ pub struct Settings {
     pub ttl: TtlBounds,
     /// Most live sessions at once.
     pub max_live_sessions: usize,
+    /// Most live sessions per API key; `None` is no quota.
+    pub max_live_sessions_per_key: Option<usize>,
+    /// Most WebSockets open at once.
+    pub max_websockets: usize,
+    /// Most connections open at once per client address; `None` is off.
+    pub max_connections_per_ip: Option<usize>,
+    /// Most long-polls waiting at once.
+    pub max_long_polls: usize,
+    /// Most subscribers per session.
+    pub max_subscribers_per_session: usize,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<idv_web::limits::Cidr>,
     /// HTTP worker threads; `None`: one per core.
     pub workers: Option<usize>,
     /// How long a graceful stop waits for in-flight requests.
@@ -190,7 +233,13 @@ impl Settings {
             demo: false,
             clock: std::sync::Arc::new(SystemClock),
             ttl: TtlBounds::default(),
-            max_live_sessions: idv_actors::registry::RegistryConfig::default().max_live_sessions,
+            max_live_sessions: idv_actors::registry::DEFAULT_MAX_LIVE_SESSIONS,
+            max_live_sessions_per_key: None,
+            max_websockets: idv_web::limits::DEFAULT_MAX_WEBSOCKETS,
+            max_connections_per_ip: None,
+            max_long_polls: idv_web::limits::DEFAULT_MAX_LONG_POLLS,
+            max_subscribers_per_session: idv_actors::delivery::MAX_SUBSCRIBERS_PER_SESSION,
+            trusted_proxies: Vec::new(),
             workers: None,
             shutdown_timeout: Duration::from_secs(30),
             ws: idv_web::state::WsConfig::default(),
@@ -279,6 +328,10 @@ impl Settings {
         if let Some(u) = &args.public_url {
             idv_web::dto::check_url("--public-url", u).map_err(|e| e.message)?;
         }
+        let trusted_proxies = list(args.trusted_proxies, "IDVB_TRUSTED_PROXIES")
+            .iter()
+            .map(|c| c.parse().map_err(|e| format!("--trusted-proxy {e}")))
+            .collect::<Result<Vec<_>, String>>()?;
         match std::net::ToSocketAddrs::to_socket_addrs(args.bind.as_str()) {
             Ok(mut addrs) => {
                 if addrs.next().is_none() {
@@ -306,6 +359,13 @@ impl Settings {
                 ..WebhookConfig::default()
             },
             retention: Duration::from_secs(u64::from(args.retention_days) * 24 * 60 * 60),
+            max_live_sessions: args.max_live_sessions,
+            max_live_sessions_per_key: args.max_live_sessions_per_key,
+            max_websockets: args.max_websockets,
+            max_connections_per_ip: args.max_connections_per_ip,
+            max_long_polls: args.max_long_polls,
+            max_subscribers_per_session: args.max_subscribers_per_session,
+            trusted_proxies,
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
             ..Self::with_db(args.db)
         })
@@ -530,5 +590,41 @@ mod tests {
         let s = settings(&["--audience", "idv-broker"], &[]).unwrap();
         assert_eq!(s.audience.as_deref(), Some("idv-broker"));
         assert!(settings(&["--audience", " "], &[]).is_err());
+    }
+
+    #[test]
+    fn limits_have_their_defaults_and_trusted_proxies_come_from_flags_or_the_environment() {
+        let s = settings(&[], &[]).unwrap();
+        assert_eq!(s.max_live_sessions, 1_000_000);
+        assert_eq!(s.max_live_sessions_per_key, None);
+        assert_eq!(s.max_websockets, 100_000);
+        assert_eq!(s.max_connections_per_ip, None);
+        assert_eq!(s.max_long_polls, 100_000);
+        assert_eq!(s.max_subscribers_per_session, 10_000);
+        assert!(s.trusted_proxies.is_empty());
+        let s = settings(
+            &[
+                "--max-live-sessions-per-key",
+                "50",
+                "--max-connections-per-ip",
+                "8",
+                "--trusted-proxy",
+                "10.0.0.0/8",
+                "--trusted-proxy",
+                "fd00::/8",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.max_live_sessions_per_key, Some(50));
+        assert_eq!(s.max_connections_per_ip, Some(8));
+        assert_eq!(s.trusted_proxies.len(), 2);
+        let s = settings(&[], &[("IDVB_TRUSTED_PROXIES", "10.0.0.1, 192.168.0.0/16")]).unwrap();
+        assert_eq!(s.trusted_proxies.len(), 2);
+        let err = settings(&["--trusted-proxy", "10.0.0.0/40"], &[])
+            .err()
+            .expect("refused");
+        assert!(err.contains("--trusted-proxy"), "{err}");
+        assert!(settings(&["--max-websockets", "0"], &[]).is_err());
     }
 }

@@ -94,6 +94,8 @@ impl Application {
             settings.clock.clone(),
             RegistryConfig {
                 max_live_sessions: settings.max_live_sessions,
+                max_live_sessions_per_key: settings.max_live_sessions_per_key,
+                max_subscribers_per_session: settings.max_subscribers_per_session,
                 max_staged_bytes: settings.max_staged_bytes,
             },
         );
@@ -174,6 +176,8 @@ impl Application {
             webhooks_signed: dispatcher.is_some(),
             demo,
             callbacks: CallbackGuard::new(&settings.webhooks),
+            websockets: idv_web::limits::Gauge::new(settings.max_websockets),
+            long_polls: idv_web::limits::Gauge::new(settings.max_long_polls),
         };
         if settings.webhooks.allow_private {
             tracing::warn!(
@@ -185,6 +189,8 @@ impl Application {
             workers: settings.workers,
             shutdown_timeout: settings.shutdown_timeout,
             linger: settings.linger,
+            max_connections_per_ip: settings.max_connections_per_ip,
+            trusted_proxies: settings.trusted_proxies.clone(),
         };
         let demo_url = state
             .demo
@@ -240,12 +246,14 @@ impl Application {
         let handle = self.server.handle();
         let server = actix_web::rt::spawn(self.server);
         shutdown.await;
-        // In this order (SPEC §6): stop accepting (the stop command goes out when
-        // `stop` is called, the future only waits for it), then close WebSockets with
-        // 1001 and answer waiting long-polls, which would otherwise hold the drain until
-        // its timeout, then let in-flight requests finish, bounded by
-        // `--shutdown-timeout`.
+        // In this order (SPEC §6): stop accepting, then close WebSockets with 1001 and
+        // answer waiting long-polls, which would otherwise hold the drain until its
+        // timeout, then let in-flight requests finish, bounded by `--shutdown-timeout`.
+        // `pause` resolves once the server has told its accept thread to take no more
+        // connections; `stop` (sent when called, awaited below) then closes the
+        // listener once the workers are done.
         tracing::info!("shutting down: no new connections; closing sockets, draining requests");
+        handle.pause().await;
         let drained = handle.stop(true);
         let _ = self.shutdown.send(true);
         drained.await;

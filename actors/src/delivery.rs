@@ -27,7 +27,8 @@ use crate::session::messages::{
 
 /// Most long-poll waiters one session holds; past it, `503`.
 pub const MAX_WAITERS_PER_SESSION: usize = 10_000;
-/// Most subscribers one session holds; past it, `503`.
+/// Default of `--max-subscribers-per-session`: most subscribers one session holds;
+/// past it, `503`.
 pub const MAX_SUBSCRIBERS_PER_SESSION: usize = 10_000;
 
 /// Checks `after` against the current seq; `None` means the current seq.
@@ -68,8 +69,9 @@ impl Audience {
         &mut self,
         msg: &Subscribe,
         seq: Seq,
+        max: usize,
     ) -> Result<SubscriberId, SessionError> {
-        if self.subscribers.len() >= MAX_SUBSCRIBERS_PER_SESSION {
+        if self.subscribers.len() >= max {
             return Err(SessionError::Unavailable(
                 "too many subscribers on this session",
             ));
@@ -319,7 +321,11 @@ mod tests {
         let mut audience = Audience::new(session.id);
         let flag = Arc::new(AtomicBool::new(false));
         audience
-            .subscribe(&subscribe(&probe, &flag), session.seq)
+            .subscribe(
+                &subscribe(&probe, &flag),
+                session.seq,
+                MAX_SUBSCRIBERS_PER_SESSION,
+            )
             .unwrap();
         let waiter = audience.wait().unwrap();
         drop(audience);
@@ -336,14 +342,22 @@ mod tests {
         let mut audience = Audience::new(session.id);
         let flag = Arc::new(AtomicBool::new(false));
         audience
-            .subscribe(&subscribe(&probe, &flag), session.seq)
+            .subscribe(
+                &subscribe(&probe, &flag),
+                session.seq,
+                MAX_SUBSCRIBERS_PER_SESSION,
+            )
             .unwrap();
         audience.release();
         drop(audience);
         // A later push through a fresh audience is the only thing the probe sees.
         let mut other = Audience::new(session.id);
         other
-            .subscribe(&subscribe(&probe, &flag), session.seq)
+            .subscribe(
+                &subscribe(&probe, &flag),
+                session.seq,
+                MAX_SUBSCRIBERS_PER_SESSION,
+            )
             .unwrap();
         session.seq = Seq(2);
         other.publish(&session, session.seq, Utc::now());
@@ -425,10 +439,18 @@ mod tests {
         let slow_flag = Arc::new(AtomicBool::new(false));
         let fast_flag = Arc::new(AtomicBool::new(false));
         audience
-            .subscribe(&subscribe(&slow, &slow_flag), session.seq)
+            .subscribe(
+                &subscribe(&slow, &slow_flag),
+                session.seq,
+                MAX_SUBSCRIBERS_PER_SESSION,
+            )
             .unwrap();
         audience
-            .subscribe(&subscribe(&fast, &fast_flag), session.seq)
+            .subscribe(
+                &subscribe(&fast, &fast_flag),
+                session.seq,
+                MAX_SUBSCRIBERS_PER_SESSION,
+            )
             .unwrap();
 
         for seq in 2..=10 {

@@ -15,6 +15,9 @@ pub(crate) trait LiveSessions: Send + Sync + 'static {
     /// still the one registered (idempotent).
     fn forget(&self, id: SessionId, generation: Generation);
 
+    /// Most subscribers a session holds at once.
+    fn max_subscribers(&self) -> usize;
+
     /// Live session `id` has the token `hash` (its actor holds the record).
     fn track_token(&self, id: SessionId, hash: TokenHash);
 

@@ -37,11 +37,18 @@ use crate::store::{
 /// How often a command is re-sent after the actor it went to died or restarted.
 const MAX_ATTEMPTS: usize = 3;
 
+/// Default of `--max-live-sessions`: about 2 GiB of actors at 1.8 KiB each.
+pub const DEFAULT_MAX_LIVE_SESSIONS: usize = 1_000_000;
+
 /// Limits of the registry.
 #[derive(Clone, Debug)]
 pub struct RegistryConfig {
     /// Most live (non-terminal) sessions at once; creating more is `503 unavailable`.
     pub max_live_sessions: usize,
+    /// Most live sessions one API key (`owner`) holds at once; `None`: no quota.
+    pub max_live_sessions_per_key: Option<usize>,
+    /// Most subscribers one session holds; subscribing past it is `503 unavailable`.
+    pub max_subscribers_per_session: usize,
     /// Most bytes of uploads held in memory across the broker (staged, or still
     /// streaming in); an upload past it is `503 unavailable`.
     pub max_staged_bytes: usize,
@@ -50,7 +57,9 @@ pub struct RegistryConfig {
 impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
-            max_live_sessions: 200_000,
+            max_live_sessions: DEFAULT_MAX_LIVE_SESSIONS,
+            max_live_sessions_per_key: None,
+            max_subscribers_per_session: crate::delivery::MAX_SUBSCRIBERS_PER_SESSION,
             max_staged_bytes: DEFAULT_MAX_STAGED_BYTES,
         }
     }
@@ -88,6 +97,11 @@ struct Inner {
     /// (`401`), so a probe with random tokens costs no store read. Keyed by the SHA-256,
     /// so the lookup's timing says nothing about any token.
     tokens: DashMap<[u8; 32], SessionId>,
+    /// The owner (API key name) of every live session this registry created or
+    /// restored, released when the session ends: what the per-key quota counts.
+    owners: DashMap<SessionId, String>,
+    /// Live sessions per owner (entries at zero are removed).
+    per_owner: DashMap<String, usize>,
     store: Arc<dyn SessionStore>,
     clock: SharedClock,
     config: RegistryConfig,
@@ -104,6 +118,8 @@ impl Registry {
                 live: DashMap::new(),
                 generations: AtomicU64::new(0),
                 tokens: DashMap::new(),
+                owners: DashMap::new(),
+                per_owner: DashMap::new(),
                 store,
                 clock,
                 staging: StagingBudget::new(config.max_staged_bytes),
@@ -127,6 +143,11 @@ impl Registry {
         self.inner.live.len()
     }
 
+    /// How many live sessions the API key `owner` holds.
+    pub fn live_count_of(&self, owner: &str) -> usize {
+        self.inner.per_owner.get(owner).map_or(0, |n| *n)
+    }
+
     /// On start, before listening: expires what became overdue while the broker was
     /// down, then starts an actor (and its expiry timer) for every live session.
     /// Returns (expired, restored).
@@ -146,6 +167,7 @@ impl Registry {
             .len();
         let restored = live.len();
         for (_, record) in live {
+            self.inner.hold(record.id, &record.owner, None);
             self.spawn(record.id, Some(record));
         }
         Ok((expired, restored))
@@ -214,6 +236,30 @@ impl Registry {
                 "too many live sessions; try again later",
             ));
         }
+        // Reserved before the commit, so concurrent creates cannot overshoot the quota;
+        // given back unless a session was created.
+        let id = record.id;
+        if !self.inner.hold(
+            id,
+            &record.owner,
+            self.inner.config.max_live_sessions_per_key,
+        ) {
+            return Err(SessionError::Unavailable(
+                "this API key holds too many live sessions; try again later",
+            ));
+        }
+        let outcome = self.create_held(record, claim).await;
+        if !matches!(outcome, Ok((_, false))) {
+            self.inner.release(id);
+        }
+        outcome
+    }
+
+    async fn create_held(
+        &self,
+        record: SessionRecord,
+        claim: Option<IdempotencyClaim>,
+    ) -> Result<(SessionRecord, bool), SessionError> {
         match self
             .inner
             .store
@@ -528,10 +574,45 @@ impl Registry {
     }
 }
 
+impl Inner {
+    /// Counts session `id` against `owner`, unless that would take the owner past
+    /// `quota`; returns whether it is counted.
+    fn hold(&self, id: SessionId, owner: &str, quota: Option<usize>) -> bool {
+        {
+            let mut n = self.per_owner.entry(owner.to_owned()).or_insert(0);
+            if quota.is_some_and(|q| *n >= q) {
+                return false;
+            }
+            *n += 1;
+        }
+        self.owners.insert(id, owner.to_owned());
+        true
+    }
+
+    /// Stops counting session `id` against its owner (idempotent).
+    fn release(&self, id: SessionId) {
+        if let Some((_, owner)) = self.owners.remove(&id) {
+            if let Entry::Occupied(mut n) = self.per_owner.entry(owner) {
+                *n.get_mut() = n.get().saturating_sub(1);
+                if *n.get() == 0 {
+                    n.remove();
+                }
+            }
+        }
+    }
+}
+
 impl LiveSessions for Inner {
     fn forget(&self, id: SessionId, generation: Generation) {
         self.live
             .remove_if(&id, |_, live| live.generation == generation);
+        // Only an actor whose session ended (or never existed) forgets itself: the
+        // session leaves its owner's quota for good.
+        self.release(id);
+    }
+
+    fn max_subscribers(&self) -> usize {
+        self.config.max_subscribers_per_session
     }
 
     fn track_token(&self, id: SessionId, hash: TokenHash) {

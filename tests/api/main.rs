@@ -14,6 +14,7 @@ mod expiry;
 mod idempotency;
 mod journeys;
 mod json_depth;
+mod limits;
 mod logs;
 mod metrics;
 mod openapi;

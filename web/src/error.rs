@@ -72,6 +72,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for `Retry-After` (429 and 503).
     pub retry_after: Option<u64>,
+    /// Whether the answer asks the client to close the connection.
+    close: bool,
     cause: Option<String>,
 }
 
@@ -88,7 +90,16 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            close: false,
             cause: None,
+        }
+    }
+
+    /// The same error, answered with `Connection: close`.
+    pub fn closing(self) -> Self {
+        Self {
+            close: true,
+            ..self
         }
     }
 
@@ -113,6 +124,7 @@ impl ApiError {
             code: ErrorCode::Internal,
             message: "internal error; it has been logged".into(),
             retry_after: None,
+            close: false,
             cause: Some(cause.to_string()),
         }
     }
@@ -165,6 +177,9 @@ impl ResponseError for ApiError {
         let mut res = HttpResponse::build(self.status_code());
         if let Some(secs) = self.retry_after {
             res.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        if self.close {
+            res.force_close();
         }
         res.json(ErrorBody {
             error: ErrorDetail {

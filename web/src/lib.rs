@@ -8,7 +8,8 @@
 //! - [`dto`]: request and response bodies, with their validation.
 //! - [`json`]: the JSON body extractor, with its bound on nesting.
 //! - [`error`]: [`ApiError`](error::ApiError), the codes and body of SPEC §5.
-//! - [`middleware`]: per-IP rate limiting and the access log.
+//! - [`middleware`]: per-IP rate limiting, the per-IP connection limit, and the access log.
+//! - [`limits`]: counted resources with a ceiling, and the client's address.
 //! - [`state`]: what handlers share.
 //! - [`ws`]: WebSocket subscriptions (the only module that speaks WebSocket).
 //! - [`openapi`]: `/openapi.json`, generated from the handlers' annotations and the
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod dto;
 pub mod error;
 pub mod json;
+pub mod limits;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
@@ -52,6 +54,11 @@ pub struct ServerConfig {
     /// refused early) keeps being read, so its client sees the answer before the close.
     /// A WebSocket is not lingered: it closes with its own handshake.
     pub linger: Duration,
+    /// Most connections open at once from one client address (an IPv6 /64); `None`
+    /// is off.
+    pub max_connections_per_ip: Option<usize>,
+    /// Proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`).
+    pub trusted_proxies: Vec<limits::Cidr>,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +68,8 @@ impl Default for ServerConfig {
             workers: None,
             shutdown_timeout: Duration::from_secs(30),
             linger: Duration::from_secs(1),
+            max_connections_per_ip: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -145,7 +154,7 @@ pub fn serve(
     config: &ServerConfig,
 ) -> std::io::Result<Server> {
     let state = web::Data::new(state);
-    let limiter = web::Data::new(RateLimiter::new(config.rate_limit));
+    let limiter = web::Data::new(RateLimiter::new(config.rate_limit, &config.trusted_proxies));
     {
         // Forget addresses idle long enough to be back at a full bucket.
         let limiter = limiter.clone();
@@ -157,14 +166,26 @@ pub fn serve(
             }
         });
     }
+    let connections = limits::ConnectionsPerIp::new(config.max_connections_per_ip);
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(limiter.clone())
             .wrap(from_fn(middleware::rate_limit))
+            .wrap(from_fn(middleware::connection_limit))
             .wrap(from_fn(middleware::access_log))
             .configure(configure)
             .default_service(web::to(not_found))
+    })
+    .on_connect(move |io, extensions| {
+        // Counted per TCP connection, for as long as it is open (its extensions are
+        // dropped with it); requests on a connection over the limit answer `503`.
+        let peer = io
+            .downcast_ref::<actix_web::rt::net::TcpStream>()
+            .and_then(|s| s.peer_addr().ok());
+        if let Some(guard) = peer.and_then(|p| connections.open(p.ip())) {
+            extensions.insert(guard);
+        }
     })
     .disable_signals()
     .client_disconnect_timeout(config.linger)

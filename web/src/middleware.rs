@@ -1,4 +1,8 @@
-//! Per-IP rate limiting (governor) and the access log.
+//! Per-IP rate limiting (governor), the per-IP connection limit, and the access log.
+//!
+//! The client's address is the peer's, or, from a trusted proxy (`--trusted-proxy`),
+//! the right-most untrusted `X-Forwarded-For` entry ([`client_ip`]); an IPv6 client is
+//! limited by its /64 ([`limiter_key`]).
 //!
 //! The access log writes one line per request, at `info` under the target `access`
 //! (`RUST_LOG=info,access=warn` silences it): the route *template*, never the raw
@@ -18,6 +22,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
 use crate::error::ApiError;
+use crate::limits::{client_ip, limiter_key, Cidr, Connection, RETRY_AFTER_SECS};
 
 /// Routes that are never rate limited (probes and scrapes).
 const EXEMPT: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
@@ -26,12 +31,16 @@ const EXEMPT: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 #[derive(Clone)]
 pub struct RateLimiter {
     inner: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    trusted: Arc<[Cidr]>,
 }
 
 impl RateLimiter {
-    /// A limiter allowing `per_second` requests per second per IP; 0 turns it off.
-    pub fn new(per_second: u32) -> Self {
+    /// A limiter allowing `per_second` requests per second per IP (0 turns it off),
+    /// believing `X-Forwarded-For` from the `trusted` proxies only.
+    pub fn new(per_second: u32, trusted: &[Cidr]) -> Self {
         Self {
+            trusted: trusted.into(),
             inner: NonZeroU32::new(per_second).map(|n| {
                 Arc::new(governor::RateLimiter::keyed(
                     Quota::per_second(n).allow_burst(n),
@@ -52,7 +61,7 @@ impl RateLimiter {
     /// `Err(seconds to wait)` if `ip` is over its quota.
     fn check(&self, ip: IpAddr) -> Result<(), u64> {
         let Some(l) = &self.inner else { return Ok(()) };
-        l.check_key(&ip).map_err(|not_until| {
+        l.check_key(&limiter_key(ip)).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
         })
@@ -68,11 +77,36 @@ pub async fn rate_limit(
         if let (Some(limiter), Some(peer)) =
             (req.app_data::<web::Data<RateLimiter>>(), req.peer_addr())
         {
-            if let Err(wait) = limiter.check(peer.ip()) {
+            let forwarded = req
+                .headers()
+                .get_all("x-forwarded-for")
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>();
+            let client = client_ip(peer.ip(), forwarded.into_iter(), &limiter.trusted);
+            if let Err(wait) = limiter.check(client) {
                 metrics::counter!(idv_actors::metrics::RATE_LIMITED).increment(1);
                 return Err(ApiError::rate_limited(wait.max(1)).into());
             }
         }
+    }
+    next.call(req).await
+}
+
+/// Refuses every request of a connection opened while its address already had
+/// `--max-connections-per-ip` open (see [`crate::limits::ConnectionsPerIp`]), and
+/// closes that connection after the answer. Counted by the peer address: behind a
+/// proxy every client shares it, which is why the limit is off unless set.
+pub async fn connection_limit(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if !EXEMPT.contains(&req.path()) && req.conn_data::<Connection>().is_some_and(|c| c.over) {
+        return Err(ApiError::unavailable(
+            "too many connections from this address; close some and try again",
+            RETRY_AFTER_SECS,
+        )
+        .closing()
+        .into());
     }
     next.call(req).await
 }

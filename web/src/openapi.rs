@@ -157,7 +157,7 @@ impl Modify for SharedErrors {
             ("500", "internal: an unexpected failure (logged).", false),
             (
                 "503",
-                "unavailable: a limit of the broker is reached, or it is shutting down.",
+                "unavailable: a limit of the broker is reached (connections from this address, live sessions in all or per API key, WebSockets, waiting long-polls, subscribers per session, staged uploads, the store's queue), or it is shutting down.",
                 true,
             ),
         ];

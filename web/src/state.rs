@@ -83,6 +83,10 @@ pub struct AppState {
     /// Demo mode's own backend credential and device issuer; `None` without `--demo`,
     /// and then `/demo` and its routes answer `404`.
     pub demo: Option<DemoApp>,
+    /// Open WebSockets, at most `--max-websockets`; each `/ws` subscriber holds one.
+    pub websockets: crate::limits::Gauge,
+    /// Waiting long-polls, at most `--max-long-polls`; each parked poll holds one.
+    pub long_polls: crate::limits::Gauge,
 }
 
 impl AppState {

@@ -106,6 +106,8 @@ pub struct Subscriber {
     /// Whether the server sent its close frame: nothing is sent after it, and the
     /// client's close frame ends the connection.
     closing: bool,
+    /// This WebSocket's unit of `--max-websockets`, given back when the actor goes.
+    _permit: crate::limits::Permit,
 }
 
 impl Subscriber {
@@ -397,6 +399,8 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Subscriber {
         (status = 401, description = "Missing session token, or not this session's.", body = crate::error::ErrorBody),
         (status = 403, description = "The token may not read this session.", body = crate::error::ErrorBody),
         (status = 404, description = "No such session.", body = crate::error::ErrorBody),
+        (status = 503, description = "unavailable: too many WebSockets in all, or subscribers on this session; see Retry-After.", body = crate::error::ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait."))),
     )
 )]
 /// `GET /v1/sessions/{id}/ws`. Authentication, the session and `after_seq` are all
@@ -410,6 +414,12 @@ pub async fn subscribe(
     stream: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let id = session_id(&path)?;
+    let permit = state.websockets.try_acquire().ok_or_else(|| {
+        ApiError::unavailable(
+            "too many WebSocket connections; try again later",
+            crate::limits::RETRY_AFTER_SECS,
+        )
+    })?;
     let evicted = Arc::new(AtomicBool::new(false));
     let actor = Subscriber {
         session_id: id,
@@ -426,6 +436,7 @@ pub async fn subscribe(
         evicted: evicted.clone(),
         shutdown: state.shutdown.clone(),
         closing: false,
+        _permit: permit,
     };
     let (addr, response) = ws::WsResponseBuilder::new(actor, &req, stream)
         .frame_size(state.ws.max_frame)

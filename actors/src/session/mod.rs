@@ -519,7 +519,8 @@ impl Handler<Subscribe> for SessionActor {
             if snapshot.status.is_terminal() {
                 return Ok(Subscribed { id: None, snapshot });
             }
-            let id = act.audience.subscribe(&msg, snapshot.seq)?;
+            let max = act.live.max_subscribers();
+            let id = act.audience.subscribe(&msg, snapshot.seq, max)?;
             Ok(Subscribed {
                 id: Some(id),
                 snapshot,

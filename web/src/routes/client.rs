@@ -120,6 +120,17 @@ async fn long_poll(
     wait: Duration,
 ) -> Result<SessionRecord, ApiError> {
     let deadline = actix_web::rt::time::Instant::now() + wait;
+    // Held while the poll may park: one unit of `--max-long-polls`.
+    let _permit = if wait.is_zero() {
+        None
+    } else {
+        Some(state.long_polls.try_acquire().ok_or_else(|| {
+            ApiError::unavailable(
+                "too many long-polls waiting; try again later",
+                crate::limits::RETRY_AFTER_SECS,
+            )
+        })?)
+    };
     let mut shutdown = state.shutdown.clone();
     let mut change = state
         .registry

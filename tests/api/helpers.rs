@@ -321,3 +321,46 @@ impl TestApp {
             .expect("request")
     }
 }
+
+/// The real binary on `127.0.0.1:0` with `args` (the database and credentials are the
+/// caller's), its environment cleared of the flags' variables and `env` added, and
+/// `stderr` as given. Answers once it printed `listening on`: the child (killed when
+/// dropped) and its `http://127.0.0.1:PORT`.
+pub async fn spawn_binary(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_idv-broker"));
+    command.args(["--bind", "127.0.0.1:0"]).args(args);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("IDVB_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the broker binary starts");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::io::BufReader::new(stdout).read_line(&mut line),
+    )
+    .await
+    .expect("the broker prints its address in time")
+    .expect("stdout is readable");
+    let address = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    assert!(address.starts_with("http://127.0.0.1:"), "{address}");
+    (child, address)
+}

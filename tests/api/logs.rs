@@ -6,8 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::Command;
+use tokio::io::AsyncReadExt;
 
 use crate::helpers::*;
 
@@ -17,34 +16,24 @@ const ISSUER_SECRET_HERE: &str = "logs-issuer-secret-0123456789";
 #[actix_web::test]
 async fn a_journeys_json_log_has_one_line_per_request_and_no_token_secret_or_personal_data() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idv-broker"))
-        .args([
-            "--bind",
-            "127.0.0.1:0",
+    let db = dir.path().join("logs.db");
+    let (mut child, base) = spawn_binary(
+        &[
             "--rate-limit",
             "0",
             "--log-format",
             "json",
-        ])
-        .arg("--db")
-        .arg(dir.path().join("logs.db"))
-        .args(["--api-key", &format!("Log Corp={KEY}")])
-        .args(["--issuer", &format!("phone-app={ISSUER_SECRET_HERE}")])
-        .env("RUST_LOG", "debug")
-        .env_remove("IDVB_WEBHOOK_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the broker binary starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
-        .await
-        .expect("listening in time")
-        .unwrap()
-        .unwrap();
-    let base = line.strip_prefix("listening on ").unwrap().to_owned();
+            "--db",
+            db.to_str().unwrap(),
+            "--api-key",
+            &format!("Log Corp={KEY}"),
+            "--issuer",
+            &format!("phone-app={ISSUER_SECRET_HERE}"),
+        ],
+        &[("RUST_LOG", "debug")],
+        Stdio::piped(),
+    )
+    .await;
     idv_actors::webhooks::install_crypto_provider();
     let http = reqwest::Client::new();
 

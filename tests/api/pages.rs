@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 use crate::helpers::*;
 
@@ -376,27 +375,15 @@ async fn demo_device_tokens_carry_the_brokers_audience_when_one_is_required() {
 #[actix_web::test]
 async fn the_binary_with_only_demo_starts_a_usable_broker_and_says_where_the_demo_is() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idv-broker"))
-        .args(["--demo", "--bind", "127.0.0.1:0", "--db"])
-        .arg(dir.path().join("demo.db"))
-        .env_remove("IDVB_WEBHOOK_URL")
-        .env_remove("IDVB_API_KEYS")
-        .env_remove("IDVB_ISSUERS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the broker binary starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let db = dir.path().join("demo.db");
+    let (mut child, address) = spawn_binary(
+        &["--demo", "--db", db.to_str().unwrap()],
+        &[],
+        Stdio::piped(),
+    )
+    .await;
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
     let within = Duration::from_secs(60);
-    let line = tokio::time::timeout(within, stdout.next_line())
-        .await
-        .expect("the listening line in time")
-        .unwrap()
-        .unwrap();
-    let address = line.strip_prefix("listening on ").unwrap().to_owned();
     let demo = tokio::time::timeout(within, async {
         while let Some(line) = stderr.next_line().await.unwrap() {
             if let Some(at) = line.find("open http") {

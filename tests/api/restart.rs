@@ -6,7 +6,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::helpers::*;
@@ -78,34 +77,22 @@ pub(crate) struct Broker {
 }
 
 pub(crate) async fn start_broker(db: &Path) -> Broker {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idv-broker"))
-        .args(["--bind", "127.0.0.1:0", "--db"])
-        .arg(db)
-        .args(["--api-key", &format!("{API_KEY_NAME}={API_KEY}")])
-        .args(["--issuer", &format!("{ISSUER}={ISSUER_SECRET}")])
-        .args(["--rate-limit", "0"])
-        .env_remove("IDVB_WEBHOOK_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the broker binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        BufReader::new(stdout).read_line(&mut line),
+    let db = db.to_str().expect("a UTF-8 path");
+    let (child, address) = spawn_binary(
+        &[
+            "--db",
+            db,
+            "--api-key",
+            &format!("{API_KEY_NAME}={API_KEY}"),
+            "--issuer",
+            &format!("{ISSUER}={ISSUER_SECRET}"),
+            "--rate-limit",
+            "0",
+        ],
+        &[],
+        Stdio::null(),
     )
-    .await
-    .expect("the broker prints its address in time")
-    .unwrap();
-    let address = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    assert!(address.starts_with("http://127.0.0.1:"), "{address}");
+    .await;
     Broker { child, address }
 }
 

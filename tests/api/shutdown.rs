@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -23,30 +22,26 @@ const SECRET: &str = "shutdown-webhook-secret";
 const CLIENTS: usize = 8;
 
 async fn start(db: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_idv-broker"))
-        .args(["--bind", "127.0.0.1:0", "--rate-limit", "0"])
-        .arg("--db")
-        .arg(db)
-        .args(["--api-key", &format!("{API_KEY_NAME}={API_KEY}")])
-        .args(["--issuer", &format!("{ISSUER}={ISSUER_SECRET}")])
-        .args(["--webhook-secret", SECRET, "--webhook-allow-private"])
-        .args(["--shutdown-timeout", "20"])
-        .env_remove("IDVB_WEBHOOK_URL")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the broker binary starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("listening in time")
-        .unwrap()
-        .unwrap();
-    let base = line.strip_prefix("listening on ").unwrap().to_owned();
-    (child, base)
+    spawn_binary(
+        &[
+            "--rate-limit",
+            "0",
+            "--db",
+            db.to_str().unwrap(),
+            "--api-key",
+            &format!("{API_KEY_NAME}={API_KEY}"),
+            "--issuer",
+            &format!("{ISSUER}={ISSUER_SECRET}"),
+            "--webhook-secret",
+            SECRET,
+            "--webhook-allow-private",
+            "--shutdown-timeout",
+            "20",
+        ],
+        &[("RUST_LOG", "warn")],
+        Stdio::null(),
+    )
+    .await
 }
 
 /// What the broker acknowledged: the highest seq per session.

@@ -258,6 +258,18 @@ async fn the_demo_plays_the_app_backend_without_its_key_reaching_the_browser() {
         .await
         .unwrap();
     assert_error(res, 400, "invalid_request").await;
+    // Like every body the broker reads: nested deeper than 32 levels is refused first.
+    let deep = format!("{{\"scopes\":{}{}}}", "[".repeat(40), "]".repeat(40));
+    let res = app
+        .client
+        .post(app.url("/demo/api/sessions"))
+        .header("Content-Type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    let message = assert_error(res, 400, "invalid_request").await;
+    assert!(message.contains("32"), "{message}");
 
     // The hosted page without `#token=` gets a device token for a demo user.
     let res = app

@@ -13,6 +13,7 @@ use super::sessions::{created, open};
 use crate::auth::Client;
 use crate::dto::{CreateSession, DecisionView};
 use crate::error::ApiError;
+use crate::json::Json;
 use crate::state::{AppState, DemoApp};
 
 /// The scopes a demo session asks for unless the page names others.
@@ -57,7 +58,7 @@ fn demo_app(state: &AppState) -> Result<&DemoApp, ApiError> {
 /// in nothing yet (the registration prefills the device page's name field).
 pub async fn create_session(
     state: web::Data<AppState>,
-    body: web::Json<DemoSession>,
+    body: Json<DemoSession>,
 ) -> Result<HttpResponse, ApiError> {
     let demo = demo_app(&state)?;
     let body = body.into_inner();

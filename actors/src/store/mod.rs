@@ -71,6 +71,13 @@ pub enum StoreError {
     /// A row held something this broker cannot read.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// PostgreSQL (or its connection pool) refused or could not be reached.
+    #[error("postgres: {0}")]
+    Postgres(Arc<dyn std::error::Error + Send + Sync>),
+    /// This node no longer owns the session (another node took it over after this
+    /// node's lease lapsed, or this node handed it over): the write is refused.
+    #[error("the session is owned by another node")]
+    NotOwner,
     /// The WAL could not be checkpointed at open (another process keeps it busy), so
     /// data deleted before a crash could still be in it.
     #[error("the write-ahead log could not be checkpointed: another connection keeps it busy")]
@@ -262,7 +269,7 @@ impl Store {
 
     /// Notified after every committed write that enqueued a webhook event: the
     /// dispatcher's wake-up.
-    pub(crate) fn webhook_wake(&self) -> Arc<tokio::sync::Notify> {
+    pub fn webhook_wake(&self) -> Arc<tokio::sync::Notify> {
         self.inner.webhook_wake.clone()
     }
 

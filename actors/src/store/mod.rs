@@ -12,7 +12,7 @@
 //! whole interface a second backend (Postgres) would have to provide.
 
 mod files;
-mod outbox;
+pub(crate) mod outbox;
 mod readers;
 mod schema;
 mod sessions;
@@ -31,17 +31,17 @@ pub use files::{StoredFile, PURGE_BATCH};
 pub use outbox::{
     DeliveryRecord, DueEvents, OutboxEvent, WebhookCounts, WebhookRoute, STATUS_CHANGED,
 };
-pub use sessions::{CreateOutcome, IdempotencyClaim, NewSession};
+pub use sessions::{CreateOutcome, IdempotencyClaim, NewSession, IDEMPOTENCY_WINDOW};
 
 use writer::{Effects, FnJob, Job};
 
 /// A time as stored: milliseconds since the Unix epoch.
-fn ms(t: chrono::DateTime<chrono::Utc>) -> i64 {
+pub(crate) fn ms(t: chrono::DateTime<chrono::Utc>) -> i64 {
     t.timestamp_millis()
 }
 
 /// A stored time back; a value out of range means the row is corrupt.
-fn time(ms: i64) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
+pub(crate) fn time(ms: i64) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
     use chrono::TimeZone;
     chrono::Utc
         .timestamp_millis_opt(ms)

@@ -95,6 +95,7 @@ impl PgConfig {
 /// The PostgreSQL store. Share it as `Arc<PgStore>`, which coerces to both
 /// `Arc<dyn SessionStore>` and `Arc<dyn ClusterStore>`.
 pub struct PgStore {
+    /// What every spawned call needs; cloned into each.
     shared: Arc<Shared>,
     /// The `store-io` runtime every call runs on.
     handle: Handle,
@@ -102,12 +103,15 @@ pub struct PgStore {
 
 /// What the spawned calls share.
 pub(crate) struct Shared {
+    /// The connections (at most `PgConfig::pool_size`); closed by `close`.
     pool: Pool,
+    /// This node's id: `owner_node` of the sessions it runs, its row in `nodes`.
     node_id: String,
     /// The epoch this node holds for each session whose actor it runs: what the commit
     /// guard compares with the row's `owner_epoch`. Removed when a committed transition
     /// is terminal, on hand-over and when the actor stops running here.
     held: DashMap<SessionId, i64>,
+    /// Where transitions enqueue webhook events; `None`: none are.
     webhooks: Option<Arc<WebhookRoute>>,
     /// Woken after a commit that enqueued a webhook event (or an adoption that moved
     /// some to this node). Keeps one permit when nobody waits.

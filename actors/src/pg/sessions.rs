@@ -259,6 +259,7 @@ impl Shared {
         new: NewSession,
         claim: Option<IdempotencyClaim>,
     ) -> Result<CreateOutcome, StoreError> {
+        let began = std::time::Instant::now();
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
         let s = &new.record;
@@ -310,6 +311,7 @@ impl Shared {
                         StoreError::Corrupt("idempotency key without session".into())
                     })?;
                     tx.commit().await?;
+                    crate::metrics::store_commit(1, began.elapsed());
                     return Ok(CreateOutcome::Replayed(Box::new(replayed)));
                 }
                 // The window is over: the key starts again with this session.
@@ -331,6 +333,8 @@ impl Shared {
         }
         insert_session(&tx, s, &self.node_id).await?;
         tx.commit().await?;
+        // One transaction per call: a "batch" of one job, in SQLite's terms.
+        crate::metrics::store_commit(1, began.elapsed());
         self.held.insert(s.id, 1);
         Ok(CreateOutcome::Created)
     }
@@ -343,6 +347,7 @@ impl Shared {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
+        let began = std::time::Instant::now();
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
         let mut after = After::default();
@@ -351,6 +356,7 @@ impl Shared {
             out.push(self.apply_transition(&tx, t, &mut after).await?);
         }
         tx.commit().await?;
+        crate::metrics::store_commit(1, began.elapsed());
         for s in &out {
             if s.status.is_terminal() {
                 self.held.remove(&s.id);

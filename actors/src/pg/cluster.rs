@@ -81,14 +81,19 @@ impl Shared {
         let conn = self.conn().await?;
         // SKIP LOCKED: a row another adopter is taking is left to it, so two adopters
         // never take the same session; a row it already took is owned by a live node.
+        // Candidates come from the live-session index and the pending-outbox index, not
+        // from a scan of every session ever made.
         let sql = format!(
             "WITH orphans AS ( \
                  SELECT o.id FROM sessions o \
-                 WHERE o.owner_node <> $1 \
+                 WHERE o.id IN (SELECT c.id FROM sessions c \
+                                WHERE c.status IN {live} AND c.owner_node <> $1 \
+                                UNION \
+                                SELECT w.session_id FROM webhook_outbox w \
+                                WHERE w.state = 'pending') \
+                   AND o.owner_node <> $1 \
                    AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = o.owner_node \
                                    AND n.lease_until > {DB_NOW}) \
-                   AND (o.status IN {live} OR EXISTS (SELECT 1 FROM webhook_outbox w \
-                        WHERE w.session_id = o.id AND w.state = 'pending')) \
                  LIMIT $2 FOR UPDATE OF o SKIP LOCKED) \
              UPDATE sessions s SET owner_node = $1, owner_epoch = s.owner_epoch + 1 \
              FROM orphans WHERE s.id = orphans.id \

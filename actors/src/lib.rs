@@ -10,6 +10,7 @@
 //! - [`registry`]: live actors by session id; rehydration and replacement; the web
 //!   crate's only way to the store.
 //! - `live`: the narrow handle a session actor has on the registry.
+//! - [`route`]: how the registry reaches sessions owned by another node ([`route::Router`]).
 //! - [`session_store`]: the store as the actors see it, one object-safe trait.
 //! - [`staging`]: uploads held in memory until approve, under a broker-wide budget.
 //! - [`retention`]: the sweeper that purges confirmed sessions' data after retention.
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod model;
 pub mod registry;
 pub mod retention;
+pub mod route;
 pub mod session;
 pub mod session_store;
 pub mod staging;

@@ -79,6 +79,39 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Whether the store answers.
     fn ping(&self) -> StoreFuture<'_, ()>;
+
+    /// Who owns live session `id`, claiming it for this node when its owner's lease has lapsed.
+    fn claim(&self, id: SessionId) -> StoreFuture<'_, Claim>;
+}
+
+/// What the cluster layer needs from a store shared by several nodes (PostgreSQL).
+pub trait ClusterStore: Send + Sync + 'static {
+    /// This node's id.
+    fn node_id(&self) -> &str;
+    /// Upserts this node's row with a lease of `ttl` (database clock).
+    fn register_node(&self, ttl: std::time::Duration) -> StoreFuture<'_, ()>;
+    /// Extends this node's lease; `false`: it had lapsed (the caller re-registers).
+    fn renew_lease(&self, ttl: std::time::Duration) -> StoreFuture<'_, bool>;
+    /// Takes over, in one batch of at most `limit`, sessions of nodes whose lease lapsed;
+    /// returns the live ones.
+    fn adopt_orphans(&self, limit: usize) -> StoreFuture<'_, Vec<SessionRecord>>;
+    /// Hands everything over at once (SIGTERM): the lease lapses now.
+    fn release_node(&self) -> StoreFuture<'_, ()>;
+    /// Nodes with a valid lease.
+    fn live_nodes(&self) -> StoreFuture<'_, Vec<String>>;
+    /// This node stopped running that session's actor.
+    fn forget_held(&self, id: SessionId);
+}
+
+/// Which node owns a live session (several nodes, SPEC §7).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// This node (always, with one node).
+    Mine,
+    /// Another node, by its id.
+    Other(String),
+    /// The session is not live (ended, or unknown).
+    NotLive,
 }
 
 impl SessionStore for Store {
@@ -149,5 +182,10 @@ impl SessionStore for Store {
 
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(Store::ping(self))
+    }
+
+    fn claim(&self, _: SessionId) -> StoreFuture<'_, Claim> {
+        // One node owns every session.
+        Box::pin(std::future::ready(Ok(Claim::Mine)))
     }
 }

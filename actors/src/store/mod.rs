@@ -59,6 +59,10 @@ pub enum StoreError {
     /// writer moved the session first.
     #[error("the session changed underneath this write")]
     Stale,
+    /// A transition was written by a node that no longer owns the session: another
+    /// node took it over (several nodes, SPEC §7).
+    #[error("another node owns the session now")]
+    NotOwner,
     /// The store is shutting down.
     #[error("the store is closed")]
     Closed,

@@ -10,6 +10,7 @@
 //! - [`registry`]: live actors by session id; rehydration and replacement; the web
 //!   crate's only way to the store.
 //! - `live`: the narrow handle a session actor has on the registry.
+//! - [`cluster`]: several nodes over NATS: the router, the lease, the takeover.
 //! - [`route`]: how the registry reaches sessions owned by another node ([`route::Router`]).
 //! - [`session_store`]: the store as the actors see it, one object-safe trait.
 //! - [`staging`]: uploads held in memory until approve, under a broker-wide budget.
@@ -22,6 +23,7 @@
 //! - [`ids`], [`model`], [`clock`], [`error`]: the vocabulary.
 
 pub mod clock;
+pub mod cluster;
 pub mod commands;
 pub mod credentials;
 pub mod delivery;

@@ -437,6 +437,13 @@ impl Node {
             let mut ticks = actix::clock::interval(self.config.renew_every);
             loop {
                 ticks.tick().await;
+                // Cut off from NATS, this node can neither serve its sessions to the
+                // other nodes nor tell them of its commits: it lets its lease lapse, so
+                // they take the sessions over (SPEC §7: lost network).
+                if self.nats.connection_state() != async_nats::connection::State::Connected {
+                    tracing::warn!(node = %self.id, "NATS is not reachable; not renewing this node's lease");
+                    continue;
+                }
                 match self.store.renew_lease(self.config.lease_ttl).await {
                     Ok(true) => {}
                     Ok(false) => {
@@ -459,6 +466,9 @@ impl Node {
             let mut ticks = actix::clock::interval(self.config.adopt_every);
             loop {
                 ticks.tick().await;
+                if self.nats.connection_state() != async_nats::connection::State::Connected {
+                    continue;
+                }
                 loop {
                     match self.store.adopt_orphans(ADOPT_BATCH).await {
                         Ok(batch) => {

@@ -314,6 +314,10 @@ impl Registry {
     /// This node took over `sessions` (their owner's lease lapsed): their actors start
     /// here, expiring at once what is overdue (the path of a restart).
     pub fn adopt(&self, sessions: Vec<SessionRecord>) {
+        if self.inner.handing_over.load(Ordering::Acquire) {
+            // Leaving: they are released with this node's lease, to the others.
+            return;
+        }
         for record in sessions {
             let owner = record.owner.clone();
             self.own(record.id, &owner, Some(record));

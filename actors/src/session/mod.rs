@@ -638,6 +638,8 @@ impl Handler<RotateToken> for SessionActor {
                         s.token_hash = stored.token_hash;
                         if !act.ended {
                             act.live.track_token(act.id, s.token_hash);
+                            // Nodes that watch the session take the new token too.
+                            act.live.announce(act.id, s.seq);
                         }
                     }
                     Ok(())

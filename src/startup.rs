@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::Arc;
 
 use actix::{Actor as _, Addr};
 use actix_web::dev::Server;
@@ -9,6 +10,7 @@ use idv_actors::credentials::{ApiKeys, Issuers};
 use idv_actors::ids::SessionToken;
 use idv_actors::registry::{Registry, RegistryConfig};
 use idv_actors::retention::{RetentionSweeper, SweeperConfig};
+use idv_actors::session_store::SessionStore;
 use idv_actors::store::{Store, StoreConfig, StoreError, WebhookRoute};
 use idv_actors::webhooks::dispatcher::DispatcherError;
 use idv_actors::webhooks::{CallbackGuard, Dispatcher, Shutdown, Signer};
@@ -51,7 +53,8 @@ pub struct Application {
     addr: SocketAddr,
     server: Server,
     registry: Registry,
-    store: Store,
+    /// The store, whichever engine; everything in the broker holds it as this.
+    store: Arc<dyn SessionStore>,
     /// Tells WebSockets (close 1001) and long-polls (answer now) that the broker stops.
     shutdown: tokio::sync::watch::Sender<bool>,
     sweeper: Addr<RetentionSweeper>,
@@ -88,9 +91,9 @@ impl Application {
             }),
             ..StoreConfig::new(&settings.db)
         };
-        let store = Store::open(&store_config).map_err(db_error)?;
+        let store: Arc<dyn SessionStore> = Arc::new(Store::open(&store_config).map_err(db_error)?);
         let registry = Registry::new(
-            std::sync::Arc::new(store.clone()),
+            store.clone(),
             settings.clock.clone(),
             RegistryConfig {
                 max_live_sessions: settings.max_live_sessions,
@@ -226,7 +229,7 @@ impl Application {
     }
 
     /// The store (tests count its reads; the web crate never sees it).
-    pub fn store(&self) -> Store {
+    pub fn store(&self) -> Arc<dyn SessionStore> {
         self.store.clone()
     }
 

@@ -16,6 +16,7 @@
 //! - [`staging`]: uploads held in memory until approve, under a broker-wide budget.
 //! - [`retention`]: the sweeper that purges confirmed sessions' data after retention.
 //! - [`store`]: SQLite with a group-committing writer thread, and the webhook outbox.
+//! - [`pg`]: the PostgreSQL store for several nodes, with session ownership and leases.
 //! - [`webhooks`]: the dispatcher that delivers the outbox, signed.
 //! - [`write`]: what a transition writes, as planned (the store decides nothing).
 //! - [`credentials`]: API keys, session tokens and device JWTs.
@@ -32,6 +33,7 @@ pub mod ids;
 mod live;
 pub mod metrics;
 pub mod model;
+pub mod pg;
 pub mod registry;
 pub mod retention;
 pub mod route;

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use idv_actors::clock::OffsetClock;
 use idv_actors::registry::Registry;
+/// The store's trait, so tests call its counters on `TestApp::store`.
+pub use idv_actors::session_store::SessionStore;
 use idv_broker::{Application, Settings};
 use serde_json::{json, Value};
 
@@ -29,7 +31,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub registry: Registry,
     /// The broker's store, to count its reads.
-    pub store: idv_actors::store::Store,
+    pub store: Arc<dyn SessionStore>,
     /// The retention sweeper; `send(Sweep)` sweeps now.
     pub sweeper: actix::Addr<idv_actors::retention::RetentionSweeper>,
     pub clock: Arc<OffsetClock>,

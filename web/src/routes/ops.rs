@@ -36,7 +36,10 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     // With several nodes, a node cut off from NATS can reach no session of another.
     if !state.registry.router_ready() {
         tracing::error!("readiness check failed: NATS is not reachable");
-        return Err(ApiError::unavailable("the other nodes are not reachable (NATS)", 5));
+        return Err(ApiError::unavailable(
+            "the other nodes are not reachable (NATS)",
+            5,
+        ));
     }
     Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
 }

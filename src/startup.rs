@@ -8,18 +8,54 @@ use actix::{Actor as _, Addr};
 use actix_web::dev::Server;
 use idv_actors::credentials::{ApiKeys, Issuers};
 use idv_actors::ids::SessionToken;
+use idv_actors::pg::{PgConfig, PgStore};
 use idv_actors::registry::{Registry, RegistryConfig};
 use idv_actors::retention::{RetentionSweeper, SweeperConfig};
-use idv_actors::session_store::SessionStore;
+use idv_actors::session_store::{ClusterStore, SessionStore};
 use idv_actors::store::{Store, StoreConfig, StoreError, WebhookRoute};
 use idv_actors::webhooks::dispatcher::DispatcherError;
 use idv_actors::webhooks::{CallbackGuard, Dispatcher, Shutdown, Signer};
 use idv_web::{AppState, DemoApp, ServerConfig};
 
-use crate::settings::{check_credentials, Settings, DEMO_API_KEY_NAME, DEMO_ISSUER};
+use crate::settings::{check_credentials, Settings, StoreUrl, DEMO_API_KEY_NAME, DEMO_ISSUER};
 
 /// How often the registry looks for overdue sessions whose actor did not expire them.
 const EXPIRY_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Threads of the `store-io` runtime that runs every PostgreSQL call.
+const STORE_IO_THREADS: usize = 2;
+
+/// The dedicated multi-threaded runtime the PostgreSQL store runs on: its connections'
+/// I/O lives here, not on an actix worker (each a single-threaded runtime that may stop
+/// before the store does). Shut down without blocking when dropped, so dropping it on
+/// an async thread is safe; calls made after that fail as `StoreError::Closed`.
+pub struct StoreRuntime(Option<tokio::runtime::Runtime>);
+
+impl StoreRuntime {
+    /// Starts the `store-io` threads.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(STORE_IO_THREADS)
+                .thread_name("store-io")
+                .enable_all()
+                .build()?,
+        )))
+    }
+
+    /// Where store calls are spawned.
+    pub fn handle(&self) -> Option<tokio::runtime::Handle> {
+        self.0.as_ref().map(|rt| rt.handle().clone())
+    }
+}
+
+impl Drop for StoreRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
 
 /// Why the broker could not start (all exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +63,7 @@ pub enum StartError {
     /// Weak or ambiguous credentials (SPEC §6).
     #[error("{0}")]
     Config(String),
-    /// The database cannot be opened or migrated.
+    /// The database cannot be opened, reached or migrated.
     #[error("cannot use the database {path}: {source}")]
     Database {
         /// The file.
@@ -55,6 +91,10 @@ pub struct Application {
     registry: Registry,
     /// The store, whichever engine; everything in the broker holds it as this.
     store: Arc<dyn SessionStore>,
+    /// The same store as the cluster layer sees it; PostgreSQL only.
+    cluster: Option<Arc<dyn ClusterStore>>,
+    /// The runtime PostgreSQL calls run on; shut down after the store is closed.
+    store_io: Option<StoreRuntime>,
     /// Tells WebSockets (close 1001) and long-polls (answer now) that the broker stops.
     shutdown: tokio::sync::watch::Sender<bool>,
     sweeper: Addr<RetentionSweeper>,
@@ -80,18 +120,42 @@ impl Application {
         // record anything.
         idv_actors::metrics::install();
         let db_error = |source| StartError::Database {
-            path: settings.db.display().to_string(),
+            path: settings.store.display(),
             source,
         };
         // No secret, no webhooks at all: transitions enqueue nothing (SPEC §4).
         let signer = Signer::new(&settings.webhook_secrets);
-        let store_config = StoreConfig {
-            webhooks: signer.as_ref().map(|_| WebhookRoute {
-                default_url: settings.webhook_url.clone(),
-            }),
-            ..StoreConfig::new(&settings.db)
+        let webhooks = signer.as_ref().map(|_| WebhookRoute {
+            default_url: settings.webhook_url.clone(),
+        });
+        let (store, cluster, store_io): (Arc<dyn SessionStore>, _, _) = match &settings.store {
+            StoreUrl::Sqlite(path) => {
+                let config = StoreConfig {
+                    webhooks,
+                    ..StoreConfig::new(path)
+                };
+                (
+                    Arc::new(Store::open(&config).map_err(db_error)?),
+                    None,
+                    None,
+                )
+            }
+            StoreUrl::Postgres(url) => {
+                let io = StoreRuntime::new().map_err(|e| {
+                    db_error(StoreError::Schema(format!("cannot start store-io: {e}")))
+                })?;
+                let handle = io.handle().ok_or_else(|| db_error(StoreError::Closed))?;
+                let config = PgConfig {
+                    url: url.clone(),
+                    node_id: settings.node_id.clone(),
+                    pool_size: settings.pg_pool_size,
+                    webhooks,
+                };
+                let pg = PgStore::open(config, handle).await.map_err(db_error)?;
+                let cluster: Arc<dyn ClusterStore> = pg.clone();
+                (pg as Arc<dyn SessionStore>, Some(cluster), Some(io))
+            }
         };
-        let store: Arc<dyn SessionStore> = Arc::new(Store::open(&store_config).map_err(db_error)?);
         let registry = Registry::new(
             store.clone(),
             settings.clock.clone(),
@@ -102,6 +166,11 @@ impl Application {
                 max_staged_bytes: settings.max_staged_bytes,
             },
         );
+        // cluster: started here. With a PostgreSQL store, `cluster` (the same store as
+        // `Arc<dyn ClusterStore>`), `store_io`'s handle, `settings.nats` and
+        // `settings.node_id` are what the cluster layer (NATS routing, fan-out, the
+        // leases loop) starts from, before the restore below takes this node's sessions
+        // back. SQLite runs as one node, without it.
         let (expired, restored) = registry.restore().await.map_err(db_error)?;
         registry.start_expiry_sweep(EXPIRY_SWEEP_EVERY);
         let sweeper = RetentionSweeper::new(
@@ -205,6 +274,8 @@ impl Application {
             server,
             registry,
             store,
+            cluster,
+            store_io,
             shutdown: shutdown_tx,
             sweeper,
             dispatcher,
@@ -231,6 +302,11 @@ impl Application {
     /// The store (tests count its reads; the web crate never sees it).
     pub fn store(&self) -> Arc<dyn SessionStore> {
         self.store.clone()
+    }
+
+    /// The store as the cluster layer sees it: `Some` on PostgreSQL only.
+    pub fn cluster_store(&self) -> Option<Arc<dyn ClusterStore>> {
+        self.cluster.clone()
     }
 
     /// The retention sweeper (send it [`Sweep`](idv_actors::retention::Sweep) to sweep now).
@@ -273,9 +349,14 @@ impl Application {
             }
         }
         let store = self.store.clone();
-        actix_web::rt::task::spawn_blocking(move || store.close())
-            .await
-            .map_err(std::io::Error::other)?;
+        let store_io = self.store_io;
+        actix_web::rt::task::spawn_blocking(move || {
+            store.close();
+            // After the store: nothing runs on store-io any more.
+            drop(store_io);
+        })
+        .await
+        .map_err(std::io::Error::other)?;
         tracing::info!("store flushed; bye");
         Ok(())
     }

@@ -258,6 +258,19 @@ impl PgStore {
     }
 }
 
+/// `url` without its password, for messages and logs.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<a PostgreSQL URL>".to_owned(),
+    }
+}
+
 /// Creates a new, empty database `name` on the server of `server_url` (whose own
 /// database is only used to connect) and answers the URL of the new one. For tests and
 /// trial clusters: each gets a database of its own on one throw-away server.

@@ -122,8 +122,10 @@ for id in "${nodes[@]}"; do
     addresses+=("$address")
 done
 
+nodes_arg=$(for i in "${!nodes[@]}"; do printf '%s=%s,' "${nodes[$i]}" "${addresses[$i]}"; done)
+nodes_arg=${nodes_arg%,}
 echo
-echo "Three nodes on PostgreSQL ($store) and NATS ($IDVB_TEST_NATS):"
+echo "${#nodes[@]} nodes on PostgreSQL ($store) and NATS ($IDVB_TEST_NATS):"
 for i in "${!nodes[@]}"; do
     printf '  node %-4s %s   (log: %s)\n' "${nodes[$i]}" "${addresses[$i]}" "$run_dir/node-${nodes[$i]}.log"
 done
@@ -138,7 +140,7 @@ Any node answers any request; try creating on one and watching on another:
   curl -s ${addresses[1]}/v1/sessions/\$ID/information -H "Authorization: Bearer \$JWT"
 
 Demo: ${addresses[0]}/demo (each node's demo is its own). Webhook secret: $webhook_secret
-Bench: cargo bench --bench ws_load -- --nodes $(IFS=,; echo "${addresses[*]}") \\
+Bench: cargo bench --bench ws_load -- --nodes $nodes_arg \\
          --api-key $api_key --issuer phone-app=$issuer_secret --store $store
 
 Ctrl-C stops the cluster.

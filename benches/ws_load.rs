@@ -18,8 +18,17 @@
 //! - print a markdown table and the ratios.
 //!
 //! Everything goes to 127.0.0.1 and every phase has a deadline, so a run always ends.
+//!
+//! **Cluster mode** (`--cluster`, or `--nodes` for running nodes; issue 12, in
+//! `ws_load/cluster.rs`): subscribers spread over the nodes, push latency when the
+//! owner and the subscriber are on different nodes beside the same-node figure, and
+//! what forwarding a request to the owner costs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+// Cluster mode lives beside the bench, out of cargo's bench discovery (a folder without main.rs).
+#[path = "ws_load/cluster.rs"]
+mod cluster;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -55,6 +64,15 @@ struct Args {
     api_key: String,
     issuer: String,
     pid: Option<u32>,
+    /// Cluster mode: running nodes to spread over (`--nodes`), each with its node id
+    /// when given as `ID=URL`.
+    nodes: Vec<(Option<String>, String)>,
+    /// Cluster mode: start three nodes here (`--cluster`).
+    cluster: bool,
+    /// The nodes' PostgreSQL (`--store`): where the bench reads who owns each session.
+    store: Option<String>,
+    /// Cluster mode: requests per kind in the forwarding phase.
+    requests: usize,
 }
 
 fn parse_args() -> Args {
@@ -69,6 +87,10 @@ fn parse_args() -> Args {
         api_key: API_KEY.into(),
         issuer: format!("{ISSUER}={ISSUER_SECRET}"),
         pid: None,
+        nodes: Vec::new(),
+        cluster: false,
+        store: None,
+        requests: 1000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -86,13 +108,28 @@ fn parse_args() -> Args {
             "--api-key" => a.api_key = val(),
             "--issuer" => a.issuer = val(),
             "--pid" => a.pid = Some(val().parse().expect("--pid")),
+            "--nodes" => {
+                a.nodes = val()
+                    .split(',')
+                    .map(|n| match n.split_once('=') {
+                        Some((id, url)) => (Some(id.to_owned()), url.to_owned()),
+                        None => (None, n.to_owned()),
+                    })
+                    .collect()
+            }
+            "--cluster" => a.cluster = true,
+            "--store" => a.store = Some(val()),
+            "--requests" => a.requests = val().parse().expect("--requests"),
             // `cargo bench` passes `--bench`; ignore it and anything a harness would take.
             "--bench" => {}
             "--help" | "-h" => {
                 println!(
                     "ws_load [--subscribers N] [--sessions M] [--rate TRANSITIONS_PER_S] \
                      [--poll-interval-ms MS] [--skip-poll] [--idle-secs S] \
-                     [--url http://127.0.0.1:PORT --api-key KEY --issuer ISS=SECRET [--pid PID]]"
+                     [--url http://127.0.0.1:PORT --api-key KEY --issuer ISS=SECRET [--pid PID]]\n\
+                     cluster mode: ws_load --cluster | --nodes [ID=]URL,[ID=]URL,... \
+                     [--store postgres://…] [--api-key KEY --issuer ISS=SECRET] \
+                     [--subscribers N] [--sessions M] [--rate R] [--requests R]"
                 );
                 std::process::exit(0);
             }
@@ -103,12 +140,16 @@ fn parse_args() -> Args {
         a.sessions > 0 && a.subscribers > 0 && a.rate > 0,
         "all counts > 0"
     );
-    if let Some(u) = &a.url {
+    for u in a.url.iter().chain(a.nodes.iter().map(|(_, u)| u)) {
         assert!(
             u.starts_with("http://127.0.0.1:") || u.starts_with("http://localhost:"),
             "load goes to 127.0.0.1 only"
         );
     }
+    assert!(
+        !a.cluster || a.nodes.is_empty(),
+        "--cluster starts its own nodes; --nodes attaches to running ones: one of them"
+    );
     a
 }
 
@@ -138,12 +179,7 @@ fn start_broker(args: &Args) -> Broker {
             _dir: None,
         };
     }
-    let bin = std::env::var("IDVB_BENCH_BIN")
-        .unwrap_or_else(|_| format!("{}/target/release/idv-broker", env!("CARGO_MANIFEST_DIR")));
-    assert!(
-        std::path::Path::new(&bin).exists(),
-        "{bin} is missing: run `cargo build --release` first (or set IDVB_BENCH_BIN)"
-    );
+    let bin = broker_bin();
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(&bin)
         .args(["--bind", "127.0.0.1:0", "--rate-limit", "0"])
@@ -172,6 +208,17 @@ fn start_broker(args: &Args) -> Broker {
         child: Some(child),
         _dir: Some(dir),
     }
+}
+
+/// The release binary (`IDVB_BENCH_BIN`, else `target/release/idv-broker`).
+fn broker_bin() -> String {
+    let bin = std::env::var("IDVB_BENCH_BIN")
+        .unwrap_or_else(|_| format!("{}/target/release/idv-broker", env!("CARGO_MANIFEST_DIR")));
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "{bin} is missing: run `cargo build --release` first (or set IDVB_BENCH_BIN)"
+    );
+    bin
 }
 
 /// VmRSS of `pid`, in bytes.
@@ -280,9 +327,10 @@ impl Marks {
 
 /// Drives `information` then `update approve` for every session, `rate` per second, open
 /// loop: a transition starts at its scheduled time whether or not earlier ones finished.
+/// Session `s`'s requests go to `base_of(s)` (one broker: always the same).
 async fn drive(
     http: &reqwest::Client,
-    base: &str,
+    base_of: impl Fn(usize) -> String,
     sessions: &Arc<Vec<BenchSession>>,
     rate: u64,
     marks: &Arc<Marks>,
@@ -313,7 +361,8 @@ async fn drive(
             jwt.clone(),
         );
         let url = format!(
-            "{base}/v1/sessions/{}/{}",
+            "{}/v1/sessions/{}/{}",
+            base_of(s),
             sessions[s].id,
             if seq == 2 { "information" } else { "update" }
         );
@@ -470,7 +519,15 @@ async fn push_phase(args: &Args, broker: &Broker, http: &reqwest::Client) -> Pus
     let rss_idle = rss(broker.pid);
 
     let marks = Arc::new(Marks::new(m));
-    let drive_time = drive(http, &broker.base, &sessions, args.rate, &marks, &clock).await;
+    let drive_time = drive(
+        http,
+        |_| broker.base.clone(),
+        &sessions,
+        args.rate,
+        &marks,
+        &clock,
+    )
+    .await;
     stop_at.store(
         clock.us() + DRAIN_DEADLINE.as_micros() as u64,
         Ordering::Release,
@@ -614,7 +671,15 @@ async fn poll_phase(args: &Args, broker: &Broker, http: &reqwest::Client) -> Pol
     tokio::time::sleep(interval + Duration::from_millis(200)).await;
     let req_start = requests.load(Ordering::Acquire);
     let marks = Arc::new(Marks::new(m));
-    let drive_time = drive(http, &broker.base, &sessions, args.rate, &marks, &clock).await;
+    let drive_time = drive(
+        http,
+        |_| broker.base.clone(),
+        &sessions,
+        args.rate,
+        &marks,
+        &clock,
+    )
+    .await;
     // Steady state: every poller is still polling while the transitions run.
     let steady_rps =
         (requests.load(Ordering::Acquire) - req_start) as f64 / drive_time.as_secs_f64();
@@ -656,6 +721,13 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if args.cluster || !args.nodes.is_empty() {
+        // reqwest's rustls needs a crypto provider (see below).
+        idv_actors::webhooks::install_crypto_provider();
+        cluster::main(&args, &rt);
+        rt.shutdown_timeout(Duration::from_secs(1));
+        return;
+    }
     let broker = start_broker(&args);
     println!(
         "ws_load: {} subscribers over {} sessions, {} transitions/s, broker {} (pid {:?})",

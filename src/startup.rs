@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use actix::{Actor as _, Addr};
 use actix_web::dev::Server;
+use idv_actors::cluster::{Cluster, ClusterConfig};
 use idv_actors::credentials::{ApiKeys, Issuers};
 use idv_actors::ids::SessionToken;
 use idv_actors::pg::{PgConfig, PgStore};
@@ -74,6 +75,9 @@ pub enum StartError {
     /// The webhook dispatcher cannot be set up (its TLS client).
     #[error("cannot start webhooks: {0}")]
     Webhooks(#[from] DispatcherError),
+    /// Several nodes: NATS cannot be reached, or the node cannot join.
+    #[error("{0}")]
+    Cluster(#[from] idv_actors::cluster::ClusterError),
     /// The address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -93,6 +97,8 @@ pub struct Application {
     store: Arc<dyn SessionStore>,
     /// The same store as the cluster layer sees it; PostgreSQL only.
     cluster: Option<Arc<dyn ClusterStore>>,
+    /// This node in the cluster (several nodes only).
+    node: Option<Cluster>,
     /// The runtime PostgreSQL calls run on; shut down after the store is closed.
     store_io: Option<StoreRuntime>,
     /// Tells WebSockets (close 1001) and long-polls (answer now) that the broker stops.
@@ -166,11 +172,29 @@ impl Application {
                 max_staged_bytes: settings.max_staged_bytes,
             },
         );
-        // cluster: started here. With a PostgreSQL store, `cluster` (the same store as
-        // `Arc<dyn ClusterStore>`), `store_io`'s handle, `settings.nats` and
-        // `settings.node_id` are what the cluster layer (NATS routing, fan-out, the
-        // leases loop) starts from, before the restore below takes this node's sessions
-        // back. SQLite runs as one node, without it.
+        // Several nodes (SPEC §7): join before the restore takes this node's sessions
+        // back, so that they are routed here from the start. SQLite runs as one node.
+        let node = match (&cluster, &store_io, &settings.nats) {
+            (Some(cluster), Some(io), Some(nats)) => {
+                let handle = io.handle().ok_or_else(|| db_error(StoreError::Closed))?;
+                Some(
+                    Cluster::start(
+                        ClusterConfig::new(nats.clone()),
+                        handle,
+                        cluster.clone(),
+                        registry.clone(),
+                    )
+                    .await?,
+                )
+            }
+            (Some(_), _, None) => {
+                return Err(StartError::Config(
+                    "a postgres store needs --nats: several nodes talk to each other over NATS"
+                        .into(),
+                ))
+            }
+            _ => None,
+        };
         let (expired, restored) = registry.restore().await.map_err(db_error)?;
         registry.start_expiry_sweep(EXPIRY_SWEEP_EVERY);
         let sweeper = RetentionSweeper::new(
@@ -275,6 +299,7 @@ impl Application {
             registry,
             store,
             cluster,
+            node,
             store_io,
             shutdown: shutdown_tx,
             sweeper,
@@ -337,6 +362,11 @@ impl Application {
         let _ = self.shutdown.send(true);
         drained.await;
         let _ = server.await;
+        if let Some(node) = &self.node {
+            // Several nodes: this node's sessions go to the others (SPEC §7) before the
+            // store closes.
+            node.hand_over(std::time::Duration::from_secs(5)).await;
+        }
         if let Some(dispatcher) = &self.dispatcher {
             // Bounded: a delivery takes at most its timeout, recording it a moment more.
             // What is cut short stays pending and goes out after the next start.

@@ -10,6 +10,8 @@
 //! - [`registry`]: live actors by session id; rehydration and replacement; the web
 //!   crate's only way to the store.
 //! - `live`: the narrow handle a session actor has on the registry.
+//! - [`cluster`]: several nodes over NATS: the router, the lease, the takeover.
+//! - [`route`]: how the registry reaches sessions owned by another node ([`route::Router`]).
 //! - [`session_store`]: the store as the actors see it, one object-safe trait.
 //! - [`staging`]: uploads held in memory until approve, under a broker-wide budget.
 //! - [`retention`]: the sweeper that purges confirmed sessions' data after retention.
@@ -22,6 +24,7 @@
 //! - [`ids`], [`model`], [`clock`], [`error`]: the vocabulary.
 
 pub mod clock;
+pub mod cluster;
 pub mod commands;
 pub mod credentials;
 pub mod delivery;
@@ -33,6 +36,7 @@ pub mod model;
 pub mod pg;
 pub mod registry;
 pub mod retention;
+pub mod route;
 pub mod session;
 pub mod session_store;
 pub mod staging;

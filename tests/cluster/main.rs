@@ -1,0 +1,29 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+//! Several nodes (SPEC §7, issue 12): three real `idv-broker` processes on a fresh
+//! PostgreSQL database and NATS, driven only through HTTP and WebSocket, and audited
+//! with SQL against what they committed.
+//!
+//! Needs `IDVB_TEST_PG` (an admin URL; each test creates its own database) and
+//! `IDVB_TEST_NATS`: `eval "$(scripts/services.sh start)"` exports both, and the CI
+//! command (`bash .ci/test.sh`) does it itself. Without them every test fails and says so.
+//!
+//! Layout:
+//! - `helpers`: the cluster (nodes, the database, requests), and bounded polling;
+//! - `watch`: WebSocket subscribers, including one that reconnects elsewhere;
+//! - `load`: clients that keep sessions moving and remember what was acknowledged;
+//! - `receiver`: a webhook receiver that checks order and signatures;
+//! - the tests: `routing` (any node answers, pushes reach every node), `expiry`,
+//!   `webhooks`, `failover` (`kill -9` of an owner) and `handover` (SIGTERM).
+
+mod helpers;
+mod load;
+mod receiver;
+mod takeover;
+mod watch;
+
+mod expiry;
+mod failover;
+mod handover;
+mod routing;
+mod webhooks;

@@ -189,6 +189,12 @@ async fn start(
         settings.store = StoreUrl::Postgres(pg.url.clone());
         settings.node_id = pg.node_id.clone();
         settings.pg_pool_size = PG_POOL_SIZE;
+        // Each test broker is a cluster of one node on a database of its own; node ids
+        // are unique, so brokers sharing the NATS server never hear each other.
+        settings.nats = Some(
+            std::env::var("IDVB_TEST_NATS")
+                .expect("IDVB_TEST_STORE=postgres needs IDVB_TEST_NATS (scripts/services.sh env)"),
+        );
     }
     adjust(&mut settings);
     let app = Application::build(settings)
@@ -621,8 +627,9 @@ pub async fn spawn_binary(
             Some(path) if arg == "--db" && on_postgres() => {
                 args.next();
                 let pg = pg_for_path(path).await;
-                let nats = std::env::var("IDVB_TEST_NATS")
-                    .unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+                let nats = std::env::var("IDVB_TEST_NATS").expect(
+                    "IDVB_TEST_STORE=postgres needs IDVB_TEST_NATS (scripts/services.sh env)",
+                );
                 command.args([
                     "--store",
                     &pg.url,

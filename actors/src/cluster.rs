@@ -121,6 +121,9 @@ pub struct Cluster {
 struct Node {
     id: String,
     nats: async_nats::Client,
+    /// The runtime every NATS subscription and publication runs on: it outlives the
+    /// actix arbiters, so nothing of NATS is dropped where no runtime is left.
+    io: tokio::runtime::Handle,
     store: Arc<dyn ClusterStore>,
     registry: Registry,
     config: ClusterConfig,
@@ -151,6 +154,7 @@ impl Cluster {
         let name = format!("idv-broker {id}");
         let timeout = config.request_timeout;
         let nats = io
+            .clone()
             .spawn(async move {
                 async_nats::ConnectOptions::new()
                     .name(name)
@@ -177,6 +181,7 @@ impl Cluster {
         let node = Arc::new(Node {
             id,
             nats,
+            io,
             store,
             registry: registry.clone(),
             config,
@@ -237,15 +242,25 @@ impl Node {
             .await
             .map_err(|e| nats_error(&e))?;
         self.nats.flush().await.map_err(|e| nats_error(&e))?;
+        // The subscriptions are read on `io`; each command is carried out on an actix
+        // arbiter (it may start a session actor), its answer published from `io`.
+        let (to_actix, mut from_io) = tokio::sync::mpsc::unbounded_channel();
+        self.io.spawn(async move {
+            while let Some(msg) = commands.next().await {
+                if to_actix.send(msg).is_err() {
+                    break;
+                }
+            }
+        });
         let node = self.clone();
         actix::spawn(async move {
-            while let Some(msg) = commands.next().await {
+            while let Some(msg) = from_io.recv().await {
                 let node = node.clone();
                 actix::spawn(async move { node.answer_command(msg).await });
             }
         });
         let node = self.clone();
-        actix::spawn(async move {
+        self.io.spawn(async move {
             // In order: the chunks of one upload arrive one after another (each waits
             // for its reply), and appending is quick.
             while let Some(msg) = chunks.next().await {
@@ -262,14 +277,24 @@ impl Node {
         let Some(reply) = msg.reply else { return };
         let answer: Result<WireOk, WireError> =
             match serde_json::from_slice::<Request>(&msg.payload) {
-                Ok(req) => self.run(req.session, req.cmd).await,
+                Ok(req) => {
+                    let session = req.session;
+                    let res = self.run(session, req.cmd).await;
+                    if let Err(e) = &res {
+                        tracing::info!(%session, kind = ?e.kind, "forwarded command refused");
+                    }
+                    res
+                }
                 Err(e) => Err(WireError::from(&crate::SessionError::Invalid(format!(
                     "a command from another node could not be read: {e}"
                 )))),
             };
         match serde_json::to_vec(&answer) {
             Ok(body) => {
-                let _ = self.nats.publish(reply, body.into()).await;
+                let nats = self.nats.clone();
+                self.io.spawn(async move {
+                    let _ = nats.publish(reply, body.into()).await;
+                });
             }
             Err(e) => tracing::error!(error = %e, "cannot encode an answer to another node"),
         }
@@ -368,7 +393,13 @@ impl Node {
 
     async fn request(&self, subject: String, payload: Vec<u8>) -> Result<Vec<u8>, ForwardError> {
         use async_nats::RequestErrorKind;
-        match self.nats.request(subject, payload.into()).await {
+        let nats = self.nats.clone();
+        let sent = self
+            .io
+            .spawn(async move { nats.request(subject, payload.into()).await })
+            .await
+            .map_err(|_| ForwardError::Unreachable)?;
+        match sent {
             Ok(msg) => Ok(msg.payload.to_vec()),
             Err(e) => Err(match e.kind() {
                 RequestErrorKind::NoResponders => ForwardError::Unreachable,
@@ -516,7 +547,7 @@ impl Router for Link {
 
     fn announce(&self, id: SessionId, seq: Seq) {
         let nats = self.0.nats.clone();
-        actix::spawn(async move {
+        self.0.io.spawn(async move {
             let _ = nats
                 .publish(format!("idv.events.{id}"), seq.to_string().into())
                 .await;
@@ -531,7 +562,7 @@ impl Router for Link {
                 Ok(mut sub) => {
                     // The subscription leaves before the watcher reads the store.
                     let _ = nats.flush().await;
-                    let task = actix::spawn(async move {
+                    let task = node.io.spawn(async move {
                         while sub.next().await.is_some() {
                             // A full mailbox already holds a `Refresh`: it reads everything.
                             if let Err(actix::prelude::SendError::Closed(_)) = to.try_send(Refresh)

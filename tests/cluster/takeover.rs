@@ -188,9 +188,11 @@ pub async fn audit(cluster: &Cluster, load: &Load, receiver: &Receiver, killed: 
         cut_elsewhere.is_empty(),
         "requests cut off without an answer: {cut_elsewhere:?}"
     );
+    // One lock at a time: `confirmed` takes the same (not re-entrant) mutex.
+    let sessions_driven = load.acked.lock().expect("acked").len();
     eprintln!(
         "load: {} sessions, {} confirmed, {} answers 503 + Retry-After, {} connections refused, {} cut by the kill",
-        load.acked.lock().expect("acked").len(),
+        sessions_driven,
         load.confirmed(),
         load.unavailable.load(Ordering::Relaxed),
         load.refused.load(Ordering::Relaxed),

@@ -127,6 +127,78 @@ pub struct RunArgs {
     /// per-IP rate limit. Repeatable [env: IDVB_TRUSTED_PROXIES, comma-separated].
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     pub trusted_proxies: Vec<String>,
+    /// The store: `sqlite:PATH` (default: `sqlite:<--db>`), or `postgres://USER@HOST/DB`
+    /// for several nodes (needs --nats).
+    #[arg(long, env = "IDVB_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    /// The NATS server that carries messages between nodes (with a postgres store).
+    #[arg(long, env = "IDVB_NATS", value_name = "URL")]
+    pub nats: Option<String>,
+    /// This node's id among several; default: random at each start.
+    #[arg(long = "node-id", env = "IDVB_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+}
+
+/// Which store the broker runs on (`--store`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// The embedded default: one process, one SQLite file.
+    Sqlite(PathBuf),
+    /// PostgreSQL, for several nodes (SPEC §7): the `postgres://` or `postgresql://` URL.
+    Postgres(String),
+}
+
+impl StoreUrl {
+    /// Parses `sqlite:PATH`, `postgres://…` or `postgresql://…`; any other scheme is
+    /// refused. Errors never echo the URL (it may carry a password).
+    pub fn parse(value: &str) -> Result<Self, String> {
+        if let Some(path) = value.strip_prefix("sqlite:") {
+            // `sqlite://PATH` is accepted as well as `sqlite:PATH`.
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err("--store sqlite: needs a file path (sqlite:PATH)".into());
+            }
+            return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
+        }
+        if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            return Ok(StoreUrl::Postgres(value.to_owned()));
+        }
+        Err("--store: expected sqlite:PATH, postgres://… or postgresql://…".into())
+    }
+
+    /// A description for messages, without any password.
+    pub fn display(&self) -> String {
+        match self {
+            StoreUrl::Sqlite(path) => path.display().to_string(),
+            StoreUrl::Postgres(url) => idv_actors::pg::redacted(url),
+        }
+    }
+}
+
+/// A random node id: 12 hex digits of a fresh UUID, new at each start.
+pub fn random_node_id() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    id[..12].to_owned()
+}
+
+/// Longest `--node-id`.
+pub const MAX_NODE_ID: usize = 64;
+
+/// Refuses a node id that is empty, too long or has characters other than
+/// `A-Z a-z 0-9 . _ -` (it names NATS subjects and rows).
+fn check_node_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_NODE_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "--node-id: 1 to {MAX_NODE_ID} characters of A-Z a-z 0-9 . _ -"
+        ))
+    }
 }
 
 /// A whole number of at least 1 (a limit).
@@ -157,8 +229,17 @@ pub const DEMO_ISSUER: &str = "idv-demo";
 pub struct Settings {
     /// Address to listen on.
     pub bind: String,
-    /// SQLite database file.
+    /// SQLite database file (`--db`): what `store` is by default, and what messages
+    /// about it name.
     pub db: PathBuf,
+    /// The store the broker opens (`--store`).
+    pub store: StoreUrl,
+    /// The NATS server between nodes (`--nats`); required with a postgres store.
+    pub nats: Option<String>,
+    /// This node's id (`--node-id`): the owner of the sessions it runs.
+    pub node_id: String,
+    /// Most PostgreSQL connections of this node.
+    pub pg_pool_size: usize,
     /// Base of session URLs; `None`: `http://<bound address>`.
     pub public_url: Option<String>,
     /// (name, key) pairs.
@@ -219,9 +300,14 @@ pub struct Settings {
 impl Settings {
     /// Settings with every default of SPEC §6 and the given database.
     pub fn with_db(db: impl Into<PathBuf>) -> Self {
+        let db = db.into();
         Self {
             bind: "127.0.0.1:8080".into(),
-            db: db.into(),
+            store: StoreUrl::Sqlite(db.clone()),
+            db,
+            nats: None,
+            node_id: random_node_id(),
+            pg_pool_size: idv_actors::pg::DEFAULT_POOL_SIZE,
             public_url: None,
             api_keys: Vec::new(),
             issuers: Vec::new(),
@@ -332,6 +418,28 @@ impl Settings {
             .iter()
             .map(|c| c.parse().map_err(|e| format!("--trusted-proxy {e}")))
             .collect::<Result<Vec<_>, String>>()?;
+        let store = match &args.store {
+            Some(url) => StoreUrl::parse(url)?,
+            None => StoreUrl::Sqlite(args.db.clone()),
+        };
+        if let Some(nats) = &args.nats {
+            if !(nats.starts_with("nats://") || nats.starts_with("tls://")) {
+                return Err("--nats: expected nats://HOST:PORT".into());
+            }
+        }
+        if matches!(store, StoreUrl::Postgres(_)) && args.nats.is_none() {
+            return Err(
+                "--store postgres://… needs --nats: several nodes talk to each other over NATS"
+                    .into(),
+            );
+        }
+        let node_id = match args.node_id {
+            Some(id) => {
+                check_node_id(&id)?;
+                id
+            }
+            None => random_node_id(),
+        };
         match std::net::ToSocketAddrs::to_socket_addrs(args.bind.as_str()) {
             Ok(mut addrs) => {
                 if addrs.next().is_none() {
@@ -367,6 +475,9 @@ impl Settings {
             max_subscribers_per_session: args.max_subscribers_per_session,
             trusted_proxies,
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+            store,
+            nats: args.nats,
+            node_id,
             ..Self::with_db(args.db)
         })
     }
@@ -582,6 +693,51 @@ mod tests {
             &[],
         )
         .is_ok());
+    }
+
+    #[test]
+    fn the_store_is_sqlite_by_default_and_postgres_needs_nats() {
+        let s = settings(&["--db", "x/b.db"], &[]).unwrap();
+        assert_eq!(s.store, StoreUrl::Sqlite("x/b.db".into()));
+        assert_eq!(s.nats, None);
+        let s = settings(&["--store", "sqlite:y.db"], &[]).unwrap();
+        assert_eq!(s.store, StoreUrl::Sqlite("y.db".into()));
+        let pg = "postgres://idv:secret-pw@db.internal/idv";
+        let err = settings(&["--store", pg], &[]).err().expect("refused");
+        assert!(
+            err.contains("--nats") && !err.contains("secret-pw"),
+            "{err}"
+        );
+        let s = settings(
+            &[
+                "--store",
+                pg,
+                "--nats",
+                "nats://127.0.0.1:4222",
+                "--node-id",
+                "n-1",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.store, StoreUrl::Postgres(pg.into()));
+        assert_eq!(s.node_id, "n-1");
+        assert!(!s.store.display().contains("secret-pw"));
+        let err = settings(&["--store", "mysql://h/db"], &[])
+            .err()
+            .expect("refused");
+        assert!(err.contains("--store"), "{err}");
+        assert!(settings(&["--node-id", "bad id"], &[]).is_err());
+    }
+
+    #[test]
+    fn a_node_id_is_random_at_each_start_unless_given() {
+        let (a, b) = (
+            settings(&[], &[]).unwrap().node_id,
+            settings(&[], &[]).unwrap().node_id,
+        );
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 12);
     }
 
     #[test]

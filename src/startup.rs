@@ -2,22 +2,61 @@
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::Arc;
 
 use actix::{Actor as _, Addr};
 use actix_web::dev::Server;
+use idv_actors::cluster::{Cluster, ClusterConfig};
 use idv_actors::credentials::{ApiKeys, Issuers};
 use idv_actors::ids::SessionToken;
+use idv_actors::pg::{PgConfig, PgStore};
 use idv_actors::registry::{Registry, RegistryConfig};
 use idv_actors::retention::{RetentionSweeper, SweeperConfig};
+use idv_actors::session_store::{ClusterStore, SessionStore};
 use idv_actors::store::{Store, StoreConfig, StoreError, WebhookRoute};
 use idv_actors::webhooks::dispatcher::DispatcherError;
 use idv_actors::webhooks::{CallbackGuard, Dispatcher, Shutdown, Signer};
 use idv_web::{AppState, DemoApp, ServerConfig};
 
-use crate::settings::{check_credentials, Settings, DEMO_API_KEY_NAME, DEMO_ISSUER};
+use crate::settings::{check_credentials, Settings, StoreUrl, DEMO_API_KEY_NAME, DEMO_ISSUER};
 
 /// How often the registry looks for overdue sessions whose actor did not expire them.
 const EXPIRY_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Threads of the `store-io` runtime that runs every PostgreSQL call.
+const STORE_IO_THREADS: usize = 2;
+
+/// The dedicated multi-threaded runtime the PostgreSQL store runs on: its connections'
+/// I/O lives here, not on an actix worker (each a single-threaded runtime that may stop
+/// before the store does). Shut down without blocking when dropped, so dropping it on
+/// an async thread is safe; calls made after that fail as `StoreError::Closed`.
+pub struct StoreRuntime(Option<tokio::runtime::Runtime>);
+
+impl StoreRuntime {
+    /// Starts the `store-io` threads.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(STORE_IO_THREADS)
+                .thread_name("store-io")
+                .enable_all()
+                .build()?,
+        )))
+    }
+
+    /// Where store calls are spawned.
+    pub fn handle(&self) -> Option<tokio::runtime::Handle> {
+        self.0.as_ref().map(|rt| rt.handle().clone())
+    }
+}
+
+impl Drop for StoreRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
 
 /// Why the broker could not start (all exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +64,7 @@ pub enum StartError {
     /// Weak or ambiguous credentials (SPEC §6).
     #[error("{0}")]
     Config(String),
-    /// The database cannot be opened or migrated.
+    /// The database cannot be opened, reached or migrated.
     #[error("cannot use the database {path}: {source}")]
     Database {
         /// The file.
@@ -36,6 +75,9 @@ pub enum StartError {
     /// The webhook dispatcher cannot be set up (its TLS client).
     #[error("cannot start webhooks: {0}")]
     Webhooks(#[from] DispatcherError),
+    /// Several nodes: NATS cannot be reached, or the node cannot join.
+    #[error("{0}")]
+    Cluster(#[from] idv_actors::cluster::ClusterError),
     /// The address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -51,7 +93,14 @@ pub struct Application {
     addr: SocketAddr,
     server: Server,
     registry: Registry,
-    store: Store,
+    /// The store, whichever engine; everything in the broker holds it as this.
+    store: Arc<dyn SessionStore>,
+    /// The same store as the cluster layer sees it; PostgreSQL only.
+    cluster: Option<Arc<dyn ClusterStore>>,
+    /// This node in the cluster (several nodes only).
+    node: Option<Cluster>,
+    /// The runtime PostgreSQL calls run on; shut down after the store is closed.
+    store_io: Option<StoreRuntime>,
     /// Tells WebSockets (close 1001) and long-polls (answer now) that the broker stops.
     shutdown: tokio::sync::watch::Sender<bool>,
     sweeper: Addr<RetentionSweeper>,
@@ -77,20 +126,44 @@ impl Application {
         // record anything.
         idv_actors::metrics::install();
         let db_error = |source| StartError::Database {
-            path: settings.db.display().to_string(),
+            path: settings.store.display(),
             source,
         };
         // No secret, no webhooks at all: transitions enqueue nothing (SPEC §4).
         let signer = Signer::new(&settings.webhook_secrets);
-        let store_config = StoreConfig {
-            webhooks: signer.as_ref().map(|_| WebhookRoute {
-                default_url: settings.webhook_url.clone(),
-            }),
-            ..StoreConfig::new(&settings.db)
+        let webhooks = signer.as_ref().map(|_| WebhookRoute {
+            default_url: settings.webhook_url.clone(),
+        });
+        let (store, cluster, store_io): (Arc<dyn SessionStore>, _, _) = match &settings.store {
+            StoreUrl::Sqlite(path) => {
+                let config = StoreConfig {
+                    webhooks,
+                    ..StoreConfig::new(path)
+                };
+                (
+                    Arc::new(Store::open(&config).map_err(db_error)?),
+                    None,
+                    None,
+                )
+            }
+            StoreUrl::Postgres(url) => {
+                let io = StoreRuntime::new().map_err(|e| {
+                    db_error(StoreError::Schema(format!("cannot start store-io: {e}")))
+                })?;
+                let handle = io.handle().ok_or_else(|| db_error(StoreError::Closed))?;
+                let config = PgConfig {
+                    url: url.clone(),
+                    node_id: settings.node_id.clone(),
+                    pool_size: settings.pg_pool_size,
+                    webhooks,
+                };
+                let pg = PgStore::open(config, handle).await.map_err(db_error)?;
+                let cluster: Arc<dyn ClusterStore> = pg.clone();
+                (pg as Arc<dyn SessionStore>, Some(cluster), Some(io))
+            }
         };
-        let store = Store::open(&store_config).map_err(db_error)?;
         let registry = Registry::new(
-            std::sync::Arc::new(store.clone()),
+            store.clone(),
             settings.clock.clone(),
             RegistryConfig {
                 max_live_sessions: settings.max_live_sessions,
@@ -99,6 +172,29 @@ impl Application {
                 max_staged_bytes: settings.max_staged_bytes,
             },
         );
+        // Several nodes (SPEC §7): join before the restore takes this node's sessions
+        // back, so that they are routed here from the start. SQLite runs as one node.
+        let node = match (&cluster, &store_io, &settings.nats) {
+            (Some(cluster), Some(io), Some(nats)) => {
+                let handle = io.handle().ok_or_else(|| db_error(StoreError::Closed))?;
+                Some(
+                    Cluster::start(
+                        ClusterConfig::new(nats.clone()),
+                        handle,
+                        cluster.clone(),
+                        registry.clone(),
+                    )
+                    .await?,
+                )
+            }
+            (Some(_), _, None) => {
+                return Err(StartError::Config(
+                    "a postgres store needs --nats: several nodes talk to each other over NATS"
+                        .into(),
+                ))
+            }
+            _ => None,
+        };
         let (expired, restored) = registry.restore().await.map_err(db_error)?;
         registry.start_expiry_sweep(EXPIRY_SWEEP_EVERY);
         let sweeper = RetentionSweeper::new(
@@ -202,6 +298,9 @@ impl Application {
             server,
             registry,
             store,
+            cluster,
+            node,
+            store_io,
             shutdown: shutdown_tx,
             sweeper,
             dispatcher,
@@ -226,8 +325,13 @@ impl Application {
     }
 
     /// The store (tests count its reads; the web crate never sees it).
-    pub fn store(&self) -> Store {
+    pub fn store(&self) -> Arc<dyn SessionStore> {
         self.store.clone()
+    }
+
+    /// The store as the cluster layer sees it: `Some` on PostgreSQL only.
+    pub fn cluster_store(&self) -> Option<Arc<dyn ClusterStore>> {
+        self.cluster.clone()
     }
 
     /// The retention sweeper (send it [`Sweep`](idv_actors::retention::Sweep) to sweep now).
@@ -258,6 +362,11 @@ impl Application {
         let _ = self.shutdown.send(true);
         drained.await;
         let _ = server.await;
+        if let Some(node) = &self.node {
+            // Several nodes: this node's sessions go to the others (SPEC §7) before the
+            // store closes.
+            node.hand_over(std::time::Duration::from_secs(5)).await;
+        }
         if let Some(dispatcher) = &self.dispatcher {
             // Bounded: a delivery takes at most its timeout, recording it a moment more.
             // What is cut short stays pending and goes out after the next start.
@@ -270,9 +379,14 @@ impl Application {
             }
         }
         let store = self.store.clone();
-        actix_web::rt::task::spawn_blocking(move || store.close())
-            .await
-            .map_err(std::io::Error::other)?;
+        let store_io = self.store_io;
+        actix_web::rt::task::spawn_blocking(move || {
+            store.close();
+            // After the store: nothing runs on store-io any more.
+            drop(store_io);
+        })
+        .await
+        .map_err(std::io::Error::other)?;
         tracing::info!("store flushed; bye");
         Ok(())
     }

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 
 use crate::error::SessionError;
 use crate::model::{is_file_scope, Consent, SessionRecord};
+use crate::route::{Outbound, Wire, WireOk};
 use crate::session::messages::{
     Answer, ArmFault, Caller, Cancel, Decide, InjectFault, Inspect, Retrieve, RotateToken,
 };
@@ -238,6 +239,37 @@ pub trait SessionCommand:
         session: &SessionRecord,
         now: DateTime<Utc>,
     ) -> Result<Self::Output, SessionError>;
+
+    /// The command as it travels to the node that owns the session (SPEC §7); `None`:
+    /// it is served where it arrives (subscriptions and long-polls are held by the
+    /// node the client is connected to, which watches the session).
+    fn to_wire(&self) -> Option<Outbound> {
+        None
+    }
+
+    /// The owner's answer as this command's output.
+    fn from_wire(ok: WireOk) -> Result<Self::Output, SessionError> {
+        Err(unexpected(ok))
+    }
+}
+
+/// An answer from another node that does not fit the command: a bug, or nodes of
+/// different versions.
+pub(crate) fn unexpected(ok: WireOk) -> SessionError {
+    tracing::error!(answer = ?std::mem::discriminant(&ok), "unexpected answer from the owner node");
+    SessionError::Unavailable("the node that runs this session answered unexpectedly; try again")
+}
+
+/// A command that travels as itself and is answered with the session.
+fn record_from_wire(ok: WireOk) -> Result<SessionRecord, SessionError> {
+    match ok {
+        WireOk::Record(r) => Ok(r),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn outbound(cmd: Wire) -> Option<Outbound> {
+    Some(Outbound { cmd, upload: None })
 }
 
 /// A planned command on an ended session can only be refused (nothing leaves a
@@ -254,6 +286,12 @@ fn ended(
 
 impl SessionCommand for Inspect {
     type Output = SessionRecord;
+    fn to_wire(&self) -> Option<Outbound> {
+        outbound(Wire::Inspect(self.clone()))
+    }
+    fn from_wire(ok: WireOk) -> Result<SessionRecord, SessionError> {
+        record_from_wire(ok)
+    }
     fn on_ended(
         &self,
         session: &SessionRecord,
@@ -266,6 +304,12 @@ impl SessionCommand for Inspect {
 
 impl SessionCommand for Retrieve {
     type Output = SessionRecord;
+    fn to_wire(&self) -> Option<Outbound> {
+        outbound(Wire::Retrieve(self.clone()))
+    }
+    fn from_wire(ok: WireOk) -> Result<SessionRecord, SessionError> {
+        record_from_wire(ok)
+    }
     fn on_ended(
         &self,
         session: &SessionRecord,
@@ -277,6 +321,12 @@ impl SessionCommand for Retrieve {
 
 impl SessionCommand for Decide {
     type Output = SessionRecord;
+    fn to_wire(&self) -> Option<Outbound> {
+        outbound(Wire::Decide(self.clone()))
+    }
+    fn from_wire(ok: WireOk) -> Result<SessionRecord, SessionError> {
+        record_from_wire(ok)
+    }
     fn on_ended(
         &self,
         session: &SessionRecord,
@@ -288,6 +338,12 @@ impl SessionCommand for Decide {
 
 impl SessionCommand for Cancel {
     type Output = SessionRecord;
+    fn to_wire(&self) -> Option<Outbound> {
+        outbound(Wire::Cancel(self.clone()))
+    }
+    fn from_wire(ok: WireOk) -> Result<SessionRecord, SessionError> {
+        record_from_wire(ok)
+    }
     fn on_ended(
         &self,
         session: &SessionRecord,
@@ -299,6 +355,15 @@ impl SessionCommand for Cancel {
 
 impl SessionCommand for RotateToken {
     type Output = ();
+    fn to_wire(&self) -> Option<Outbound> {
+        outbound(Wire::RotateToken)
+    }
+    fn from_wire(ok: WireOk) -> Result<(), SessionError> {
+        match ok {
+            WireOk::Unit => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
     fn on_ended(&self, _: &SessionRecord, _: DateTime<Utc>) -> Result<(), SessionError> {
         Ok(())
     }

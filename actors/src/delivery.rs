@@ -104,6 +104,18 @@ impl Audience {
         self.waiters.clear();
     }
 
+    /// The session's actor stops here without the session ending (it moved to another
+    /// node): every subscriber is told and re-subscribes through the registry, which
+    /// finds the new owner; every waiter is woken and waits again.
+    pub(crate) fn hand_off(&mut self) {
+        if let Some(session_id) = self.session {
+            for s in self.subscribers.values() {
+                s.lost.do_send(AudienceLost { session_id });
+            }
+        }
+        self.release();
+    }
+
     pub(crate) fn unsubscribe(&mut self, id: SubscriberId) {
         self.subscribers.remove(&id);
     }

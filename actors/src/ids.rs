@@ -122,7 +122,7 @@ impl fmt::Display for UserId {
 /// A device as its JWT names it: the trusted issuer (`iss`) and the user id it vouches
 /// for (`sub`). Sessions bind and compare the pair, so the same `sub` from another
 /// issuer is another device (SPEC §2).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DeviceId {
     /// The issuer: one of the configured `--issuer` names.
     pub issuer: String,
@@ -177,7 +177,7 @@ impl fmt::Debug for SessionToken {
 }
 
 /// The SHA-256 of a [`SessionToken`]; compared in constant time.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Serialize, Deserialize)]
 pub struct TokenHash(pub [u8; 32]);
 
 impl TokenHash {

@@ -10,10 +10,13 @@
 //! - [`registry`]: live actors by session id; rehydration and replacement; the web
 //!   crate's only way to the store.
 //! - `live`: the narrow handle a session actor has on the registry.
+//! - [`cluster`]: several nodes over NATS: the router, the lease, the takeover.
+//! - [`route`]: how the registry reaches sessions owned by another node ([`route::Router`]).
 //! - [`session_store`]: the store as the actors see it, one object-safe trait.
 //! - [`staging`]: uploads held in memory until approve, under a broker-wide budget.
 //! - [`retention`]: the sweeper that purges confirmed sessions' data after retention.
 //! - [`store`]: SQLite with a group-committing writer thread, and the webhook outbox.
+//! - [`pg`]: the PostgreSQL store for several nodes, with session ownership and leases.
 //! - [`webhooks`]: the dispatcher that delivers the outbox, signed.
 //! - [`write`]: what a transition writes, as planned (the store decides nothing).
 //! - [`credentials`]: API keys, session tokens and device JWTs.
@@ -21,6 +24,7 @@
 //! - [`ids`], [`model`], [`clock`], [`error`]: the vocabulary.
 
 pub mod clock;
+pub mod cluster;
 pub mod commands;
 pub mod credentials;
 pub mod delivery;
@@ -29,8 +33,10 @@ pub mod ids;
 mod live;
 pub mod metrics;
 pub mod model;
+pub mod pg;
 pub mod registry;
 pub mod retention;
+pub mod route;
 pub mod session;
 pub mod session_store;
 pub mod staging;

@@ -2,7 +2,11 @@
 //! registry calls it makes, behind a trait that depends on neither, so `session.rs`
 //! and `registry.rs` do not import each other in a cycle.
 
-use crate::ids::{SessionId, TokenHash};
+use actix::Recipient;
+
+use crate::ids::{Seq, SessionId, TokenHash};
+use crate::route::RouteFuture;
+use crate::session::messages::Refresh;
 
 /// Which start of a session's actor this is: the registry numbers every actor it
 /// starts, so a late `forget` from an old actor never removes its replacement.
@@ -24,4 +28,16 @@ pub(crate) trait LiveSessions: Send + Sync + 'static {
     /// `hash` is no longer session `id`'s token (it ended, or its token was
     /// replaced); idempotent.
     fn untrack_token(&self, id: SessionId, hash: TokenHash);
+
+    /// The owner committed transition `seq` of `id` (and pushed it here): the other
+    /// nodes that watch the session are told. Nothing with one node.
+    fn announce(&self, id: SessionId, seq: Seq);
+
+    /// A watching actor (the session's owner is another node) wants [`Refresh`] at
+    /// each of the owner's announcements; resolves once that is in place, so that what
+    /// the actor reads from the store after it cannot miss a transition.
+    fn watch(&self, id: SessionId, to: Recipient<Refresh>) -> RouteFuture<()>;
+
+    /// The watching actor of `id` stopped (idempotent).
+    fn unwatch(&self, id: SessionId);
 }

@@ -33,7 +33,7 @@ pub struct Consent {
 }
 
 /// What the backend asked for at creation.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SessionRequest {
     /// The scopes asked for, distinct, in the order given.
     pub scopes: Vec<String>,
@@ -50,7 +50,7 @@ pub struct SessionRequest {
 }
 
 /// A session as the actor owns it: everything but the shared data and files.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SessionRecord {
     /// The session id.
     pub id: SessionId,

@@ -5,12 +5,18 @@
 //! a dead address (an actor killed by a panic outside its containment) is replaced
 //! the same way, so no caller ever sees a closed mailbox.
 //!
+//! Several nodes (SPEC §7): a live session has one owner node. A command for a session
+//! owned elsewhere goes to the owner through the [`Router`] and is answered as if here;
+//! subscriptions and long-polls are served here, by a watching actor that hears of the
+//! owner's commits (see [`crate::session`]). One node alone has no router.
+//!
 //! The registry reaches the store only through [`SessionStore`], and is the web
 //! crate's only way to it: the web crate never sees the store. Session actors get the
 //! store, the clock and a [`LiveSessions`] handle, not the registry.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use actix::{Addr, MailboxError, Recipient, Supervisor};
 use dashmap::mapref::entry::Entry;
@@ -22,13 +28,14 @@ use crate::error::SessionError;
 use crate::ids::{Seq, SessionId, TokenHash, UserId};
 use crate::live::{Generation, LiveSessions};
 use crate::model::{Decision, SessionEvent, SessionRecord, UserRecord, UserStatus};
+use crate::route::{ForwardError, RouteFuture, Router};
 use crate::session::messages::{
     AudienceLost, Change, CountAudience, Push, Subscribe, Subscribed, SubscriberId, Unsubscribe,
     WaitChange,
 };
-use crate::session::messages::{Caller, Inspect, RotateToken, Tick};
+use crate::session::messages::{Caller, Inspect, Promote, Refresh, Relinquish, RotateToken, Tick};
 use crate::session::SessionActor;
-use crate::session_store::SessionStore;
+use crate::session_store::{Claim, SessionStore};
 use crate::staging::{StagingBudget, DEFAULT_MAX_STAGED_BYTES};
 use crate::store::{
     CreateOutcome, IdempotencyClaim, NewSession, StoreError, StoredFile, WebhookCounts,
@@ -36,6 +43,18 @@ use crate::store::{
 
 /// How often a command is re-sent after the actor it went to died or restarted.
 const MAX_ATTEMPTS: usize = 3;
+
+/// How long a command for a session whose owner node is gone waits for another node to
+/// take the session over (a dead node's lease lapses within seconds, SPEC §7: 10 s)
+/// before it is answered `503` with `Retry-After`.
+const TAKEOVER_PATIENCE: Duration = Duration::from_secs(12);
+
+/// Pause between two tries to reach a session whose owner is gone or moving.
+const TAKEOVER_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Most remembered owners of sessions run by other nodes; past it the memory is
+/// cleared (it is only a shortcut: a wrong or missing entry costs one store read).
+const MAX_REMOTE_ROUTES: usize = 65_536;
 
 /// Default of `--max-live-sessions`: about 2 GiB of actors at 2 KiB each (measured by `benches/http_load`).
 pub const DEFAULT_MAX_LIVE_SESSIONS: usize = 1_000_000;
@@ -71,6 +90,36 @@ pub enum Lookup {
     Live(Addr<SessionActor>),
     /// Terminal: no actor, the store's record.
     Ended(SessionRecord),
+    /// Live, owned by another node (its id).
+    Remote(String),
+}
+
+/// Why the registry could not carry out a command here.
+enum RouteError {
+    /// The session is owned by another node (only when forwarding is not allowed).
+    NotOwner,
+    /// The command failed.
+    Session(SessionError),
+}
+
+impl From<SessionError> for RouteError {
+    fn from(e: SessionError) -> Self {
+        RouteError::Session(e)
+    }
+}
+
+impl From<StoreError> for RouteError {
+    fn from(e: StoreError) -> Self {
+        RouteError::Session(e.into())
+    }
+}
+
+/// Why a command forwarded from another node was not carried out here.
+pub enum ServeError {
+    /// This node does not own the session (any more): the sender asks again.
+    NotOwner,
+    /// The command failed.
+    Session(SessionError),
 }
 
 /// A handle to the registry; cheap to clone.
@@ -83,6 +132,8 @@ pub struct Registry {
 struct Live {
     addr: Addr<SessionActor>,
     generation: Generation,
+    /// Whether the actor only watches a session owned by another node.
+    watching: bool,
 }
 
 struct Inner {
@@ -108,6 +159,13 @@ struct Inner {
     /// The staging budget every upload reserves from and every session actor's staged
     /// files hold; shared across threads (atomic inside).
     staging: Arc<StagingBudget>,
+    /// With several nodes: the way to the others (set once, at start).
+    router: OnceLock<Arc<dyn Router>>,
+    /// The owner node of sessions run elsewhere, as last seen (a shortcut, see
+    /// [`MAX_REMOTE_ROUTES`]).
+    remote: DashMap<SessionId, String>,
+    /// Set when this node hands its sessions over (SIGTERM): it takes none any more.
+    handing_over: AtomicBool,
 }
 
 impl Registry {
@@ -124,6 +182,9 @@ impl Registry {
                 clock,
                 staging: StagingBudget::new(config.max_staged_bytes),
                 config,
+                router: OnceLock::new(),
+                remote: DashMap::new(),
+                handing_over: AtomicBool::new(false),
             }),
         }
     }
@@ -191,10 +252,95 @@ impl Registry {
                 entry.insert(Live {
                     addr: addr.clone(),
                     generation,
+                    watching: false,
                 });
                 addr
             }
         }
+    }
+
+    /// The actor that watches session `id` (owned by another node) for the subscribers
+    /// and long-polls of this node, starting one if none runs.
+    fn watcher(&self, id: SessionId) -> Addr<SessionActor> {
+        match self.inner.live.entry(id) {
+            Entry::Occupied(e) if e.get().addr.connected() => e.get().addr.clone(),
+            entry => {
+                let generation = Generation(self.inner.generations.fetch_add(1, Ordering::Relaxed));
+                let store = self.inner.store.clone();
+                let clock = self.inner.clock.clone();
+                let live: Arc<dyn LiveSessions> = self.inner.clone();
+                let addr = Supervisor::start(move |_| {
+                    SessionActor::watching(id, store, clock, live, generation)
+                });
+                entry.insert(Live {
+                    addr: addr.clone(),
+                    generation,
+                    watching: true,
+                });
+                addr
+            }
+        }
+    }
+
+    /// This node now owns session `id` (it claimed or adopted it): its watching actor,
+    /// if one runs, becomes the owner; else an owner actor starts (from `record` when
+    /// it is known current, else from the store).
+    fn own(&self, id: SessionId, owner: &str, record: Option<SessionRecord>) -> Addr<SessionActor> {
+        self.inner.remote.remove(&id);
+        if let Some(mut live) = self.inner.live.get_mut(&id) {
+            if live.addr.connected() {
+                if live.watching {
+                    live.watching = false;
+                    live.addr.do_send(Promote);
+                    self.inner.hold(id, owner, None);
+                }
+                return live.addr.clone();
+            }
+        }
+        self.inner.hold(id, owner, None);
+        self.spawn(id, record)
+    }
+
+    /// With several nodes: the way to the other nodes. Set once, at start.
+    pub fn set_router(&self, router: Arc<dyn Router>) {
+        let _ = self.inner.router.set(router);
+    }
+
+    /// Whether the link to the other nodes is up (always with one node).
+    pub fn router_ready(&self) -> bool {
+        self.inner.router.get().is_none_or(|r| r.ready())
+    }
+
+    /// This node took over `sessions` (their owner's lease lapsed): their actors start
+    /// here, expiring at once what is overdue (the path of a restart).
+    pub fn adopt(&self, sessions: Vec<SessionRecord>) {
+        if self.inner.handing_over.load(Ordering::Acquire) {
+            // Leaving: they are released with this node's lease, to the others.
+            return;
+        }
+        for record in sessions {
+            let owner = record.owner.clone();
+            self.own(record.id, &owner, Some(record));
+        }
+    }
+
+    /// Stops every session actor this node owns without ending the sessions: another
+    /// node takes them over. With `for_good` (SIGTERM) this node takes no session
+    /// any more; otherwise (its lease lapsed) it may take sessions again.
+    pub fn relinquish_all(&self, for_good: bool) {
+        if for_good {
+            self.inner.handing_over.store(true, Ordering::Release);
+        }
+        for entry in self.inner.live.iter() {
+            if !entry.value().watching {
+                entry.value().addr.do_send(Relinquish);
+            }
+        }
+    }
+
+    /// How many sessions this node runs as their owner.
+    pub fn owned_count(&self) -> usize {
+        self.inner.live.iter().filter(|l| !l.watching).count()
     }
 
     /// Removes `addr` for `id`, if it is still the one registered (idempotent).
@@ -209,18 +355,50 @@ impl Registry {
         owner.is_some_and(|id| self.inner.live.contains_key(&id))
     }
 
-    /// Finds a session: its live actor (rehydrated if needed) or its terminal record.
+    /// Finds a session: its live actor (rehydrated if needed), its owner node if another
+    /// node runs it, or its terminal record.
     pub async fn lookup(&self, id: SessionId) -> Result<Option<Lookup>, StoreError> {
-        if let Some(addr) = self.inner.live.get(&id).map(|l| l.addr.clone()) {
-            if addr.connected() {
+        if let Some((addr, watching)) = self
+            .inner
+            .live
+            .get(&id)
+            .map(|l| (l.addr.clone(), l.watching))
+        {
+            if !addr.connected() {
+                self.forget(id, &addr);
+            } else if !watching {
                 return Ok(Some(Lookup::Live(addr)));
             }
-            self.forget(id, &addr);
         }
-        Ok(match self.inner.store.load_session(id).await? {
-            None => None,
-            Some(record) if record.status.is_terminal() => Some(Lookup::Ended(record)),
-            Some(record) => Some(Lookup::Live(self.spawn(record.id, None))),
+        if self.inner.router.get().is_some() {
+            if let Some(node) = self.inner.remote.get(&id).map(|n| n.clone()) {
+                return Ok(Some(Lookup::Remote(node)));
+            }
+        }
+        let Some(record) = self.inner.store.load_session(id).await? else {
+            return Ok(None);
+        };
+        if record.status.is_terminal() {
+            return Ok(Some(Lookup::Ended(record)));
+        }
+        if self.inner.router.get().is_none() {
+            return Ok(Some(Lookup::Live(self.spawn(record.id, None))));
+        }
+        if self.inner.handing_over.load(Ordering::Acquire) {
+            // Handing over: the session stays with whoever takes it; ask again later.
+            return Ok(Some(Lookup::Remote(String::new())));
+        }
+        Ok(match self.inner.store.claim(id).await? {
+            Claim::Mine => Some(Lookup::Live(self.own(id, &record.owner, None))),
+            Claim::Other(node) => {
+                if self.inner.remote.len() >= MAX_REMOTE_ROUTES {
+                    self.inner.remote.clear();
+                }
+                self.inner.remote.insert(id, node.clone());
+                Some(Lookup::Remote(node))
+            }
+            // It ended between the two reads.
+            Claim::NotLive => self.inner.store.load_session(id).await?.map(Lookup::Ended),
         })
     }
 
@@ -292,6 +470,9 @@ impl Registry {
     /// actor died while holding it (`MailboxError::Closed`) may have committed: it is
     /// re-sent only if it commits nothing ([`SessionCommand::retry_safe`]), else
     /// answered `503`, so a committed approve is never re-run into a false `409`.
+    ///
+    /// A session owned by another node gets the command there (SPEC §7). If that node
+    /// is gone, the command waits (bounded) for another node to take the session over.
     pub async fn call<C: SessionCommand>(
         &self,
         id: SessionId,
@@ -301,33 +482,130 @@ impl Registry {
         SessionActor: actix::Handler<C>,
         C::Result: Send,
     {
+        match self.dispatch(id, cmd, true).await {
+            Ok(out) => Ok(out),
+            Err(RouteError::Session(e)) => Err(e),
+            Err(RouteError::NotOwner) => Err(SessionError::Unavailable(
+                "the session is moving between nodes; try again",
+            )),
+        }
+    }
+
+    /// Carries out a command another node forwarded: here, or not at all (a node that
+    /// does not own the session answers [`ServeError::NotOwner`], never forwards).
+    pub async fn serve<C: SessionCommand>(
+        &self,
+        id: SessionId,
+        cmd: C,
+    ) -> Result<C::Output, ServeError>
+    where
+        SessionActor: actix::Handler<C>,
+        C::Result: Send,
+    {
+        match self.dispatch(id, cmd, false).await {
+            Ok(out) => Ok(out),
+            Err(RouteError::Session(e)) => Err(ServeError::Session(e)),
+            Err(RouteError::NotOwner) => Err(ServeError::NotOwner),
+        }
+    }
+
+    async fn dispatch<C: SessionCommand>(
+        &self,
+        id: SessionId,
+        cmd: C,
+        forward: bool,
+    ) -> Result<C::Output, RouteError>
+    where
+        SessionActor: actix::Handler<C>,
+        C::Result: Send,
+    {
+        let patience = std::time::Instant::now() + TAKEOVER_PATIENCE;
         let mut last = SessionError::Unavailable("the session is restarting; try again");
-        for _ in 0..MAX_ATTEMPTS {
-            match self.lookup(id).await? {
-                None => return Err(SessionError::NotFound),
+        let mut attempts = 0;
+        while attempts < MAX_ATTEMPTS {
+            let addr = match self.lookup(id).await? {
+                None => return Err(SessionError::NotFound.into()),
                 Some(Lookup::Ended(record)) => {
-                    return cmd.on_ended(&record, self.inner.clock.now())
+                    return Ok(cmd.on_ended(&record, self.inner.clock.now())?)
                 }
-                Some(Lookup::Live(addr)) => match addr.send(cmd.clone()).await {
-                    Ok(Err(SessionError::Restarted)) => {
-                        last = SessionError::Unavailable("the session is restarting; try again");
-                    }
-                    Ok(res) => return res,
-                    Err(MailboxError::Closed) | Err(MailboxError::Timeout) => {
-                        // Stopped (ended, or killed by a panic): drop the dead address; the
-                        // next lookup asks the store whether it is live or ended.
-                        self.forget(id, &addr);
-                        if !cmd.retry_safe() {
-                            return Err(SessionError::Unavailable(
-                                "the session restarted while handling this request; \
-                                 read it before trying again",
-                            ));
+                Some(Lookup::Live(addr)) => addr,
+                Some(Lookup::Remote(node)) => {
+                    let Some(out) = cmd.to_wire() else {
+                        // Served here, by an actor that watches the owner's commits.
+                        if !forward {
+                            return Err(RouteError::NotOwner);
                         }
+                        let addr = self.watcher(id);
+                        attempts += 1;
+                        match addr.send(cmd.clone()).await {
+                            Ok(Err(SessionError::Restarted)) | Err(_) => continue,
+                            Ok(res) => return Ok(res?),
+                        }
+                    };
+                    let (Some(router), true, false) =
+                        (self.inner.router.get(), forward, node.is_empty())
+                    else {
+                        if !forward {
+                            return Err(RouteError::NotOwner);
+                        }
+                        return Err(SessionError::Unavailable(
+                            "this node is shutting down; try again",
+                        )
+                        .into());
+                    };
+                    let gone = match router.forward(node.clone(), id, out).await {
+                        Ok(ok) => return Ok(C::from_wire(ok)?),
+                        Err(ForwardError::Session(SessionError::Restarted)) => {
+                            attempts += 1;
+                            false
+                        }
+                        Err(ForwardError::Session(e)) => return Err(e.into()),
+                        Err(ForwardError::NotOwner) | Err(ForwardError::Unreachable) => true,
+                        Err(ForwardError::NoAnswer) if cmd.retry_safe() => true,
+                        Err(ForwardError::NoAnswer) => {
+                            return Err(SessionError::Unavailable(
+                                "the node that runs this session did not answer; \
+                                 read the session before trying again",
+                            )
+                            .into())
+                        }
+                    };
+                    // Ask the store again who owns it; its owner may have died, in which
+                    // case the session is ours to claim once that node's lease lapses.
+                    self.inner.remote.remove(&id);
+                    if gone {
+                        if std::time::Instant::now() >= patience {
+                            return Err(SessionError::Unavailable(
+                                "the node that ran this session is gone and another is taking it over; try again",
+                            )
+                            .into());
+                        }
+                        actix::clock::sleep(TAKEOVER_BACKOFF).await;
                     }
-                },
+                    continue;
+                }
+            };
+            attempts += 1;
+            match addr.send(cmd.clone()).await {
+                Ok(Err(SessionError::Restarted)) => {
+                    last = SessionError::Unavailable("the session is restarting; try again");
+                }
+                Ok(res) => return Ok(res?),
+                Err(MailboxError::Closed) | Err(MailboxError::Timeout) => {
+                    // Stopped (ended, or killed by a panic): drop the dead address; the
+                    // next lookup asks the store whether it is live or ended.
+                    self.forget(id, &addr);
+                    if !cmd.retry_safe() {
+                        return Err(SessionError::Unavailable(
+                            "the session restarted while handling this request; \
+                             read it before trying again",
+                        )
+                        .into());
+                    }
+                }
             }
         }
-        Err(last)
+        Err(last.into())
     }
 
     /// Reads a session for `caller`. A session token that is not this session's is
@@ -621,6 +899,25 @@ impl LiveSessions for Inner {
 
     fn untrack_token(&self, id: SessionId, hash: TokenHash) {
         self.tokens.remove_if(&hash.0, |_, owner| *owner == id);
+    }
+
+    fn announce(&self, id: SessionId, seq: Seq) {
+        if let Some(router) = self.router.get() {
+            router.announce(id, seq);
+        }
+    }
+
+    fn watch(&self, id: SessionId, to: actix::Recipient<Refresh>) -> RouteFuture<()> {
+        match self.router.get() {
+            Some(router) => router.watch(id, to),
+            None => Box::pin(std::future::ready(())),
+        }
+    }
+
+    fn unwatch(&self, id: SessionId) {
+        if let Some(router) = self.router.get() {
+            router.unwatch(id);
+        }
     }
 }
 

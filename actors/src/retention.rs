@@ -8,12 +8,14 @@
 //! ([`AtomicResponse`]) until the store answered. Time comes from the injected clock,
 //! so tests move the clock instead of waiting 30 days.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 
 use crate::clock::SharedClock;
-use crate::store::{Store, StoreError, PURGE_BATCH};
+use crate::session_store::SessionStore;
+use crate::store::{StoreError, PURGE_BATCH};
 
 /// Default time confirmed sessions keep their personal data after the decision.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
@@ -41,14 +43,15 @@ impl Default for SweeperConfig {
 
 /// Purges confirmed sessions whose retention has passed, and expired idempotency keys.
 pub struct RetentionSweeper {
-    store: Store,
+    /// The store, whichever engine.
+    store: Arc<dyn SessionStore>,
     clock: SharedClock,
     config: SweeperConfig,
 }
 
 impl RetentionSweeper {
     /// A sweeper over `store`, reading time from `clock`.
-    pub fn new(store: Store, clock: SharedClock, config: SweeperConfig) -> Self {
+    pub fn new(store: Arc<dyn SessionStore>, clock: SharedClock, config: SweeperConfig) -> Self {
         Self {
             store,
             clock,

@@ -1,22 +1,45 @@
-//! The store as the session actors and the registry see it: one narrow, object-safe
-//! trait, [`SessionStore`], that the SQLite [`Store`] implements.
+//! The store as the rest of the broker sees it: one object-safe trait,
+//! [`SessionStore`], implemented by the SQLite [`Store`] and by the PostgreSQL
+//! [`PgStore`](crate::pg::PgStore); and [`ClusterStore`], what several nodes need
+//! besides (leases and ownership), implemented by PostgreSQL only.
 //!
-//! The actors hold an `Arc<dyn SessionStore>`, never the SQLite type, so another
-//! backend (PostgreSQL, for several nodes) slots in here without touching the session
-//! actor, the registry or the web crate. The futures are boxed so the trait stays
-//! object-safe; one allocation per store call is nothing beside the call itself.
+//! Layout:
+//! - [`SessionStore`]: sessions, events, files, users, the webhook outbox, retention,
+//!   the counters tests read, and `close`.
+//! - [`Claim`]: who owns a live session.
+//! - [`ClusterStore`]: a node's lease, orphan adoption and hand-over.
+//!
+//! Everything holds an `Arc<dyn SessionStore>`, never a backend's type, so the
+//! session actors, the registry, the dispatcher, the sweeper and the web crate work
+//! over either engine. The futures are boxed so the trait stays object-safe; one
+//! allocation per store call is nothing beside the call itself.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use crate::ids::{FileId, Seq, SessionId, TokenHash, UserId};
 use crate::model::{Decision, SessionEvent, SessionRecord, UserRecord, UserStatus};
 use crate::store::{
-    CreateOutcome, IdempotencyClaim, NewSession, Store, StoreError, StoredFile, WebhookCounts,
+    CreateOutcome, DeliveryRecord, DueEvents, IdempotencyClaim, NewSession, Store, StoreError,
+    StoredFile, WebhookCounts,
 };
 use crate::write::TransitionWrite;
+
+/// Who owns a live session (see [`SessionStore::claim`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// This node owns it (it was already, or it just took it over from a node whose
+    /// lease lapsed): this node runs its actor.
+    Mine,
+    /// Another node, with a valid lease, owns it: forward to that node (its id).
+    Other(String),
+    /// No such session, or it is terminal: nobody runs an actor for it.
+    NotLive,
+}
 
 /// What a store call resolves to.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -79,6 +102,78 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Whether the store answers.
     fn ping(&self) -> StoreFuture<'_, ()>;
+
+    /// Who owns live session `id`, claiming it for this node when its owner's lease
+    /// has lapsed. One node alone (SQLite) owns everything: [`Claim::Mine`].
+    fn claim(&self, id: SessionId) -> StoreFuture<'_, Claim>;
+
+    /// The head (lowest undelivered seq) of every session whose head is due at `now`,
+    /// among the sessions whose webhooks this node sends; and when the next falls due.
+    fn due_webhooks(&self, now: DateTime<Utc>, limit: usize) -> StoreFuture<'_, DueEvents>;
+
+    /// Records the outcome of a delivery attempt made at `attempted_at`.
+    fn record_delivery(
+        &self,
+        session_id: SessionId,
+        seq: Seq,
+        attempted_at: DateTime<Utc>,
+        outcome: DeliveryRecord,
+    ) -> StoreFuture<'_, ()>;
+
+    /// How many events are pending in all (the outbox depth gauge at start).
+    fn pending_webhooks(&self) -> StoreFuture<'_, u64>;
+
+    /// Notified after every commit that enqueued (or handed this node) a webhook event:
+    /// the dispatcher's wake-up. `Notify` keeps one permit when nobody waits.
+    fn webhook_wake(&self) -> Arc<tokio::sync::Notify>;
+
+    /// Retention: purges up to [`PURGE_BATCH`](crate::store::PURGE_BATCH) confirmed
+    /// sessions decided at or before `cutoff`; returns how many.
+    fn purge_retained(&self, cutoff: DateTime<Utc>, now: DateTime<Utc>) -> StoreFuture<'_, usize>;
+
+    /// Deletes up to `limit` idempotency keys whose window is over at `now`; returns
+    /// how many.
+    fn purge_idempotency_keys(&self, now: DateTime<Utc>, limit: usize) -> StoreFuture<'_, usize>;
+
+    /// How many session loads the store was asked for (tests check what probes cost).
+    fn session_reads(&self) -> u64;
+
+    /// How many token lookups the store was asked for.
+    fn token_lookups(&self) -> u64;
+
+    /// Stops taking work and flushes what is queued. Blocking: call it off the runtime.
+    fn close(&self);
+}
+
+/// What several nodes over one PostgreSQL database need besides [`SessionStore`]:
+/// each node's lease, and the ownership of sessions whose node is gone. Times of
+/// leases are the database's clock, so the nodes' clock skew never matters.
+pub trait ClusterStore: Send + Sync + 'static {
+    /// This node's id.
+    fn node_id(&self) -> &str;
+
+    /// Upserts this node's row with a lease of `ttl` from now.
+    fn register_node(&self, ttl: Duration) -> StoreFuture<'_, ()>;
+
+    /// Extends this node's lease by `ttl` from now if it is still valid; `false` if it
+    /// had lapsed (others may have adopted its sessions: re-register).
+    fn renew_lease(&self, ttl: Duration) -> StoreFuture<'_, bool>;
+
+    /// Takes over up to `limit` sessions of nodes whose lease lapsed (or that have no
+    /// lease at all) that are live or have pending webhooks; returns the live ones, for
+    /// their actors. Two adopters never take the same session.
+    fn adopt_orphans(&self, limit: usize) -> StoreFuture<'_, Vec<SessionRecord>>;
+
+    /// Ends this node's lease at once (SIGTERM hand-over), so the others adopt its
+    /// sessions without waiting for it to lapse; this node holds nothing afterwards.
+    fn release_node(&self) -> StoreFuture<'_, ()>;
+
+    /// The nodes with a valid lease.
+    fn live_nodes(&self) -> StoreFuture<'_, Vec<String>>;
+
+    /// This node no longer runs session `id`'s actor: its commits are refused until it
+    /// claims the session again.
+    fn forget_held(&self, id: SessionId);
 }
 
 impl SessionStore for Store {
@@ -149,5 +244,58 @@ impl SessionStore for Store {
 
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(Store::ping(self))
+    }
+
+    fn claim(&self, id: SessionId) -> StoreFuture<'_, Claim> {
+        let _ = id;
+        Box::pin(async { Ok(Claim::Mine) })
+    }
+
+    fn due_webhooks(&self, now: DateTime<Utc>, limit: usize) -> StoreFuture<'_, DueEvents> {
+        Box::pin(Store::due_webhooks(self, now, limit))
+    }
+
+    fn record_delivery(
+        &self,
+        session_id: SessionId,
+        seq: Seq,
+        attempted_at: DateTime<Utc>,
+        outcome: DeliveryRecord,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(Store::record_delivery(
+            self,
+            session_id,
+            seq,
+            attempted_at,
+            outcome,
+        ))
+    }
+
+    fn pending_webhooks(&self) -> StoreFuture<'_, u64> {
+        Box::pin(Store::pending_webhooks(self))
+    }
+
+    fn webhook_wake(&self) -> Arc<tokio::sync::Notify> {
+        Store::webhook_wake(self)
+    }
+
+    fn purge_retained(&self, cutoff: DateTime<Utc>, now: DateTime<Utc>) -> StoreFuture<'_, usize> {
+        Box::pin(Store::purge_retained(self, cutoff, now))
+    }
+
+    fn purge_idempotency_keys(&self, now: DateTime<Utc>, limit: usize) -> StoreFuture<'_, usize> {
+        Box::pin(Store::purge_idempotency_keys(self, now, limit))
+    }
+
+    fn session_reads(&self) -> u64 {
+        Store::session_reads(self)
+    }
+
+    fn token_lookups(&self) -> u64 {
+        Store::token_lookups(self)
+    }
+
+    fn close(&self) {
+        Store::close(self)
     }
 }

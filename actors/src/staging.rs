@@ -27,10 +27,11 @@ use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 use zeroize::{ZeroizeOnDrop, Zeroizing};
 
-use crate::commands::{check_not_overdue, Plan, SessionCommand};
+use crate::commands::{check_not_overdue, unexpected, Plan, SessionCommand};
 use crate::error::SessionError;
 use crate::ids::{DeviceId, FileId};
 use crate::model::{is_file_scope, SessionRecord};
+use crate::route::{Outbound, Wire, WireOk};
 use crate::session::messages::{CheckUpload, StageFile, StagedFile, UploadId, UploadTicket};
 use crate::status::{next, Event, Status};
 use crate::write::{ImageType, NewFile, TransitionWrite, Upload};
@@ -286,6 +287,23 @@ impl StageFile {
 
 impl SessionCommand for StageFile {
     type Output = StagedFile;
+    fn to_wire(&self) -> Option<Outbound> {
+        Some(Outbound {
+            cmd: Wire::Stage {
+                device: self.device.clone(),
+                kind: self.kind.clone(),
+                upload: self.upload_id.0,
+                content_type: self.upload.content_type.as_str().to_owned(),
+            },
+            upload: Some(self.upload.clone()),
+        })
+    }
+    fn from_wire(ok: WireOk) -> Result<StagedFile, SessionError> {
+        match ok {
+            WireOk::Staged(staged) => Ok(staged),
+            other => Err(unexpected(other)),
+        }
+    }
     fn on_ended(
         &self,
         session: &SessionRecord,
@@ -307,6 +325,18 @@ impl CheckUpload {
 
 impl SessionCommand for CheckUpload {
     type Output = UploadTicket;
+    fn to_wire(&self) -> Option<Outbound> {
+        Some(Outbound {
+            cmd: Wire::CheckUpload(self.clone()),
+            upload: None,
+        })
+    }
+    fn from_wire(ok: WireOk) -> Result<UploadTicket, SessionError> {
+        match ok {
+            WireOk::Ticket(id) => Ok(UploadTicket::remote(id)),
+            other => Err(unexpected(other)),
+        }
+    }
     fn on_ended(
         &self,
         session: &SessionRecord,
@@ -349,7 +379,11 @@ impl Staged {
         let (end, ended) = oneshot::channel();
         self.streaming
             .insert(kind.to_owned(), Streaming { id, _end: end });
-        UploadTicket { id, ended }
+        UploadTicket {
+            id,
+            ended,
+            _keep: None,
+        }
     }
 
     /// Stages `msg` (already checked), replacing an earlier upload of the same kind;

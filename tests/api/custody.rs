@@ -3,6 +3,7 @@
 //! or its retention passes.
 
 use std::path::{Path, PathBuf};
+
 use std::time::Duration;
 
 use idv_actors::ids::SessionId;
@@ -36,32 +37,15 @@ fn jpeg(marker: &str) -> Vec<u8> {
 
 /// Every file under `dir` (database, WAL, shared memory, anything) containing `needle`.
 pub(crate) fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                todo.push(path);
-                continue;
-            }
-            // A file may vanish between listing and reading (a WAL being reset).
-            let Ok(bytes) = std::fs::read(&path) else {
-                continue;
-            };
-            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
-                found.push(path);
-            }
-        }
-    }
-    found
+    files_holding(dir, needle.as_bytes())
 }
 
-/// Polls until no file of the broker holds `needle`, failing after SPEC §2's 5 seconds.
+/// Polls until nothing of the broker holds `needle` (SQLite: no file; PostgreSQL: no
+/// row of any table), failing after SPEC §2's 5 seconds.
 async fn assert_scrubbed(app: &TestApp, needle: &str) {
     let deadline = tokio::time::Instant::now() + SCRUB_DEADLINE;
     loop {
-        let left = files_containing(app.dir.path(), needle);
+        let left = app.stored_holders(needle.as_bytes()).await;
         if left.is_empty() {
             return;
         }
@@ -73,15 +57,15 @@ async fn assert_scrubbed(app: &TestApp, needle: &str) {
     }
 }
 
-fn assert_on_disk(app: &TestApp, needle: &str) {
+async fn assert_on_disk(app: &TestApp, needle: &str) {
     assert!(
-        !files_containing(app.dir.path(), needle).is_empty(),
-        "{needle} should be in the database files"
+        !app.stored_holders(needle.as_bytes()).await.is_empty(),
+        "{needle} should be in the store"
     );
 }
 
-fn assert_not_on_disk(app: &TestApp, needle: &str) {
-    let found = files_containing(app.dir.path(), needle);
+async fn assert_not_on_disk(app: &TestApp, needle: &str) {
+    let found = app.stored_holders(needle.as_bytes()).await;
     assert!(found.is_empty(), "{needle} must not be on disk: {found:?}");
 }
 
@@ -214,12 +198,12 @@ async fn uploads_stay_off_disk_until_approve_and_are_stored_with_it() {
     assert_eq!(res.status(), 201);
 
     // The scan sees what is stored (the prefill), and the upload is not among it.
-    assert_on_disk(&app, &prefill);
-    assert_not_on_disk(&app, &selfie_marker);
+    assert_on_disk(&app, &prefill).await;
+    assert_not_on_disk(&app, &selfie_marker).await;
 
     let res = approve(&app, &id, json!({"full_name": "John Adam Johnson"})).await;
     assert_eq!(res.status(), 200);
-    assert_on_disk(&app, &selfie_marker);
+    assert_on_disk(&app, &selfie_marker).await;
     assert_eq!(
         app.registry.staging_budget().used(),
         0,
@@ -284,13 +268,13 @@ async fn deny_leaves_no_byte_of_the_prefill_or_the_upload_on_disk() {
     assert_eq!(app.information(&id, "alice").await.status(), 200);
     let res = upload(&app, &id, "alice", "selfie", "image/png", png(&image)).await;
     assert_eq!(res.status(), 201);
-    assert_on_disk(&app, &prefill);
+    assert_on_disk(&app, &prefill).await;
 
     let res = app.update(&id, "alice", &json!({"decision": "deny"})).await;
     assert_eq!(res.status(), 200);
 
     assert_scrubbed(&app, &prefill).await;
-    assert_not_on_disk(&app, &image);
+    assert_not_on_disk(&app, &image).await;
     assert_eq!(app.registry.staging_budget().used(), 0);
     let d = decision(&app, &id).await;
     assert_eq!(d["status"], "declined");
@@ -311,7 +295,7 @@ async fn cancel_leaves_no_byte_of_the_prefill_or_the_upload_on_disk() {
     assert_eq!(app.cancel(&id).await.status(), 200);
 
     assert_scrubbed(&app, &prefill).await;
-    assert_not_on_disk(&app, &image);
+    assert_not_on_disk(&app, &image).await;
     assert_eq!(app.registry.staging_budget().used(), 0);
     assert_eq!(decision(&app, &id).await["files"], json!([]));
 }
@@ -332,7 +316,7 @@ async fn expiry_leaves_no_byte_of_the_prefill_or_the_upload_on_disk() {
     assert_eq!(s["status"], "expired");
 
     assert_scrubbed(&app, &prefill).await;
-    assert_not_on_disk(&app, &image);
+    assert_not_on_disk(&app, &image).await;
     assert_eq!(app.registry.staging_budget().used(), 0);
 }
 
@@ -355,7 +339,7 @@ async fn retention_purges_a_confirmed_sessions_data_and_files_from_disk() {
             .status(),
         200
     );
-    assert_on_disk(&app, &image);
+    assert_on_disk(&app, &image).await;
 
     // 29 days on: still kept.
     app.clock.advance(chrono::Duration::days(29));

@@ -47,13 +47,8 @@ async fn a_session_past_its_ttl_expires_without_traffic_and_its_data_goes() {
     assert_eq!(decision["shared_data"], Value::Null);
     assert_eq!(decision["files"], json!([]));
     let registration: Option<String> = app
-        .db_read()
-        .query_row(
-            "SELECT registration FROM sessions WHERE id = ?1",
-            [id],
-            |r| r.get(0),
-        )
-        .unwrap();
+        .sql_one("SELECT registration FROM sessions WHERE id = ?1", &[id])
+        .await;
     assert_eq!(registration, None);
 
     let res = app.information(id, "bob").await;
@@ -166,13 +161,11 @@ async fn a_session_that_expired_while_the_broker_was_down_is_expired_before_it_l
     // Straight after start, with no request and no timer tick: the store already says so,
     // and only the session still within its TTL got an actor.
     let statuses: Vec<(String, String)> = app
-        .db_read()
-        .prepare("SELECT id, status FROM sessions ORDER BY created_at")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+        .sql("SELECT id, status FROM sessions ORDER BY created_at", &[])
+        .await
+        .iter()
+        .map(|r| (String::from_cell(&r[0]), String::from_cell(&r[1])))
+        .collect();
     let status_of = |id: &str| {
         statuses
             .iter()

@@ -1,4 +1,10 @@
-//! Starts the real broker on port 0 with a fresh SQLite file, and typed helpers.
+//! Starts the real broker on port 0 with a fresh store, and typed helpers.
+//!
+//! The store is SQLite (a fresh file) unless `IDVB_TEST_STORE=postgres`: then every
+//! broker gets a fresh database of its own on the server of `IDVB_TEST_PG`, and the
+//! real binary (`spawn_binary`) is pointed at one database per `--db` path. The few
+//! checks that are about SQLite's own files say so and skip on PostgreSQL
+//! (`skip_on_postgres`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -6,6 +12,9 @@ use std::time::Duration;
 
 use idv_actors::clock::OffsetClock;
 use idv_actors::registry::Registry;
+/// The store's trait, so tests call its counters on `TestApp::store`.
+pub use idv_actors::session_store::SessionStore;
+use idv_broker::settings::StoreUrl;
 use idv_broker::{Application, Settings};
 use serde_json::{json, Value};
 
@@ -29,15 +38,107 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub registry: Registry,
     /// The broker's store, to count its reads.
-    pub store: idv_actors::store::Store,
+    pub store: Arc<dyn SessionStore>,
     /// The retention sweeper; `send(Sweep)` sweeps now.
     pub sweeper: actix::Addr<idv_actors::retention::RetentionSweeper>,
     pub clock: Arc<OffsetClock>,
     pub db: PathBuf,
+    /// The PostgreSQL database and node id this broker runs on, under
+    /// `IDVB_TEST_STORE=postgres`; kept across restarts.
+    pub pg: Option<PgDb>,
     /// Keeps the database folder alive for the test (and for restarts).
     pub dir: Arc<tempfile::TempDir>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<actix_web::rt::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// A PostgreSQL database of a test, and the node id its broker runs as.
+#[derive(Clone, Debug)]
+pub struct PgDb {
+    pub url: String,
+    pub node_id: String,
+}
+
+/// Whether this run tests the PostgreSQL store (`IDVB_TEST_STORE=postgres`).
+pub fn on_postgres() -> bool {
+    std::env::var("IDVB_TEST_STORE").is_ok_and(|v| v == "postgres")
+}
+
+/// `true` (and a note naming `why`) when a check about SQLite's own files cannot run
+/// because this run is on PostgreSQL.
+pub fn skip_on_postgres(why: &str) -> bool {
+    let skip = on_postgres();
+    if skip {
+        eprintln!("note: skipped on PostgreSQL: {why}");
+    }
+    skip
+}
+
+/// A fresh database on the `IDVB_TEST_PG` server, with a node id for its broker.
+pub async fn fresh_pg() -> PgDb {
+    let server = std::env::var("IDVB_TEST_PG")
+        .expect("IDVB_TEST_STORE=postgres needs IDVB_TEST_PG (scripts/services.sh env)");
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let url = idv_actors::pg::create_database(&server, &name)
+        .await
+        .expect("a test database");
+    PgDb {
+        url,
+        node_id: format!("node-{}", &name[2..14]),
+    }
+}
+
+/// Connections per test broker: the test server allows 400 in all.
+const PG_POOL_SIZE: usize = 4;
+
+/// A value read back from the store by [`TestApp::sql`]: either engine's row, typed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cell {
+    Null,
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+/// What a [`Cell`] can be read as.
+pub trait FromCell: Sized {
+    fn from_cell(cell: &Cell) -> Self;
+}
+
+impl FromCell for i64 {
+    fn from_cell(cell: &Cell) -> Self {
+        match cell {
+            Cell::Int(n) => *n,
+            other => panic!("not an integer: {other:?}"),
+        }
+    }
+}
+
+impl FromCell for String {
+    fn from_cell(cell: &Cell) -> Self {
+        match cell {
+            Cell::Text(s) => s.clone(),
+            other => panic!("not text: {other:?}"),
+        }
+    }
+}
+
+impl FromCell for Vec<u8> {
+    fn from_cell(cell: &Cell) -> Self {
+        match cell {
+            Cell::Blob(b) => b.clone(),
+            other => panic!("not bytes: {other:?}"),
+        }
+    }
+}
+
+impl<T: FromCell> FromCell for Option<T> {
+    fn from_cell(cell: &Cell) -> Self {
+        match cell {
+            Cell::Null => None,
+            other => Some(T::from_cell(other)),
+        }
+    }
 }
 
 /// Settings for a test broker over `db`: two API keys, two issuers, no rate limit.
@@ -68,16 +169,27 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
     let db = dir.path().join("broker.db");
-    start(dir, db, OffsetClock::new(), adjust).await
+    let pg = if on_postgres() {
+        Some(fresh_pg().await)
+    } else {
+        None
+    };
+    start(dir, db, pg, OffsetClock::new(), adjust).await
 }
 
 async fn start(
     dir: Arc<tempfile::TempDir>,
     db: PathBuf,
+    pg: Option<PgDb>,
     clock: Arc<OffsetClock>,
     adjust: impl FnOnce(&mut Settings),
 ) -> TestApp {
     let mut settings = test_settings(&db, clock.clone());
+    if let Some(pg) = &pg {
+        settings.store = StoreUrl::Postgres(pg.url.clone());
+        settings.node_id = pg.node_id.clone();
+        settings.pg_pool_size = PG_POOL_SIZE;
+    }
     adjust(&mut settings);
     let app = Application::build(settings)
         .await
@@ -101,6 +213,7 @@ async fn start(
         sweeper,
         clock,
         db,
+        pg,
         dir,
         stop: Some(tx),
         server: Some(server),
@@ -137,7 +250,7 @@ impl TestApp {
         self.stop().await;
         self.clock.advance(advance);
         let (dir, db, clock) = (self.dir.clone(), self.db.clone(), self.clock.clone());
-        start(dir, db, clock, adjust).await
+        start(dir, db, self.pg.clone(), clock, adjust).await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -272,28 +385,156 @@ impl TestApp {
         self.clock.now()
     }
 
-    /// A read-only connection to the broker's database, to check what it really stored.
-    pub fn db_read(&self) -> rusqlite::Connection {
-        let conn = rusqlite::Connection::open_with_flags(
-            &self.db,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .expect("open the db read-only");
-        conn.busy_timeout(Duration::from_secs(5)).unwrap();
-        conn
+    /// Runs `sql` on the broker's database (either engine), to check what it really
+    /// stored: `?1`, `?2`… are the text `params` (written `$1`… for PostgreSQL).
+    pub async fn sql(&self, sql: &str, params: &[&str]) -> Vec<Vec<Cell>> {
+        match &self.pg {
+            None => {
+                let conn = rusqlite::Connection::open_with_flags(
+                    &self.db,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
+                )
+                .expect("open the db");
+                conn.busy_timeout(Duration::from_secs(10)).unwrap();
+                let mut stmt = conn.prepare(sql).unwrap();
+                let n = stmt.column_count();
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(params), |r| {
+                        (0..n)
+                            .map(|i| {
+                                use rusqlite::types::ValueRef;
+                                Ok(match r.get_ref(i)? {
+                                    ValueRef::Null => Cell::Null,
+                                    ValueRef::Integer(n) => Cell::Int(n),
+                                    ValueRef::Real(f) => Cell::Text(f.to_string()),
+                                    ValueRef::Text(t) => {
+                                        Cell::Text(String::from_utf8_lossy(t).into_owned())
+                                    }
+                                    ValueRef::Blob(b) => Cell::Blob(b.to_vec()),
+                                })
+                            })
+                            .collect::<rusqlite::Result<Vec<_>>>()
+                    })
+                    .unwrap();
+                rows.collect::<rusqlite::Result<_>>().unwrap()
+            }
+            Some(pg) => {
+                let mut text = sql.to_owned();
+                for i in (1..=params.len().max(9)).rev() {
+                    text = text.replace(&format!("?{i}"), &format!("${i}"));
+                }
+                let (client, conn) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+                    .await
+                    .expect("connect to the test database");
+                let conn = tokio::spawn(conn);
+                let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                    .iter()
+                    .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                    .collect();
+                let rows = client.query(&text, &params).await.unwrap();
+                drop(client);
+                let _ = conn.await;
+                rows.iter()
+                    .map(|r| {
+                        (0..r.len())
+                            .map(|i| {
+                                use tokio_postgres::types::Type;
+                                let t = r.columns()[i].type_().clone();
+                                if t == Type::INT8 {
+                                    r.get::<_, Option<i64>>(i).map_or(Cell::Null, Cell::Int)
+                                } else if t == Type::INT4 {
+                                    r.get::<_, Option<i32>>(i)
+                                        .map_or(Cell::Null, |n| Cell::Int(n.into()))
+                                } else if t == Type::BOOL {
+                                    r.get::<_, Option<bool>>(i)
+                                        .map_or(Cell::Null, |b| Cell::Int(b.into()))
+                                } else if t == Type::BYTEA {
+                                    r.get::<_, Option<Vec<u8>>>(i)
+                                        .map_or(Cell::Null, Cell::Blob)
+                                } else {
+                                    r.get::<_, Option<String>>(i).map_or(Cell::Null, Cell::Text)
+                                }
+                            })
+                            .collect()
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The first column of the one row `sql` answers.
+    pub async fn sql_one<T: FromCell>(&self, sql: &str, params: &[&str]) -> T {
+        let rows = self.sql(sql, params).await;
+        assert_eq!(rows.len(), 1, "{sql}: {rows:?}");
+        T::from_cell(&rows[0][0])
+    }
+
+    /// Breaks the store under the broker: drops `table` (with what refers to it).
+    pub async fn drop_table(&self, table: &str) {
+        match &self.pg {
+            None => {
+                let conn = rusqlite::Connection::open(&self.db).unwrap();
+                conn.busy_timeout(Duration::from_secs(10)).unwrap();
+                conn.execute_batch(&format!("DROP TABLE {table}")).unwrap();
+            }
+            Some(pg) => {
+                let (client, conn) = tokio_postgres::connect(&pg.url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                let conn = tokio::spawn(conn);
+                client
+                    .batch_execute(&format!("DROP TABLE {table} CASCADE"))
+                    .await
+                    .unwrap();
+                drop(client);
+                let _ = conn.await;
+            }
+        }
+    }
+
+    /// Where `needle` is still stored: on SQLite, every file of the broker's folder
+    /// that holds it (database, WAL, anything); on PostgreSQL, every table with a row
+    /// that holds it (sessions, files, the outbox, events, keys, users).
+    pub async fn stored_holders(&self, needle: &[u8]) -> Vec<String> {
+        if self.pg.is_none() {
+            return files_holding(self.dir.path(), needle)
+                .into_iter()
+                .map(|p| p.display().to_string())
+                .collect();
+        }
+        let Ok(needle) = std::str::from_utf8(needle) else {
+            panic!("markers are text");
+        };
+        let mut found = Vec::new();
+        for table in [
+            "sessions",
+            "files",
+            "webhook_outbox",
+            "session_events",
+            "idempotency_keys",
+            "users",
+        ] {
+            let sql = match table {
+                "files" => "SELECT count(*) FROM files WHERE position(convert_to(?1, 'UTF8') in bytes) > 0".to_owned(),
+                "webhook_outbox" => "SELECT count(*) FROM webhook_outbox WHERE position(convert_to(?1, 'UTF8') in body) > 0".to_owned(),
+                _ => format!("SELECT count(*) FROM {table} t WHERE strpos(t::text, ?1) > 0"),
+            };
+            let n: i64 = self.sql_one(&sql, &[needle]).await;
+            if n > 0 {
+                found.push(format!("table {table}"));
+            }
+        }
+        found
     }
 
     /// The session's status as stored, polled until it is `want` or `within` has passed.
     /// Reads the database, not the API, so watching rehydrates or nudges no actor.
     pub async fn stored_status_becomes(&self, id: &str, want: &str, within: Duration) -> String {
         let deadline = tokio::time::Instant::now() + within;
-        let conn = self.db_read();
         loop {
-            let status: String = conn
-                .query_row("SELECT status FROM sessions WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })
-                .unwrap();
+            let status: String = self
+                .sql_one("SELECT status FROM sessions WHERE id = ?1", &[id])
+                .await;
             if status == want || tokio::time::Instant::now() > deadline {
                 return status;
             }
@@ -322,10 +563,50 @@ impl TestApp {
     }
 }
 
+/// Every file under `dir` holding `needle`.
+pub fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+                continue;
+            }
+            // A file may vanish between listing and reading (a WAL being reset).
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// The PostgreSQL database standing for each `--db` path given to the binary, so a
+/// restart on the same path finds the same database (and runs as the same node).
+static BINARY_DBS: std::sync::Mutex<Vec<(String, PgDb)>> = std::sync::Mutex::new(Vec::new());
+
+async fn pg_for_path(path: &str) -> PgDb {
+    if let Some((_, db)) = BINARY_DBS.lock().unwrap().iter().find(|(p, _)| p == path) {
+        return db.clone();
+    }
+    let db = fresh_pg().await;
+    BINARY_DBS
+        .lock()
+        .unwrap()
+        .push((path.to_owned(), db.clone()));
+    db
+}
+
 /// The real binary on `127.0.0.1:0` with `args` (the database and credentials are the
 /// caller's), its environment cleared of the flags' variables and `env` added, and
 /// `stderr` as given. Answers once it printed `listening on`: the child (killed when
-/// dropped) and its `http://127.0.0.1:PORT`.
+/// dropped) and its `http://127.0.0.1:PORT`. On PostgreSQL, `--db PATH` is replaced by
+/// the database standing for PATH.
 pub async fn spawn_binary(
     args: &[&str],
     env: &[(&str, &str)],
@@ -333,7 +614,29 @@ pub async fn spawn_binary(
 ) -> (tokio::process::Child, String) {
     use tokio::io::AsyncBufReadExt as _;
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_idv-broker"));
-    command.args(["--bind", "127.0.0.1:0"]).args(args);
+    command.args(["--bind", "127.0.0.1:0"]);
+    let mut args = args.iter().copied();
+    while let Some(arg) = args.next() {
+        match args.clone().next() {
+            Some(path) if arg == "--db" && on_postgres() => {
+                args.next();
+                let pg = pg_for_path(path).await;
+                let nats = std::env::var("IDVB_TEST_NATS")
+                    .unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+                command.args([
+                    "--store",
+                    &pg.url,
+                    "--nats",
+                    &nats,
+                    "--node-id",
+                    &pg.node_id,
+                ]);
+            }
+            _ => {
+                command.arg(arg);
+            }
+        }
+    }
     for (name, _) in std::env::vars() {
         if name.starts_with("IDVB_") {
             command.env_remove(name);

@@ -51,10 +51,7 @@ async fn a_replay_returns_the_same_session_with_a_new_token_and_the_old_one_stop
     assert_eq!(res.status(), 200);
 
     // Still one session for this key.
-    let count: i64 = app
-        .db_read()
-        .query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))
-        .unwrap();
+    let count: i64 = app.sql_one("SELECT count(*) FROM sessions", &[]).await;
     assert_eq!(count, 1);
 }
 
@@ -190,13 +187,8 @@ async fn concurrent_replays_leave_exactly_the_stored_token_working() {
         }
         assert_eq!(working.len(), 1, "working tokens: {}", working.len());
         let stored: Vec<u8> = app
-            .db_read()
-            .query_row(
-                "SELECT token_hash FROM sessions WHERE id = ?1",
-                [&id],
-                |r| r.get(0),
-            )
-            .unwrap();
+            .sql_one("SELECT token_hash FROM sessions WHERE id = ?1", &[&id])
+            .await;
         assert_eq!(
             stored,
             sha2::Sha256::digest(working[0].as_bytes()).to_vec(),
@@ -252,15 +244,12 @@ async fn a_replay_with_the_registration_reformatted_is_the_same_request() {
     assert_error(res, 409, "idempotency_conflict").await;
 }
 
-fn idempotency_keys(app: &TestApp) -> Vec<String> {
-    let conn = app.db_read();
-    let mut stmt = conn
-        .prepare("SELECT key FROM idempotency_keys ORDER BY key")
-        .unwrap();
-    stmt.query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+async fn idempotency_keys(app: &TestApp) -> Vec<String> {
+    app.sql("SELECT key FROM idempotency_keys ORDER BY key", &[])
+        .await
+        .iter()
+        .map(|r| String::from_cell(&r[0]))
+        .collect()
 }
 
 #[actix_web::test]
@@ -276,7 +265,7 @@ async fn the_sweeper_deletes_idempotency_keys_once_their_24_hours_are_over() {
     assert_eq!(res.status(), 201);
     app.sweeper.send(Sweep).await.unwrap().unwrap();
     assert_eq!(
-        idempotency_keys(&app),
+        idempotency_keys(&app).await,
         ["k-old", "k-young"],
         "both in their window"
     );
@@ -284,7 +273,7 @@ async fn the_sweeper_deletes_idempotency_keys_once_their_24_hours_are_over() {
     // 25 h after the first, 2 h after the second.
     app.clock.advance(chrono::Duration::hours(2));
     app.sweeper.send(Sweep).await.unwrap().unwrap();
-    assert_eq!(idempotency_keys(&app), ["k-young"]);
+    assert_eq!(idempotency_keys(&app).await, ["k-young"]);
     // The young key still replays.
     let res = post_with_key(&app, API_KEY, "k-young", &body).await;
     assert_eq!(res.status(), 200);

@@ -7,29 +7,14 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 /// The `registration` column of a session as the database holds it.
-fn stored_registration(app: &TestApp, id: &str) -> Option<String> {
-    app.db_read()
-        .query_row(
-            "SELECT registration FROM sessions WHERE id = ?1",
-            [id],
-            |r| r.get(0),
-        )
-        .unwrap()
+async fn stored_registration(app: &TestApp, id: &str) -> Option<String> {
+    app.sql_one("SELECT registration FROM sessions WHERE id = ?1", &[id])
+        .await
 }
 
-/// Whether `needle` occurs in any file the broker wrote next to its database.
-fn on_disk(app: &TestApp, needle: &[u8]) -> Vec<String> {
-    std::fs::read_dir(app.dir.path())
-        .unwrap()
-        .filter_map(|e| {
-            let path = e.ok()?.path();
-            let bytes = std::fs::read(&path).ok()?;
-            bytes
-                .windows(needle.len())
-                .any(|w| w == needle)
-                .then(|| path.display().to_string())
-        })
-        .collect()
+/// Where `needle` is still stored: the broker's files (SQLite) or rows (PostgreSQL).
+async fn on_disk(app: &TestApp, needle: &[u8]) -> Vec<String> {
+    app.stored_holders(needle).await
 }
 
 #[actix_web::test]
@@ -48,7 +33,7 @@ async fn the_deny_journey_ends_declined_with_no_shared_data_and_the_registration
     let created: Value = res.json().await.unwrap();
     let id = created["session_id"].as_str().unwrap();
     let token = created["session_token"].as_str().unwrap();
-    assert!(stored_registration(&app, id).is_some());
+    assert!(stored_registration(&app, id).await.is_some());
 
     let info: Value = app.information(id, "dora").await.json().await.unwrap();
     assert_eq!(info["registration"]["first_name"], "Zebulon-Deny-Marker");
@@ -85,14 +70,14 @@ async fn the_deny_journey_ends_declined_with_no_shared_data_and_the_registration
     // The registration is no longer served, and the row holds NULL, not a flag.
     let res = app.information(id, "dora").await;
     assert_error(res, 409, "invalid_state").await;
-    assert_eq!(stored_registration(&app, id), None);
+    assert_eq!(stored_registration(&app, id).await, None);
 
     // SPEC §2: within 5 s no byte of it remains in the database or its WAL.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut holders = on_disk(&app, b"Zebulon-Deny-Marker");
+    let mut holders = on_disk(&app, b"Zebulon-Deny-Marker").await;
     while !holders.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        holders = on_disk(&app, b"Zebulon-Deny-Marker");
+        holders = on_disk(&app, b"Zebulon-Deny-Marker").await;
     }
     assert!(
         holders.is_empty(),
@@ -131,7 +116,7 @@ async fn a_cancelled_session_has_a_decision_without_consent_and_its_registration
     assert_eq!(decision["shared_data"], Value::Null);
     assert_eq!(decision["files"], json!([]));
     assert_eq!(decision["user_id"], Value::Null);
-    assert_eq!(stored_registration(&app, id), None);
+    assert_eq!(stored_registration(&app, id).await, None);
 }
 
 #[actix_web::test]
@@ -186,11 +171,8 @@ async fn the_session_view_shows_no_secrets_and_every_field_of_the_spec() {
 
     // The token is stored only as a hash.
     let stored: Vec<u8> = app
-        .db_read()
-        .query_row("SELECT token_hash FROM sessions WHERE id = ?1", [id], |r| {
-            r.get(0)
-        })
-        .unwrap();
+        .sql_one("SELECT token_hash FROM sessions WHERE id = ?1", &[id])
+        .await;
     use sha2::Digest as _;
     assert_eq!(stored, sha2::Sha256::digest(token.as_bytes()).to_vec());
 }
@@ -218,13 +200,14 @@ async fn a_session_moves_one_seq_per_transition_and_the_event_log_records_each()
         .await;
     assert_eq!(res.status(), 200);
     let events: Vec<(i64, String)> = app
-        .db_read()
-        .prepare("SELECT seq, status FROM session_events WHERE session_id = ?1 ORDER BY seq")
-        .unwrap()
-        .query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+        .sql(
+            "SELECT seq, status FROM session_events WHERE session_id = ?1 ORDER BY seq",
+            &[&id],
+        )
+        .await
+        .iter()
+        .map(|r| (i64::from_cell(&r[0]), String::from_cell(&r[1])))
+        .collect();
     assert_eq!(
         events,
         vec![

@@ -23,10 +23,8 @@ fn nested_array(levels: usize) -> Value {
     v
 }
 
-fn sessions_stored(app: &TestApp) -> i64 {
-    app.db_read()
-        .query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))
-        .unwrap()
+async fn sessions_stored(app: &TestApp) -> i64 {
+    app.sql_one("SELECT count(*) FROM sessions", &[]).await
 }
 
 async fn assert_too_deep(res: reqwest::Response) {
@@ -40,7 +38,7 @@ async fn a_registration_nested_too_deeply_is_a_400_and_is_not_stored() {
     // The body is level 1, so a registration 32 deep makes 33 levels.
     let body = json!({"scopes": ["full_name"], "registration": nested_object(32)});
     assert_too_deep(app.post_session(&body).await).await;
-    assert_eq!(sessions_stored(&app), 0);
+    assert_eq!(sessions_stored(&app).await, 0);
 
     // With an Idempotency-Key (it parses the registration again to hash it).
     let res = app
@@ -53,12 +51,12 @@ async fn a_registration_nested_too_deeply_is_a_400_and_is_not_stored() {
         .await
         .unwrap();
     assert_too_deep(res).await;
-    assert_eq!(sessions_stored(&app), 0);
+    assert_eq!(sessions_stored(&app).await, 0);
 
     // Deeper than serde_json's own limit is refused the same way.
     let body = json!({"scopes": ["full_name"], "registration": {"a": nested_array(200)}});
     assert_too_deep(app.post_session(&body).await).await;
-    assert_eq!(sessions_stored(&app), 0);
+    assert_eq!(sessions_stored(&app).await, 0);
 }
 
 #[actix_web::test]

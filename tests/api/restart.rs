@@ -280,6 +280,9 @@ async fn run_broker(args: &[&str]) -> (Option<i32>, String, String) {
             .args(args)
             .env_remove("IDVB_WEBHOOK_URL")
             .env_remove("IDVB_DB")
+            .env_remove("IDVB_STORE")
+            .env_remove("IDVB_NATS")
+            .env_remove("IDVB_NODE_ID")
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .output(),
@@ -353,6 +356,26 @@ async fn an_unusable_database_exits_2_with_one_line_on_stderr() {
 }
 
 #[actix_web::test]
+async fn a_postgres_store_without_nats_an_unknown_store_or_an_unreachable_server_exit_2() {
+    let key = format!("{API_KEY_NAME}={API_KEY}");
+    // Nothing listens on port 1: the server cannot be reached.
+    let unreachable = "postgres://idv:pw-not-shown@127.0.0.1:1/idv";
+    for args in [
+        vec!["--store", "postgres://idv@127.0.0.1/idv"],
+        vec!["--store", "mysql://idv@127.0.0.1/idv"],
+        vec!["--store", unreachable, "--nats", "nats://127.0.0.1:4222"],
+    ] {
+        let mut argv = vec!["--bind", "127.0.0.1:0", "--api-key", &key];
+        argv.extend(args.iter().copied());
+        let (code, stdout, stderr) = run_broker(&argv).await;
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(!stdout.contains("listening on"), "{args:?}");
+        assert_one_line(&stderr);
+        assert!(!stderr.contains("pw-not-shown"), "{stderr}");
+    }
+}
+
+#[actix_web::test]
 async fn weak_or_ambiguous_credentials_exit_2_with_one_line_on_stderr() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("weak.db");
@@ -409,6 +432,9 @@ async fn weak_or_ambiguous_credentials_exit_2_with_one_line_on_stderr() {
 
 #[actix_web::test]
 async fn a_purge_cut_short_by_kill_9_is_gone_from_every_file_before_the_restart_listens() {
+    if skip_on_postgres("SQLite's WAL checkpoint at open; PostgreSQL keeps no store file here") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("broker.db");
     let client = http_client();

@@ -253,9 +253,7 @@ async fn a_subscriber_that_cannot_follow_a_dead_actor_is_told_to_reconnect_with_
 
     // No replacement can load the session: the store lost its sessions table.
     {
-        let conn = rusqlite::Connection::open(&app.db).unwrap();
-        conn.busy_timeout(Duration::from_secs(10)).unwrap();
-        conn.execute_batch("DROP TABLE sessions").unwrap();
+        app.drop_table("sessions").await;
     }
     actor.do_send(Tick);
 
@@ -301,13 +299,11 @@ async fn a_call_whose_actor_dies_after_committing_is_not_answered_with_a_false_4
     assert_eq!(decision["status"], "confirmed");
     assert_eq!(decision["seq"], 3);
     let confirmed: i64 = app
-        .db_read()
-        .query_row(
+        .sql_one(
             "SELECT COUNT(*) FROM session_events WHERE session_id = ?1 AND status = 'confirmed'",
-            [&id],
-            |r| r.get(0),
+            &[&id],
         )
-        .unwrap();
+        .await;
     assert_eq!(confirmed, 1);
 }
 
@@ -453,9 +449,7 @@ async fn a_broken_store_gives_a_clean_500_and_the_server_keeps_answering() {
 
     // Break the store underneath the broker.
     {
-        let conn = rusqlite::Connection::open(&app.db).unwrap();
-        conn.busy_timeout(Duration::from_secs(10)).unwrap();
-        conn.execute_batch("DROP TABLE session_events").unwrap();
+        app.drop_table("session_events").await;
     }
 
     let res = app.post_session(&json!({"scopes": ["full_name"]})).await;

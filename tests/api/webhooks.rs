@@ -576,16 +576,16 @@ fn guarded_webhooks(lookup: Arc<Rebinding>) -> impl Fn(&mut Settings) + Clone {
 /// at least `attempts` attempts (bounded wait).
 async fn wait_for_attempts(app: &TestApp, id: &str, attempts: i64) -> (i64, String) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let conn = app.db_read();
     loop {
-        let row: Option<(i64, Option<String>)> = conn
-            .query_row(
+        let row: Option<(i64, Option<String>)> = app
+            .sql(
                 "SELECT attempts, last_error FROM webhook_outbox WHERE session_id = ?1 \
                  ORDER BY seq LIMIT 1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                &[id],
             )
-            .ok();
+            .await
+            .first()
+            .map(|r| (i64::from_cell(&r[0]), Option::<String>::from_cell(&r[1])));
         if let Some((n, Some(error))) = &row {
             if *n >= attempts {
                 return (*n, error.clone());
@@ -628,10 +628,7 @@ async fn a_callback_url_at_a_loopback_private_or_link_local_address_is_refused()
         let message = assert_error(res, 400, "invalid_request").await;
         assert!(message.contains("callback_url"), "{url}: {message}");
     }
-    let sessions: i64 = app
-        .db_read()
-        .query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0))
-        .unwrap();
+    let sessions: i64 = app.sql_one("SELECT COUNT(*) FROM sessions", &[]).await;
     assert_eq!(sessions, 0, "nothing was created");
 }
 
@@ -650,9 +647,8 @@ async fn a_callback_url_at_a_public_address_is_accepted_without_the_flag() {
         );
     }
     let events: i64 = app
-        .db_read()
-        .query_row("SELECT COUNT(*) FROM webhook_outbox", [], |r| r.get(0))
-        .unwrap();
+        .sql_one("SELECT COUNT(*) FROM webhook_outbox", &[])
+        .await;
     assert_eq!(events, 0);
 }
 

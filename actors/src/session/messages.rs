@@ -17,6 +17,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::error::SessionError;
@@ -27,7 +28,7 @@ use crate::write::Upload;
 // ---- Commands --------------------------------------------------------------
 
 /// Who is calling, as the web layer authenticated them.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Caller {
     /// The enterprise backend, by the name of its API key.
     Backend {
@@ -47,7 +48,7 @@ pub enum Caller {
 }
 
 /// Reads the session (any role).
-#[derive(Message, Clone, Debug)]
+#[derive(Message, Clone, Debug, Serialize, Deserialize)]
 #[rtype(result = "Result<SessionRecord, SessionError>")]
 pub struct Inspect {
     /// Who asks.
@@ -55,7 +56,7 @@ pub struct Inspect {
 }
 
 /// A device opens the session (`information`).
-#[derive(Message, Clone, Debug)]
+#[derive(Message, Clone, Debug, Serialize, Deserialize)]
 #[rtype(result = "Result<SessionRecord, SessionError>")]
 pub struct Retrieve {
     /// The device.
@@ -63,7 +64,7 @@ pub struct Retrieve {
 }
 
 /// The person's answer.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Answer {
     /// Approve and share these values.
     Approve {
@@ -75,7 +76,7 @@ pub enum Answer {
 }
 
 /// The bound device approves or denies (`update`).
-#[derive(Message, Clone, Debug)]
+#[derive(Message, Clone, Debug, Serialize, Deserialize)]
 #[rtype(result = "Result<SessionRecord, SessionError>")]
 pub struct Decide {
     /// The device.
@@ -85,7 +86,7 @@ pub struct Decide {
 }
 
 /// The backend cancels the session (`DELETE`).
-#[derive(Message, Clone, Debug)]
+#[derive(Message, Clone, Debug, Serialize, Deserialize)]
 #[rtype(result = "Result<SessionRecord, SessionError>")]
 pub struct Cancel {
     /// The API key's name.
@@ -115,6 +116,29 @@ pub struct InjectFault {
     /// `true`: a panic inside the actor's containment; `false`: a panic that kills the actor.
     pub contained: bool,
 }
+
+// ---- Several nodes ---------------------------------------------------------
+
+/// A session this node only watches (its owner is another node) may have moved: read
+/// it from the store and push what the audience here has not had. Sent by the owner's
+/// announcement, and now and then by the watcher itself (announcements are not
+/// guaranteed to arrive).
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct Refresh;
+
+/// This node took the session over (its owner died or handed it over): the watching
+/// actor becomes the owner, arming the expiry timer.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct Promote;
+
+/// This node no longer owns the session (it hands its sessions over on SIGTERM, or its
+/// lease lapsed): the actor stops without ending the session. Its subscribers are told
+/// ([`AudienceLost`]) and re-subscribe through the registry, which finds the new owner.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct Relinquish;
 
 // ---- Delivery --------------------------------------------------------------
 
@@ -211,7 +235,7 @@ pub enum Change {
 pub struct CountAudience;
 
 /// The answer to [`CountAudience`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AudienceCount {
     /// WebSocket subscribers.
     pub subscribers: usize,
@@ -222,7 +246,7 @@ pub struct AudienceCount {
 // ---- Uploads ---------------------------------------------------------------
 
 /// What [`StageFile`] answers.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StagedFile {
     /// The new file id.
     pub file_id: FileId,
@@ -260,6 +284,22 @@ pub struct UploadTicket {
     /// be staged: a newer upload of the same kind replaced it, or the session ended.
     /// The upload's reader stops at once and lets its bytes go.
     pub ended: oneshot::Receiver<()>,
+    /// For an upload to a session on another node: the sender of `ended`, kept here so
+    /// that it never resolves (the owner checks the ticket again at staging).
+    pub(crate) _keep: Option<oneshot::Sender<()>>,
+}
+
+impl UploadTicket {
+    /// The ticket of an upload to a session owned by another node, which holds the
+    /// real ticket `id`.
+    pub(crate) fn remote(id: u64) -> Self {
+        let (keep, ended) = oneshot::channel();
+        Self {
+            id: UploadId(id),
+            ended,
+            _keep: Some(keep),
+        }
+    }
 }
 
 /// Asks whether an upload would be staged, before its body is read: without it any
@@ -271,7 +311,7 @@ pub struct UploadTicket {
 /// earlier one is ended at once (its [`UploadTicket::ended`] resolves), so a phone that
 /// retries after a dropped connection does not wait for the dead upload to time out,
 /// and the dead upload's bytes go back to the budget.
-#[derive(Message, Clone, Debug)]
+#[derive(Message, Clone, Debug, Serialize, Deserialize)]
 #[rtype(result = "Result<UploadTicket, SessionError>")]
 pub struct CheckUpload {
     /// The device (issuer and `sub`).

@@ -15,6 +15,16 @@
 //! registry, which starts a replacement) and wakes the long-polls (they wait again),
 //! so nobody waits on a dead actor. [`ArmFault`] (test-only) injects such panics.
 //!
+//! Several nodes (SPEC §7): the actor runs on the session's owner node. Another node
+//! that holds subscribers or long-polls for the session runs a *watching* actor for it
+//! ([`SessionActor::watching`]): it commits nothing and arms no timer; it reads the
+//! session from the store at each of the owner's announcements ([`Refresh`]) and pushes
+//! what its audience has not had, so every node's clients see every transition, in
+//! order. A watching actor becomes the owner when this node takes the session over
+//! ([`Promote`]); an owner that loses the session ([`Relinquish`], or a commit the store
+//! refuses with [`StoreError::NotOwner`]) stops without ending it, and its subscribers
+//! re-subscribe through the registry.
+//!
 //! The actor holds only the handles it uses: the store (as [`SessionStore`]), the
 //! clock, and a [`LiveSessions`] handle on the registry; it never sees the registry.
 
@@ -42,6 +52,7 @@ use crate::session::messages::{
 };
 use crate::session::messages::{Cancel, Decide, InjectFault, Inspect, Retrieve, RotateToken, Tick};
 use crate::session::messages::{CheckUpload, StageFile, StagedFile, UploadTicket};
+use crate::session::messages::{Promote, Refresh, Relinquish};
 use crate::session_store::SessionStore;
 use crate::staging::Staged;
 use crate::store::StoreError;
@@ -51,6 +62,10 @@ const MAX_TIMER: Duration = Duration::from_secs(60);
 
 /// How long to wait before retrying an expiry the store refused.
 const EXPIRY_RETRY: Duration = Duration::from_secs(1);
+
+/// How often a watching actor reads its session from the store unasked: the owner's
+/// announcements travel at most once, and this bounds how late a lost one is noticed.
+const WATCH_POLL: Duration = Duration::from_secs(2);
 
 /// The reply type of the transition handlers.
 type Reply = AtomicResponse<SessionActor, Result<SessionRecord, SessionError>>;
@@ -80,6 +95,11 @@ pub struct SessionActor {
     staged: Staged,
     /// Test-only ([`ArmFault`]): the point where this actor panics, uncontained.
     fault: Option<FaultPoint>,
+    /// Whether this actor only watches a session owned by another node.
+    watching: bool,
+    /// Set when the session moved to another node: this actor answers nothing more
+    /// (the registry asks again, and finds the new owner).
+    moved: bool,
     /// Holds the live-actors gauge up while this actor exists; restarts keep it.
     _live_gauge: crate::metrics::GaugeGuard,
 }
@@ -96,6 +116,30 @@ impl SessionActor {
         live: Arc<dyn LiveSessions>,
         generation: Generation,
     ) -> Self {
+        Self::with_role(id, record, store, clock, live, generation, false)
+    }
+
+    /// An actor that watches session `id`, owned by another node (see the module
+    /// documentation).
+    pub(crate) fn watching(
+        id: SessionId,
+        store: Arc<dyn SessionStore>,
+        clock: SharedClock,
+        live: Arc<dyn LiveSessions>,
+        generation: Generation,
+    ) -> Self {
+        Self::with_role(id, None, store, clock, live, generation, true)
+    }
+
+    fn with_role(
+        id: SessionId,
+        record: Option<SessionRecord>,
+        store: Arc<dyn SessionStore>,
+        clock: SharedClock,
+        live: Arc<dyn LiveSessions>,
+        generation: Generation,
+        watching: bool,
+    ) -> Self {
         Self {
             id,
             state: record,
@@ -108,6 +152,8 @@ impl SessionActor {
             audience: Audience::new(id),
             staged: Staged::default(),
             fault: None,
+            watching,
+            moved: false,
             _live_gauge: crate::metrics::GaugeGuard::new(crate::metrics::LIVE_SESSIONS),
         }
     }
@@ -125,9 +171,21 @@ impl SessionActor {
     }
 
     fn record(&self) -> Result<&SessionRecord, SessionError> {
+        if self.moved {
+            return Err(SessionError::Restarted);
+        }
         self.state.as_ref().ok_or(SessionError::Unavailable(
             "the session could not be loaded; try again",
         ))
+    }
+
+    /// The record, for a command only the owner may carry out (uploads: a watching
+    /// actor stages nothing; the registry sends them to the owner).
+    fn owned_record(&self) -> Result<&SessionRecord, SessionError> {
+        if self.watching {
+            return Err(SessionError::Restarted);
+        }
+        self.record()
     }
 
     /// Runs `f`, turning a panic into a restart of this actor (state reloaded from the
@@ -215,6 +273,10 @@ impl SessionActor {
     }
 
     fn arm_expiry(&mut self, ctx: &mut Context<Self>) {
+        if self.watching {
+            // The owner node's timer expires the session.
+            return;
+        }
         if let Some(h) = self.expiry.take() {
             ctx.cancel_future(h);
         }
@@ -231,6 +293,9 @@ impl SessionActor {
     /// Expires the session if `expires_at` has passed, else re-arms the timer.
     fn check_expiry(&mut self, ctx: &mut Context<Self>) {
         self.trip(FaultPoint::CheckExpiry);
+        if self.watching || self.moved {
+            return;
+        }
         let now = self.now();
         let Some(s) = &self.state else { return };
         if s.status.is_terminal() {
@@ -248,6 +313,7 @@ impl SessionActor {
             .map(|res, act, ctx| match res {
                 Ok(committed) => act.apply(committed, ctx),
                 Err(StoreError::Stale) => act.reload(ctx),
+                Err(StoreError::NotOwner) => act.relinquish(ctx),
                 Err(e) => {
                     tracing::error!(session = %act.id, error = %e, "cannot commit expiry; retrying");
                     act.expiry = Some(ctx.run_later(EXPIRY_RETRY, |act, ctx| act.check_expiry(ctx)));
@@ -259,6 +325,12 @@ impl SessionActor {
     /// Commits a planned transition and answers once it is applied; the mailbox is
     /// held meanwhile.
     fn execute(&mut self, plan: Result<Plan, SessionError>) -> Reply {
+        // A watching actor commits nothing (the registry sends commands to the owner).
+        let plan = if self.watching {
+            Err(SessionError::Restarted)
+        } else {
+            plan
+        };
         match plan {
             Err(e) => AtomicResponse::new(Box::pin(ready(Err(e)))),
             Ok(Plan::Stay) => AtomicResponse::new(Box::pin(ready(self.record().cloned()))),
@@ -275,6 +347,12 @@ impl SessionActor {
                             }
                             Err(StoreError::Stale) => {
                                 act.reload(ctx);
+                                Err(SessionError::Restarted)
+                            }
+                            Err(StoreError::NotOwner) => {
+                                // Another node took the session over: the registry asks
+                                // again and reaches it there.
+                                act.relinquish(ctx);
                                 Err(SessionError::Restarted)
                             }
                             Err(e) => Err(e.into()),
@@ -299,10 +377,12 @@ impl SessionActor {
         if self.state.as_ref().is_none_or(|s| s.seq < committed.seq) {
             crate::metrics::transition(committed.status.as_str());
         }
+        let seq = committed.seq;
         self.state = Some(committed);
         // Pushed only now, after the commit: nobody hears of a transition that could
         // still be lost.
         self.publish(at);
+        self.live.announce(self.id, seq);
         if terminal {
             self.finish(ctx);
         }
@@ -332,10 +412,97 @@ impl SessionActor {
         if let Some(h) = self.expiry.take() {
             ctx.cancel_future(h);
         }
+        if self.watching {
+            self.live.unwatch(self.id);
+        }
         self.live.forget(self.id, self.generation);
         // Every subscriber has had the terminal push and closes itself.
         self.audience.release();
         ctx.stop();
+    }
+
+    /// The session moved to another node: stop without ending it. Staged uploads are
+    /// lost (the device uploads again, SPEC §7); subscribers re-subscribe through the
+    /// registry and long-polls wait again, both reaching the new owner.
+    fn relinquish(&mut self, ctx: &mut Context<Self>) {
+        if self.ended {
+            return;
+        }
+        tracing::info!(session = %self.id, "session moved to another node");
+        self.moved = true;
+        self.ended = true;
+        self.staged.clear();
+        self.staged.end_streaming();
+        if let Some(s) = &self.state {
+            self.live.untrack_token(self.id, s.token_hash);
+        }
+        if let Some(h) = self.expiry.take() {
+            ctx.cancel_future(h);
+        }
+        if self.watching {
+            self.live.unwatch(self.id);
+        }
+        self.live.forget(self.id, self.generation);
+        self.audience.hand_off();
+        ctx.stop();
+    }
+
+    /// A watching actor reads its session from the store and pushes to its audience
+    /// every transition it has not had, in order; then ends with the session.
+    fn refresh(&mut self, ctx: &mut Context<Self>) {
+        if !self.watching || self.ended {
+            return;
+        }
+        let Some(from) = self.state.as_ref().map(|s| s.seq) else {
+            return;
+        };
+        let store = self.store.clone();
+        let id = self.id;
+        ctx.wait(
+            async move {
+                let record = store.load_session(id).await?;
+                let events = match &record {
+                    Some(r) if r.seq > from => store.events_after(id, from).await?,
+                    _ => Vec::new(),
+                };
+                Ok::<_, StoreError>((record, events))
+            }
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                if !act.watching || act.ended {
+                    return;
+                }
+                let record = match res {
+                    Ok((Some(record), events)) => {
+                        for e in events.iter().filter(|e| e.seq <= record.seq) {
+                            act.audience.republish(&record, e);
+                        }
+                        record
+                    }
+                    Ok((None, _)) => return,
+                    Err(e) => {
+                        tracing::warn!(session = %act.id, error = %e, "cannot refresh a watched session");
+                        return;
+                    }
+                };
+                let Some(current) = act.state.as_ref() else {
+                    return;
+                };
+                if current.seq > record.seq {
+                    return;
+                }
+                // A replayed create may have rotated the token without a transition.
+                if !current.token_hash.matches(&record.token_hash) {
+                    act.live.untrack_token(act.id, current.token_hash);
+                    act.live.track_token(act.id, record.token_hash);
+                }
+                let terminal = record.status.is_terminal();
+                act.state = Some(record);
+                if terminal {
+                    act.finish(ctx);
+                }
+            }),
+        );
     }
 
     fn uploaded_kinds(&self) -> BTreeSet<String> {
@@ -348,6 +515,14 @@ impl Actor for SessionActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         if self.ended {
+            return;
+        }
+        if self.watching {
+            // Subscribe to the owner's announcements first, then read the store: a
+            // transition committed in between is in what is read, or announced after.
+            let watch = self.live.watch(self.id, ctx.address().recipient());
+            ctx.wait(watch.into_actor(self).map(|(), act, ctx| act.load(ctx)));
+            ctx.run_interval(WATCH_POLL, |act, ctx| act.refresh(ctx));
             return;
         }
         match &self.state {
@@ -427,7 +602,7 @@ impl Handler<StageFile> for SessionActor {
     fn handle(&mut self, msg: StageFile, ctx: &mut Context<Self>) -> Self::Result {
         let now = self.now();
         self.contain(ctx, |act, _| {
-            msg.check(act.record()?, now)?;
+            msg.check(act.owned_record()?, now)?;
             act.staged.put(msg)
         })
     }
@@ -439,7 +614,7 @@ impl Handler<CheckUpload> for SessionActor {
     fn handle(&mut self, msg: CheckUpload, ctx: &mut Context<Self>) -> Self::Result {
         let now = self.now();
         self.contain(ctx, |act, _| {
-            msg.check(act.record()?, now)?;
+            msg.check(act.owned_record()?, now)?;
             Ok(act.staged.begin(&msg.kind))
         })
     }
@@ -463,6 +638,8 @@ impl Handler<RotateToken> for SessionActor {
                         s.token_hash = stored.token_hash;
                         if !act.ended {
                             act.live.track_token(act.id, s.token_hash);
+                            // Nodes that watch the session take the new token too.
+                            act.live.announce(act.id, s.seq);
                         }
                     }
                     Ok(())
@@ -559,6 +736,37 @@ impl Handler<WaitChange> for SessionActor {
                 })
             }
         })
+    }
+}
+
+impl Handler<Refresh> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Refresh, ctx: &mut Context<Self>) {
+        self.refresh(ctx);
+    }
+}
+
+impl Handler<Promote> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Promote, ctx: &mut Context<Self>) {
+        if !self.watching || self.ended {
+            return;
+        }
+        self.watching = false;
+        self.live.unwatch(self.id);
+        // Read the session again (it may have moved since the last announcement),
+        // bring the audience up to date, and arm the timer: a restart's path.
+        self.load(ctx);
+    }
+}
+
+impl Handler<Relinquish> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Relinquish, ctx: &mut Context<Self>) {
+        self.relinquish(ctx);
     }
 }
 

@@ -12,7 +12,7 @@
 //! whole interface a second backend (Postgres) would have to provide.
 
 mod files;
-mod outbox;
+pub(crate) mod outbox;
 mod readers;
 mod schema;
 mod sessions;
@@ -31,17 +31,17 @@ pub use files::{StoredFile, PURGE_BATCH};
 pub use outbox::{
     DeliveryRecord, DueEvents, OutboxEvent, WebhookCounts, WebhookRoute, STATUS_CHANGED,
 };
-pub use sessions::{CreateOutcome, IdempotencyClaim, NewSession};
+pub use sessions::{CreateOutcome, IdempotencyClaim, NewSession, IDEMPOTENCY_WINDOW};
 
 use writer::{Effects, FnJob, Job};
 
 /// A time as stored: milliseconds since the Unix epoch.
-fn ms(t: chrono::DateTime<chrono::Utc>) -> i64 {
+pub(crate) fn ms(t: chrono::DateTime<chrono::Utc>) -> i64 {
     t.timestamp_millis()
 }
 
 /// A stored time back; a value out of range means the row is corrupt.
-fn time(ms: i64) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
+pub(crate) fn time(ms: i64) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
     use chrono::TimeZone;
     chrono::Utc
         .timestamp_millis_opt(ms)
@@ -71,6 +71,13 @@ pub enum StoreError {
     /// A row held something this broker cannot read.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// PostgreSQL (or its connection pool) refused or could not be reached.
+    #[error("postgres: {0}")]
+    Postgres(Arc<dyn std::error::Error + Send + Sync>),
+    /// This node no longer owns the session (another node took it over after this
+    /// node's lease lapsed, or this node handed it over): the write is refused.
+    #[error("the session is owned by another node")]
+    NotOwner,
     /// The WAL could not be checkpointed at open (another process keeps it busy), so
     /// data deleted before a crash could still be in it.
     #[error("the write-ahead log could not be checkpointed: another connection keeps it busy")]
@@ -262,7 +269,7 @@ impl Store {
 
     /// Notified after every committed write that enqueued a webhook event: the
     /// dispatcher's wake-up.
-    pub(crate) fn webhook_wake(&self) -> Arc<tokio::sync::Notify> {
+    pub fn webhook_wake(&self) -> Arc<tokio::sync::Notify> {
         self.inner.webhook_wake.clone()
     }
 

@@ -96,6 +96,28 @@ struct StatusChanged<'a> {
     at: String,
 }
 
+/// A fresh `event_id` and the exact bytes of the webhook of transition `t` (both
+/// engines send the same payload).
+pub(crate) fn event_body(
+    t: &TransitionWrite,
+    vendor_data: Option<&str>,
+    external_reference_id: Option<&str>,
+) -> Result<(String, Vec<u8>), StoreError> {
+    let event_id = uuid::Uuid::new_v4().to_string();
+    let body = serde_json::to_vec(&StatusChanged {
+        event_id: &event_id,
+        event: STATUS_CHANGED,
+        session_id: t.id.to_string(),
+        status: t.status.as_str(),
+        seq: t.from_seq.next().0,
+        vendor_data,
+        external_reference_id,
+        at: rfc3339(t.at),
+    })
+    .map_err(|e| StoreError::Corrupt(format!("webhook payload: {e}")))?;
+    Ok((event_id, body))
+}
+
 /// Enqueues the event of a transition just written, inside the same transaction. No
 /// route (no secret) or no URL for the session: no event.
 pub(crate) fn enqueue(
@@ -117,18 +139,7 @@ pub(crate) fn enqueue(
         return Ok(());
     };
     let seq = t.from_seq.next();
-    let event_id = uuid::Uuid::new_v4().to_string();
-    let body = serde_json::to_vec(&StatusChanged {
-        event_id: &event_id,
-        event: STATUS_CHANGED,
-        session_id: t.id.to_string(),
-        status: t.status.as_str(),
-        seq: seq.0,
-        vendor_data: vendor_data.as_deref(),
-        external_reference_id: reference.as_deref(),
-        at: rfc3339(t.at),
-    })
-    .map_err(|e| StoreError::Corrupt(format!("webhook payload: {e}")))?;
+    let (event_id, body) = event_body(t, vendor_data.as_deref(), reference.as_deref())?;
     conn.prepare_cached(
         "INSERT INTO webhook_outbox (session_id, seq, event_id, url, body, created_at, \
          next_attempt_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",

@@ -29,7 +29,8 @@ use super::ssrf::{refused_literal, Resolver};
 use super::{Signer, WebhookConfig};
 use crate::clock::SharedClock;
 use crate::ids::SessionId;
-use crate::store::{DeliveryRecord, OutboxEvent, Store};
+use crate::session_store::SessionStore;
+use crate::store::{DeliveryRecord, OutboxEvent};
 
 /// Most bytes of a receiver's answer kept, for diagnosis only.
 pub const EXCERPT_BYTES: usize = 200;
@@ -62,7 +63,8 @@ struct Wake;
 
 /// The webhook dispatcher.
 pub struct Dispatcher {
-    store: Store,
+    /// The outbox, whichever engine holds it.
+    store: Arc<dyn SessionStore>,
     clock: SharedClock,
     /// For the operator's `--webhook-url`.
     client: reqwest::Client,
@@ -120,7 +122,7 @@ fn http_client(timeout: Duration, resolver: Resolver) -> Result<reqwest::Client,
 impl Dispatcher {
     /// A dispatcher over `store`'s outbox, signing with `signer`.
     pub fn new(
-        store: Store,
+        store: Arc<dyn SessionStore>,
         clock: SharedClock,
         signer: Signer,
         config: WebhookConfig,

@@ -23,19 +23,25 @@ pub async fn healthz() -> HttpResponse {
     path = "/readyz",
     tag = "operations",
     responses(
-        (status = 200, description = "The store answers.", body = crate::dto::Health),
-        (status = 503, description = "The store is not reachable.", body = crate::error::ErrorBody),
+        (status = 200, description = "The store answers (and NATS is connected, with several nodes).", body = crate::dto::Health),
+        (status = 503, description = "The store or, with several nodes, NATS is not reachable.", body = crate::error::ErrorBody),
     )
 )]
-/// `GET /readyz`: the store answers.
+/// `GET /readyz`: the store answers and, with several nodes, NATS is connected (SPEC §7).
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    match state.registry.ping_store().await {
-        Ok(()) => Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))),
-        Err(e) => {
-            tracing::error!(error = %e, "readiness check failed");
-            Err(ApiError::unavailable("the store is not reachable", 5))
-        }
+    if let Err(e) = state.registry.ping_store().await {
+        tracing::error!(error = %e, "readiness check failed");
+        return Err(ApiError::unavailable("the store is not reachable", 5));
     }
+    // With several nodes, a node cut off from NATS can reach no session of another.
+    if !state.registry.router_ready() {
+        tracing::error!("readiness check failed: NATS is not reachable");
+        return Err(ApiError::unavailable(
+            "the other nodes are not reachable (NATS)",
+            5,
+        ));
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
 }
 
 /// The content type of the Prometheus text exposition format.

@@ -1,0 +1,200 @@
+//! The webhook outbox on PostgreSQL (SPEC §4): events enqueued with their transition,
+//! and dispatched by the node that owns their session, in seq order.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+
+use super::{execute, limit, ms, query, query_opt, time, Shared};
+use crate::ids::{Seq, SessionId};
+use crate::model::SessionRecord;
+use crate::store::{DeliveryRecord, DueEvents, OutboxEvent, StoreError, WebhookCounts};
+use crate::write::TransitionWrite;
+
+impl Shared {
+    /// Enqueues the event of transition `t`, just written as `committed`, in the same
+    /// transaction; `true` if one was. No route (no secret) or no URL: no event.
+    pub(crate) async fn enqueue(
+        &self,
+        c: &impl GenericClient,
+        t: &TransitionWrite,
+        committed: &SessionRecord,
+    ) -> Result<bool, StoreError> {
+        let Some(route) = &self.webhooks else {
+            return Ok(false);
+        };
+        let request = &committed.request;
+        let Some(url) = request
+            .callback_url
+            .clone()
+            .or_else(|| route.default_url.clone())
+        else {
+            return Ok(false);
+        };
+        let (event_id, body) = crate::store::outbox::event_body(
+            t,
+            request.vendor_data.as_deref(),
+            request.external_reference_id.as_deref(),
+        )?;
+        execute(
+            c,
+            "INSERT INTO webhook_outbox (session_id, seq, event_id, url, body, created_at, \
+             next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+            &[
+                &t.id.to_string(),
+                &(t.from_seq.next().0 as i64),
+                &event_id,
+                &url,
+                &body,
+                &ms(t.at),
+            ],
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// The head of every session owned by this node whose head is due at `now`, oldest
+    /// first, at most `n`; and when the next later one of this node falls due.
+    pub(crate) async fn due_webhooks(
+        &self,
+        now: DateTime<Utc>,
+        n: usize,
+    ) -> Result<DueEvents, StoreError> {
+        let conn = self.conn().await?;
+        // A pending event with an earlier pending one in the same session waits: that
+        // keeps delivery in seq order per session. Only the owner's node sends them.
+        let rows = query(
+            &conn,
+            "SELECT o.session_id, o.seq, o.event_id, o.url, o.body, o.attempts, \
+                    o.first_attempt_at, s.callback_url IS NULL \
+             FROM webhook_outbox o JOIN sessions s ON s.id = o.session_id \
+             WHERE o.state = 'pending' AND o.next_attempt_at <= $1 AND s.owner_node = $3 \
+               AND NOT EXISTS (SELECT 1 FROM webhook_outbox p \
+                               WHERE p.session_id = o.session_id AND p.state = 'pending' \
+                                 AND p.seq < o.seq) \
+             ORDER BY o.next_attempt_at LIMIT $2",
+            &[&ms(now), &limit(n), &self.node_id],
+        )
+        .await?;
+        let mut due = Vec::with_capacity(rows.len());
+        for r in rows {
+            let session_id: String = r.try_get(0)?;
+            let seq: i64 = r.try_get(1)?;
+            let attempts: i32 = r.try_get(5)?;
+            let first: Option<i64> = r.try_get(6)?;
+            let body: Vec<u8> = r.try_get(4)?;
+            due.push(OutboxEvent {
+                session_id: SessionId::parse(&session_id)
+                    .ok_or_else(|| StoreError::Corrupt("outbox session id".into()))?,
+                seq: Seq(u64::try_from(seq).map_err(|_| StoreError::Corrupt("seq".into()))?),
+                event_id: r.try_get(2)?,
+                url: r.try_get(3)?,
+                // enqueue() takes the default URL only for a session without a callback_url.
+                operator_url: r.try_get(7)?,
+                body: body.into(),
+                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                first_attempt_at: first.map(time).transpose()?,
+            });
+        }
+        // A hint for the timer: a non-head row may be counted, which only costs a scan.
+        let next_at: Option<i64> = query_opt(
+            &conn,
+            "SELECT MIN(o.next_attempt_at) FROM webhook_outbox o \
+             JOIN sessions s ON s.id = o.session_id \
+             WHERE o.state = 'pending' AND o.next_attempt_at > $1 AND s.owner_node = $2",
+            &[&ms(now), &self.node_id],
+        )
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?
+        .flatten();
+        Ok(DueEvents {
+            due,
+            next_at: next_at.map(time).transpose()?,
+        })
+    }
+
+    /// Records the outcome of an attempt made at `attempted_at`.
+    pub(crate) async fn record_delivery(
+        &self,
+        session_id: SessionId,
+        seq: Seq,
+        attempted_at: DateTime<Utc>,
+        outcome: DeliveryRecord,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        let (id, seq) = (session_id.to_string(), seq.0 as i64);
+        match outcome {
+            DeliveryRecord::Delivered => {
+                execute(
+                    &conn,
+                    "DELETE FROM webhook_outbox WHERE session_id = $1 AND seq = $2",
+                    &[&id, &seq],
+                )
+                .await?;
+            }
+            DeliveryRecord::Retry {
+                next_attempt_at,
+                error,
+            } => {
+                execute(
+                    &conn,
+                    "UPDATE webhook_outbox SET attempts = attempts + 1, \
+                     first_attempt_at = COALESCE(first_attempt_at, $3), \
+                     next_attempt_at = $4, last_error = $5 \
+                     WHERE session_id = $1 AND seq = $2",
+                    &[&id, &seq, &ms(attempted_at), &ms(next_attempt_at), &error],
+                )
+                .await?;
+            }
+            DeliveryRecord::Failed { error } => {
+                execute(
+                    &conn,
+                    "UPDATE webhook_outbox SET attempts = attempts + 1, state = 'failed', \
+                     first_attempt_at = COALESCE(first_attempt_at, $3), last_error = $4 \
+                     WHERE session_id = $1 AND seq = $2",
+                    &[&id, &seq, &ms(attempted_at), &error],
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many events in all are pending.
+    pub(crate) async fn pending_webhooks(&self) -> Result<u64, StoreError> {
+        let conn = self.conn().await?;
+        let n: i64 = query_opt(
+            &conn,
+            "SELECT COUNT(*) FROM webhook_outbox WHERE state = 'pending'",
+            &[],
+        )
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?
+        .unwrap_or(0);
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// How many of a session's events are pending and how many failed.
+    pub(crate) async fn webhook_counts(&self, id: SessionId) -> Result<WebhookCounts, StoreError> {
+        let conn = self.conn().await?;
+        let rows = query(
+            &conn,
+            "SELECT state, COUNT(*) FROM webhook_outbox WHERE session_id = $1 GROUP BY state",
+            &[&id.to_string()],
+        )
+        .await?;
+        let mut counts = WebhookCounts::default();
+        for r in rows {
+            let state: String = r.try_get(0)?;
+            let n: i64 = r.try_get(1)?;
+            let n = u64::try_from(n).unwrap_or(0);
+            match state.as_str() {
+                "pending" => counts.pending = n,
+                "failed" => counts.failed = n,
+                other => return Err(StoreError::Corrupt(format!("outbox state {other}"))),
+            }
+        }
+        Ok(counts)
+    }
+}

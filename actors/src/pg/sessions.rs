@@ -1,0 +1,552 @@
+//! Sessions, their events, idempotency keys and users on PostgreSQL; the commit guard.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use serde_json::value::RawValue;
+use tokio_postgres::{IsolationLevel, Row};
+
+use super::{execute, limit, ms, query, query_opt, time, Shared};
+use crate::ids::{DeviceId, Seq, SessionId, TokenHash, UserId};
+use crate::model::{
+    Consent, Decision, SessionEvent, SessionRecord, SessionRequest, UserRecord, UserStatus,
+};
+use crate::status::Status;
+use crate::store::{CreateOutcome, IdempotencyClaim, NewSession, StoreError, IDEMPOTENCY_WINDOW};
+use crate::write::TransitionWrite;
+
+/// The columns [`session_from_row`] reads, in order; `owner_epoch` last (index 19).
+pub(crate) const SESSION_COLUMNS: &str = "id, owner, token_hash, status, seq, scopes, \
+     vendor_data, external_reference_id, registration, redirect_url, callback_url, created_at, \
+     updated_at, expires_at, decided_at, user_id, is_consented, consented_at, issuer, owner_epoch";
+
+/// [`SESSION_COLUMNS`] qualified by the alias `s`, for joins.
+pub(crate) fn session_columns_of(alias: &str) -> String {
+    SESSION_COLUMNS
+        .split(", ")
+        .map(|c| format!("{alias}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn opt_time(ms: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    ms.map(time).transpose()
+}
+
+/// A session row as [`SESSION_COLUMNS`] selects it.
+pub(crate) fn session_from_row(row: &Row) -> Result<SessionRecord, StoreError> {
+    let id: String = row.try_get(0)?;
+    let token: Vec<u8> = row.try_get(2)?;
+    let status: String = row.try_get(3)?;
+    let seq: i64 = row.try_get(4)?;
+    let scopes: String = row.try_get(5)?;
+    let registration: Option<String> = row.try_get(8)?;
+    let user_id: Option<String> = row.try_get(15)?;
+    let is_consented: Option<bool> = row.try_get(16)?;
+    let consented_at: Option<i64> = row.try_get(17)?;
+    let issuer: Option<String> = row.try_get(18)?;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("session {id}: {what}"));
+    Ok(SessionRecord {
+        id: SessionId::parse(&id).ok_or_else(|| corrupt("id"))?,
+        owner: row.try_get(1)?,
+        token_hash: TokenHash::from_slice(&token).ok_or_else(|| corrupt("token hash"))?,
+        status: status.parse().map_err(|_| corrupt("status"))?,
+        seq: Seq(u64::try_from(seq).map_err(|_| corrupt("seq"))?),
+        request: std::sync::Arc::new(SessionRequest {
+            scopes: serde_json::from_str(&scopes).map_err(|_| corrupt("scopes"))?,
+            vendor_data: row.try_get(6)?,
+            external_reference_id: row.try_get(7)?,
+            registration: registration
+                .map(RawValue::from_string)
+                .transpose()
+                .map_err(|_| corrupt("registration"))?,
+            redirect_url: row.try_get(9)?,
+            callback_url: row.try_get(10)?,
+        }),
+        created_at: time(row.try_get(11)?)?,
+        updated_at: time(row.try_get(12)?)?,
+        expires_at: time(row.try_get(13)?)?,
+        decided_at: opt_time(row.try_get(14)?)?,
+        device: match (issuer, user_id) {
+            (Some(issuer), Some(user_id)) => Some(DeviceId::new(
+                issuer,
+                UserId::parse(&user_id).ok_or_else(|| corrupt("user id"))?,
+            )),
+            (None, None) => None,
+            _ => return Err(corrupt("a device bound without its issuer, or the reverse")),
+        },
+        consent: match (is_consented, consented_at) {
+            (Some(is_consented), Some(at)) => Some(Consent {
+                is_consented,
+                consented_at: time(at)?,
+            }),
+            _ => None,
+        },
+    })
+}
+
+/// One session, whatever its status.
+pub(crate) async fn load_session(
+    c: &impl GenericClient,
+    id: SessionId,
+) -> Result<Option<SessionRecord>, StoreError> {
+    let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
+    query_opt(c, &sql, &[&id.to_string()])
+        .await?
+        .map(|r| session_from_row(&r))
+        .transpose()
+}
+
+async fn insert_session(
+    c: &impl GenericClient,
+    s: &SessionRecord,
+    node: &str,
+) -> Result<(), StoreError> {
+    let scopes = serde_json::to_string(&s.request.scopes)
+        .map_err(|e| StoreError::Corrupt(format!("scopes: {e}")))?;
+    let id = s.id.to_string();
+    execute(
+        c,
+        "INSERT INTO sessions (id, owner, token_hash, status, seq, scopes, vendor_data, \
+         external_reference_id, registration, redirect_url, callback_url, created_at, \
+         updated_at, expires_at, owner_node, owner_epoch) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 1)",
+        &[
+            &id,
+            &s.owner,
+            &&s.token_hash.0[..],
+            &s.status.as_str(),
+            &(s.seq.0 as i64),
+            &scopes,
+            &s.request.vendor_data,
+            &s.request.external_reference_id,
+            &s.request.registration.as_ref().map(|r| r.get()),
+            &s.request.redirect_url,
+            &s.request.callback_url,
+            &ms(s.created_at),
+            &ms(s.updated_at),
+            &ms(s.expires_at),
+            &node,
+        ],
+    )
+    .await?;
+    execute(
+        c,
+        "INSERT INTO session_events (session_id, seq, status, at) VALUES ($1, $2, $3, $4)",
+        &[
+            &id,
+            &(s.seq.0 as i64),
+            &s.status.as_str(),
+            &ms(s.created_at),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// What a committed transition asks of the store afterwards.
+#[derive(Default)]
+pub(crate) struct After {
+    /// A webhook event was enqueued: wake the dispatcher.
+    pub webhook_enqueued: bool,
+    /// Personal data was purged: vacuum soon.
+    pub purged: bool,
+}
+
+impl Shared {
+    /// Applies one transition as it is described, guarded by seq and ownership: the
+    /// session row, its event, the user it makes known, the files, the purge and the
+    /// webhook event. Answers the row as committed (`RETURNING`).
+    async fn apply_transition(
+        &self,
+        c: &impl GenericClient,
+        t: &TransitionWrite,
+        after: &mut After,
+    ) -> Result<SessionRecord, StoreError> {
+        let seq = t.from_seq.next();
+        let shared = t
+            .shared_data
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("shared data: {e}")))?;
+        // No epoch held: no row can match, and the diagnosis below says why.
+        let epoch = self.held.get(&t.id).map_or(-1, |e| *e);
+        let id = t.id.to_string();
+        let sql = format!(
+            "UPDATE sessions SET status = $1, seq = $2, updated_at = $3, \
+                   decided_at = COALESCE($4, decided_at), \
+                   user_id = COALESCE($5, user_id), \
+                   issuer = COALESCE($12, issuer), \
+                   is_consented = COALESCE($6, is_consented), \
+                   consented_at = COALESCE($7, consented_at), \
+                   shared_data = CASE WHEN $8 THEN NULL ELSE COALESCE($9, shared_data) END, \
+                   registration = CASE WHEN $8 THEN NULL ELSE registration END \
+                 WHERE id = $10 AND seq = $11 AND owner_node = $13 AND owner_epoch = $14 \
+                 RETURNING {SESSION_COLUMNS}"
+        );
+        let row = query_opt(
+            c,
+            &sql,
+            &[
+                &t.status.as_str(),
+                &(seq.0 as i64),
+                &ms(t.at),
+                &t.decided_at.map(ms),
+                &t.bind.as_ref().map(|d| d.user_id.as_str()),
+                &t.consent.as_ref().map(|c| c.is_consented),
+                &t.consent.as_ref().map(|c| ms(c.consented_at)),
+                &t.purge,
+                &shared,
+                &id,
+                &(t.from_seq.0 as i64),
+                &t.bind.as_ref().map(|d| d.issuer.as_str()),
+                &self.node_id,
+                &epoch,
+            ],
+        )
+        .await?;
+        let committed = match row {
+            Some(row) => session_from_row(&row)?,
+            None => return Err(self.why_refused(c, t).await?),
+        };
+        execute(
+            c,
+            "INSERT INTO session_events (session_id, seq, status, at) VALUES ($1, $2, $3, $4)",
+            &[&id, &(seq.0 as i64), &t.status.as_str(), &ms(t.at)],
+        )
+        .await?;
+        if t.registers_user {
+            execute(
+                c,
+                "INSERT INTO users (owner, user_id, status, updated_at) \
+                 SELECT owner, user_id, $3, $2 FROM sessions \
+                 WHERE id = $1 AND user_id IS NOT NULL \
+                 ON CONFLICT (owner, user_id) DO NOTHING",
+                &[&id, &ms(t.at), &UserStatus::Pending.as_str()],
+            )
+            .await?;
+        }
+        super::files::apply(c, t).await?;
+        after.purged |= t.purge;
+        // Same transaction as the transition: an acknowledged transition has its event.
+        after.webhook_enqueued |= self.enqueue(c, t, &committed).await?;
+        Ok(committed)
+    }
+
+    /// Why the guarded update matched no row: the seq moved (or the session is gone),
+    /// [`StoreError::Stale`]; else the row is not this node's at the epoch it holds,
+    /// [`StoreError::NotOwner`].
+    async fn why_refused(
+        &self,
+        c: &impl GenericClient,
+        t: &TransitionWrite,
+    ) -> Result<StoreError, StoreError> {
+        let row = query_opt(
+            c,
+            "SELECT seq FROM sessions WHERE id = $1",
+            &[&t.id.to_string()],
+        )
+        .await?;
+        Ok(match row {
+            Some(row) if row.try_get::<_, i64>(0)? == t.from_seq.0 as i64 => StoreError::NotOwner,
+            _ => StoreError::Stale,
+        })
+    }
+
+    /// Inserts a new session owned by this node (epoch 1), honouring an idempotency key.
+    pub(crate) async fn create_session(
+        &self,
+        new: NewSession,
+        claim: Option<IdempotencyClaim>,
+    ) -> Result<CreateOutcome, StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        let s = &new.record;
+        if let Some(claim) = &claim {
+            // Insert the key first: a concurrent create with the same key waits on it,
+            // then finds it (and replays) instead of racing to a second session.
+            loop {
+                let inserted = execute(
+                    &tx,
+                    "INSERT INTO idempotency_keys (owner, key, request_hash, session_id, \
+                     created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (owner, key) DO NOTHING",
+                    &[
+                        &s.owner,
+                        &claim.key,
+                        &&claim.request_hash[..],
+                        &s.id.to_string(),
+                        &ms(s.created_at),
+                    ],
+                )
+                .await?;
+                if inserted == 1 {
+                    break;
+                }
+                let seen = query_opt(
+                    &tx,
+                    "SELECT request_hash, session_id, created_at FROM idempotency_keys \
+                     WHERE owner = $1 AND key = $2 FOR UPDATE",
+                    &[&s.owner, &claim.key],
+                )
+                .await?;
+                // Deleted by retention in between: insert again.
+                let Some(seen) = seen else { continue };
+                let hash: Vec<u8> = seen.try_get(0)?;
+                let session_id: String = seen.try_get(1)?;
+                let at: i64 = seen.try_get(2)?;
+                if time(at)? + IDEMPOTENCY_WINDOW > s.created_at {
+                    if hash != claim.request_hash {
+                        return Ok(CreateOutcome::Conflict);
+                    }
+                    let id = SessionId::parse(&session_id)
+                        .ok_or_else(|| StoreError::Corrupt("idempotency session id".into()))?;
+                    execute(
+                        &tx,
+                        "UPDATE sessions SET token_hash = $1 WHERE id = $2",
+                        &[&&s.token_hash.0[..], &session_id],
+                    )
+                    .await?;
+                    let replayed = load_session(&tx, id).await?.ok_or_else(|| {
+                        StoreError::Corrupt("idempotency key without session".into())
+                    })?;
+                    tx.commit().await?;
+                    return Ok(CreateOutcome::Replayed(Box::new(replayed)));
+                }
+                // The window is over: the key starts again with this session.
+                execute(
+                    &tx,
+                    "UPDATE idempotency_keys SET request_hash = $3, session_id = $4, \
+                     created_at = $5 WHERE owner = $1 AND key = $2",
+                    &[
+                        &s.owner,
+                        &claim.key,
+                        &&claim.request_hash[..],
+                        &s.id.to_string(),
+                        &ms(s.created_at),
+                    ],
+                )
+                .await?;
+                break;
+            }
+        }
+        insert_session(&tx, s, &self.node_id).await?;
+        tx.commit().await?;
+        self.held.insert(s.id, 1);
+        Ok(CreateOutcome::Created)
+    }
+
+    /// Commits the transitions in one transaction, each guarded; answers the rows.
+    pub(crate) async fn commit_transitions(
+        &self,
+        writes: Vec<TransitionWrite>,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        let mut after = After::default();
+        let mut out = Vec::with_capacity(writes.len());
+        for t in &writes {
+            out.push(self.apply_transition(&tx, t, &mut after).await?);
+        }
+        tx.commit().await?;
+        for s in &out {
+            if s.status.is_terminal() {
+                self.held.remove(&s.id);
+            }
+        }
+        if after.webhook_enqueued {
+            crate::metrics::outbox_moved(1.0);
+            self.webhook_wake.notify_one();
+        }
+        if after.purged {
+            self.purged();
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` of this node's live sessions overdue at `now`.
+    pub(crate) async fn overdue_live(
+        &self,
+        now: DateTime<Utc>,
+        n: usize,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let conn = self.conn().await?;
+        let sql = format!(
+            "SELECT id FROM sessions WHERE owner_node = $1 AND status IN {} \
+             AND expires_at <= $2 LIMIT $3",
+            Status::live_sql()
+        );
+        query(&conn, &sql, &[&self.node_id, &ms(now), &limit(n)])
+            .await?
+            .iter()
+            .map(|r| {
+                let id: String = r.try_get(0)?;
+                SessionId::parse(&id).ok_or_else(|| StoreError::Corrupt(format!("session id {id}")))
+            })
+            .collect()
+    }
+
+    /// Every live session this node owns (a restart with the same node id gets its
+    /// sessions back); this node holds them at their current epoch.
+    pub(crate) async fn load_live_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        let conn = self.conn().await?;
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE owner_node = $1 AND status IN {}",
+            Status::live_sql()
+        );
+        let rows = query(&conn, &sql, &[&self.node_id]).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let record = session_from_row(&row)?;
+            self.held.insert(record.id, row.try_get(19)?);
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    /// The session with its shared data and files, as of one moment.
+    pub(crate) async fn load_decision(
+        &self,
+        id: SessionId,
+    ) -> Result<Option<Decision>, StoreError> {
+        let mut conn = self.conn().await?;
+        // One snapshot: the row, its data and its files, even if a purge commits meanwhile.
+        let tx = conn
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let Some(session) = load_session(&tx, id).await? else {
+            return Ok(None);
+        };
+        let row = query_opt(
+            &tx,
+            "SELECT shared_data, purged_at FROM sessions WHERE id = $1",
+            &[&id.to_string()],
+        )
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("session vanished".into()))?;
+        let shared: Option<String> = row.try_get(0)?;
+        let purged_at: Option<i64> = row.try_get(1)?;
+        let shared_data = shared
+            .map(|s| serde_json::from_str(&s))
+            .transpose()
+            .map_err(|_| StoreError::Corrupt("shared data".into()))?;
+        let files = super::files::list(&tx, id).await?;
+        tx.commit().await?;
+        Ok(Some(Decision {
+            session,
+            shared_data,
+            files,
+            purged_at: opt_time(purged_at)?,
+        }))
+    }
+
+    /// The transitions of a session with `seq > after`, in order.
+    pub(crate) async fn events_after(
+        &self,
+        id: SessionId,
+        after: Seq,
+    ) -> Result<Vec<SessionEvent>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = query(
+            &conn,
+            "SELECT seq, status, at FROM session_events WHERE session_id = $1 AND seq > $2 \
+             ORDER BY seq",
+            &[&id.to_string(), &(after.0 as i64)],
+        )
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let seq: i64 = r.try_get(0)?;
+                let status: String = r.try_get(1)?;
+                Ok(SessionEvent {
+                    seq: Seq(u64::try_from(seq).map_err(|_| StoreError::Corrupt("seq".into()))?),
+                    status: status.parse().map_err(StoreError::Corrupt)?,
+                    at: time(r.try_get(2)?)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether any session has this token.
+    pub(crate) async fn token_in_use(&self, hash: TokenHash) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        Ok(query_opt(
+            &conn,
+            "SELECT 1 FROM sessions WHERE token_hash = $1 LIMIT 1",
+            &[&&hash.0[..]],
+        )
+        .await?
+        .is_some())
+    }
+
+    /// Sets a user's status for this API key.
+    pub(crate) async fn set_user_status(
+        &self,
+        owner: String,
+        user_id: UserId,
+        status: UserStatus,
+        at: DateTime<Utc>,
+    ) -> Result<UserRecord, StoreError> {
+        let conn = self.conn().await?;
+        execute(
+            &conn,
+            "INSERT INTO users (owner, user_id, status, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (owner, user_id) DO UPDATE SET status = excluded.status, \
+             updated_at = excluded.updated_at",
+            &[&owner, &user_id.as_str(), &status.as_str(), &ms(at)],
+        )
+        .await?;
+        read_user(&conn, &owner, &user_id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("user vanished".into()))
+    }
+
+    /// Deletes up to `n` idempotency keys whose window is over at `now`.
+    pub(crate) async fn purge_idempotency_keys(
+        &self,
+        now: DateTime<Utc>,
+        n: usize,
+    ) -> Result<usize, StoreError> {
+        let cutoff = now
+            .checked_sub_signed(IDEMPOTENCY_WINDOW)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let conn = self.conn().await?;
+        let deleted = execute(
+            &conn,
+            "DELETE FROM idempotency_keys WHERE (owner, key) IN \
+             (SELECT owner, key FROM idempotency_keys WHERE created_at <= $1 LIMIT $2)",
+            &[&ms(cutoff), &limit(n)],
+        )
+        .await?;
+        Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
+    }
+}
+
+/// A user as this API key knows it.
+pub(crate) async fn read_user(
+    c: &impl GenericClient,
+    owner: &str,
+    user_id: &UserId,
+) -> Result<Option<UserRecord>, StoreError> {
+    let row = query_opt(
+        c,
+        "SELECT status, updated_at FROM users WHERE owner = $1 AND user_id = $2",
+        &[&owner, &user_id.as_str()],
+    )
+    .await?;
+    row.map(|r| {
+        let status: String = r.try_get(0)?;
+        Ok(UserRecord {
+            user_id: user_id.clone(),
+            status: UserStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt("user status".into()))?,
+            updated_at: time(r.try_get(1)?)?,
+        })
+    })
+    .transpose()
+}

@@ -1,0 +1,247 @@
+//! How the registry reaches a session whose actor runs on another node (SPEC §7).
+//!
+//! With several nodes, each live session has one owner node, which runs its actor. A
+//! command for a session owned elsewhere is sent to the owner as a [`Wire`] command and
+//! answered with a [`WireOk`] or a [`WireError`]; a node that only watches a session
+//! (it holds WebSocket subscribers or long-polls for it) hears of each commit from the
+//! owner's announcement and reads the transitions from the store itself.
+//!
+//! The registry sees all of this through one trait, [`Router`], which the cluster layer
+//! implements over NATS; one node alone has no router and routes nothing.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use actix::Recipient;
+use serde::{Deserialize, Serialize};
+
+use crate::error::SessionError;
+use crate::ids::{DeviceId, Seq, SessionId};
+use crate::model::SessionRecord;
+use crate::session::messages::{
+    AudienceCount, Cancel, CheckUpload, Decide, Inspect, Refresh, Retrieve, StagedFile,
+};
+use crate::status::Status;
+use crate::write::Upload;
+
+/// A command as it travels to the session's owner node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Wire {
+    /// [`Inspect`].
+    Inspect(Inspect),
+    /// [`Retrieve`].
+    Retrieve(Retrieve),
+    /// [`Decide`].
+    Decide(Decide),
+    /// [`Cancel`].
+    Cancel(Cancel),
+    /// [`RotateToken`](crate::session::messages::RotateToken).
+    RotateToken,
+    /// [`CheckUpload`]: the owner keeps the ticket and answers its number.
+    CheckUpload(CheckUpload),
+    /// [`StageFile`](crate::session::messages::StageFile), once the bytes of upload
+    /// `upload` went ahead in chunks.
+    Stage {
+        /// The device.
+        device: DeviceId,
+        /// The file scope.
+        kind: String,
+        /// The ticket number the owner answered to `CheckUpload`.
+        upload: u64,
+        /// The checked media type (`image/jpeg` or `image/png`).
+        content_type: String,
+    },
+}
+
+/// What a command sent ahead carries besides itself: the bytes of an upload.
+pub struct Outbound {
+    /// The command.
+    pub cmd: Wire,
+    /// For [`Wire::Stage`]: the body, sent in chunks before the command.
+    pub upload: Option<Arc<Upload>>,
+}
+
+/// A successful answer from the owner.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum WireOk {
+    /// The session after the command.
+    Record(SessionRecord),
+    /// Done, nothing to tell.
+    Unit,
+    /// The number of an upload ticket the owner holds.
+    Ticket(u64),
+    /// A staged upload.
+    Staged(StagedFile),
+    /// Who listens (not forwarded today; kept for completeness of the protocol).
+    Audience(AudienceCount),
+}
+
+/// A refusal from the owner, as [`SessionError`] says it, in a form that travels.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WireError {
+    /// Which [`SessionError`].
+    pub kind: WireErrorKind,
+    /// Its message.
+    pub message: String,
+    /// The status, for `InvalidState`.
+    pub status: Option<Status>,
+}
+
+/// The variants of [`SessionError`] that travel.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum WireErrorKind {
+    /// `404`.
+    NotFound,
+    /// `401`.
+    Unauthorized,
+    /// `403`.
+    Forbidden,
+    /// `409 invalid_state`.
+    InvalidState,
+    /// `409`, an upload replaced.
+    UploadReplaced,
+    /// `409 idempotency_conflict`.
+    IdempotencyConflict,
+    /// `422`.
+    Incomplete,
+    /// `400`.
+    Invalid,
+    /// `503`.
+    Unavailable,
+    /// The owner's actor restarted: the sender tries again.
+    Restarted,
+    /// The owner's store failed: `503` here, the cause is in the owner's log.
+    Store,
+    /// The node asked no longer owns the session: ask again who does.
+    NotOwner,
+}
+
+impl From<&SessionError> for WireError {
+    fn from(e: &SessionError) -> Self {
+        let kind = match e {
+            SessionError::NotFound => WireErrorKind::NotFound,
+            SessionError::Unauthorized => WireErrorKind::Unauthorized,
+            SessionError::Forbidden(_) => WireErrorKind::Forbidden,
+            SessionError::InvalidState(_) => WireErrorKind::InvalidState,
+            SessionError::UploadReplaced => WireErrorKind::UploadReplaced,
+            SessionError::IdempotencyConflict => WireErrorKind::IdempotencyConflict,
+            SessionError::Incomplete(_) => WireErrorKind::Incomplete,
+            SessionError::Invalid(_) => WireErrorKind::Invalid,
+            SessionError::Unavailable(_) => WireErrorKind::Unavailable,
+            SessionError::Restarted => WireErrorKind::Restarted,
+            SessionError::Store(_) => WireErrorKind::Store,
+        };
+        let status = match e {
+            SessionError::InvalidState(s) => Some(*s),
+            _ => None,
+        };
+        // A store error's cause stays in the owner's log.
+        let message = match e {
+            SessionError::Store(_) => String::new(),
+            e => e.to_string(),
+        };
+        WireError {
+            kind,
+            message,
+            status,
+        }
+    }
+}
+
+impl WireError {
+    /// The owner answered that it does not own the session.
+    pub fn not_owner() -> Self {
+        WireError {
+            kind: WireErrorKind::NotOwner,
+            message: String::new(),
+            status: None,
+        }
+    }
+
+    /// The error as this node answers it; `None` for [`WireErrorKind::NotOwner`].
+    pub fn into_session_error(self) -> Option<SessionError> {
+        Some(match self.kind {
+            WireErrorKind::NotFound => SessionError::NotFound,
+            WireErrorKind::Unauthorized => SessionError::Unauthorized,
+            WireErrorKind::Forbidden => SessionError::Forbidden(intern(self.message)),
+            WireErrorKind::InvalidState => {
+                SessionError::InvalidState(self.status.unwrap_or(Status::Expired))
+            }
+            WireErrorKind::UploadReplaced => SessionError::UploadReplaced,
+            WireErrorKind::IdempotencyConflict => SessionError::IdempotencyConflict,
+            WireErrorKind::Incomplete => SessionError::Incomplete(self.message),
+            WireErrorKind::Invalid => SessionError::Invalid(self.message),
+            WireErrorKind::Unavailable => SessionError::Unavailable(intern(self.message)),
+            WireErrorKind::Restarted => SessionError::Restarted,
+            WireErrorKind::Store => SessionError::Unavailable(
+                "the node that runs this session could not reach the store; try again",
+            ),
+            WireErrorKind::NotOwner => return None,
+        })
+    }
+}
+
+/// Most distinct messages kept by [`intern`]; past it a generic one is used.
+const MAX_INTERNED: usize = 256;
+
+/// A `'static` copy of a message from another node. The messages are the broker's own
+/// constants (every node runs the same code), so the set stays small; it is bounded
+/// anyway, so a confused peer cannot grow it without end.
+fn intern(message: String) -> &'static str {
+    static SEEN: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let Ok(mut seen) = SEEN.get_or_init(Default::default).lock() else {
+        return "refused by the node that runs this session";
+    };
+    if let Some(s) = seen.get(message.as_str()) {
+        return s;
+    }
+    if seen.len() >= MAX_INTERNED {
+        return "refused by the node that runs this session";
+    }
+    let s: &'static str = Box::leak(message.into_boxed_str());
+    seen.insert(s);
+    s
+}
+
+/// Why a forwarded command got no answer of its own.
+#[derive(Debug)]
+pub enum ForwardError {
+    /// Nobody listens for that node: it stopped or died. The command was not delivered;
+    /// sending it again is safe once the session has a new owner.
+    Unreachable,
+    /// Sent, but no answer came in time: it may or may not have been carried out.
+    NoAnswer,
+    /// The node no longer owns the session.
+    NotOwner,
+    /// The owner refused or failed it.
+    Session(SessionError),
+}
+
+/// A boxed future, as the router's methods return them (the trait stays object-safe).
+pub type RouteFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What the registry needs from the cluster layer.
+pub trait Router: Send + Sync + 'static {
+    /// Sends a command to session `id`'s owner `node` and waits for its answer.
+    fn forward(
+        &self,
+        node: String,
+        id: SessionId,
+        out: Outbound,
+    ) -> RouteFuture<Result<WireOk, ForwardError>>;
+
+    /// This node committed transition `seq` of session `id`: tell the nodes watching it.
+    fn announce(&self, id: SessionId, seq: Seq);
+
+    /// From now on, tell `to` whenever the owner announces a transition of `id`;
+    /// resolves once the subscription is in place (the watcher reads the store after).
+    fn watch(&self, id: SessionId, to: Recipient<Refresh>) -> RouteFuture<()>;
+
+    /// Stop telling anyone about `id` (idempotent).
+    fn unwatch(&self, id: SessionId);
+
+    /// Whether the link to the other nodes is up (readiness).
+    fn ready(&self) -> bool;
+}

@@ -18,8 +18,10 @@ pub const ISSUER: &str = "phone-app";
 pub const ISSUER_SECRET: &str = "cluster-issuer-secret-for-tests";
 /// The webhook signing secret of every node.
 pub const WEBHOOK_SECRET: &str = "cluster-webhook-secret";
-/// The ids the nodes run with (`--node-id`), in the order of [`Cluster::nodes`].
-pub const NODE_IDS: [&str; 3] = ["a", "b", "c"];
+/// The nodes' names, in the order of [`Cluster::nodes`]. Their `--node-id` adds the
+/// cluster's own suffix: node ids are NATS subjects (`idv.node.<id>.cmd`), and another
+/// cluster on the same NATS (another test binary, a bench) must not answer for ours.
+pub const NODE_NAMES: [&str; 3] = ["a", "b", "c"];
 
 /// SPEC §7: a dead node's sessions go to the others within this.
 pub const TAKEOVER: Duration = Duration::from_secs(10);
@@ -301,8 +303,10 @@ impl Cluster {
             .expect("client");
         let mut nodes = Vec::new();
         // One after the other: the first applies the schema.
-        for id in NODE_IDS {
-            nodes.push(start_node(id, &db.url, &nats, &options, dir.path()).await);
+        let suffix = &db.name[db.name.len() - 8..];
+        for name in NODE_NAMES {
+            let id = format!("{name}-{suffix}");
+            nodes.push(start_node(&id, &db.url, &nats, &options, dir.path()).await);
         }
         let cluster = Cluster {
             nodes,

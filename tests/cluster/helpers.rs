@@ -256,6 +256,11 @@ impl Node {
         status.code()
     }
 
+    /// Its whole log (stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last lines of its log.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -279,8 +284,8 @@ pub struct Cluster {
     pub db: Db,
     /// Plain client (no redirects followed), for the tests' own requests.
     pub http: reqwest::Client,
-    /// Holds the nodes' logs.
-    dir: tempfile::TempDir,
+    /// Holds the nodes' logs; kept (not deleted) when a test fails.
+    dir: Option<tempfile::TempDir>,
     /// Released last, once the nodes are killed (fields drop in order).
     _one_at_a_time: tokio::sync::MutexGuard<'static, ()>,
 }
@@ -312,7 +317,7 @@ impl Cluster {
             nodes,
             db,
             http,
-            dir,
+            dir: Some(dir),
             _one_at_a_time: guard,
         };
         for node in &cluster.nodes {
@@ -454,7 +459,9 @@ impl Drop for Cluster {
                     node.log_tail(40)
                 );
             }
-            eprintln!("---- logs in {}", self.dir.path().display());
+            if let Some(dir) = self.dir.take() {
+                eprintln!("---- the nodes' logs are kept in {}", dir.keep().display());
+            }
         }
     }
 }

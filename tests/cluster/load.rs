@@ -30,8 +30,9 @@ pub struct Load {
     pub cut: Mutex<Vec<(usize, String)>>,
     /// `409 invalid_state` answers to a step of a session: (session id, the seq the step
     /// makes). Right only when the step had in fact been committed by an attempt whose
-    /// answer was lost (its owner died after the commit and the command was sent again
-    /// to the adopter); the audit checks that against the store.
+    /// answer was lost: its owner died after the commit, the forwarding node answered
+    /// `503` ("read the session before trying again"), and this client, which retries
+    /// every `503`, sent it again to the adopter. The audit checks that in the store.
     pub conflicts: Mutex<Vec<(String, u64)>>,
     /// `503` + `Retry-After` answers (retried).
     pub unavailable: AtomicUsize,

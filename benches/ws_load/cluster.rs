@@ -111,10 +111,14 @@ fn start(args: &Args, rt: &tokio::runtime::Runtime) -> Cluster {
             .await
             .unwrap_or_else(|e| panic!("PostgreSQL at {admin}: {e}"));
         tokio::spawn(conn);
+        // Two statements: PostgreSQL runs a multi-statement batch in one transaction,
+        // where DROP DATABASE is refused.
         client
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
-            ))
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .await
+            .unwrap();
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .unwrap();
         let mut url = url::Url::parse(&admin).unwrap();
@@ -127,7 +131,9 @@ fn start(args: &Args, rt: &tokio::runtime::Runtime) -> Cluster {
         made_db: Some((admin, name)),
     };
     let bin = broker_bin();
-    for id in ["a", "b", "c"] {
+    // Node ids are NATS subjects: suffixed, so no other cluster on this NATS answers.
+    for name in ["a", "b", "c"] {
+        let id = &format!("{name}-{}", std::process::id());
         let mut child = Command::new(&bin)
             .args(["--bind", "127.0.0.1:0", "--rate-limit", "0"])
             .args(["--store", &store, "--nats", &nats, "--node-id", id])
@@ -149,7 +155,7 @@ fn start(args: &Args, rt: &tokio::runtime::Runtime) -> Cluster {
             .unwrap_or_else(|| panic!("node {id}: unexpected first line {line:?}"))
             .to_owned();
         cluster.nodes.push(Node {
-            id: Some(id.to_owned()),
+            id: Some(id.clone()),
             base,
             child: Some(child),
         });
@@ -402,7 +408,7 @@ async fn forwarding_phase(args: &Args, cluster: &Cluster, http: &reqwest::Client
 
     // Commands: `information` (initialized → retrieved) on fresh sessions, half of them
     // through their owner, half through another node.
-    let (fresh, owners, _) = spread_sessions(http, cluster, &args.api_key, r).await;
+    let (fresh, owners, _) = spread_sessions(http, cluster, &args.api_key, 2 * r).await;
     let (iss, secret) = DEVICE_ISSUER.get().unwrap();
     let jwt = idv_actors::credentials::mint_device_jwt(iss, secret, "bench-device", 3600).unwrap();
     let jobs = fresh

@@ -33,14 +33,21 @@ async fn sessions_expire_on_time_while_watched_and_long_polled_from_other_nodes(
         let (http, url, token) = (
             cluster.http.clone(),
             cluster.nodes[0].url(&format!(
-                "/v1/sessions/{}/status?after_seq=1&wait=30",
+                "/v1/sessions/{}/status?after_seq=1&wait=20",
                 idle.id
             )),
             idle.token.clone(),
         );
         tokio::spawn(async move {
             loop {
-                let res = http.get(&url).bearer_auth(&token).send().await.unwrap();
+                // Each poll answers after at most 20 s; the expiry lands in the second.
+                let res = http
+                    .get(&url)
+                    .bearer_auth(&token)
+                    .timeout(Duration::from_secs(40))
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(res.status(), 200);
                 let v: Value = res.json().await.unwrap();
                 if v["seq"].as_u64() != Some(1) {

@@ -38,6 +38,12 @@ async fn sigterm_under_load_hands_sessions_over_and_no_request_fails_but_with_50
 
     let code = cluster.nodes[victim].sigterm(Duration::from_secs(40)).await;
     assert_eq!(code, Some(0), "a SIGTERM'd node exits 0");
+    let log = cluster.nodes[victim].log();
+    assert!(
+        !log.contains("panicked"),
+        "a SIGTERM'd node stops without a panic:\n{}",
+        cluster.nodes[victim].log_tail(12)
+    );
     // Handed over, not left to lapse: the others hold every open session at once (a
     // lease lapse would take up to TAKEOVER).
     let exited = Instant::now();

@@ -18,8 +18,10 @@ pub const ISSUER: &str = "phone-app";
 pub const ISSUER_SECRET: &str = "cluster-issuer-secret-for-tests";
 /// The webhook signing secret of every node.
 pub const WEBHOOK_SECRET: &str = "cluster-webhook-secret";
-/// The ids the nodes run with (`--node-id`), in the order of [`Cluster::nodes`].
-pub const NODE_IDS: [&str; 3] = ["a", "b", "c"];
+/// The nodes' names, in the order of [`Cluster::nodes`]. Their `--node-id` adds the
+/// cluster's own suffix: node ids are NATS subjects (`idv.node.<id>.cmd`), and another
+/// cluster on the same NATS (another test binary, a bench) must not answer for ours.
+pub const NODE_NAMES: [&str; 3] = ["a", "b", "c"];
 
 /// SPEC §7: a dead node's sessions go to the others within this.
 pub const TAKEOVER: Duration = Duration::from_secs(10);
@@ -254,6 +256,11 @@ impl Node {
         status.code()
     }
 
+    /// Its whole log (stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last lines of its log.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -277,8 +284,8 @@ pub struct Cluster {
     pub db: Db,
     /// Plain client (no redirects followed), for the tests' own requests.
     pub http: reqwest::Client,
-    /// Holds the nodes' logs.
-    dir: tempfile::TempDir,
+    /// Holds the nodes' logs; kept (not deleted) when a test fails.
+    dir: Option<tempfile::TempDir>,
     /// Released last, once the nodes are killed (fields drop in order).
     _one_at_a_time: tokio::sync::MutexGuard<'static, ()>,
 }
@@ -301,14 +308,16 @@ impl Cluster {
             .expect("client");
         let mut nodes = Vec::new();
         // One after the other: the first applies the schema.
-        for id in NODE_IDS {
-            nodes.push(start_node(id, &db.url, &nats, &options, dir.path()).await);
+        let suffix = &db.name[db.name.len() - 8..];
+        for name in NODE_NAMES {
+            let id = format!("{name}-{suffix}");
+            nodes.push(start_node(&id, &db.url, &nats, &options, dir.path()).await);
         }
         let cluster = Cluster {
             nodes,
             db,
             http,
-            dir,
+            dir: Some(dir),
             _one_at_a_time: guard,
         };
         for node in &cluster.nodes {
@@ -450,7 +459,9 @@ impl Drop for Cluster {
                     node.log_tail(40)
                 );
             }
-            eprintln!("---- logs in {}", self.dir.path().display());
+            if let Some(dir) = self.dir.take() {
+                eprintln!("---- the nodes' logs are kept in {}", dir.keep().display());
+            }
         }
     }
 }

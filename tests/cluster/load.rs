@@ -28,6 +28,12 @@ pub struct Load {
     /// Requests whose connection broke after it was accepted (no answer): the node
     /// index and what happened. Allowed only towards a node killed by the test.
     pub cut: Mutex<Vec<(usize, String)>>,
+    /// `409 invalid_state` answers to a step of a session: (session id, the seq the step
+    /// makes). Right only when the step had in fact been committed by an attempt whose
+    /// answer was lost: its owner died after the commit, the forwarding node answered
+    /// `503` ("read the session before trying again"), and this client, which retries
+    /// every `503`, sent it again to the adopter. The audit checks that in the store.
+    pub conflicts: Mutex<Vec<(String, u64)>>,
     /// `503` + `Retry-After` answers (retried).
     pub unavailable: AtomicUsize,
     /// Connections refused (a node that is gone; the request went elsewhere).
@@ -88,6 +94,14 @@ impl Load {
     }
 }
 
+/// A request of the load: its name, and for a transition its session and the seq it
+/// makes.
+struct Step<'a> {
+    name: &'a str,
+    session: Option<&'a str>,
+    seq: u64,
+}
+
 /// What one request came to.
 enum Outcome {
     Ok(Value),
@@ -102,9 +116,10 @@ async fn send(
     load: &Load,
     nodes: &[String],
     turn: &mut usize,
-    what: &str,
+    step: Step<'_>,
     make: impl Fn(&str) -> reqwest::RequestBuilder,
 ) -> Outcome {
+    let what = step.name;
     let until = tokio::time::Instant::now() + RETRY_FOR;
     while tokio::time::Instant::now() < until {
         let n = *turn % nodes.len();
@@ -145,6 +160,14 @@ async fn send(
             .and_then(|v| v.trim().parse::<u64>().ok());
         let body = res.text().await.unwrap_or_default();
         match (status, retry_after) {
+            (409, _) if body.contains("\"invalid_state\"") && step.session.is_some() => {
+                let id = step.session.unwrap_or_default().to_owned();
+                load.conflicts
+                    .lock()
+                    .expect("conflicts")
+                    .push((id, step.seq));
+                return Outcome::Unknown;
+            }
             (503, Some(secs)) => {
                 load.unavailable.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_secs(secs).min(Duration::from_secs(1))).await;
@@ -191,7 +214,12 @@ pub async fn client(
         if let Some(cb) = &callback {
             body["callback_url"] = json!(cb);
         }
-        let Outcome::Ok(created) = send(&load, &nodes, &mut turn, "create", |base| {
+        let create = Step {
+            name: "create",
+            session: None,
+            seq: 1,
+        };
+        let Outcome::Ok(created) = send(&load, &nodes, &mut turn, create, |base| {
             http.post(format!("{base}/v1/sessions"))
                 .header("X-Api-Key", API_KEY)
                 .json(&body)
@@ -206,10 +234,20 @@ pub async fn client(
             .to_owned();
         load.ack(&id, 1, "initialized");
         turn += 1;
-        let Outcome::Ok(_) = send(&load, &nodes, &mut turn, "information", |base| {
-            http.get(format!("{base}/v1/sessions/{id}/information"))
-                .bearer_auth(&device)
-        })
+        let Outcome::Ok(_) = send(
+            &load,
+            &nodes,
+            &mut turn,
+            Step {
+                name: "information",
+                session: Some(&id),
+                seq: 2,
+            },
+            |base| {
+                http.get(format!("{base}/v1/sessions/{id}/information"))
+                    .bearer_auth(&device)
+            },
+        )
         .await
         else {
             continue;
@@ -221,11 +259,21 @@ pub async fn client(
         } else {
             json!({"decision": "approve", "shared_data": {"full_name": "Load Test"}})
         };
-        if let Outcome::Ok(v) = send(&load, &nodes, &mut turn, "update", |base| {
-            http.post(format!("{base}/v1/sessions/{id}/update"))
-                .bearer_auth(&device)
-                .json(&decision)
-        })
+        if let Outcome::Ok(v) = send(
+            &load,
+            &nodes,
+            &mut turn,
+            Step {
+                name: "update",
+                session: Some(&id),
+                seq: 3,
+            },
+            |base| {
+                http.post(format!("{base}/v1/sessions/{id}/update"))
+                    .bearer_auth(&device)
+                    .json(&decision)
+            },
+        )
         .await
         {
             let seq = v["seq"].as_u64().unwrap_or(0);

@@ -188,18 +188,38 @@ pub async fn audit(cluster: &Cluster, load: &Load, receiver: &Receiver, killed: 
         cut_elsewhere.is_empty(),
         "requests cut off without an answer: {cut_elsewhere:?}"
     );
+    // One lock at a time: `confirmed` takes the same (not re-entrant) mutex.
+    let sessions_driven = load.acked.lock().expect("acked").len();
     eprintln!(
-        "load: {} sessions, {} confirmed, {} answers 503 + Retry-After, {} connections refused, {} cut by the kill",
-        load.acked.lock().expect("acked").len(),
+        "load: {} sessions, {} confirmed, {} answers 503 + Retry-After, {} connections refused, {} cut by the kill, {} 409s for steps already committed",
+        sessions_driven,
         load.confirmed(),
         load.unavailable.load(Ordering::Relaxed),
         load.refused.load(Ordering::Relaxed),
-        cut.len()
+        cut.len(),
+        load.conflicts.lock().expect("conflicts").len()
     );
 
     let sessions = cluster.db.sessions().await;
     let events = cluster.db.events().await;
     load.assert_all_acknowledged_committed(&sessions, &events);
+    // A 409 is right only for a step that an earlier, unanswered attempt had committed:
+    // with a killed owner that can happen (it committed, died before answering, and the
+    // node that forwarded the command sent it to the adopter); with a graceful stop, never.
+    let conflicts = load.conflicts.lock().expect("conflicts").clone();
+    if killed.is_none() {
+        assert!(
+            conflicts.is_empty(),
+            "409s while a node stopped gracefully: {conflicts:?}"
+        );
+    }
+    for (id, seq) in &conflicts {
+        let stored = sessions.get(id);
+        assert!(
+            stored.is_some_and(|s| s.seq >= *seq),
+            "session {id}: 409 for the step to seq {seq}, but the store has {stored:?}"
+        );
+    }
     for (id, s) in &sessions {
         let seqs: Vec<u64> = events
             .get(id)

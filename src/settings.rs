@@ -100,6 +100,12 @@ pub struct RunArgs {
     /// after it stops accepting and closes WebSockets.
     #[arg(long, env = "IDVB_SHUTDOWN_TIMEOUT", value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub shutdown_timeout: u64,
+    /// Seconds a graceful stop first keeps accepting and answers every new request
+    /// `503` with `Retry-After` and `Connection: close` (and `/readyz` `503`), so load
+    /// balancers and clients move to other nodes before the listener closes. Default:
+    /// 2 with a postgres store (several nodes), 0 with SQLite (one node).
+    #[arg(long, env = "IDVB_SHUTDOWN_GRACE", value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub shutdown_grace: Option<u64>,
     /// How log lines are written to stderr: `text` for people, `json` (one object per
     /// line) for log pipelines.
     #[arg(long, env = "IDVB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -282,6 +288,9 @@ pub struct Settings {
     pub workers: Option<usize>,
     /// How long a graceful stop waits for in-flight requests.
     pub shutdown_timeout: Duration,
+    /// How long a graceful stop refuses new requests with `503` before it stops
+    /// accepting (see `--shutdown-grace`).
+    pub shutdown_grace: Duration,
     /// WebSocket heartbeat timings and bounds.
     pub ws: idv_web::state::WsConfig,
     /// How long an upload's body may take to arrive (SPEC §3: 30 s).
@@ -328,6 +337,7 @@ impl Settings {
             trusted_proxies: Vec::new(),
             workers: None,
             shutdown_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::ZERO,
             ws: idv_web::state::WsConfig::default(),
             upload_timeout: idv_web::routes::files::UPLOAD_TIMEOUT,
             linger: idv_web::ServerConfig::default().linger,
@@ -475,6 +485,13 @@ impl Settings {
             max_subscribers_per_session: args.max_subscribers_per_session,
             trusted_proxies,
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+            shutdown_grace: Duration::from_secs(args.shutdown_grace.unwrap_or(
+                if matches!(store, StoreUrl::Postgres(_)) {
+                    2
+                } else {
+                    0
+                },
+            )),
             store,
             nats: args.nats,
             node_id,

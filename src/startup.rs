@@ -103,6 +103,10 @@ pub struct Application {
     store_io: Option<StoreRuntime>,
     /// Tells WebSockets (close 1001) and long-polls (answer now) that the broker stops.
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Turned on first in a graceful stop: new requests are refused with `503`.
+    draining: Arc<std::sync::atomic::AtomicBool>,
+    /// How long the refusing lasts before the listener stops accepting.
+    shutdown_grace: std::time::Duration,
     sweeper: Addr<RetentionSweeper>,
     /// The webhook dispatcher; `None` without a signing secret.
     dispatcher: Option<actix::Addr<Dispatcher>>,
@@ -233,6 +237,7 @@ impl Application {
         tracing::info!(expired, restored, "store restored");
 
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut api_keys = ApiKeys::default();
         for (name, key) in &settings.api_keys {
             api_keys.add(name, key);
@@ -269,6 +274,7 @@ impl Application {
             ws: settings.ws,
             upload_timeout: settings.upload_timeout,
             shutdown: shutdown_rx,
+            draining: draining.clone(),
             webhooks_signed: dispatcher.is_some(),
             demo,
             callbacks: CallbackGuard::new(&settings.webhooks),
@@ -302,6 +308,8 @@ impl Application {
             node,
             store_io,
             shutdown: shutdown_tx,
+            draining,
+            shutdown_grace: settings.shutdown_grace,
             sweeper,
             dispatcher,
             webhook_timeout: settings.webhooks.timeout,
@@ -350,6 +358,15 @@ impl Application {
         let handle = self.server.handle();
         let server = actix_web::rt::spawn(self.server);
         shutdown.await;
+        if !self.shutdown_grace.is_zero() {
+            // New requests are refused with 503 + Retry-After + Connection: close (and
+            // /readyz 503) while the listener still accepts, so that nobody's request
+            // meets a closing listener: load balancers and clients move on first.
+            tracing::info!(grace = ?self.shutdown_grace, "shutting down: refusing new requests with 503");
+            self.draining
+                .store(true, std::sync::atomic::Ordering::Release);
+            actix_web::rt::time::sleep(self.shutdown_grace).await;
+        }
         // In this order (SPEC §6): stop accepting, then close WebSockets with 1001 and
         // answer waiting long-polls, which would otherwise hold the drain until its
         // timeout, then let in-flight requests finish, bounded by `--shutdown-timeout`.

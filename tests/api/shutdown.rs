@@ -236,3 +236,78 @@ async fn sigterm_under_load_stops_accepting_closes_sockets_drains_flushes_and_lo
     }
     child.kill().await.unwrap();
 }
+
+/// `--shutdown-grace`: a stopping node first keeps accepting and refuses every new
+/// request with `503`, `Retry-After` and `Connection: close` (`/readyz` too, which takes
+/// it out of a load balancer; `/healthz` still answers), so no client meets a listener
+/// closing under it; then it stops as before and exits 0.
+#[actix_web::test]
+async fn a_stop_with_a_grace_first_refuses_new_requests_with_503_and_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("grace.db");
+    let (mut child, base) = spawn_binary(
+        &[
+            "--db",
+            db.to_str().unwrap(),
+            "--api-key",
+            &format!("{API_KEY_NAME}={API_KEY}"),
+            "--shutdown-grace",
+            "3",
+        ],
+        &[("RUST_LOG", "warn")],
+        Stdio::null(),
+    )
+    .await;
+    // reqwest's TLS needs a provider even for plain HTTP; the broker's is the one.
+    idv_actors::webhooks::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let create = || {
+        client
+            .post(format!("{base}/v1/sessions"))
+            .header("X-Api-Key", API_KEY)
+            .json(&json!({"scopes": ["full_name"]}))
+            .send()
+    };
+    assert_eq!(create().await.unwrap().status(), 201);
+
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let ready = loop {
+        let res = client.get(format!("{base}/readyz")).send().await.unwrap();
+        if res.status() == 503 || tokio::time::Instant::now() >= deadline {
+            break res;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(ready.status(), 503, "/readyz takes the node out at once");
+    let refused = create().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(
+        refused.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "the client is told to open its next connection elsewhere"
+    );
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert_eq!(
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "the process is alive while it drains"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("it exits after the grace")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -173,6 +173,7 @@ pub fn serve(
             .app_data(limiter.clone())
             .wrap(from_fn(middleware::rate_limit))
             .wrap(from_fn(middleware::connection_limit))
+            .wrap(from_fn(middleware::drain_gate))
             .wrap(from_fn(middleware::access_log))
             .configure(configure)
             .default_service(web::to(not_found))

@@ -111,6 +111,29 @@ pub async fn connection_limit(
     next.call(req).await
 }
 
+/// While the broker is stopping ([`AppState::draining`](crate::state::AppState)),
+/// refuses every new request but `/healthz` and `/metrics` with `503`, `Retry-After`
+/// and `Connection: close`: its client goes to another node (or comes back after the
+/// restart) instead of finding the listener closed under it. `/readyz` answers `503`
+/// too, which is what takes the node out of a load balancer.
+pub async fn drain_gate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let draining = req
+        .app_data::<web::Data<crate::state::AppState>>()
+        .is_some_and(|s| s.draining.load(std::sync::atomic::Ordering::Acquire));
+    if draining && !matches!(req.path(), "/healthz" | "/metrics") {
+        return Err(ApiError::unavailable(
+            "this node is shutting down; try again (another node, or this one after its restart)",
+            RETRY_AFTER_SECS,
+        )
+        .closing()
+        .into());
+    }
+    next.call(req).await
+}
+
 /// The access log (see the module docs): one line per request.
 pub async fn access_log(
     req: ServiceRequest,

@@ -74,6 +74,10 @@ pub struct AppState {
     /// Turns `true` when the broker starts shutting down: WebSockets close with 1001
     /// and long-polls answer at once.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Set when a graceful stop begins, before the listener closes: every new request
+    /// is answered `503` with `Retry-After` and `Connection: close` (see
+    /// [`drain_gate`](crate::middleware::drain_gate)).
+    pub draining: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Whether the broker has a webhook secret; without one it sends nothing unsigned,
     /// so a `callback_url` is refused (SPEC §4).
     pub webhooks_signed: bool,

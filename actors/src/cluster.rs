@@ -560,8 +560,13 @@ impl Router for Link {
         Box::pin(async move {
             match nats.subscribe(format!("idv.events.{id}")).await {
                 Ok(mut sub) => {
-                    // The subscription leaves before the watcher reads the store.
-                    let _ = nats.flush().await;
+                    // The subscription is in place at the server before the watcher
+                    // reads the store: a request nobody answers comes back ("no
+                    // responders") only after the server handled everything this
+                    // connection sent before it, the subscription included.
+                    let _ = nats
+                        .request(format!("idv.sync.{}", node.id), Vec::new().into())
+                        .await;
                     let task = node.io.spawn(async move {
                         while sub.next().await.is_some() {
                             // A full mailbox already holds a `Refresh`: it reads everything.

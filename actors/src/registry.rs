@@ -856,6 +856,10 @@ impl Inner {
     /// Counts session `id` against `owner`, unless that would take the owner past
     /// `quota`; returns whether it is counted.
     fn hold(&self, id: SessionId, owner: &str, quota: Option<usize>) -> bool {
+        if self.owners.contains_key(&id) {
+            // Already counted (a session taken over again, or an actor started again).
+            return true;
+        }
         {
             let mut n = self.per_owner.entry(owner.to_owned()).or_insert(0);
             if quota.is_some_and(|q| *n >= q) {

@@ -20,6 +20,7 @@ async fn sigterm_under_load_hands_sessions_over_and_no_request_fails_but_with_50
     let mut cluster = Cluster::start(Options {
         webhooks: true,
         extra: vec!["--shutdown-timeout".into(), "10".into()],
+        ..Options::default()
     })
     .await;
     let receiver = Receiver::start(0).await;

@@ -119,6 +119,19 @@ impl Db {
             })
     }
 
+    /// How many nodes hold a valid lease, by the database's clock.
+    pub async fn nodes_with_a_lease(&self) -> i64 {
+        self.client
+            .query_one(
+                "SELECT count(*) FROM nodes \
+                 WHERE lease_until > (extract(epoch from clock_timestamp()) * 1000)::bigint",
+                &[],
+            )
+            .await
+            .expect("read the leases")
+            .get(0)
+    }
+
     /// Every committed session: id → row.
     pub async fn sessions(&self) -> std::collections::BTreeMap<String, StoredSession> {
         self.client
@@ -276,6 +289,8 @@ pub struct Options {
     pub webhooks: bool,
     /// More flags for every node.
     pub extra: Vec<String>,
+    /// A NATS of the test's own instead of `IDVB_TEST_NATS` (a test that stops it).
+    pub nats: Option<String>,
 }
 
 /// Three nodes on one fresh database and the test NATS.
@@ -295,7 +310,10 @@ impl Cluster {
     pub async fn start(options: Options) -> Cluster {
         let guard = ONE_CLUSTER_AT_A_TIME.lock().await;
         // Both checked before anything starts, so a missing one is the first message.
-        let nats = required_env("IDVB_TEST_NATS");
+        let nats = match &options.nats {
+            Some(url) => url.clone(),
+            None => required_env("IDVB_TEST_NATS"),
+        };
         let db = Db::fresh().await;
         // reqwest has rustls through the broker's webhook client, without a default
         // provider: the broker picks ring, and so do its tests.

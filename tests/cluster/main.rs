@@ -14,7 +14,8 @@
 //! - `load`: clients that keep sessions moving and remember what was acknowledged;
 //! - `receiver`: a webhook receiver that checks order and signatures;
 //! - the tests: `routing` (any node answers, pushes reach every node), `expiry`,
-//!   `webhooks`, `failover` (`kill -9` of an owner) and `handover` (SIGTERM).
+//!   `webhooks`, `failover` (`kill -9` of an owner), `handover` (SIGTERM) and
+//!   `readiness` (NATS lost and back).
 
 mod helpers;
 mod load;
@@ -25,5 +26,6 @@ mod watch;
 mod expiry;
 mod failover;
 mod handover;
+mod readiness;
 mod routing;
 mod webhooks;

@@ -1,0 +1,152 @@
+//! `GET /readyz` is `200` only while a node reaches both PostgreSQL and NATS (SPEC §7),
+//! and the cluster comes back by itself when NATS does: with NATS gone every node
+//! says it is not ready and lets its lease lapse (it can serve no other node), nothing
+//! is lost, and once NATS is back the nodes register again and sessions move on
+//! through any node.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+/// A nats-server of this test's own, on a port it keeps across a restart.
+struct Nats {
+    port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl Nats {
+    fn binary() -> &'static str {
+        if std::path::Path::new("/usr/sbin/nats-server").exists() {
+            "/usr/sbin/nats-server"
+        } else {
+            "nats-server"
+        }
+    }
+
+    async fn start(port: u16) -> Nats {
+        let child = tokio::process::Command::new(Self::binary())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server starts (scripts/services.sh installs it)");
+        eventually(Duration::from_secs(10), "nats-server listens", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        Nats {
+            port,
+            child: Some(child),
+        }
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("nats-server stops");
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+async fn ready(cluster: &Cluster, n: usize) -> u16 {
+    cluster
+        .http
+        .get(cluster.nodes[n].url("/readyz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[actix_web::test]
+async fn without_nats_no_node_is_ready_and_when_it_returns_sessions_move_on_through_any_node() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut nats = Nats::start(port).await;
+    let cluster = Cluster::start(Options {
+        nats: Some(nats.url()),
+        ..Options::default()
+    })
+    .await;
+    let s = cluster.create(0, &json!({"scopes": ["full_name"]})).await;
+    assert_eq!(cluster.information(1, &s.id, "alice").await.status(), 200);
+
+    nats.stop().await;
+    for n in 0..3 {
+        eventually(
+            Duration::from_secs(15),
+            "a node cut off from NATS says it is not ready",
+            || async { (ready(&cluster, n).await == 503).then_some(()) },
+        )
+        .await;
+    }
+    // Cut off from each other, the nodes stop renewing their leases.
+    eventually(
+        Duration::from_secs(15),
+        "the leases lapse while NATS is gone",
+        || async { (cluster.db.nodes_with_a_lease().await == 0).then_some(()) },
+    )
+    .await;
+    // `/healthz` is liveness only: the process is fine.
+    let health = cluster
+        .http
+        .get(cluster.nodes[2].url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    let _nats = Nats::start(port).await;
+    for n in 0..3 {
+        eventually(
+            Duration::from_secs(30),
+            "a node is ready again once NATS is back",
+            || async { (ready(&cluster, n).await == 200).then_some(()) },
+        )
+        .await;
+    }
+    eventually(
+        Duration::from_secs(15),
+        "every node holds a lease again",
+        || async { (cluster.db.nodes_with_a_lease().await == 3).then_some(()) },
+    )
+    .await;
+    // Nothing was lost, and the session moves on through a node that may not own it
+    // (ownership may have moved while the leases could not be renewed).
+    let approved = eventually(
+        Duration::from_secs(30),
+        "the session is approved through another node",
+        || async {
+            let res = cluster.approve(2, &s.id, "alice").await;
+            match res.status().as_u16() {
+                200 => Some(res),
+                503 => {
+                    assert!(res.headers().contains_key("retry-after"));
+                    None
+                }
+                other => panic!("approve through node c answered {other}"),
+            }
+        },
+    )
+    .await;
+    let body: serde_json::Value = approved.json().await.unwrap();
+    assert_eq!(
+        (body["status"].as_str(), body["seq"].as_u64()),
+        (Some("confirmed"), Some(3))
+    );
+    let stored = cluster.db.session(&s.id).await.expect("in the store");
+    assert_eq!((stored.status.as_str(), stored.seq), ("confirmed", 3));
+}

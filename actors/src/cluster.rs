@@ -415,6 +415,25 @@ impl Node {
         id: SessionId,
         out: Outbound,
     ) -> Result<WireOk, ForwardError> {
+        let started = Instant::now();
+        let res = self.send_timed(node, id, out).await;
+        let outcome = match &res {
+            Ok(_) => "ok",
+            Err(ForwardError::Session(_)) => "refused",
+            Err(ForwardError::NotOwner) => "not_owner",
+            Err(ForwardError::Unreachable) => "unreachable",
+            Err(ForwardError::NoAnswer) => "no_answer",
+        };
+        crate::metrics::forwarded(outcome, started.elapsed());
+        res
+    }
+
+    async fn send_timed(
+        self: Arc<Self>,
+        node: String,
+        id: SessionId,
+        out: Outbound,
+    ) -> Result<WireOk, ForwardError> {
         if let (Some(upload), Wire::Stage { upload: number, .. }) = (&out.upload, &out.cmd) {
             let subject = Self::subject(&node, "chunk");
             let head = format!("{id}");
@@ -505,6 +524,7 @@ impl Node {
                         Ok(batch) => {
                             let n = batch.len();
                             if n > 0 {
+                                crate::metrics::adopted(n);
                                 tracing::info!(node = %self.id, sessions = n, "took over sessions of a node that is gone");
                             }
                             self.registry.adopt(batch);

@@ -59,6 +59,14 @@ pub const RATE_LIMITED: &str = "idv_rate_limited_requests_total";
 pub const HTTP_REQUESTS: &str = "idv_http_requests_total";
 /// HTTP request latency by route template (histogram, seconds, label `route`).
 pub const HTTP_LATENCY: &str = "idv_http_request_duration_seconds";
+/// Counter, by `outcome`: commands sent to another node that owns the session
+/// (`ok`, `refused`: the owner answered an error, `not_owner`, `unreachable`,
+/// `no_answer`). Several nodes only.
+pub const FORWARDED: &str = "idv_cluster_forwarded_commands_total";
+/// Histogram: a command's round trip to the owner node, answered or not.
+pub const FORWARD_LATENCY: &str = "idv_cluster_forward_seconds";
+/// Counter: live sessions this node took over from nodes whose lease lapsed.
+pub const ADOPTED: &str = "idv_cluster_adopted_sessions_total";
 
 /// Buckets for latencies in seconds: 50 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -176,6 +184,19 @@ fn describe() {
         Unit::Seconds,
         "HTTP request latency by route template."
     );
+    describe_counter!(
+        FORWARDED,
+        "Commands sent to the node that owns the session, by outcome (several nodes)."
+    );
+    describe_histogram!(
+        FORWARD_LATENCY,
+        Unit::Seconds,
+        "Round trip of a command to the node that owns the session."
+    );
+    describe_counter!(
+        ADOPTED,
+        "Live sessions taken over from nodes whose lease lapsed (several nodes)."
+    );
 }
 
 /// Registers the counters and gauges whose series are known in advance at zero, so a
@@ -239,6 +260,17 @@ pub fn staged_moved(delta: f64) {
 pub fn http_request(route: String, status: u16, elapsed: Duration) {
     metrics::histogram!(HTTP_LATENCY, "route" => route.clone()).record(elapsed.as_secs_f64());
     metrics::counter!(HTTP_REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
+}
+
+/// A command went to the owner node and came back with `outcome` after `elapsed`.
+pub fn forwarded(outcome: &'static str, elapsed: Duration) {
+    metrics::counter!(FORWARDED, "outcome" => outcome).increment(1);
+    metrics::histogram!(FORWARD_LATENCY).record(elapsed.as_secs_f64());
+}
+
+/// This node took `n` sessions over.
+pub fn adopted(n: usize) {
+    metrics::counter!(ADOPTED).increment(n as u64);
 }
 
 /// Holds a gauge one higher for as long as it lives.

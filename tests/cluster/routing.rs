@@ -345,3 +345,42 @@ async fn state_conflicts_and_device_binding_answer_the_same_whichever_node_answe
     let seqs: Vec<u64> = events[&open.id].iter().map(|(s, _)| *s).collect();
     assert_eq!(seqs, vec![1, 2, 3], "one event per transition, none twice");
 }
+
+/// Operators see forwarding in `/metrics`: the node that forwards counts each command
+/// by outcome and times its round trip; the owner forwards nothing.
+#[actix_web::test]
+async fn forwarded_commands_are_counted_by_outcome_and_timed_on_the_node_that_forwards_them() {
+    let cluster = Cluster::start(Options::default()).await;
+    let s = cluster.create(0, &json!({"scopes": ["full_name"]})).await;
+    assert_eq!(cluster.information(1, &s.id, "alice").await.status(), 200);
+    // Refused by the owner: another device, on a session bound to alice.
+    assert_eq!(cluster.information(1, &s.id, "mallory").await.status(), 403);
+    let scrape = |n: usize| {
+        let http = cluster.http.clone();
+        let url = cluster.nodes[n].url("/metrics");
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse().unwrap()))
+            .unwrap_or(0.0)
+    };
+    let b = scrape(1).await;
+    assert!(
+        value(&b, r#"idv_cluster_forwarded_commands_total{outcome="ok"}"#) >= 1.0,
+        "{b}"
+    );
+    assert!(
+        value(
+            &b,
+            r#"idv_cluster_forwarded_commands_total{outcome="refused"}"#
+        ) >= 1.0
+    );
+    assert!(value(&b, "idv_cluster_forward_seconds_count") >= 2.0);
+    let a = scrape(0).await;
+    assert_eq!(
+        value(&a, r#"idv_cluster_forwarded_commands_total{outcome="ok"}"#),
+        0.0,
+        "the owner forwards nothing"
+    );
+}

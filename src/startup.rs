@@ -176,8 +176,11 @@ impl Application {
                 max_staged_bytes: settings.max_staged_bytes,
             },
         );
-        // Several nodes (SPEC §7): join before the restore takes this node's sessions
-        // back, so that they are routed here from the start. SQLite runs as one node.
+        let (expired, restored) = registry.restore().await.map_err(db_error)?;
+        registry.start_expiry_sweep(EXPIRY_SWEEP_EVERY);
+        // Several nodes (SPEC §7): join after the restore took this node's sessions back
+        // (nothing of another node's may start here before), then take commands and
+        // orphans. SQLite runs as one node.
         let node = match (&cluster, &store_io, &settings.nats) {
             (Some(cluster), Some(io), Some(nats)) => {
                 let handle = io.handle().ok_or_else(|| db_error(StoreError::Closed))?;
@@ -199,8 +202,6 @@ impl Application {
             }
             _ => None,
         };
-        let (expired, restored) = registry.restore().await.map_err(db_error)?;
-        registry.start_expiry_sweep(EXPIRY_SWEEP_EVERY);
         let sweeper = RetentionSweeper::new(
             store.clone(),
             settings.clock.clone(),

@@ -86,8 +86,12 @@ pub enum ClusterError {
 /// Most sessions taken over in one batch.
 const ADOPT_BATCH: usize = 500;
 
-/// How long an upload ticket held for another node waits for its bytes.
-const PARKED_UPLOAD_TTL: Duration = Duration::from_secs(600);
+/// How long an upload held for another node waits for its bytes: the upload timeout
+/// (SPEC §3: 30 s) with room to spare. Swept with the lease's beat.
+const PARKED_UPLOAD_TTL: Duration = Duration::from_secs(60);
+
+/// Longest wait for NATS to confirm a watcher's subscription, or to flush at stop.
+const FLUSH_WAIT: Duration = Duration::from_secs(1);
 
 /// Whether `id` can name a node in a NATS subject.
 pub fn valid_node_id(id: &str) -> bool {
@@ -134,6 +138,9 @@ struct Node {
     uploads: DashMap<(SessionId, u64), Parked>,
     /// The largest chunk of an upload sent in one message.
     chunk: usize,
+    /// Set when the node hands its sessions over: the lease and adoption loops end,
+    /// so the released lease is never renewed and nothing more is taken.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
@@ -188,6 +195,7 @@ impl Cluster {
             watch_tasks: DashMap::new(),
             uploads: DashMap::new(),
             chunk,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         node.serve_commands().await?;
         registry.set_router(Arc::new(Link(node.clone())));
@@ -207,6 +215,9 @@ impl Cluster {
     /// the sessions at their next look or at the next request for one. Commands that
     /// still reach this node are answered "not the owner", and their sender asks again.
     pub async fn hand_over(&self, wait: Duration) {
+        self.node
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Release);
         self.node.registry.relinquish_all(true);
         let deadline = Instant::now() + wait;
         while self.node.registry.owned_count() > 0 && Instant::now() < deadline {
@@ -215,7 +226,8 @@ impl Cluster {
         if let Err(e) = self.node.store.release_node().await {
             tracing::error!(error = %e, "cannot release this node's lease; its sessions are taken over when it lapses");
         }
-        let _ = self.node.nats.flush().await;
+        // Bounded: with NATS gone a flush would wait for ever, and the stop must end.
+        let _ = tokio::time::timeout(FLUSH_WAIT, self.node.nats.flush()).await;
         tracing::info!(node = %self.node.id, "sessions handed over");
     }
 }
@@ -309,11 +321,10 @@ impl Node {
             Wire::Decide(c) => r.serve(id, c).await.map(WireOk::Record),
             Wire::Cancel(c) => r.serve(id, c).await.map(WireOk::Record),
             Wire::RotateToken => r.serve(id, RotateToken).await.map(|()| WireOk::Unit),
-            Wire::CheckUpload(c) => r.serve(id, c).await.map(|ticket| {
-                let number = ticket.id.0;
-                self.park(id, ticket);
-                WireOk::Ticket(number)
-            }),
+            Wire::CheckUpload(c) => r
+                .serve(id, c)
+                .await
+                .map(|ticket| WireOk::Ticket(self.park(id, ticket))),
             Wire::Stage {
                 device,
                 kind,
@@ -321,7 +332,9 @@ impl Node {
                 content_type,
             } => {
                 let Some((_, parked)) = self.uploads.remove(&(id, upload)) else {
-                    return Err(WireError::from(&crate::SessionError::UploadReplaced));
+                    return Err(WireError::from(&crate::SessionError::Unavailable(
+                        "the session moved to another node while the upload was sent; upload it again",
+                    )));
                 };
                 let (Some(buffer), Some(content_type)) =
                     (parked.buffer, ImageType::from_content_type(&content_type))
@@ -349,19 +362,28 @@ impl Node {
         })
     }
 
-    /// Holds the ticket of an upload another node streams in.
-    fn park(&self, id: SessionId, ticket: UploadTicket) {
-        // Tickets whose bytes never came (the device went away) are let go.
-        self.uploads
-            .retain(|_, p| p.since.elapsed() < PARKED_UPLOAD_TTL && !ticket_ended(&mut p.ticket));
+    /// Holds the ticket of an upload another node streams in, under a random number
+    /// (not the actor's own counter, which another owner of the session would reuse):
+    /// its chunks and its `Stage` name it.
+    fn park(&self, id: SessionId, ticket: UploadTicket) -> u64 {
+        self.sweep_uploads();
+        let number: u64 = rand::random();
         self.uploads.insert(
-            (id, ticket.id.0),
+            (id, number),
             Parked {
                 ticket,
                 buffer: None,
                 since: Instant::now(),
             },
         );
+        number
+    }
+
+    /// Lets go of uploads whose bytes never came (the device or the forwarding node
+    /// went away) or whose session ended them: their bytes and budget go at once.
+    fn sweep_uploads(&self) {
+        self.uploads
+            .retain(|_, p| p.since.elapsed() < PARKED_UPLOAD_TTL && !ticket_ended(&mut p.ticket));
     }
 
     /// Appends a chunk to its parked upload; the reply is empty, or why not.
@@ -378,16 +400,29 @@ impl Node {
         let Some(id) = id else {
             return b"malformed".to_vec();
         };
-        let Some(mut parked) = self.uploads.get_mut(&(id, u64::from_be_bytes(number))) else {
-            return b"replaced".to_vec();
+        let key = (id, u64::from_be_bytes(number));
+        let Some(mut parked) = self.uploads.get_mut(&key) else {
+            // Not an upload this node holds: the session moved to this node after the
+            // ticket was given, or the ticket was swept.
+            return b"unknown".to_vec();
         };
+        if ticket_ended(&mut parked.ticket) {
+            // A newer upload of the kind, or the end of the session: let the bytes go.
+            drop(parked);
+            self.uploads.remove(&key);
+            return b"replaced".to_vec();
+        }
         let budget = self.registry.staging_budget().clone();
         let buffer = parked
             .buffer
             .get_or_insert_with(|| UploadBuffer::new(&budget, None));
         match buffer.push(&payload[HEADER..]) {
             Ok(()) => Vec::new(),
-            Err(_) => b"full".to_vec(),
+            Err(_) => {
+                drop(parked);
+                self.uploads.remove(&key);
+                b"full".to_vec()
+            }
         }
     }
 
@@ -405,6 +440,13 @@ impl Node {
                 RequestErrorKind::NoResponders => ForwardError::Unreachable,
                 RequestErrorKind::TimedOut => ForwardError::NoAnswer,
                 RequestErrorKind::Other => ForwardError::Unreachable,
+                // Never sent: a bug (node ids are checked, chunks sized below the limit).
+                RequestErrorKind::InvalidSubject | RequestErrorKind::MaxPayloadExceeded => {
+                    tracing::error!(error = %e, "a message to another node could not be sent");
+                    ForwardError::Session(crate::SessionError::Unavailable(
+                        "a message to the node that runs this session could not be sent",
+                    ))
+                }
             }),
         }
     }
@@ -450,6 +492,11 @@ impl Node {
                             "too many uploads are held in memory; try again shortly",
                         )))
                     }
+                    b"unknown" => {
+                        return Err(ForwardError::Session(crate::SessionError::Unavailable(
+                            "the session moved to another node while the upload was sent; upload it again",
+                        )))
+                    }
                     _ => return Err(ForwardError::Session(crate::SessionError::UploadReplaced)),
                 }
             }
@@ -485,18 +532,34 @@ impl Node {
     fn run_lease(self: Arc<Self>) {
         actix::spawn(async move {
             let mut ticks = actix::clock::interval(self.config.renew_every);
+            // Since when NATS has been unreachable, if it is.
+            let mut cut_off: Option<Instant> = None;
             loop {
                 ticks.tick().await;
+                if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                    // Handing over: the released lease must stay released.
+                    break;
+                }
+                self.sweep_uploads();
                 // Cut off from NATS, this node can neither serve its sessions to the
-                // other nodes nor tell them of its commits: it lets its lease lapse, so
-                // they take the sessions over (SPEC §7: lost network).
+                // other nodes nor tell them of its commits. A blip is ridden out; past
+                // a lease's length it lets its lease lapse, so the nodes that still
+                // reach NATS take its sessions over (SPEC §7: lost network).
                 if self.nats.connection_state() != async_nats::connection::State::Connected {
-                    tracing::warn!(node = %self.id, "NATS is not reachable; not renewing this node's lease");
-                    continue;
+                    let since = *cut_off.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.config.lease_ttl {
+                        tracing::warn!(node = %self.id, "NATS is not reachable; not renewing this node's lease");
+                        continue;
+                    }
+                } else {
+                    cut_off = None;
                 }
                 match self.store.renew_lease(self.config.lease_ttl).await {
                     Ok(true) => {}
                     Ok(false) => {
+                        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                            break;
+                        }
                         tracing::warn!(node = %self.id, "this node's lease lapsed; letting its sessions go");
                         self.registry.relinquish_all(false);
                         if let Err(e) = self.store.register_node(self.config.lease_ttl).await {
@@ -516,6 +579,9 @@ impl Node {
             let mut ticks = actix::clock::interval(self.config.adopt_every);
             loop {
                 ticks.tick().await;
+                if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                    break;
+                }
                 if self.nats.connection_state() != async_nats::connection::State::Connected {
                     continue;
                 }
@@ -584,9 +650,11 @@ impl Router for Link {
                     // reads the store: a request nobody answers comes back ("no
                     // responders") only after the server handled everything this
                     // connection sent before it, the subscription included.
-                    let _ = nats
-                        .request(format!("idv.sync.{}", node.id), Vec::new().into())
-                        .await;
+                    let _ = tokio::time::timeout(
+                        FLUSH_WAIT,
+                        nats.request(format!("idv.sync.{}", node.id), Vec::new().into()),
+                    )
+                    .await;
                     let task = node.io.spawn(async move {
                         while sub.next().await.is_some() {
                             // A full mailbox already holds a `Refresh`: it reads everything.

@@ -178,8 +178,13 @@ impl Audience {
 
     /// Pushes a transition read back from the events log (after a restart).
     pub(crate) fn republish(&mut self, session: &SessionRecord, event: &SessionEvent) {
+        // The session as it was at this transition, as far as a push and a long-poll
+        // show it: a waiter woken by an earlier event of several read at once must not
+        // see the earlier status with the later seq.
         let mut s = session.clone();
         s.status = event.status;
+        s.seq = event.seq;
+        s.updated_at = event.at;
         self.publish(&s, event.seq, event.at);
     }
 
@@ -495,5 +500,29 @@ mod tests {
         assert!(check_after(Some(Seq(3)), Seq(2)).is_err());
         assert_eq!(check_after(Some(Seq(2)), Seq(2)).unwrap(), Seq(2));
         assert_eq!(check_after(None, Seq(5)).unwrap(), Seq(5));
+    }
+
+    /// A watching node reads several transitions at once: a long-poll woken by the
+    /// first is answered with the session as it was at that transition, never with the
+    /// earlier status beside the later seq.
+    #[test]
+    fn a_waiter_woken_by_a_replayed_transition_gets_that_transition_s_seq_and_status() {
+        let mut latest = record();
+        latest.status = Status::Confirmed;
+        latest.seq = Seq(3);
+        let mut audience = Audience::new(latest.id);
+        let mut rx = audience.wait().unwrap();
+        let at = Utc::now();
+        audience.republish(
+            &latest,
+            &SessionEvent {
+                seq: Seq(2),
+                status: Status::Retrieved,
+                at,
+            },
+        );
+        let woken = rx.try_recv().unwrap();
+        assert_eq!((woken.status, woken.seq), (Status::Retrieved, Seq(2)));
+        assert_eq!(woken.updated_at, at);
     }
 }

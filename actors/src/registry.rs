@@ -220,12 +220,24 @@ impl Registry {
             .into_iter()
             .map(|record| (plan_expiry(&record, now), record))
             .partition(|(expiry, _)| expiry.is_some());
-        let expired = self
-            .inner
-            .store
-            .commit_transitions(overdue.into_iter().filter_map(|(w, _)| w).collect())
-            .await?
-            .len();
+        let writes: Vec<_> = overdue.into_iter().filter_map(|(w, _)| w).collect();
+        let expired = match self.inner.store.commit_transitions(writes.clone()).await {
+            Ok(committed) => committed.len(),
+            // Several nodes: another node moved one of them meanwhile (it took the
+            // session over, or expired it). Each on its own then, skipping those.
+            Err(StoreError::Stale) | Err(StoreError::NotOwner) => {
+                let mut expired = 0;
+                for write in writes {
+                    match self.inner.store.commit_transition(write).await {
+                        Ok(_) => expired += 1,
+                        Err(StoreError::Stale) | Err(StoreError::NotOwner) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                expired
+            }
+            Err(e) => return Err(e),
+        };
         let restored = live.len();
         for (_, record) in live {
             self.inner.hold(record.id, &record.owner, None);
@@ -553,6 +565,9 @@ impl Registry {
                         )
                         .into());
                     };
+                    // An upload's bytes went to that node: they are not sent again
+                    // to another (its ticket is that node's), the device sends again.
+                    let carries_upload = out.upload.is_some();
                     let gone = match router.forward(node.clone(), id, out).await {
                         Ok(ok) => return Ok(C::from_wire(ok)?),
                         Err(ForwardError::Session(SessionError::Restarted)) => {
@@ -573,6 +588,12 @@ impl Registry {
                     // Ask the store again who owns it; its owner may have died, in which
                     // case the session is ours to claim once that node's lease lapses.
                     self.inner.remote.remove(&id);
+                    if gone && carries_upload {
+                        return Err(SessionError::Unavailable(
+                            "the session moved to another node while the upload was sent; upload it again",
+                        )
+                        .into());
+                    }
                     if gone {
                         if std::time::Instant::now() >= patience {
                             return Err(SessionError::Unavailable(

@@ -24,6 +24,7 @@ use crate::session::messages::{
     AudienceCount, Cancel, CheckUpload, Decide, Inspect, Refresh, Retrieve, StagedFile,
 };
 use crate::status::Status;
+use crate::store::StoreError;
 use crate::write::Upload;
 
 /// A command as it travels to the session's owner node.
@@ -131,6 +132,10 @@ impl From<&SessionError> for WireError {
             SessionError::Invalid(_) => WireErrorKind::Invalid,
             SessionError::Unavailable(_) => WireErrorKind::Unavailable,
             SessionError::Restarted => WireErrorKind::Restarted,
+            // Refusals of a busy or closing store are `503` here as there.
+            SessionError::Store(StoreError::Busy | StoreError::Closed) => {
+                WireErrorKind::Unavailable
+            }
             SessionError::Store(_) => WireErrorKind::Store,
         };
         let status = match e {
@@ -139,6 +144,12 @@ impl From<&SessionError> for WireError {
         };
         // A store error's cause stays in the owner's log.
         let message = match e {
+            SessionError::Store(StoreError::Busy) => {
+                "the broker is overloaded; try again".to_owned()
+            }
+            SessionError::Store(StoreError::Closed) => {
+                "the node that runs this session is shutting down; try again".to_owned()
+            }
             SessionError::Store(_) => String::new(),
             e => e.to_string(),
         };
@@ -175,9 +186,11 @@ impl WireError {
             WireErrorKind::Invalid => SessionError::Invalid(self.message),
             WireErrorKind::Unavailable => SessionError::Unavailable(intern(self.message)),
             WireErrorKind::Restarted => SessionError::Restarted,
-            WireErrorKind::Store => SessionError::Unavailable(
-                "the node that runs this session could not reach the store; try again",
-            ),
+            // As the store's failure is answered where it happens (`500`); the cause
+            // is in the owner's log.
+            WireErrorKind::Store => SessionError::Store(StoreError::Postgres(Arc::new(
+                std::io::Error::other("on the node that runs this session"),
+            ))),
             WireErrorKind::NotOwner => return None,
         })
     }

@@ -1,7 +1,9 @@
 //! Leases, claims and orphan adoption ([`ClusterStore`](crate::session_store::ClusterStore)).
 //!
 //! A node's lease is a row of `nodes` whose `lease_until` is measured by the database's
-//! clock ([`DB_NOW`]), so clock skew between nodes never matters. A session whose owner
+//! clock ([`DB_NOW`]), so clock skew between nodes never matters. Only a node that holds
+//! a valid lease itself takes a session (on request, or in a batch): one without would
+//! lose it again at once. A session whose owner
 //! has no valid lease may be taken by any node, which bumps `owner_epoch`: the old
 //! owner's commits then fail the guard ([`StoreError::NotOwner`]).
 
@@ -29,6 +31,8 @@ impl Shared {
              WHERE s.id = $1 AND s.status IN {live} AND s.owner_node <> $2 \
                AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = s.owner_node \
                                AND n.lease_until > {DB_NOW}) \
+               AND EXISTS (SELECT 1 FROM nodes m WHERE m.node_id = $2 \
+                           AND m.lease_until > {DB_NOW}) \
              RETURNING s.owner_epoch",
             live = Status::live_sql()
         );
@@ -94,6 +98,9 @@ impl Shared {
                    AND o.owner_node <> $1 \
                    AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = o.owner_node \
                                    AND n.lease_until > {DB_NOW}) \
+                   AND EXISTS (SELECT 1 FROM nodes m WHERE m.node_id = $1 \
+                               AND m.lease_until > {DB_NOW}) \
+                 ORDER BY (o.status IN {live}) DESC \
                  LIMIT $2 FOR UPDATE OF o SKIP LOCKED) \
              UPDATE sessions s SET owner_node = $1, owner_epoch = s.owner_epoch + 1 \
              FROM orphans WHERE s.id = orphans.id \

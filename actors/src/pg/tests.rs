@@ -246,7 +246,10 @@ async fn the_commit_guard_tells_a_moved_seq_from_a_lost_session() {
         b.commit_transition(step(&s, 2, Status::Cancelled)).await,
         Err(StoreError::NotOwner)
     ));
-    // A's lease never existed, so B may claim it; A's next commit is refused.
+    // A's lease never existed, so B may claim it, once B holds a lease of its own (a
+    // node without one takes nothing); A's next commit is refused.
+    assert_eq!(b.claim(s.id).await.unwrap(), Claim::Other("a".into()));
+    b.register_node(Duration::from_secs(60)).await.unwrap();
     assert_eq!(b.claim(s.id).await.unwrap(), Claim::Mine);
     assert_eq!(b.held_epoch(s.id), Some(2));
     assert!(matches!(

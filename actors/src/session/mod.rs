@@ -100,6 +100,8 @@ pub struct SessionActor {
     /// Set when the session moved to another node: this actor answers nothing more
     /// (the registry asks again, and finds the new owner).
     moved: bool,
+    /// A watching actor re-read the store for a caller ahead of it (see [`Self::lagging`]).
+    caught_up: bool,
     /// Holds the live-actors gauge up while this actor exists; restarts keep it.
     _live_gauge: crate::metrics::GaugeGuard,
 }
@@ -154,6 +156,7 @@ impl SessionActor {
             fault: None,
             watching,
             moved: false,
+            caught_up: false,
             _live_gauge: crate::metrics::GaugeGuard::new(crate::metrics::LIVE_SESSIONS),
         }
     }
@@ -447,6 +450,27 @@ impl SessionActor {
         ctx.stop();
     }
 
+    /// Whether a watching actor must read the store before it answers a caller that
+    /// has a later seq than its copy (the caller saw it on another node: the owner's
+    /// announcement is still on its way). It then reads the store, and the registry
+    /// sends the request again, answered after the read; a caller still ahead of the
+    /// store is refused as with one node.
+    fn lagging(&mut self, after: Option<crate::ids::Seq>, ctx: &mut Context<Self>) -> bool {
+        if !self.watching || self.ended {
+            return false;
+        }
+        let (Some(after), Some(s)) = (after, &self.state) else {
+            return false;
+        };
+        if after <= s.seq || self.caught_up {
+            self.caught_up = false;
+            return false;
+        }
+        self.caught_up = true;
+        self.refresh(ctx);
+        true
+    }
+
     /// A watching actor reads its session from the store and pushes to its audience
     /// every transition it has not had, in order; then ends with the session.
     fn refresh(&mut self, ctx: &mut Context<Self>) {
@@ -688,6 +712,9 @@ impl Handler<Subscribe> for SessionActor {
     type Result = Result<Subscribed, SessionError>;
 
     fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) -> Self::Result {
+        if self.lagging(msg.after, ctx) {
+            return Err(SessionError::Restarted);
+        }
         self.contain(ctx, |act, _| {
             let s = act.record()?;
             authorize(s, &msg.caller)?;
@@ -720,6 +747,9 @@ impl Handler<WaitChange> for SessionActor {
     type Result = Result<Change, SessionError>;
 
     fn handle(&mut self, msg: WaitChange, ctx: &mut Context<Self>) -> Self::Result {
+        if self.lagging(msg.after, ctx) {
+            return Err(SessionError::Restarted);
+        }
         self.contain(ctx, |act, _| {
             let s = act.record()?;
             authorize(s, &msg.caller)?;

@@ -384,3 +384,42 @@ async fn forwarded_commands_are_counted_by_outcome_and_timed_on_the_node_that_fo
         "the owner forwards nothing"
     );
 }
+
+/// A node that watches a session for its clients stops watching once nobody there
+/// listens any more (about 30 s later): it does not keep a NATS subscription and a
+/// store read every 2 s for every session it ever served.
+#[actix_web::test]
+async fn a_node_stops_watching_a_session_once_its_last_subscriber_left() {
+    let cluster = Cluster::start(Options::default()).await;
+    let s = cluster.create(0, &json!({"scopes": ["full_name"]})).await;
+    let live_on_c = || {
+        let http = cluster.http.clone();
+        let url = cluster.nodes[2].url("/metrics");
+        async move {
+            let text = http.get(url).send().await.unwrap().text().await.unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("idv_live_sessions "))
+                .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+        }
+    };
+    let mut ws = watch::connect(&cluster.nodes[2].address, &s.id, &s.token, None).await;
+    let first = watch::frame(&mut ws).await;
+    assert_eq!(first["status"], "initialized");
+    assert_eq!(live_on_c().await, 1.0, "node c watches the session");
+    drop(ws);
+    eventually(
+        Duration::from_secs(45),
+        "node c stops watching once its subscriber left",
+        || async { (live_on_c().await == 0.0).then_some(()) },
+    )
+    .await;
+    // A new subscriber there is served again (a new watcher), and sees what follows.
+    let mut ws = watch::connect(&cluster.nodes[2].address, &s.id, &s.token, None).await;
+    let _ = watch::frame(&mut ws).await;
+    assert_eq!(cluster.information(1, &s.id, "alice").await.status(), 200);
+    let f = watch::frame(&mut ws).await;
+    assert_eq!(
+        (f["status"].as_str(), f["seq"].as_u64()),
+        (Some("retrieved"), Some(2))
+    );
+}

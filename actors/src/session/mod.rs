@@ -67,6 +67,10 @@ const EXPIRY_RETRY: Duration = Duration::from_secs(1);
 /// announcements travel at most once, and this bounds how late a lost one is noticed.
 const WATCH_POLL: Duration = Duration::from_secs(2);
 
+/// A watching actor with nobody to tell for this many polls in a row stops (its NATS
+/// subscription and its reads with it); the next subscriber starts another.
+const WATCH_IDLE_POLLS: u32 = 15;
+
 /// The reply type of the transition handlers.
 type Reply = AtomicResponse<SessionActor, Result<SessionRecord, SessionError>>;
 
@@ -102,6 +106,8 @@ pub struct SessionActor {
     moved: bool,
     /// A watching actor re-read the store for a caller ahead of it (see [`Self::lagging`]).
     caught_up: bool,
+    /// Polls in a row a watching actor had nobody to tell.
+    idle_polls: u32,
     /// Holds the live-actors gauge up while this actor exists; restarts keep it.
     _live_gauge: crate::metrics::GaugeGuard,
 }
@@ -157,6 +163,7 @@ impl SessionActor {
             watching,
             moved: false,
             caught_up: false,
+            idle_polls: 0,
             _live_gauge: crate::metrics::GaugeGuard::new(crate::metrics::LIVE_SESSIONS),
         }
     }
@@ -431,7 +438,11 @@ impl SessionActor {
         if self.ended {
             return;
         }
-        tracing::info!(session = %self.id, "session moved to another node");
+        if self.watching {
+            tracing::debug!(session = %self.id, "no longer watching a session");
+        } else {
+            tracing::info!(session = %self.id, "session moved to another node");
+        }
         self.moved = true;
         self.ended = true;
         self.staged.clear();
@@ -546,7 +557,23 @@ impl Actor for SessionActor {
             // transition committed in between is in what is read, or announced after.
             let watch = self.live.watch(self.id, ctx.address().recipient());
             ctx.wait(watch.into_actor(self).map(|(), act, ctx| act.load(ctx)));
-            ctx.run_interval(WATCH_POLL, |act, ctx| act.refresh(ctx));
+            ctx.run_interval(WATCH_POLL, |act, ctx| {
+                if !act.watching {
+                    return;
+                }
+                let audience = act.audience.count();
+                if audience.subscribers + audience.waiters > 0 {
+                    act.idle_polls = 0;
+                } else {
+                    act.idle_polls += 1;
+                    if act.idle_polls >= WATCH_IDLE_POLLS {
+                        // Nobody here listens any more: stop following the session.
+                        act.relinquish(ctx);
+                        return;
+                    }
+                }
+                act.refresh(ctx);
+            });
             return;
         }
         match &self.state {

@@ -423,3 +423,40 @@ async fn a_node_stops_watching_a_session_once_its_last_subscriber_left() {
         (Some("retrieved"), Some(2))
     );
 }
+
+/// A replayed create rotates the session token through one node while another node
+/// already watches the session with the old one: the new token works there at once
+/// (the watcher reads the store rather than refuse a token it does not know yet), and
+/// the old one stops working.
+#[actix_web::test]
+async fn a_token_rotated_by_a_replay_through_one_node_works_at_once_on_a_node_that_watches() {
+    let cluster = Cluster::start(Options::default()).await;
+    let post = |n: usize| {
+        cluster
+            .http
+            .post(cluster.nodes[n].url("/v1/sessions"))
+            .header("X-Api-Key", API_KEY)
+            .header("Idempotency-Key", "order-rotate")
+            .json(&json!({"scopes": ["full_name"]}))
+            .send()
+    };
+    let first = Created::from(post(0).await.unwrap().json::<Value>().await.unwrap());
+    // Node c watches the session for a subscriber with the first token.
+    let mut old_ws = watch::connect(&cluster.nodes[2].address, &first.id, &first.token, None).await;
+    let _ = watch::frame(&mut old_ws).await;
+
+    let replay: Value = post(1).await.unwrap().json().await.unwrap();
+    let newest = replay["session_token"].as_str().unwrap().to_owned();
+    // At once, on the watching node: a long-poll and a WebSocket with the new token.
+    let res = cluster
+        .status(2, &first.id, &newest, "?after_seq=1&wait=1")
+        .await;
+    assert_eq!(res.status(), 200, "the rotated token on the watching node");
+    let mut ws = watch::connect(&cluster.nodes[2].address, &first.id, &newest, None).await;
+    let f = watch::frame(&mut ws).await;
+    assert_eq!(f["status"], "initialized");
+    let res = cluster
+        .status(2, &first.id, &first.token, "?after_seq=1&wait=1")
+        .await;
+    assert_error(res, 401, "unauthorized").await;
+}

@@ -50,9 +50,9 @@ use crate::session::messages::FaultPoint;
 use crate::session::messages::{
     AudienceCount, Change, CountAudience, Subscribe, Subscribed, Unsubscribe, WaitChange,
 };
+use crate::session::messages::{Caller, Promote, Refresh, Relinquish};
 use crate::session::messages::{Cancel, Decide, InjectFault, Inspect, Retrieve, RotateToken, Tick};
 use crate::session::messages::{CheckUpload, StageFile, StagedFile, UploadTicket};
-use crate::session::messages::{Promote, Refresh, Relinquish};
 use crate::session_store::SessionStore;
 use crate::staging::Staged;
 use crate::store::StoreError;
@@ -462,18 +462,28 @@ impl SessionActor {
     }
 
     /// Whether a watching actor must read the store before it answers a caller that
-    /// has a later seq than its copy (the caller saw it on another node: the owner's
-    /// announcement is still on its way). It then reads the store, and the registry
-    /// sends the request again, answered after the read; a caller still ahead of the
-    /// store is refused as with one node.
-    fn lagging(&mut self, after: Option<crate::ids::Seq>, ctx: &mut Context<Self>) -> bool {
+    /// has a later seq than its copy, or a token it does not know (the caller saw the
+    /// seq, or got the token, through another node: the owner's announcement is still
+    /// on its way). It then reads the store, and the registry sends the request again,
+    /// answered after the read; a caller still ahead of the store, or with a token
+    /// that is not the session's, is refused as with one node.
+    fn lagging(
+        &mut self,
+        after: Option<crate::ids::Seq>,
+        caller: &Caller,
+        ctx: &mut Context<Self>,
+    ) -> bool {
         if !self.watching || self.ended {
             return false;
         }
-        let (Some(after), Some(s)) = (after, &self.state) else {
+        let Some(s) = &self.state else {
             return false;
         };
-        if after <= s.seq || self.caught_up {
+        let ahead = after.is_some_and(|after| after > s.seq);
+        // A token this copy does not know may be one a replayed create just rotated in.
+        let unknown_token =
+            matches!(caller, Caller::Client { token } if !token.matches(&s.token_hash));
+        if !(ahead || unknown_token) || self.caught_up {
             self.caught_up = false;
             return false;
         }
@@ -739,7 +749,7 @@ impl Handler<Subscribe> for SessionActor {
     type Result = Result<Subscribed, SessionError>;
 
     fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) -> Self::Result {
-        if self.lagging(msg.after, ctx) {
+        if self.lagging(msg.after, &msg.caller, ctx) {
             return Err(SessionError::Restarted);
         }
         self.contain(ctx, |act, _| {
@@ -774,7 +784,7 @@ impl Handler<WaitChange> for SessionActor {
     type Result = Result<Change, SessionError>;
 
     fn handle(&mut self, msg: WaitChange, ctx: &mut Context<Self>) -> Self::Result {
-        if self.lagging(msg.after, ctx) {
+        if self.lagging(msg.after, &msg.caller, ctx) {
             return Err(SessionError::Restarted);
         }
         self.contain(ctx, |act, _| {

@@ -322,6 +322,11 @@ impl Cluster {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(30))
+            // Well under the nodes' 5 s keep-alive: a connection left idle (say, while
+            // a test waits for a takeover) is never reused just as the node closes
+            // it, which would lose a POST with "incomplete message" (HTTP/1.1 gives
+            // the client no way to tell; the broker is not at fault).
+            .pool_idle_timeout(Duration::from_secs(1))
             .build()
             .expect("client");
         let mut nodes = Vec::new();

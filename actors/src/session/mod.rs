@@ -410,10 +410,20 @@ impl SessionActor {
     /// store from now on.
     fn finish(&mut self, ctx: &mut Context<Self>) {
         self.trip(FaultPoint::Finish);
-        self.ended = true;
         // Committed with the approve, or discarded by any other end: either way the
-        // memory copy goes now, and its bytes return to the staging budget. Uploads
-        // still streaming in are ended too: nothing can stage them any more.
+        // memory copy goes now (see `leave`).
+        self.leave(ctx);
+        // Every subscriber has had the terminal push and closes itself.
+        self.audience.release();
+        ctx.stop();
+    }
+
+    /// What every stop of a session here does, whether the session ended or moved: the
+    /// staged uploads go (their bytes return to the staging budget) and uploads still
+    /// streaming in are ended, since nothing here can stage them any more; the token,
+    /// the timer, the watch and the registry entry are let go.
+    fn leave(&mut self, ctx: &mut Context<Self>) {
+        self.ended = true;
         self.staged.clear();
         self.staged.end_streaming();
         if let Some(s) = &self.state {
@@ -426,9 +436,6 @@ impl SessionActor {
             self.live.unwatch(self.id);
         }
         self.live.forget(self.id, self.generation);
-        // Every subscriber has had the terminal push and closes itself.
-        self.audience.release();
-        ctx.stop();
     }
 
     /// The session moved to another node: stop without ending it. Staged uploads are
@@ -444,19 +451,7 @@ impl SessionActor {
             tracing::info!(session = %self.id, "session moved to another node");
         }
         self.moved = true;
-        self.ended = true;
-        self.staged.clear();
-        self.staged.end_streaming();
-        if let Some(s) = &self.state {
-            self.live.untrack_token(self.id, s.token_hash);
-        }
-        if let Some(h) = self.expiry.take() {
-            ctx.cancel_future(h);
-        }
-        if self.watching {
-            self.live.unwatch(self.id);
-        }
-        self.live.forget(self.id, self.generation);
+        self.leave(ctx);
         self.audience.hand_off();
         ctx.stop();
     }

@@ -187,23 +187,16 @@ pub fn random_node_id() -> String {
     id[..12].to_owned()
 }
 
-/// Longest `--node-id`.
-pub const MAX_NODE_ID: usize = 64;
-
-/// Refuses a node id that is empty, too long or has characters other than
-/// `A-Z a-z 0-9 . _ -` (it names NATS subjects and rows).
+/// Refuses a node id that cannot name this node in a NATS subject (the cluster
+/// layer's rule: 1 to 64 of `A-Z a-z 0-9 _ -`), at parse time, before anything opens.
 fn check_node_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_NODE_ID
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
+    if idv_actors::cluster::valid_node_id(id) {
         Ok(())
     } else {
-        Err(format!(
-            "--node-id: 1 to {MAX_NODE_ID} characters of A-Z a-z 0-9 . _ -"
-        ))
+        Err(
+            "--node-id: 1 to 64 characters of A-Z a-z 0-9 _ - (it names the node in NATS subjects)"
+                .into(),
+        )
     }
 }
 

@@ -364,6 +364,16 @@ async fn a_postgres_store_without_nats_an_unknown_store_or_an_unreachable_server
         vec!["--store", "postgres://idv@127.0.0.1/idv"],
         vec!["--store", "mysql://idv@127.0.0.1/idv"],
         vec!["--store", unreachable, "--nats", "nats://127.0.0.1:4222"],
+        vec!["--store", unreachable, "--nats", "http://127.0.0.1:4222"],
+        // A dot would split the node's NATS subjects: refused before anything opens.
+        vec![
+            "--store",
+            unreachable,
+            "--nats",
+            "nats://127.0.0.1:4222",
+            "--node-id",
+            "a.b",
+        ],
     ] {
         let mut argv = vec!["--bind", "127.0.0.1:0", "--api-key", &key];
         argv.extend(args.iter().copied());
@@ -372,6 +382,17 @@ async fn a_postgres_store_without_nats_an_unknown_store_or_an_unreachable_server
         assert!(!stdout.contains("listening on"), "{args:?}");
         assert_one_line(&stderr);
         assert!(!stderr.contains("pw-not-shown"), "{stderr}");
+        let named = ["--store", "--nats", "--node-id", "database"];
+        assert!(
+            named.iter().any(|n| stderr.contains(n)),
+            "{args:?}: {stderr}"
+        );
+        if args.contains(&"--node-id") {
+            assert!(
+                stderr.contains("--node-id"),
+                "checked at parse time: {stderr}"
+            );
+        }
     }
 }
 

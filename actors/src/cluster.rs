@@ -685,4 +685,8 @@ impl Router for Link {
     fn ready(&self) -> bool {
         self.0.nats.connection_state() == async_nats::connection::State::Connected
     }
+
+    fn released(&self, id: SessionId) {
+        self.0.store.forget_held(id);
+    }
 }

@@ -912,6 +912,13 @@ impl LiveSessions for Inner {
         // Only an actor whose session ended (or never existed) forgets itself: the
         // session leaves its owner's quota for good.
         self.release(id);
+        // The ownership epoch goes too, unless another actor runs the session here
+        // already (a late forget from an old one).
+        if let Some(router) = self.router.get() {
+            if !self.live.contains_key(&id) {
+                router.released(id);
+            }
+        }
     }
 
     fn max_subscribers(&self) -> usize {

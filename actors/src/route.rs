@@ -257,4 +257,8 @@ pub trait Router: Send + Sync + 'static {
 
     /// Whether the link to the other nodes is up (readiness).
     fn ready(&self) -> bool;
+
+    /// This node no longer runs an actor for `id` (it ended, moved, or was only
+    /// watched): the store forgets the ownership epoch it held for it.
+    fn released(&self, id: SessionId);
 }

@@ -19,6 +19,13 @@
 //!   `listening on` (every live session restored and its actor started before it
 //!   listens), and to the answer of the last session created (its actor armed).
 //!
+//! Beside each rate it reports the CPU time per request: the broker's, by thread group
+//! (HTTP workers, the store writer, the rest; from `/proc/<pid>/task/*/stat`), and the
+//! load client's own. On a shared two-core box a rate moves with whatever else runs;
+//! the CPU a request costs moves much less, and tells where a change helped.
+//! `--only healthz|create|status` runs one rate window alone (to profile one path, e.g.
+//! with `perf record -p <broker>`).
+//!
 //! The load client is a minimal HTTP/1.1 client over raw sockets, so that it takes as
 //! little of the two cores as it can. Everything goes to 127.0.0.1 and every phase has
 //! a deadline, so a run always ends.
@@ -46,6 +53,8 @@ struct Args {
     seconds: u64,
     connections: usize,
     sessions: usize,
+    /// Run only this rate window, for as long as `--seconds` says (to profile one path).
+    only: Option<String>,
 }
 
 fn parse_args() -> Args {
@@ -53,6 +62,7 @@ fn parse_args() -> Args {
         seconds: 5,
         connections: 32,
         sessions: 100_000,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -61,6 +71,7 @@ fn parse_args() -> Args {
             "--seconds" => a.seconds = val().parse().expect("--seconds"),
             "--connections" | "-c" => a.connections = val().parse().expect("--connections"),
             "--sessions" => a.sessions = val().parse().expect("--sessions"),
+            "--only" => a.only = Some(val()),
             // `cargo bench` passes this to every bench target.
             "--bench" => {}
             other => panic!("unknown flag {other}"),
@@ -202,15 +213,87 @@ fn create_request() -> Vec<u8> {
     .into_bytes()
 }
 
+/// CPU time of a process so far, by thread name (`/proc/<pid>/task/*/stat`), in clock
+/// ticks (1/100 s on Linux).
+fn cpu_by_thread(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ...`: comm may hold spaces, so split at the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the comm.
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // Workers share a name; the writer, readers and the rest have their own.
+        let group = if comm.starts_with("actix-rt") {
+            "http workers"
+        } else if comm == "store-writer" {
+            "store writer"
+        } else {
+            "other"
+        };
+        *out.entry(group.to_owned()).or_insert(0) += ticks;
+    }
+    out
+}
+
+/// What one rate window measured.
+struct Rate {
+    per_second: f64,
+    /// Broker CPU per request, in microseconds, by thread group, and in all.
+    cpu_us: std::collections::BTreeMap<String, f64>,
+    /// The load client's own CPU per request, in microseconds.
+    client_us: f64,
+}
+
+impl Rate {
+    fn broker_us(&self) -> f64 {
+        self.cpu_us.values().sum()
+    }
+
+    fn cpu_note(&self) -> String {
+        let parts: Vec<String> = self
+            .cpu_us
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.1}"))
+            .collect();
+        format!(
+            "{:.1} µs ({}); client {:.1} µs",
+            self.broker_us(),
+            parts.join(", "),
+            self.client_us
+        )
+    }
+}
+
+/// CPU time of this process so far, in microseconds.
+fn own_cpu_us() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let close = stat.rfind(')').unwrap();
+    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 * 10_000.0
+}
+
 /// Requests per second over `seconds`, `connections` closed loops each sending what
-/// `request(i)` makes for its connection `i` and expecting `want`.
+/// `request(i)` makes for its connection `i` and expecting `want`; with the CPU the
+/// broker (`pid`) and this client spent per request meanwhile.
 async fn rate(
     addr: &str,
+    pid: u32,
     connections: usize,
     seconds: u64,
     want: u16,
     request: impl Fn(usize) -> Vec<u8>,
-) -> f64 {
+) -> Rate {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -229,9 +312,11 @@ async fn rate(
     // Warm up, then count over the window.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (from, t0) = (done.load(Ordering::Relaxed), Instant::now());
+    let (cpu0, own0) = (cpu_by_thread(pid), own_cpu_us());
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let n = done.load(Ordering::Relaxed) - from;
     let elapsed = t0.elapsed();
+    let (cpu1, own1) = (cpu_by_thread(pid), own_cpu_us());
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         tokio::time::timeout(PHASE_DEADLINE, t)
@@ -239,7 +324,20 @@ async fn rate(
             .unwrap()
             .unwrap();
     }
-    n as f64 / elapsed.as_secs_f64()
+    let per_request = |ticks: u64| ticks as f64 * 10_000.0 / n.max(1) as f64;
+    Rate {
+        per_second: n as f64 / elapsed.as_secs_f64(),
+        cpu_us: cpu1
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    per_request(v - cpu0.get(k).copied().unwrap_or(0)),
+                )
+            })
+            .collect(),
+        client_us: (own1 - own0) / n.max(1) as f64,
+    }
 }
 
 /// Creates `n` sessions; answers (id, token) of each.
@@ -286,19 +384,40 @@ async fn main() {
     let addr = broker.addr.clone();
     let c = args.connections;
 
-    let healthz = rate(&addr, c, args.seconds, 200, |_| get("/healthz", None)).await;
-    let creates = rate(&addr, c, args.seconds, 201, |_| create_request()).await;
+    let pid = broker.child.id();
+    if let Some(only) = &args.only {
+        let r = match only.as_str() {
+            "healthz" => rate(&addr, pid, c, args.seconds, 200, |_| get("/healthz", None)).await,
+            "create" => rate(&addr, pid, c, args.seconds, 201, |_| create_request()).await,
+            "status" => {
+                let watched = fill(&addr, c).await;
+                rate(&addr, pid, c, args.seconds, 200, |i| {
+                    let (id, token) = &watched[i];
+                    get(&format!("/v1/sessions/{id}/status"), Some(token))
+                })
+                .await
+            }
+            other => panic!("--only healthz|create|status, not {other}"),
+        };
+        println!(
+            "{only}: {:.0}/s, CPU per request {}",
+            r.per_second,
+            r.cpu_note()
+        );
+        return;
+    }
+    let healthz = rate(&addr, pid, c, args.seconds, 200, |_| get("/healthz", None)).await;
+    let creates = rate(&addr, pid, c, args.seconds, 201, |_| create_request()).await;
     let watched = fill(&addr, c).await;
-    let status = rate(&addr, c, args.seconds, 200, |i| {
+    let status = rate(&addr, pid, c, args.seconds, 200, |i| {
         let (id, token) = &watched[i];
         get(&format!("/v1/sessions/{id}/status"), Some(token))
     })
     .await;
-    let healthz_again = rate(&addr, c, args.seconds, 200, |_| get("/healthz", None)).await;
-    let ceiling = (healthz + healthz_again) / 2.0;
+    let healthz_again = rate(&addr, pid, c, args.seconds, 200, |_| get("/healthz", None)).await;
+    let ceiling = (healthz.per_second + healthz_again.per_second) / 2.0;
 
     // Memory: bring the live sessions to `--sessions` in all.
-    let pid = broker.child.id();
     let before = rss(pid);
     let count_before = count_live(&db);
     let added = args.sessions.saturating_sub(count_before);
@@ -339,12 +458,14 @@ async fn main() {
     println!("|---|---|---|");
     println!("| `GET /healthz` per second (mean of before and after) | {ceiling:.0} | 1.00 |");
     println!(
-        "| `POST /v1/sessions` per second (durable) | {creates:.0} | {:.2} |",
-        creates / ceiling
+        "| `POST /v1/sessions` per second (durable) | {:.0} | {:.2} |",
+        creates.per_second,
+        creates.per_second / ceiling
     );
     println!(
-        "| `GET /v1/sessions/{{id}}/status` per second | {status:.0} | {:.2} |",
-        status / ceiling
+        "| `GET /v1/sessions/{{id}}/status` per second | {:.0} | {:.2} |",
+        status.per_second,
+        status.per_second / ceiling
     );
     println!(
         "| broker memory per idle live session ({live} live, {added} added in {fill_secs:.1} s) | {:.2} KiB | |",
@@ -358,6 +479,22 @@ async fn main() {
         "| restart: to the last session's answer (its actor armed) | {:.2} s | |",
         answered.as_secs_f64()
     );
+    println!("\nCPU per request, broker (by thread group) and load client:\n");
+    println!("| window | CPU per request | ratio to `/healthz` (broker) |");
+    println!("|---|---|---|");
+    let base = (healthz.broker_us() + healthz_again.broker_us()) / 2.0;
+    for (name, r) in [
+        ("`GET /healthz` (before)", &healthz),
+        ("`POST /v1/sessions`", &creates),
+        ("`GET /v1/sessions/{id}/status`", &status),
+        ("`GET /healthz` (after)", &healthz_again),
+    ] {
+        println!(
+            "| {name} | {} | {:.2} |",
+            r.cpu_note(),
+            r.broker_us() / base
+        );
+    }
 }
 
 /// Live sessions in the database (read-only, beside the running broker).

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use idv_actors::ids::{Seq, SessionId, SessionToken};
+use idv_actors::ids::{Seq, SessionId};
 use idv_actors::model::{SessionRecord, SessionRequest};
 use idv_actors::status::Status;
 use idv_actors::store::{NewSession, Store, StoreConfig};
@@ -33,14 +33,14 @@ async fn create_sessions(store: &Store, n: usize) -> Vec<(SessionId, Seq)> {
     for _ in 0..n {
         let record = SessionRecord::open(
             "bench",
-            SessionToken::generate().hash(),
             SessionRequest {
                 scopes: vec!["full_name".into()],
                 ..SessionRequest::default()
             },
             chrono::Utc::now(),
             chrono::Duration::hours(1),
-        );
+        )
+        .0;
         out.push((record.id, record.seq));
         store
             .create_session(NewSession { record }, None)

@@ -8,7 +8,7 @@ use actix::{Actor as _, Addr};
 use actix_web::dev::Server;
 use idv_actors::cluster::{Cluster, ClusterConfig};
 use idv_actors::credentials::{ApiKeys, Issuers};
-use idv_actors::ids::SessionToken;
+use idv_actors::ids::random_secret;
 use idv_actors::pg::{PgConfig, PgStore};
 use idv_actors::registry::{Registry, RegistryConfig};
 use idv_actors::retention::{RetentionSweeper, SweeperConfig};
@@ -254,8 +254,8 @@ impl Application {
         // secrets at every start: nothing to configure, nothing that outlives the run.
         // The key is never shown; the demo routes act as its owner on the server side.
         let demo = settings.demo.then(|| {
-            api_keys.add(DEMO_API_KEY_NAME, SessionToken::generate().expose());
-            let secret = SessionToken::generate().expose().to_owned();
+            api_keys.add(DEMO_API_KEY_NAME, &random_secret());
+            let secret = random_secret();
             issuers.add(DEMO_ISSUER, &secret);
             DemoApp {
                 owner: DEMO_API_KEY_NAME.to_owned(),

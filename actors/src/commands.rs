@@ -26,7 +26,7 @@ pub fn authorize(session: &SessionRecord, caller: &Caller) -> Result<(), Session
     match caller {
         // Another key's session does not exist, as far as this key can tell.
         Caller::Backend { owner } if *owner != session.owner => Err(SessionError::NotFound),
-        Caller::Client { token } if !token.matches(&session.token_hash) => {
+        Caller::Client { token, .. } if !token.matches(&session.token_hash) => {
             Err(SessionError::Unauthorized)
         }
         Caller::Device { device } => match &session.device {
@@ -387,18 +387,17 @@ impl SessionCommand for ArmFault {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::SessionToken;
     use crate::model::SessionRequest;
     use crate::status::Status;
 
     fn session(status: Status) -> SessionRecord {
         let mut s = SessionRecord::open(
             "Acme",
-            SessionToken::generate().hash(),
             SessionRequest::default(),
             Utc::now(),
             chrono::Duration::seconds(60),
-        );
+        )
+        .0;
         s.status = status;
         s
     }

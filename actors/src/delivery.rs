@@ -282,7 +282,6 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
-    use crate::ids::SessionToken;
     use crate::model::SessionRequest;
     use crate::session::messages::Caller;
     use crate::status::Status;
@@ -421,7 +420,6 @@ mod tests {
     fn record() -> SessionRecord {
         SessionRecord::open(
             "owner",
-            SessionToken::generate().hash(),
             SessionRequest {
                 scopes: vec!["full_name".into()],
                 ..SessionRequest::default()
@@ -429,6 +427,7 @@ mod tests {
             Utc::now(),
             chrono::Duration::seconds(600),
         )
+        .0
     }
 
     #[actix_rt::test]

@@ -140,18 +140,50 @@ impl DeviceId {
     }
 }
 
-/// A session token as handed to the client once: 256 random bits, URL-safe base64.
+/// A session token as handed to the client once: URL-safe base64 (64 characters) of
+/// the session's id (16 bytes) followed by 256 random bits.
 ///
-/// It is never stored; only its [`TokenHash`] is.
+/// It is never stored; only its [`TokenHash`] is. The id inside lets the broker tell a
+/// token of another session (`403`) from a made-up one (`401`) by that session's row,
+/// so the store needs no index over token hashes, a random-keyed B-tree that every
+/// create would otherwise dirty a page of. The id is no secret (it is in every URL); the
+/// random part is the credential. Tokens issued before this format (43 characters, the
+/// random part alone) still work: their hashes are in the store as they were.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SessionToken(String);
 
+/// Bytes of a session token: the session id, then the random part.
+const TOKEN_ID_BYTES: usize = 16;
+const TOKEN_RANDOM_BYTES: usize = 32;
+/// Characters of a session token (URL-safe base64 of its 48 bytes, no padding).
+const TOKEN_CHARS: usize = (TOKEN_ID_BYTES + TOKEN_RANDOM_BYTES) / 3 * 4;
+
 impl SessionToken {
-    /// A fresh random token.
-    pub fn generate() -> Self {
+    /// A fresh token for the session `id`.
+    pub fn generate(id: SessionId) -> Self {
         use base64::Engine as _;
-        let bytes: [u8; 32] = rand::random();
+        let mut bytes = [0u8; TOKEN_ID_BYTES + TOKEN_RANDOM_BYTES];
+        bytes[..TOKEN_ID_BYTES].copy_from_slice(id.0.as_bytes());
+        rand::fill(&mut bytes[TOKEN_ID_BYTES..]);
         Self(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// The session a token of this format names (unchecked: only the hash proves it is
+    /// that session's); `None` for anything else, tokens of the earlier format included.
+    pub fn claimed_session(&self) -> Option<SessionId> {
+        use base64::Engine as _;
+        if self.0.len() != TOKEN_CHARS {
+            return None;
+        }
+        let mut bytes = [0u8; TOKEN_ID_BYTES + TOKEN_RANDOM_BYTES];
+        let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode_slice(self.0.as_bytes(), &mut bytes)
+            .ok()?;
+        (n == bytes.len()).then(|| {
+            let mut id = [0u8; TOKEN_ID_BYTES];
+            id.copy_from_slice(&bytes[..TOKEN_ID_BYTES]);
+            SessionId(Uuid::from_bytes(id))
+        })
     }
 
     /// Wraps a token presented by a caller (unchecked: it is only ever hashed).
@@ -168,6 +200,14 @@ impl SessionToken {
     pub fn hash(&self) -> TokenHash {
         TokenHash(Sha256::digest(self.0.as_bytes()).into())
     }
+}
+
+/// 256 random bits in URL-safe base64 (43 characters): a secret made at start, such as
+/// the demo's own API key.
+pub fn random_secret() -> String {
+    use base64::Engine as _;
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 impl fmt::Debug for SessionToken {
@@ -215,15 +255,51 @@ mod tests {
 
     #[test]
     fn tokens_are_random_and_only_their_hashes_match() {
-        let a = SessionToken::generate();
-        let b = SessionToken::generate();
+        let id = SessionId::new();
+        let a = SessionToken::generate(id);
+        let b = SessionToken::generate(id);
         assert_ne!(a.expose(), b.expose());
-        assert!(a.expose().len() >= 43, "256 bits in base64");
+        assert_eq!(
+            a.expose().len(),
+            64,
+            "16 bytes of id and 32 random, in base64"
+        );
+        assert!(a
+            .expose()
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
         assert!(a
             .hash()
             .matches(&SessionToken::presented(a.expose()).hash()));
         assert!(!a.hash().matches(&b.hash()));
         assert_eq!(format!("{a:?}"), "SessionToken(<redacted>)");
+    }
+
+    #[test]
+    fn a_token_names_its_session_and_nothing_else_does() {
+        let id = SessionId::new();
+        let token = SessionToken::generate(id);
+        assert_eq!(token.claimed_session(), Some(id));
+        assert_eq!(
+            SessionToken::presented(token.expose()).claimed_session(),
+            Some(id)
+        );
+        // The earlier format (the random part alone), other lengths, other alphabets.
+        let legacy = random_secret();
+        assert_eq!(legacy.len(), 43);
+        assert_eq!(SessionToken::presented(&legacy).claimed_session(), None);
+        assert_eq!(SessionToken::presented("").claimed_session(), None);
+        assert_eq!(
+            SessionToken::presented(&token.expose()[..63]).claimed_session(),
+            None
+        );
+        let mut bad = token.expose().to_owned();
+        bad.replace_range(10..11, "+");
+        assert_eq!(SessionToken::presented(&bad).claimed_session(), None);
+        assert_eq!(
+            SessionToken::presented(&"é".repeat(32)).claimed_session(),
+            None
+        );
     }
 
     #[test]

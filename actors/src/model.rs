@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::ids::{DeviceId, Seq, SessionId, TokenHash, UserId};
+use crate::ids::{DeviceId, Seq, SessionId, SessionToken, TokenHash, UserId};
 use crate::status::Status;
 
 /// The scopes satisfied by an uploaded file rather than a `shared_data` value.
@@ -79,18 +79,20 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
-    /// A new session as the backend opens it: `initialized`, seq 1, expiring `ttl` from `now`.
+    /// A new session as the backend opens it: `initialized`, seq 1, expiring `ttl` from
+    /// `now`; with its session token, which names it (shown once, never stored).
     pub fn open(
         owner: &str,
-        token_hash: TokenHash,
         request: SessionRequest,
         now: DateTime<Utc>,
         ttl: chrono::Duration,
-    ) -> Self {
-        Self {
-            id: SessionId::new(),
+    ) -> (Self, SessionToken) {
+        let id = SessionId::new();
+        let token = SessionToken::generate(id);
+        let record = Self {
+            id,
             owner: owner.to_owned(),
-            token_hash,
+            token_hash: token.hash(),
             status: Status::Initialized,
             seq: Seq::FIRST,
             request: std::sync::Arc::new(request),
@@ -100,7 +102,8 @@ impl SessionRecord {
             decided_at: None,
             device: None,
             consent: None,
-        }
+        };
+        (record, token)
     }
 }
 

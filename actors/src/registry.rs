@@ -25,7 +25,7 @@ use dashmap::DashMap;
 use crate::clock::SharedClock;
 use crate::commands::{plan_expiry, SessionCommand};
 use crate::error::SessionError;
-use crate::ids::{Seq, SessionId, TokenHash, UserId};
+use crate::ids::{Seq, SessionId, SessionToken, TokenHash, UserId};
 use crate::live::{Generation, LiveSessions};
 use crate::model::{Decision, SessionEvent, SessionRecord, UserRecord, UserStatus};
 use crate::route::{ForwardError, RouteFuture, Router};
@@ -415,12 +415,14 @@ impl Registry {
     }
 
     /// Creates a session (or replays an idempotent create) and starts its actor.
-    /// Returns the session and whether it was a replay.
+    /// Returns the session, the token to hand out (`token`, or a fresh one for the
+    /// replayed session) and whether it was a replay.
     pub async fn create(
         &self,
         record: SessionRecord,
+        token: SessionToken,
         claim: Option<IdempotencyClaim>,
-    ) -> Result<(SessionRecord, bool), SessionError> {
+    ) -> Result<(SessionRecord, SessionToken, bool), SessionError> {
         if self.live_count() >= self.inner.config.max_live_sessions {
             return Err(SessionError::Unavailable(
                 "too many live sessions; try again later",
@@ -438,8 +440,8 @@ impl Registry {
                 "this API key holds too many live sessions; try again later",
             ));
         }
-        let outcome = self.create_held(record, claim).await;
-        if !matches!(outcome, Ok((_, false))) {
+        let outcome = self.create_held(record, token, claim).await;
+        if !matches!(outcome, Ok((_, _, false))) {
             self.inner.release(id);
         }
         outcome
@@ -448,8 +450,9 @@ impl Registry {
     async fn create_held(
         &self,
         record: SessionRecord,
+        token: SessionToken,
         claim: Option<IdempotencyClaim>,
-    ) -> Result<(SessionRecord, bool), SessionError> {
+    ) -> Result<(SessionRecord, SessionToken, bool), SessionError> {
         match self
             .inner
             .store
@@ -464,13 +467,13 @@ impl Registry {
             CreateOutcome::Created => {
                 metrics::counter!(crate::metrics::SESSIONS_CREATED).increment(1);
                 self.spawn(record.id, Some(record.clone()));
-                Ok((record, false))
+                Ok((record, token, false))
             }
-            CreateOutcome::Replayed(existing) => {
+            CreateOutcome::Replayed(existing, token) => {
                 // The store already holds the new token's hash; tell the live actor so
                 // the old token stops working before the new one is handed out.
                 self.call(existing.id, RotateToken).await?;
-                Ok((*existing, true))
+                Ok((*existing, token, true))
             }
             CreateOutcome::Conflict => Err(SessionError::IdempotencyConflict),
         }
@@ -731,19 +734,20 @@ impl Registry {
     /// The session answered first, from memory if it is live: a wrong token for a live
     /// session never costs a session load. A token that is not its own is looked up
     /// among the live sessions' tokens, in memory; only a token that no live session
-    /// has is looked up in the store (one indexed read): it may be the token of an
-    /// ended session, which is still a valid credential (`403`, SPEC §1), or of none
-    /// (`401`). Those reads are bounded like every other: by the per-IP rate limit and
+    /// has is looked up in the store (one read of the session the token names, by
+    /// primary key): it may be the token of an ended session, which is still a valid
+    /// credential (`403`, SPEC §1), or of none (`401`). Those reads are bounded like every other: by the per-IP rate limit and
     /// the store's queue bound (`503` past it).
     async fn refine<T>(
         &self,
         res: Result<T, SessionError>,
-        token: Option<TokenHash>,
+        token: Option<(TokenHash, Option<SessionId>)>,
     ) -> Result<T, SessionError> {
-        let Some(t) = token else { return res };
+        let Some((t, claims)) = token else { return res };
         match res {
             Err(SessionError::Unauthorized) => {
-                let foreign = self.is_live_token(t) || self.inner.store.token_in_use(t).await?;
+                let foreign =
+                    self.is_live_token(t) || self.inner.store.token_in_use(t, claims).await?;
                 Err(if foreign {
                     SessionError::Forbidden("this token belongs to another session")
                 } else {
@@ -752,7 +756,7 @@ impl Registry {
             }
             // A token of no session learns nothing, not even whether the id exists.
             Err(SessionError::NotFound)
-                if !self.is_live_token(t) && !self.inner.store.token_in_use(t).await? =>
+                if !self.is_live_token(t) && !self.inner.store.token_in_use(t, claims).await? =>
             {
                 Err(SessionError::Unauthorized)
             }
@@ -953,9 +957,9 @@ impl LiveSessions for Inner {
     }
 }
 
-fn client_token(caller: &Caller) -> Option<TokenHash> {
+fn client_token(caller: &Caller) -> Option<(TokenHash, Option<SessionId>)> {
     match caller {
-        Caller::Client { token } => Some(*token),
+        Caller::Client { token, claims } => Some((*token, *claims)),
         _ => None,
     }
 }

@@ -79,8 +79,9 @@ pub trait SessionStore: Send + Sync + 'static {
     /// A session's transitions after `after`, in order.
     fn events_after(&self, id: SessionId, after: Seq) -> StoreFuture<'_, Vec<SessionEvent>>;
 
-    /// Whether any session has the token `hash`.
-    fn token_in_use(&self, hash: TokenHash) -> StoreFuture<'_, bool>;
+    /// Whether `hash` is some session's current token; `claims` is the session the
+    /// token names, if it names one.
+    fn token_in_use(&self, hash: TokenHash, claims: Option<SessionId>) -> StoreFuture<'_, bool>;
 
     /// A stored file of a session.
     fn load_file(&self, id: SessionId, file_id: FileId) -> StoreFuture<'_, Option<StoredFile>>;
@@ -216,8 +217,8 @@ impl SessionStore for Store {
         Box::pin(Store::events_after(self, id, after))
     }
 
-    fn token_in_use(&self, hash: TokenHash) -> StoreFuture<'_, bool> {
-        Box::pin(Store::token_in_use(self, hash))
+    fn token_in_use(&self, hash: TokenHash, claims: Option<SessionId>) -> StoreFuture<'_, bool> {
+        Box::pin(Store::token_in_use(self, hash, claims))
     }
 
     fn load_file(&self, id: SessionId, file_id: FileId) -> StoreFuture<'_, Option<StoredFile>> {

@@ -118,6 +118,29 @@ async fn another_api_keys_session_does_not_exist_for_it() {
 }
 
 #[actix_web::test]
+async fn a_token_tells_another_session_from_none_by_the_session_it_names() {
+    let app = spawn_app().await;
+    let a = app.create_session(&["email"]).await;
+    let b = app.create_session(&["email"]).await;
+    let (a_id, a_token) = (
+        a["session_id"].as_str().unwrap(),
+        a["session_token"].as_str().unwrap(),
+    );
+    let b_id = b["session_id"].as_str().unwrap();
+    // `a` ends: its actor is gone, so its token is found by its row, which it names.
+    assert_eq!(app.cancel(a_id).await.status(), 200);
+    let res = app.status(b_id, a_token).await;
+    assert_error(res, 403, "forbidden").await;
+    // `a`'s id with another random part is nobody's token: 401, not 403.
+    let forged =
+        idv_actors::ids::SessionToken::generate(idv_actors::ids::SessionId::parse(a_id).unwrap());
+    let res = app.status(b_id, forged.expose()).await;
+    assert_error(res, 401, "unauthorized").await;
+    let res = app.status(a_id, forged.expose()).await;
+    assert_error(res, 401, "unauthorized").await;
+}
+
+#[actix_web::test]
 async fn the_status_route_wants_this_sessions_token() {
     let app = spawn_app().await;
     let a = app.create_session(&["email"]).await;

@@ -24,7 +24,7 @@ async fn ws_handshake(app: &TestApp, id: &str, token: &str) -> u16 {
 }
 
 fn random_token() -> String {
-    idv_actors::ids::SessionToken::generate()
+    idv_actors::ids::SessionToken::generate(idv_actors::ids::SessionId::new())
         .expose()
         .to_owned()
 }

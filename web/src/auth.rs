@@ -67,8 +67,10 @@ impl FromRequest for Backend {
 }
 
 fn client_caller(token: &str) -> Caller {
+    let token = SessionToken::presented(token);
     Caller::Client {
-        token: SessionToken::presented(token).hash(),
+        token: token.hash(),
+        claims: token.claimed_session(),
     }
 }
 

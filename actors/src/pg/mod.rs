@@ -383,9 +383,9 @@ impl SessionStore for PgStore {
         self.run(move |s| async move { s.events_after(id, after).await })
     }
 
-    fn token_in_use(&self, hash: TokenHash) -> StoreFuture<'_, bool> {
+    fn token_in_use(&self, hash: TokenHash, claims: Option<SessionId>) -> StoreFuture<'_, bool> {
         self.shared.token_lookups.fetch_add(1, Ordering::Relaxed);
-        self.run(move |s| async move { s.token_in_use(hash).await })
+        self.run(move |s| async move { s.token_in_use(hash, claims).await })
     }
 
     fn load_file(&self, id: SessionId, file_id: FileId) -> StoreFuture<'_, Option<StoredFile>> {

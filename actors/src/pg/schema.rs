@@ -7,10 +7,22 @@ use deadpool_postgres::Pool;
 use crate::store::StoreError;
 
 /// Every migration, in order: (version, SQL). Versions are never reused or edited.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    include_str!("../../../migrations/postgres/0001_schema.sql"),
-)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        include_str!("../../../migrations/postgres/0001_schema.sql"),
+    ),
+    (
+        2,
+        include_str!("../../../migrations/postgres/0002_tokens_name_their_session.sql"),
+    ),
+];
+
+/// The schema version this broker brings a database to.
+#[cfg(test)]
+pub(crate) fn latest_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
 
 /// The advisory lock key that serialises migrations ("idvb" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6964_7662;

@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 use tokio_postgres::{IsolationLevel, Row};
 
 use super::{execute, limit, ms, query, query_opt, time, Shared};
-use crate::ids::{DeviceId, Seq, SessionId, TokenHash, UserId};
+use crate::ids::{DeviceId, Seq, SessionId, SessionToken, TokenHash, UserId};
 use crate::model::{
     Consent, Decision, SessionEvent, SessionRecord, SessionRequest, UserRecord, UserStatus,
 };
@@ -301,10 +301,11 @@ impl Shared {
                     }
                     let id = SessionId::parse(&session_id)
                         .ok_or_else(|| StoreError::Corrupt("idempotency session id".into()))?;
+                    let token = SessionToken::generate(id);
                     execute(
                         &tx,
                         "UPDATE sessions SET token_hash = $1 WHERE id = $2",
-                        &[&&s.token_hash.0[..], &session_id],
+                        &[&&token.hash().0[..], &session_id],
                     )
                     .await?;
                     let replayed = load_session(&tx, id).await?.ok_or_else(|| {
@@ -312,7 +313,7 @@ impl Shared {
                     })?;
                     tx.commit().await?;
                     crate::metrics::store_commit(1, began.elapsed());
-                    return Ok(CreateOutcome::Replayed(Box::new(replayed)));
+                    return Ok(CreateOutcome::Replayed(Box::new(replayed), token));
                 }
                 // The window is over: the key starts again with this session.
                 execute(
@@ -478,16 +479,37 @@ impl Shared {
             .collect()
     }
 
-    /// Whether any session has this token.
-    pub(crate) async fn token_in_use(&self, hash: TokenHash) -> Result<bool, StoreError> {
+    /// Whether a presented token is some session's current token: by the session it
+    /// names, or among the hashes issued before tokens named their session.
+    pub(crate) async fn token_in_use(
+        &self,
+        hash: TokenHash,
+        claims: Option<SessionId>,
+    ) -> Result<bool, StoreError> {
         let conn = self.conn().await?;
-        Ok(query_opt(
-            &conn,
-            "SELECT 1 FROM sessions WHERE token_hash = $1 LIMIT 1",
-            &[&&hash.0[..]],
-        )
-        .await?
-        .is_some())
+        let row = match claims {
+            Some(id) => {
+                query_opt(
+                    &conn,
+                    "SELECT token_hash FROM sessions WHERE id = $1",
+                    &[&id.to_string()],
+                )
+                .await?
+            }
+            None => {
+                query_opt(
+                    &conn,
+                    "SELECT s.token_hash FROM legacy_session_tokens l \
+                     JOIN sessions s ON s.id = l.session_id WHERE l.token_hash = $1",
+                    &[&&hash.0[..]],
+                )
+                .await?
+            }
+        };
+        let current: Option<Vec<u8>> = row.map(|r| r.try_get(0)).transpose()?;
+        Ok(current
+            .and_then(|c| TokenHash::from_slice(&c))
+            .is_some_and(|c| c.matches(&hash)))
     }
 
     /// Sets a user's status for this API key.

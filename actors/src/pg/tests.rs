@@ -73,7 +73,6 @@ async fn open(io: &Io, url: &str, node: &str, webhooks: Option<&str>) -> Arc<PgS
 fn record(registration: Option<&str>) -> SessionRecord {
     SessionRecord::open(
         "acme",
-        SessionToken::generate().hash(),
         SessionRequest {
             scopes: vec!["full_name".into(), "selfie".into()],
             vendor_data: Some("v".into()),
@@ -83,6 +82,7 @@ fn record(registration: Option<&str>) -> SessionRecord {
         Utc::now(),
         chrono::Duration::seconds(600),
     )
+    .0
 }
 
 use serde_json::value::RawValue;
@@ -163,17 +163,22 @@ async fn an_idempotent_create_replays_with_the_same_body_and_conflicts_with_anot
     assert_eq!(store.held_epoch(first.id), Some(1));
 
     let again = record(None);
-    let token = again.token_hash;
     match store
         .create_session(NewSession { record: again }, Some(claim(1)))
         .await
         .unwrap()
     {
-        CreateOutcome::Replayed(s) => {
+        CreateOutcome::Replayed(s, token) => {
             assert_eq!(s.id, first.id);
             assert!(
-                s.token_hash.matches(&token),
+                s.token_hash.matches(&token.hash()),
                 "the new token replaces the old"
+            );
+            assert!(!s.token_hash.matches(&first.token_hash));
+            assert_eq!(
+                token.claimed_session(),
+                Some(first.id),
+                "and names the session"
             );
         }
         other => panic!("{other:?}"),
@@ -209,7 +214,7 @@ async fn an_idempotent_create_replays_with_the_same_body_and_conflicts_with_anot
         .count();
     let replayed = outs
         .iter()
-        .filter(|o| matches!(o, Ok(CreateOutcome::Replayed(_))))
+        .filter(|o| matches!(o, Ok(CreateOutcome::Replayed(..))))
         .count();
     assert_eq!((created, replayed), (1, 7));
 }
@@ -552,9 +557,54 @@ async fn nodes_starting_together_migrate_once() {
     assert_eq!(stores.len(), 4);
     assert_eq!(
         column(&io, &url, "SELECT count(*)::text FROM schema_migrations").await,
-        [Some("1".to_owned())]
+        [Some(super::schema::latest_version().to_string())]
     );
     stores[0].ping().await.unwrap();
     stores[0].close();
     assert!(matches!(stores[0].ping().await, Err(StoreError::Closed)));
+}
+
+#[actix_rt::test]
+async fn a_token_is_known_by_the_session_it_names_or_as_a_legacy_hash() {
+    let io = Io::new();
+    let Some(url) = fresh_db(&io).await else {
+        return;
+    };
+    let store = open(&io, &url, "n1", None).await;
+    let s = create(&store, None).await;
+    let other = SessionToken::generate(s.id).hash();
+    assert!(
+        SessionStore::token_in_use(&*store, s.token_hash, Some(s.id))
+            .await
+            .unwrap()
+    );
+    assert!(!SessionStore::token_in_use(&*store, other, Some(s.id))
+        .await
+        .unwrap());
+    assert!(
+        !SessionStore::token_in_use(&*store, s.token_hash, Some(SessionId::new()))
+            .await
+            .unwrap()
+    );
+    // Not named: only a hash issued before tokens named their session is looked up.
+    assert!(!SessionStore::token_in_use(&*store, s.token_hash, None)
+        .await
+        .unwrap());
+    column(
+        &io,
+        &url,
+        "INSERT INTO legacy_session_tokens SELECT token_hash, id FROM sessions",
+    )
+    .await;
+    assert!(SessionStore::token_in_use(&*store, s.token_hash, None)
+        .await
+        .unwrap());
+    assert!(!SessionStore::token_in_use(&*store, other, None)
+        .await
+        .unwrap());
+    assert_eq!(
+        column(&io, &url, "SELECT indexname FROM pg_indexes WHERE indexdef LIKE '%token_hash%' AND tablename = 'sessions'").await,
+        Vec::<Option<String>>::new(),
+        "no index over token hashes"
+    );
 }

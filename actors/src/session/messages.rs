@@ -39,6 +39,11 @@ pub enum Caller {
     Client {
         /// SHA-256 of the presented token.
         token: TokenHash,
+        /// The session the token names, if it is of a format that names one
+        /// ([`SessionToken::claimed_session`](crate::ids::SessionToken::claimed_session)):
+        /// where to look when it is not this session's own.
+        #[serde(default)]
+        claims: Option<SessionId>,
     },
     /// The phone, by its JWT's issuer and `sub`.
     Device {

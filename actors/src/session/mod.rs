@@ -477,7 +477,7 @@ impl SessionActor {
         let ahead = after.is_some_and(|after| after > s.seq);
         // A token this copy does not know may be one a replayed create just rotated in.
         let unknown_token =
-            matches!(caller, Caller::Client { token } if !token.matches(&s.token_hash));
+            matches!(caller, Caller::Client { token, .. } if !token.matches(&s.token_hash));
         if !(ahead || unknown_token) || self.caught_up {
             self.caught_up = false;
             return false;

@@ -319,7 +319,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::SessionToken;
     use crate::model::{SessionRecord, SessionRequest};
     use crate::status::Status;
     use crate::store::{NewSession, StoreConfig};
@@ -335,7 +334,6 @@ mod tests {
     async fn session(store: &Store, callback_url: Option<&str>) -> SessionRecord {
         let record = SessionRecord::open(
             "acme",
-            SessionToken::generate().hash(),
             SessionRequest {
                 scopes: vec!["full_name".into()],
                 vendor_data: Some("v".into()),
@@ -346,7 +344,8 @@ mod tests {
             },
             Utc::now(),
             chrono::Duration::seconds(600),
-        );
+        )
+        .0;
         store
             .create_session(
                 NewSession {

@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 
 use super::writer::Effects;
 use super::{ms, time, Store, StoreError};
-use crate::ids::{DeviceId, Seq, SessionId, TokenHash, UserId};
+use crate::ids::{DeviceId, Seq, SessionId, SessionToken, TokenHash, UserId};
 use crate::model::{
     Consent, Decision, SessionEvent, SessionRecord, SessionRequest, UserRecord, UserStatus,
 };
@@ -42,8 +42,10 @@ pub enum CreateOutcome {
     /// A new session was inserted.
     Created,
     /// The key was seen with the same body: that session, with its token replaced by
-    /// the new one. Boxed: a record is large next to the other variants.
-    Replayed(Box<SessionRecord>),
+    /// the one given here (a token names its session, so the replay's is minted for the
+    /// existing session, not for the record that was not inserted). Boxed: a record is
+    /// large next to the other variants.
+    Replayed(Box<SessionRecord>, SessionToken),
     /// The key was seen with another body.
     Conflict,
 }
@@ -114,6 +116,31 @@ pub(crate) fn load_session(
         Some(row) => Ok(Some(session_from_row(row)?)),
         None => Ok(None),
     }
+}
+
+fn token_in_use(
+    conn: &Connection,
+    hash: TokenHash,
+    claims: Option<SessionId>,
+) -> Result<bool, StoreError> {
+    let current: Option<Vec<u8>> = match claims {
+        Some(id) => conn
+            .prepare_cached("SELECT token_hash FROM sessions WHERE id = ?1")?
+            .query_row([id.to_string()], |r| r.get(0))
+            .optional()?,
+        // The session's current token must still be that hash: a legacy token replaced
+        // by an idempotent replay is no credential any more.
+        None => conn
+            .prepare_cached(
+                "SELECT s.token_hash FROM legacy_session_tokens l \
+                 JOIN sessions s ON s.id = l.session_id WHERE l.token_hash = ?1",
+            )?
+            .query_row([&hash.0[..]], |r| r.get(0))
+            .optional()?,
+    };
+    Ok(current
+        .and_then(|c| TokenHash::from_slice(&c))
+        .is_some_and(|c| c.matches(&hash)))
 }
 
 fn insert_session(conn: &Connection, s: &SessionRecord) -> Result<(), StoreError> {
@@ -229,7 +256,7 @@ pub(crate) fn apply_transition(
 
 impl Store {
     /// Inserts a new session, honouring an idempotency key: a replay of the same body
-    /// within 24 h gets the existing session with `new.record.token_hash` as its token.
+    /// within 24 h gets the existing session with a fresh token in place of its last.
     pub async fn create_session(
         &self,
         new: NewSession,
@@ -252,10 +279,11 @@ impl Store {
                         }
                         let id = SessionId::parse(&session_id)
                             .ok_or_else(|| StoreError::Corrupt("idempotency session id".into()))?;
+                        let token = SessionToken::generate(id);
                         conn.prepare_cached("UPDATE sessions SET token_hash = ?1 WHERE id = ?2")?
-                            .execute(params![&s.token_hash.0[..], session_id])?;
+                            .execute(params![&token.hash().0[..], session_id])?;
                         return load_session(conn, id)?
-                            .map(|s| CreateOutcome::Replayed(Box::new(s)))
+                            .map(|s| CreateOutcome::Replayed(Box::new(s), token))
                             .ok_or_else(|| StoreError::Corrupt("idempotency key without session".into()));
                     }
                 }
@@ -427,17 +455,18 @@ impl Store {
         .await
     }
 
-    /// Whether any session has this token (to tell a foreign token, `403`, from a bad one, `401`).
-    pub async fn token_in_use(&self, hash: TokenHash) -> Result<bool, StoreError> {
+    /// Whether a presented token is some session's current token (to tell a foreign
+    /// token, `403`, from a bad one, `401`). A token that names a session (`claims`) is
+    /// checked against that session's row, by primary key; one of the earlier format
+    /// against the hashes issued before tokens named their session.
+    pub async fn token_in_use(
+        &self,
+        hash: TokenHash,
+        claims: Option<SessionId>,
+    ) -> Result<bool, StoreError> {
         self.count_token_lookup();
-        self.read(move |conn| {
-            Ok(conn
-                .prepare_cached("SELECT 1 FROM sessions WHERE token_hash = ?1 LIMIT 1")?
-                .query_row([&hash.0[..]], |_| Ok(()))
-                .optional()?
-                .is_some())
-        })
-        .await
+        self.read(move |conn| token_in_use(conn, hash, claims))
+            .await
     }
 
     /// A user as this API key knows it.
@@ -497,8 +526,36 @@ fn read_user(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::SessionToken;
     use crate::store::StoreConfig;
+
+    #[actix_rt::test]
+    async fn a_token_is_known_by_the_session_it_names_and_by_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreConfig::new(dir.path().join("t.db"))).unwrap();
+        let (record, token) = SessionRecord::open(
+            "acme",
+            SessionRequest::default(),
+            Utc::now(),
+            Duration::seconds(600),
+        );
+        let id = record.id;
+        store
+            .create_session(NewSession { record }, None)
+            .await
+            .unwrap();
+        let claims = token.claimed_session();
+        assert_eq!(claims, Some(id));
+        assert!(store.token_in_use(token.hash(), claims).await.unwrap());
+        // The same id with another random part; the right token naming another session;
+        // a token of the earlier format that no session was ever given.
+        let forged = SessionToken::generate(id);
+        assert!(!store.token_in_use(forged.hash(), claims).await.unwrap());
+        assert!(!store
+            .token_in_use(token.hash(), Some(SessionId::new()))
+            .await
+            .unwrap());
+        assert!(!store.token_in_use(token.hash(), None).await.unwrap());
+    }
 
     #[actix_rt::test]
     async fn the_live_session_index_covers_exactly_the_live_statuses_the_queries_name() {
@@ -530,14 +587,14 @@ mod tests {
     async fn create_with_key(store: &Store, key: &str, at: DateTime<Utc>) {
         let record = SessionRecord::open(
             "acme",
-            SessionToken::generate().hash(),
             SessionRequest {
                 scopes: vec!["full_name".into()],
                 ..SessionRequest::default()
             },
             at,
             Duration::seconds(600),
-        );
+        )
+        .0;
         let claim = IdempotencyClaim {
             key: key.into(),
             request_hash: [0; 32],

@@ -123,10 +123,8 @@ pub(crate) async fn open(
             .await
             .map_err(|refused| ApiError::invalid(refused.to_string()))?;
     }
-    let token = SessionToken::generate();
-    let record = SessionRecord::open(
+    let (record, token) = SessionRecord::open(
         owner,
-        token.hash(),
         SessionRequest {
             scopes: body.scopes,
             vendor_data: body.vendor_data,
@@ -138,8 +136,7 @@ pub(crate) async fn open(
         state.registry.clock().now(),
         chrono::Duration::seconds(ttl),
     );
-    let (session, replayed) = state.registry.create(record, claim).await?;
-    Ok((session, token, replayed))
+    Ok(state.registry.create(record, token, claim).await?)
 }
 
 /// The create response: the only time the session token is shown.

@@ -147,15 +147,20 @@ fn commit_batch(
     batch: &mut [Box<dyn Job>],
     fx: &mut Effects,
 ) -> Result<(), StoreError> {
-    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Each job in a savepoint of its own, through cached statements: rusqlite's
+    // `Savepoint` parses its SAVEPOINT and RELEASE anew for every job (`sqlite3Prepare`
+    // under them was about 5% of the writer's time in the profile of a create run).
     for job in batch.iter_mut() {
-        let sp = tx.savepoint()?;
+        tx.prepare_cached("SAVEPOINT job")?.execute([])?;
         let mut job_fx = Effects::default();
-        if job.run(&sp, &mut job_fx) {
-            sp.commit()?;
+        if job.run(&tx, &mut job_fx) {
             fx.scrub |= job_fx.scrub;
+        } else {
+            // A failed job rolls back alone; the other jobs stand.
+            tx.prepare_cached("ROLLBACK TO job")?.execute([])?;
         }
-        // A failed job's savepoint rolls back on drop; the other jobs stand.
+        tx.prepare_cached("RELEASE job")?.execute([])?;
     }
     tx.commit()?;
     Ok(())

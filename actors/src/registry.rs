@@ -736,8 +736,8 @@ impl Registry {
     /// among the live sessions' tokens, in memory; only a token that no live session
     /// has is looked up in the store (one read of the session the token names, by
     /// primary key): it may be the token of an ended session, which is still a valid
-    /// credential (`403`, SPEC §1), or of none (`401`). Those reads are bounded like every other: by the per-IP rate limit and
-    /// the store's queue bound (`503` past it).
+    /// credential (`403`, SPEC §1), or of none (`401`). Those reads are bounded like
+    /// every other: by the per-IP rate limit and the store's queue bound (`503` past it).
     async fn refine<T>(
         &self,
         res: Result<T, SessionError>,

@@ -427,7 +427,9 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss(pid);
     let live = count_live(&db);
-    let per_session = after.saturating_sub(before) as f64 / added.max(1) as f64;
+    // Nothing added (the rate windows already made `--sessions`): no figure, rather than
+    // the RSS drift of the idle wait divided by one.
+    let per_session = (added > 0).then(|| after.saturating_sub(before) as f64 / added as f64);
 
     // Restart with every session still live.
     let last = created.last().or(watched.last()).cloned().unwrap();
@@ -467,9 +469,12 @@ async fn main() {
         status.per_second,
         status.per_second / ceiling
     );
+    let per_session = match per_session {
+        Some(bytes) => format!("{:.2} KiB", bytes / 1024.0),
+        None => "n/a: none added (raise --sessions above what the rate windows create)".to_owned(),
+    };
     println!(
-        "| broker memory per idle live session ({live} live, {added} added in {fill_secs:.1} s) | {:.2} KiB | |",
-        per_session / 1024.0
+        "| broker memory per idle live session ({live} live, {added} added in {fill_secs:.1} s) | {per_session} | |"
     );
     println!(
         "| restart with {live} live sessions: to `listening on` | {:.2} s | |",

@@ -25,6 +25,40 @@ impl SessionId {
     pub fn parse(s: &str) -> Option<Self> {
         Uuid::parse_str(s).ok().map(Self)
     }
+
+    /// The textual form (hyphenated, lower case), on the stack: for the paths every
+    /// create takes (the store's binds, the response), where `to_string` would
+    /// allocate a `String` through the formatting machinery.
+    pub fn text(&self) -> IdText {
+        let mut buf = [0; uuid::fmt::Hyphenated::LENGTH];
+        self.0.hyphenated().encode_lower(&mut buf);
+        IdText(buf)
+    }
+}
+
+/// A [`SessionId`]'s textual form, without an allocation ([`SessionId::text`]).
+#[derive(Clone, Copy)]
+pub struct IdText([u8; uuid::fmt::Hyphenated::LENGTH]);
+
+impl std::ops::Deref for IdText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // `encode_lower` writes hex digits and hyphens only, so this never falls back.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for IdText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl Serialize for IdText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self)
+    }
 }
 
 impl Default for SessionId {
@@ -35,7 +69,7 @@ impl Default for SessionId {
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.hyphenated().fmt(f)
+        f.write_str(&self.text())
     }
 }
 
@@ -307,5 +341,13 @@ mod tests {
         let id = SessionId::new();
         assert_eq!(SessionId::parse(&id.to_string()), Some(id));
         assert_eq!(SessionId::parse("not-a-uuid"), None);
+    }
+
+    #[test]
+    fn session_id_text_is_the_hyphenated_lower_case_uuid() {
+        let id = SessionId::parse("0192F1C4-7A2B-7C3D-8E4F-A0B1C2D3E4F5").unwrap();
+        assert_eq!(&*id.text(), "0192f1c4-7a2b-7c3d-8e4f-a0b1c2d3e4f5");
+        assert_eq!(id.to_string(), "0192f1c4-7a2b-7c3d-8e4f-a0b1c2d3e4f5");
+        assert_eq!(id.text().to_string(), id.to_string());
     }
 }

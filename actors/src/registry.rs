@@ -886,7 +886,11 @@ impl Inner {
             return true;
         }
         {
-            let mut n = self.per_owner.entry(owner.to_owned()).or_insert(0);
+            // The owner's name is copied only the first time it holds a session.
+            let mut n = match self.per_owner.get_mut(owner) {
+                Some(n) => n,
+                None => self.per_owner.entry(owner.to_owned()).or_insert(0),
+            };
             if quota.is_some_and(|q| *n >= q) {
                 return false;
             }

@@ -156,8 +156,8 @@ impl CreateSession {
 /// The answer to a create: the only time the session token is shown.
 #[derive(Serialize, ToSchema)]
 pub struct Created<'a> {
-    #[schema(format = Uuid)]
-    pub session_id: String,
+    #[schema(value_type = String, format = Uuid)]
+    pub session_id: idv_actors::ids::IdText,
     /// The client app's credential, shown only here (a replay issues a fresh one).
     #[schema(min_length = 1)]
     pub session_token: &'a str,

@@ -146,13 +146,14 @@ fn token_in_use(
 fn insert_session(conn: &Connection, s: &SessionRecord) -> Result<(), StoreError> {
     let scopes = serde_json::to_string(&s.request.scopes)
         .map_err(|e| StoreError::Corrupt(format!("scopes: {e}")))?;
+    let id = s.id.text();
     conn.prepare_cached(
         "INSERT INTO sessions (id, owner, token_hash, status, seq, scopes, vendor_data, \
          external_reference_id, registration, redirect_url, callback_url, created_at, \
          updated_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
-        s.id.to_string(),
+        &*id,
         s.owner,
         &s.token_hash.0[..],
         s.status.as_str(),
@@ -171,7 +172,7 @@ fn insert_session(conn: &Connection, s: &SessionRecord) -> Result<(), StoreError
         "INSERT INTO session_events (session_id, seq, status, at) VALUES (?1, ?2, ?3, ?4)",
     )?
     .execute(params![
-        s.id.to_string(),
+        &*id,
         s.seq.0 as i64,
         s.status.as_str(),
         ms(s.created_at)
@@ -188,6 +189,7 @@ pub(crate) fn apply_transition(
     fx: &mut Effects,
 ) -> Result<SessionRecord, StoreError> {
     let seq = t.from_seq.next();
+    let id = t.id.text();
     let shared = t
         .shared_data
         .as_ref()
@@ -218,7 +220,7 @@ pub(crate) fn apply_transition(
             t.consent.as_ref().map(|c| ms(c.consented_at)),
             purge,
             shared,
-            t.id.to_string(),
+            &*id,
             t.from_seq.0 as i64,
             t.bind.as_ref().map(|d| d.issuer.as_str()),
         ])?;
@@ -231,19 +233,14 @@ pub(crate) fn apply_transition(
     conn.prepare_cached(
         "INSERT INTO session_events (session_id, seq, status, at) VALUES (?1, ?2, ?3, ?4)",
     )?
-    .execute(params![
-        t.id.to_string(),
-        seq.0 as i64,
-        t.status.as_str(),
-        ms(t.at)
-    ])?;
+    .execute(params![&*id, seq.0 as i64, t.status.as_str(), ms(t.at)])?;
     if t.registers_user {
         conn.prepare_cached(
             "INSERT INTO users (owner, user_id, status, updated_at) \
              SELECT owner, user_id, 'PENDING', ?2 FROM sessions WHERE id = ?1 AND user_id IS NOT NULL \
              ON CONFLICT (owner, user_id) DO NOTHING",
         )?
-        .execute(params![t.id.to_string(), ms(t.at)])?;
+        .execute(params![&*id, ms(t.at)])?;
     }
     super::files::apply(conn, t, fx)?;
     if purge {

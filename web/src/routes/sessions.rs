@@ -146,7 +146,7 @@ pub(crate) fn created<'a>(
     token: &'a SessionToken,
 ) -> Created<'a> {
     Created {
-        session_id: session.id.to_string(),
+        session_id: session.id.text(),
         session_token: token.expose(),
         url: state.session_url(session.id),
         status: session.status.as_str(),

@@ -143,6 +143,10 @@ pub struct RunArgs {
     /// This node's id among several; default: random at each start.
     #[arg(long = "node-id", env = "IDVB_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,
+    /// HTTP worker threads (each runs its own event loop and the session actors it
+    /// starts); default: one per CPU the process may run on.
+    #[arg(long, env = "IDVB_WORKERS", value_name = "N", value_parser = workers)]
+    pub workers: Option<usize>,
 }
 
 /// Which store the broker runs on (`--store`).
@@ -197,6 +201,17 @@ fn check_node_id(id: &str) -> Result<(), String> {
             "--node-id: 1 to 64 characters of A-Z a-z 0-9 _ - (it names the node in NATS subjects)"
                 .into(),
         )
+    }
+}
+
+/// Most `--workers`: actix-server's own bound (it refuses more than 512).
+pub const MAX_WORKERS: usize = 512;
+
+/// A worker count: 1 to [`MAX_WORKERS`].
+fn workers(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_WORKERS).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number from 1 to {MAX_WORKERS}")),
     }
 }
 
@@ -477,6 +492,7 @@ impl Settings {
             max_long_polls: args.max_long_polls,
             max_subscribers_per_session: args.max_subscribers_per_session,
             trusted_proxies,
+            workers: args.workers,
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
             shutdown_grace: Duration::from_secs(args.shutdown_grace.unwrap_or(
                 if matches!(store, StoreUrl::Postgres(_)) {
@@ -792,5 +808,21 @@ mod tests {
             .expect("refused");
         assert!(err.contains("--trusted-proxy"), "{err}");
         assert!(settings(&["--max-websockets", "0"], &[]).is_err());
+    }
+
+    #[test]
+    fn workers_default_to_one_per_core_and_take_a_bounded_count() {
+        assert_eq!(settings(&[], &[]).unwrap().workers, None);
+        assert_eq!(settings(&["--workers", "3"], &[]).unwrap().workers, Some(3));
+        assert_eq!(
+            settings(&["--workers", "512"], &[]).unwrap().workers,
+            Some(512)
+        );
+        for bad in ["0", "513", "-1", "two"] {
+            let err = settings(&[&format!("--workers={bad}")], &[])
+                .err()
+                .expect("refused");
+            assert!(err.contains("--workers"), "{err}");
+        }
     }
 }

@@ -440,3 +440,44 @@ async fn out_of_descriptors_the_broker_keeps_serving_what_it_holds_and_recovers_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Threads of `pid` whose name starts with `prefix`.
+#[cfg(target_os = "linux")]
+fn threads_named(pid: u32, prefix: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+/// `--workers N` starts N HTTP worker threads (actix names them `actix-rt|system:N`,
+/// which `/proc` cuts to 15 characters), and the broker serves with them.
+#[cfg(target_os = "linux")]
+#[actix_web::test]
+async fn workers_sets_how_many_http_worker_threads_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("broker.db");
+    for n in [1usize, 3] {
+        let workers = n.to_string();
+        let (child, address) = spawn_binary(
+            &["--db", db.to_str().unwrap(), "--workers", &workers],
+            &[],
+            std::process::Stdio::null(),
+        )
+        .await;
+        let pid = child.id().unwrap();
+        let mut conn = tokio::net::TcpStream::connect(address.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        assert_eq!(request_on(&mut conn, "/healthz").await, 200);
+        // The workers start beside the listener; a request served means one runs, and
+        // the rest follow within moments.
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while threads_named(pid, "actix-rt|system") < n && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(threads_named(pid, "actix-rt|system"), n, "--workers {n}");
+        drop(child);
+    }
+}

@@ -302,6 +302,82 @@ fn assert_one_line(stderr: &str) {
     assert_eq!(lines.len(), 1, "stderr: {stderr:?}");
 }
 
+/// Every commit reaches the disk through `fdatasync`, never `fsync`: the bundled SQLite
+/// is built with `HAVE_FDATASYNC` (`.cargo/config.toml`). Seen from outside, with
+/// strace on the real binary, over a start, a create (answered only once it is synced)
+/// and a graceful stop.
+#[actix_web::test]
+async fn commits_reach_the_disk_through_fdatasync() {
+    if skip_on_postgres("SQLite's own syncs; PostgreSQL syncs in its own server") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("broker.db");
+    let trace = dir.path().join("syncs.trace");
+    let key = format!("{API_KEY_NAME}={API_KEY}");
+    let (mut strace, address) = spawn_binary_under(
+        &[
+            "strace",
+            "-f",
+            "-qq",
+            "-e",
+            "trace=fsync,fdatasync",
+            "-o",
+            trace.to_str().unwrap(),
+        ],
+        &[
+            "--db",
+            db.to_str().unwrap(),
+            "--api-key",
+            &key,
+            "--rate-limit",
+            "0",
+        ],
+        &[],
+        Stdio::null(),
+    )
+    .await;
+    let res = http_client()
+        .post(format!("{address}/v1/sessions"))
+        .header("X-Api-Key", API_KEY)
+        .json(&json!({"scopes": ["full_name"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    // The broker is strace's child: stopped gracefully, it checkpoints and exits, and
+    // strace with it.
+    let strace_pid = strace.id().expect("strace runs");
+    let children =
+        std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children")).unwrap();
+    let broker_pid = children
+        .split_whitespace()
+        .next()
+        .expect("the broker runs under strace");
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", broker_pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), strace.wait())
+        .await
+        .expect("the broker stops in time")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let calls = std::fs::read_to_string(&trace).unwrap();
+    // Lines are `PID name(args) = result`, or `PID <... name resumed> …` with -f.
+    let named = |name: &str| {
+        calls
+            .lines()
+            .filter(|l| {
+                l.contains(&format!(" {name}(")) || l.contains(&format!("<... {name} resumed>"))
+            })
+            .count()
+    };
+    assert!(named("fdatasync") >= 2, "no fdatasync in:\n{calls}");
+    assert_eq!(named("fsync"), 0, "fsync in:\n{calls}");
+}
+
 #[actix_web::test]
 async fn a_bad_flag_exits_2_with_one_line_on_stderr() {
     let dir = tempfile::tempdir().unwrap();

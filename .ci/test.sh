@@ -8,14 +8,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# strace, for the test that watches how commits reach the disk (tests/api/restart.rs).
-if ! command -v strace >/dev/null; then
-    sudo=""
-    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get install -y strace || { $sudo apt-get update && $sudo apt-get install -y strace; }
-fi
-
 export IDVB_SERVICES_DIR="${TMPDIR:-/tmp}/idvb-ci-services.$$"
 trap 'scripts/services.sh stop || true' EXIT
 # Exports IDVB_TEST_PG and IDVB_TEST_NATS for every step below.

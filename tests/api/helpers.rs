@@ -618,27 +618,8 @@ pub async fn spawn_binary(
     env: &[(&str, &str)],
     stderr: std::process::Stdio,
 ) -> (tokio::process::Child, String) {
-    spawn_binary_under(&[], args, env, stderr).await
-}
-
-/// [`spawn_binary`], run by `wrapper` (a program and its arguments, before the
-/// binary's path; none: the binary itself), e.g. `strace`.
-pub async fn spawn_binary_under(
-    wrapper: &[&str],
-    args: &[&str],
-    env: &[(&str, &str)],
-    stderr: std::process::Stdio,
-) -> (tokio::process::Child, String) {
     use tokio::io::AsyncBufReadExt as _;
-    let binary = env!("CARGO_BIN_EXE_idv-broker");
-    let mut command = match wrapper.split_first() {
-        Some((program, wrapper_args)) => {
-            let mut command = tokio::process::Command::new(program);
-            command.args(wrapper_args).arg(binary);
-            command
-        }
-        None => tokio::process::Command::new(binary),
-    };
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_idv-broker"));
     command.args(["--bind", "127.0.0.1:0"]);
     let mut args = args.iter().copied();
     while let Some(arg) = args.next() {

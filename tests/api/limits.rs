@@ -457,8 +457,8 @@ fn threads_named(pid: u32, prefix: &str) -> usize {
 #[actix_web::test]
 async fn workers_sets_how_many_http_worker_threads_serve() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("broker.db");
     for n in [1usize, 3] {
+        let db = dir.path().join(format!("broker-{n}.db"));
         let workers = n.to_string();
         let (child, address) = spawn_binary(
             &["--db", db.to_str().unwrap(), "--workers", &workers],

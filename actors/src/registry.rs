@@ -150,9 +150,10 @@ struct Inner {
     tokens: DashMap<[u8; 32], SessionId>,
     /// The owner (API key name) of every live session this registry created or
     /// restored, released when the session ends: what the per-key quota counts.
-    owners: DashMap<SessionId, String>,
+    owners: DashMap<SessionId, Arc<str>>,
     /// Live sessions per owner (entries at zero are removed).
-    per_owner: DashMap<String, usize>,
+    /// Keyed by the same `Arc` every session of the owner holds in `owners`.
+    per_owner: DashMap<Arc<str>, usize>,
     store: Arc<dyn SessionStore>,
     clock: SharedClock,
     config: RegistryConfig,
@@ -885,18 +886,19 @@ impl Inner {
             // Already counted (a session taken over again, or an actor started again).
             return true;
         }
-        {
-            // The owner's name is copied only the first time it holds a session.
+        let name = {
+            // One copy of the owner's name, shared by all its sessions.
             let mut n = match self.per_owner.get_mut(owner) {
                 Some(n) => n,
-                None => self.per_owner.entry(owner.to_owned()).or_insert(0),
+                None => self.per_owner.entry(Arc::from(owner)).or_insert(0),
             };
             if quota.is_some_and(|q| *n >= q) {
                 return false;
             }
             *n += 1;
-        }
-        self.owners.insert(id, owner.to_owned());
+            n.key().clone()
+        };
+        self.owners.insert(id, name);
         true
     }
 

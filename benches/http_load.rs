@@ -229,9 +229,7 @@ fn cpu_by_thread(pid: u32) -> std::collections::BTreeMap<String, u64> {
             continue;
         };
         let comm = &stat[open + 1..close];
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the comm.
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        let ticks = stat_ticks(&stat[close..]);
         // Workers share a name; the writer, readers and the rest have their own.
         let group = if comm.starts_with("actix-rt") {
             "http workers"
@@ -274,13 +272,49 @@ impl Rate {
     }
 }
 
+/// utime + stime, in clock ticks, of a `stat` line from the `)` that ends its comm on.
+fn stat_ticks(after_comm: &str) -> u64 {
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the comm.
+    let fields: Vec<&str> = after_comm[2..].split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
 /// CPU time of this process so far, in microseconds.
 fn own_cpu_us() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
     let close = stat.rfind(')').unwrap();
-    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    ticks as f64 * 10_000.0
+    stat_ticks(&stat[close..]) as f64 * 10_000.0
+}
+
+/// One rate window: `healthz`, `create`, or `status` (on one session per connection,
+/// opened first and answered beside the rate).
+async fn window(
+    which: &str,
+    addr: &str,
+    pid: u32,
+    c: usize,
+    seconds: u64,
+) -> (Rate, Vec<(String, String)>) {
+    match which {
+        "healthz" => (
+            rate(addr, pid, c, seconds, 200, |_| get("/healthz", None)).await,
+            Vec::new(),
+        ),
+        "create" => (
+            rate(addr, pid, c, seconds, 201, |_| create_request()).await,
+            Vec::new(),
+        ),
+        "status" => {
+            let watched = fill(addr, c).await;
+            let r = rate(addr, pid, c, seconds, 200, |i| {
+                let (id, token) = &watched[i];
+                get(&format!("/v1/sessions/{id}/status"), Some(token))
+            })
+            .await;
+            (r, watched)
+        }
+        other => panic!("--only healthz|create|status, not {other}"),
+    }
 }
 
 /// Requests per second over `seconds`, `connections` closed loops each sending what
@@ -386,19 +420,7 @@ async fn main() {
 
     let pid = broker.child.id();
     if let Some(only) = &args.only {
-        let r = match only.as_str() {
-            "healthz" => rate(&addr, pid, c, args.seconds, 200, |_| get("/healthz", None)).await,
-            "create" => rate(&addr, pid, c, args.seconds, 201, |_| create_request()).await,
-            "status" => {
-                let watched = fill(&addr, c).await;
-                rate(&addr, pid, c, args.seconds, 200, |i| {
-                    let (id, token) = &watched[i];
-                    get(&format!("/v1/sessions/{id}/status"), Some(token))
-                })
-                .await
-            }
-            other => panic!("--only healthz|create|status, not {other}"),
-        };
+        let (r, _) = window(only, &addr, pid, c, args.seconds).await;
         println!(
             "{only}: {:.0}/s, CPU per request {}",
             r.per_second,
@@ -406,15 +428,10 @@ async fn main() {
         );
         return;
     }
-    let healthz = rate(&addr, pid, c, args.seconds, 200, |_| get("/healthz", None)).await;
-    let creates = rate(&addr, pid, c, args.seconds, 201, |_| create_request()).await;
-    let watched = fill(&addr, c).await;
-    let status = rate(&addr, pid, c, args.seconds, 200, |i| {
-        let (id, token) = &watched[i];
-        get(&format!("/v1/sessions/{id}/status"), Some(token))
-    })
-    .await;
-    let healthz_again = rate(&addr, pid, c, args.seconds, 200, |_| get("/healthz", None)).await;
+    let (healthz, _) = window("healthz", &addr, pid, c, args.seconds).await;
+    let (creates, _) = window("create", &addr, pid, c, args.seconds).await;
+    let (status, watched) = window("status", &addr, pid, c, args.seconds).await;
+    let (healthz_again, _) = window("healthz", &addr, pid, c, args.seconds).await;
     let ceiling = (healthz.per_second + healthz_again.per_second) / 2.0;
 
     // Memory: bring the live sessions to `--sessions` in all.

@@ -1,23 +1,27 @@
 //! Throughput and footprint of the HTTP API, side by side in one run (issue 11):
 //!
 //! ```text
-//! cargo build --release && cargo bench --bench http_load -- --seconds 5 --connections 32 --sessions 100000
+//! cargo build --release && cargo bench --bench http_load -- --seconds 3 --connections 32 --sessions 150000
 //! ```
 //!
 //! Layout of a run:
 //! - start the release broker (`IDVB_BENCH_BIN`, else `target/release/idv-broker`) on
 //!   `127.0.0.1:0` with a fresh database, rate limit off, logs at `warn`;
 //! - **rates**, each for `--seconds` with `--connections` keep-alive connections, closed
-//!   loop: `GET /healthz` (the ceiling: routing and HTTP only), `POST /v1/sessions`
-//!   (a durable create: token generation and hashing, the group commit, the actor
-//!   spawn), `GET /v1/sessions/{id}/status` (a read served by the live actor); the
-//!   create and status rates are reported as ratios to `/healthz` measured minutes
-//!   apart on the same box, which cancels most of the machine's noise;
-//! - **memory**: live sessions brought to `--sessions` in all, the broker's RSS before
-//!   and after → bytes per idle live session;
-//! - **restart**: SIGTERM, then the same binary on the same database: time from spawn to
-//!   `listening on` (every live session restored and its actor started before it
-//!   listens), and to the answer of the last session created (its actor armed).
+//!   loop, in `--rounds` rounds (3 unless set) of: `GET /healthz` (the ceiling: routing
+//!   and HTTP only), `POST /v1/sessions` (a durable create: token generation and
+//!   hashing, the group commit, the actor spawn), `GET /v1/sessions/{id}/status` (a
+//!   read served by the live actor). The create and status rates are reported as
+//!   ratios to the `/healthz` rate of their own round, seconds apart on the same box,
+//!   which cancels most of the machine's noise; the figure is the median over the
+//!   rounds, with every round's ratio beside it;
+//! - **memory**, on a second broker with a fresh database: `--sessions` created, the
+//!   first third to warm up (page cache, allocator arenas), the broker's RSS after the
+//!   warm-up and after the rest → bytes per idle live session;
+//! - **restart**: SIGTERM (waited for), then the same binary on the same database, with
+//!   `--sessions` live: time from spawn to `listening on` (every live session restored
+//!   and its actor started before it listens), and to the answer of the last session
+//!   created (its actor armed).
 //!
 //! Beside each rate it reports the CPU time per request: the broker's, by thread group
 //! (HTTP workers, the store writer, the rest; from `/proc/<pid>/task/*/stat`), and the
@@ -55,6 +59,8 @@ struct Args {
     sessions: usize,
     /// Run only this rate window, for as long as `--seconds` says (to profile one path).
     only: Option<String>,
+    /// Rounds of the three rate windows; the ratios reported are their medians.
+    rounds: usize,
 }
 
 fn parse_args() -> Args {
@@ -63,6 +69,7 @@ fn parse_args() -> Args {
         connections: 32,
         sessions: 100_000,
         only: None,
+        rounds: 3,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -72,6 +79,10 @@ fn parse_args() -> Args {
             "--connections" | "-c" => a.connections = val().parse().expect("--connections"),
             "--sessions" => a.sessions = val().parse().expect("--sessions"),
             "--only" => a.only = Some(val()),
+            "--rounds" => {
+                a.rounds = val().parse().expect("--rounds");
+                assert!(a.rounds > 0, "--rounds must be at least 1");
+            }
             // `cargo bench` passes this to every bench target.
             "--bench" => {}
             other => panic!("unknown flag {other}"),
@@ -287,31 +298,18 @@ fn own_cpu_us() -> f64 {
 }
 
 /// One rate window: `healthz`, `create`, or `status` (on one session per connection,
-/// opened first and answered beside the rate).
-async fn window(
-    which: &str,
-    addr: &str,
-    pid: u32,
-    c: usize,
-    seconds: u64,
-) -> (Rate, Vec<(String, String)>) {
+/// opened first).
+async fn window(which: &str, addr: &str, pid: u32, c: usize, seconds: u64) -> Rate {
     match which {
-        "healthz" => (
-            rate(addr, pid, c, seconds, 200, |_| get("/healthz", None)).await,
-            Vec::new(),
-        ),
-        "create" => (
-            rate(addr, pid, c, seconds, 201, |_| create_request()).await,
-            Vec::new(),
-        ),
+        "healthz" => rate(addr, pid, c, seconds, 200, |_| get("/healthz", None)).await,
+        "create" => rate(addr, pid, c, seconds, 201, |_| create_request()).await,
         "status" => {
             let watched = fill(addr, c).await;
-            let r = rate(addr, pid, c, seconds, 200, |i| {
+            rate(addr, pid, c, seconds, 200, |i| {
                 let (id, token) = &watched[i];
                 get(&format!("/v1/sessions/{id}/status"), Some(token))
             })
-            .await;
-            (r, watched)
+            .await
         }
         other => panic!("--only healthz|create|status, not {other}"),
     }
@@ -420,7 +418,7 @@ async fn main() {
 
     let pid = broker.child.id();
     if let Some(only) = &args.only {
-        let (r, _) = window(only, &addr, pid, c, args.seconds).await;
+        let r = window(only, &addr, pid, c, args.seconds).await;
         println!(
             "{only}: {:.0}/s, CPU per request {}",
             r.per_second,
@@ -428,34 +426,52 @@ async fn main() {
         );
         return;
     }
-    let (healthz, _) = window("healthz", &addr, pid, c, args.seconds).await;
-    let (creates, _) = window("create", &addr, pid, c, args.seconds).await;
-    let (status, watched) = window("status", &addr, pid, c, args.seconds).await;
-    let (healthz_again, _) = window("healthz", &addr, pid, c, args.seconds).await;
-    let ceiling = (healthz.per_second + healthz_again.per_second) / 2.0;
+    // Rounds of healthz → create → status: each ratio is taken within its round, and
+    // the median over the rounds is the figure, so that one slow minute on a shared
+    // box moves one round rather than the result.
+    let mut rounds = Vec::with_capacity(args.rounds);
+    for _ in 0..args.rounds {
+        let healthz = window("healthz", &addr, pid, c, args.seconds).await;
+        let creates = window("create", &addr, pid, c, args.seconds).await;
+        let status = window("status", &addr, pid, c, args.seconds).await;
+        rounds.push(Round {
+            healthz,
+            creates,
+            status,
+        });
+    }
 
-    // Memory: bring the live sessions to `--sessions` in all.
+    drop(broker);
+
+    // Memory and restart on a broker of their own, so that they measure `--sessions`
+    // whatever the rate windows created. The first third is a warm-up: the store's page
+    // cache and the allocator's arenas reach their working size (fixed costs, not costs
+    // per session); the RSS after it and after the rest gives the memory per session.
+    let db = dir.path().join("footprint.db");
+    let (broker, _) = start_broker(&db);
+    let (addr, pid) = (broker.addr.clone(), broker.child.id());
+    let warm = args.sessions / 3;
+    fill(&addr, warm).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let before = rss(pid);
-    let count_before = count_live(&db);
-    let added = args.sessions.saturating_sub(count_before);
+    let added = args.sessions - warm;
     let t0 = Instant::now();
     let created = fill(&addr, added).await;
     let fill_secs = t0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss(pid);
     let live = count_live(&db);
-    // Nothing added (the rate windows already made `--sessions`): no figure, rather than
-    // the RSS drift of the idle wait divided by one.
-    let per_session = (added > 0).then(|| after.saturating_sub(before) as f64 / added as f64);
+    let per_session = after.saturating_sub(before) as f64 / added as f64;
 
-    // Restart with every session still live.
-    let last = created.last().or(watched.last()).cloned().unwrap();
+    // Restart with every session still live, after a graceful stop.
+    let last = created.last().cloned().unwrap();
+    let mut broker = broker;
     let killed = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    drop(broker);
+    assert!(broker.child.wait().unwrap().success(), "the broker stops cleanly");
     let t0 = Instant::now();
     let (broker, listening) = start_broker(&db);
     let mut conn = Conn::open(&broker.addr).await;
@@ -470,53 +486,77 @@ async fn main() {
     drop(broker);
 
     println!(
-        "## HTTP throughput and footprint ({c} connections, {}s windows)\n",
-        args.seconds
+        "## HTTP throughput and footprint ({c} connections, {} rounds of {}s windows)\n",
+        args.rounds, args.seconds
     );
-    println!("| measure | value | ratio |");
-    println!("|---|---|---|");
-    println!("| `GET /healthz` per second (mean of before and after) | {ceiling:.0} | 1.00 |");
-    println!(
-        "| `POST /v1/sessions` per second (durable) | {:.0} | {:.2} |",
-        creates.per_second,
-        creates.per_second / ceiling
-    );
-    println!(
-        "| `GET /v1/sessions/{{id}}/status` per second | {:.0} | {:.2} |",
-        status.per_second,
-        status.per_second / ceiling
-    );
-    let per_session = match per_session {
-        Some(bytes) => format!("{:.2} KiB", bytes / 1024.0),
-        None => "n/a: none added (raise --sessions above what the rate windows create)".to_owned(),
+    let by_create = median_round(&rounds, |r| r.creates.per_second / r.healthz.per_second);
+    let by_status = median_round(&rounds, |r| r.status.per_second / r.healthz.per_second);
+    let ratios = |f: fn(&Round) -> f64| {
+        let all: Vec<String> = rounds.iter().map(|r| format!("{:.2}", f(r))).collect();
+        all.join(", ")
     };
+    println!("| measure | per second (median round) | ratio to `/healthz` (median) | ratio by round |");
+    println!("|---|---|---|---|");
     println!(
-        "| broker memory per idle live session ({live} live, {added} added in {fill_secs:.1} s) | {per_session} | |"
+        "| `GET /healthz` (in the round of the median create ratio) | {:.0} | 1.00 | |",
+        by_create.healthz.per_second
     );
     println!(
-        "| restart with {live} live sessions: to `listening on` | {:.2} s | |",
+        "| `POST /v1/sessions` (durable) | {:.0} | {:.2} | {} |",
+        by_create.creates.per_second,
+        by_create.creates.per_second / by_create.healthz.per_second,
+        ratios(|r| r.creates.per_second / r.healthz.per_second)
+    );
+    println!(
+        "| `GET /v1/sessions/{{id}}/status` | {:.0} | {:.2} | {} |",
+        by_status.status.per_second,
+        by_status.status.per_second / by_status.healthz.per_second,
+        ratios(|r| r.status.per_second / r.healthz.per_second)
+    );
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| broker memory per idle live session ({live} live, {added} added in {fill_secs:.1} s after {warm} to warm up) | {:.2} KiB |",
+        per_session / 1024.0
+    );
+    println!(
+        "| restart with {live} live sessions: to `listening on` | {:.2} s |",
         listening.as_secs_f64()
     );
     println!(
-        "| restart: to the last session's answer (its actor armed) | {:.2} s | |",
+        "| restart: to the last session's answer (its actor armed) | {:.2} s |",
         answered.as_secs_f64()
     );
-    println!("\nCPU per request, broker (by thread group) and load client:\n");
+    println!("\nCPU per request, broker (by thread group) and load client, in the round of the median create ratio:\n");
     println!("| window | CPU per request | ratio to `/healthz` (broker) |");
     println!("|---|---|---|");
-    let base = (healthz.broker_us() + healthz_again.broker_us()) / 2.0;
-    for (name, r) in [
-        ("`GET /healthz` (before)", &healthz),
-        ("`POST /v1/sessions`", &creates),
-        ("`GET /v1/sessions/{id}/status`", &status),
-        ("`GET /healthz` (after)", &healthz_again),
+    let r = by_create;
+    for (name, w) in [
+        ("`GET /healthz`", &r.healthz),
+        ("`POST /v1/sessions`", &r.creates),
+        ("`GET /v1/sessions/{id}/status`", &r.status),
     ] {
         println!(
             "| {name} | {} | {:.2} |",
-            r.cpu_note(),
-            r.broker_us() / base
+            w.cpu_note(),
+            w.broker_us() / r.healthz.broker_us()
         );
     }
+}
+
+/// The three rate windows of one round, run back to back.
+struct Round {
+    healthz: Rate,
+    creates: Rate,
+    status: Rate,
+}
+
+/// The round whose `ratio` is the median (the upper one of an even count).
+fn median_round(rounds: &[Round], ratio: impl Fn(&Round) -> f64) -> &Round {
+    let mut order: Vec<&Round> = rounds.iter().collect();
+    order.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
+    order[order.len() / 2]
 }
 
 /// Live sessions in the database (read-only, beside the running broker).

@@ -471,7 +471,10 @@ async fn main() {
         .status()
         .unwrap();
     assert!(killed.success());
-    assert!(broker.child.wait().unwrap().success(), "the broker stops cleanly");
+    assert!(
+        broker.child.wait().unwrap().success(),
+        "the broker stops cleanly"
+    );
     let t0 = Instant::now();
     let (broker, listening) = start_broker(&db);
     let mut conn = Conn::open(&broker.addr).await;
@@ -495,7 +498,9 @@ async fn main() {
         let all: Vec<String> = rounds.iter().map(|r| format!("{:.2}", f(r))).collect();
         all.join(", ")
     };
-    println!("| measure | per second (median round) | ratio to `/healthz` (median) | ratio by round |");
+    println!(
+        "| measure | per second (median round) | ratio to `/healthz` (median) | ratio by round |"
+    );
     println!("|---|---|---|---|");
     println!(
         "| `GET /healthz` (in the round of the median create ratio) | {:.0} | 1.00 | |",

@@ -77,7 +77,10 @@ fn parse_args() -> Args {
         match flag.as_str() {
             "--seconds" => a.seconds = val().parse().expect("--seconds"),
             "--connections" | "-c" => a.connections = val().parse().expect("--connections"),
-            "--sessions" => a.sessions = val().parse().expect("--sessions"),
+            "--sessions" => {
+                a.sessions = val().parse().expect("--sessions");
+                assert!(a.sessions >= 3, "--sessions must be at least 3");
+            }
             "--only" => a.only = Some(val()),
             "--rounds" => {
                 a.rounds = val().parse().expect("--rounds");
@@ -448,7 +451,7 @@ async fn main() {
     // cache and the allocator's arenas reach their working size (fixed costs, not costs
     // per session); the RSS after it and after the rest gives the memory per session.
     let db = dir.path().join("footprint.db");
-    let (broker, _) = start_broker(&db);
+    let (mut broker, _) = start_broker(&db);
     let (addr, pid) = (broker.addr.clone(), broker.child.id());
     let warm = args.sessions / 3;
     fill(&addr, warm).await;
@@ -465,7 +468,6 @@ async fn main() {
 
     // Restart with every session still live, after a graceful stop.
     let last = created.last().cloned().unwrap();
-    let mut broker = broker;
     let killed = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
@@ -492,8 +494,8 @@ async fn main() {
         "## HTTP throughput and footprint ({c} connections, {} rounds of {}s windows)\n",
         args.rounds, args.seconds
     );
-    let by_create = median_round(&rounds, |r| r.creates.per_second / r.healthz.per_second);
-    let by_status = median_round(&rounds, |r| r.status.per_second / r.healthz.per_second);
+    let by_create = median_round(&rounds, Round::create_ratio);
+    let by_status = median_round(&rounds, Round::status_ratio);
     let ratios = |f: fn(&Round) -> f64| {
         let all: Vec<String> = rounds.iter().map(|r| format!("{:.2}", f(r))).collect();
         all.join(", ")
@@ -509,14 +511,14 @@ async fn main() {
     println!(
         "| `POST /v1/sessions` (durable) | {:.0} | {:.2} | {} |",
         by_create.creates.per_second,
-        by_create.creates.per_second / by_create.healthz.per_second,
-        ratios(|r| r.creates.per_second / r.healthz.per_second)
+        by_create.create_ratio(),
+        ratios(Round::create_ratio)
     );
     println!(
         "| `GET /v1/sessions/{{id}}/status` | {:.0} | {:.2} | {} |",
         by_status.status.per_second,
-        by_status.status.per_second / by_status.healthz.per_second,
-        ratios(|r| r.status.per_second / r.healthz.per_second)
+        by_status.status_ratio(),
+        ratios(Round::status_ratio)
     );
     println!();
     println!("| measure | value |");
@@ -555,6 +557,16 @@ struct Round {
     healthz: Rate,
     creates: Rate,
     status: Rate,
+}
+
+impl Round {
+    fn create_ratio(&self) -> f64 {
+        self.creates.per_second / self.healthz.per_second
+    }
+
+    fn status_ratio(&self) -> f64 {
+        self.status.per_second / self.healthz.per_second
+    }
 }
 
 /// The round whose `ratio` is the median (the upper one of an even count).

@@ -29,6 +29,8 @@
 //! clock, and a [`LiveSessions`] handle on the registry; it never sees the registry.
 
 pub mod messages;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -1,0 +1,190 @@
+//! A watching actor (the session's owner is another node) whose copy is behind the
+//! store: it reads the store before it answers a caller that saw more than it has (a
+//! later seq, or a token a replayed create rotated in), and refuses one still ahead
+//! of the store as a single node would. The owner's announcements are never sent here,
+//! so the only way the copy catches up within the test is that read.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use chrono::{Duration, Utc};
+
+use super::SessionActor;
+use crate::clock::{SharedClock, SystemClock};
+use crate::error::SessionError;
+use crate::ids::{DeviceId, Seq, SessionId, SessionToken, TokenHash, UserId};
+use crate::live::{Generation, LiveSessions};
+use crate::model::{SessionRecord, SessionRequest};
+use crate::route::RouteFuture;
+use crate::session::messages::{Caller, Change, Refresh, WaitChange};
+use crate::session_store::SessionStore;
+use crate::status::Status;
+use crate::store::{CreateOutcome, IdempotencyClaim, NewSession, Store, StoreConfig};
+use crate::write::TransitionWrite;
+
+/// A registry that never announces anything: the watcher learns only by reading.
+struct Silent;
+
+impl LiveSessions for Silent {
+    fn forget(&self, _: SessionId, _: Generation) {}
+    fn max_subscribers(&self) -> usize {
+        16
+    }
+    fn track_token(&self, _: SessionId, _: TokenHash) {}
+    fn untrack_token(&self, _: SessionId, _: TokenHash) {}
+    fn announce(&self, _: SessionId, _: Seq) {}
+    fn watch(&self, _: SessionId, _: Recipient<Refresh>) -> RouteFuture<()> {
+        Box::pin(async {})
+    }
+    fn unwatch(&self, _: SessionId) {}
+}
+
+const OWNER: &str = "acme";
+
+fn claim() -> IdempotencyClaim {
+    IdempotencyClaim {
+        key: "order-1".into(),
+        request_hash: [7; 32],
+    }
+}
+
+/// A store with one session in it (created under an idempotency key), its token, and
+/// an actor watching it.
+async fn watched() -> (
+    tempfile::TempDir,
+    Arc<Store>,
+    SessionRecord,
+    SessionToken,
+    Addr<SessionActor>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&StoreConfig::new(dir.path().join("t.db"))).unwrap());
+    let (record, token) = SessionRecord::open(
+        OWNER,
+        SessionRequest {
+            scopes: vec!["full_name".into()],
+            ..SessionRequest::default()
+        },
+        Utc::now(),
+        Duration::seconds(600),
+    );
+    let outcome = store
+        .create_session(
+            NewSession {
+                record: record.clone(),
+            },
+            Some(claim()),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcome, CreateOutcome::Created));
+    let clock: SharedClock = Arc::new(SystemClock);
+    let store_dyn: Arc<dyn SessionStore> = store.clone();
+    let addr = SessionActor::watching(record.id, store_dyn, clock, Arc::new(Silent), Generation(1))
+        .start();
+    // Loaded: it answers the backend from its copy.
+    let first = wait(&addr, backend(), None).await.unwrap();
+    assert_eq!(now_or_later(first).seq, record.seq);
+    (dir, store, record, token, addr)
+}
+
+fn backend() -> Caller {
+    Caller::Backend {
+        owner: OWNER.into(),
+    }
+}
+
+fn client(token: &SessionToken) -> Caller {
+    Caller::Client {
+        token: token.hash(),
+        claims: token.claimed_session(),
+    }
+}
+
+async fn wait(
+    addr: &Addr<SessionActor>,
+    caller: Caller,
+    after: Option<Seq>,
+) -> Result<Change, SessionError> {
+    addr.send(WaitChange { caller, after }).await.unwrap()
+}
+
+/// The session as the answer shows it, whether it is past `after` or not yet.
+fn now_or_later(change: Change) -> SessionRecord {
+    match change {
+        Change::Now(s) | Change::Never(s) => s,
+        Change::Later { current, .. } => current,
+    }
+}
+
+#[actix_rt::test]
+async fn a_watcher_behind_the_store_reads_it_for_a_caller_ahead_of_it_and_refuses_one_ahead_of_the_store(
+) {
+    let (_dir, store, record, _token, addr) = watched().await;
+    // The owner (another node) commits a transition; no announcement reaches here.
+    let committed = store
+        .commit_transition(TransitionWrite {
+            id: record.id,
+            from_seq: record.seq,
+            status: Status::Retrieved,
+            at: Utc::now(),
+            bind: Some(DeviceId::new("issuer", UserId::parse("user-1").unwrap())),
+            consent: None,
+            shared_data: None,
+            files: Vec::new(),
+            decided_at: None,
+            purge: false,
+            registers_user: true,
+        })
+        .await
+        .unwrap();
+    assert!(committed.seq > record.seq);
+
+    // A caller that saw the new seq elsewhere: the watcher reads the store first (its
+    // answer asks for the request again, as the registry does) ...
+    let res = wait(&addr, backend(), Some(committed.seq)).await;
+    assert!(matches!(res, Err(SessionError::Restarted)), "{res:?}");
+    // ... and then answers from what it read.
+    let current = now_or_later(wait(&addr, backend(), Some(committed.seq)).await.unwrap());
+    assert_eq!(current.seq, committed.seq);
+    assert_eq!(current.status, Status::Retrieved);
+
+    // A caller ahead of the store too: one more read, then refused as with one node.
+    let beyond = Some(committed.seq.next());
+    let res = wait(&addr, backend(), beyond).await;
+    assert!(matches!(res, Err(SessionError::Restarted)), "{res:?}");
+    let res = wait(&addr, backend(), beyond).await;
+    assert!(matches!(res, Err(SessionError::Invalid(_))), "{res:?}");
+}
+
+#[actix_rt::test]
+async fn a_watcher_reads_the_store_for_a_token_it_does_not_know_and_then_knows_only_the_new_one() {
+    let (_dir, store, record, old, addr) = watched().await;
+    let current = now_or_later(wait(&addr, client(&old), None).await.unwrap());
+    assert_eq!(current.seq, record.seq, "the first token works");
+    // A replayed create through another node rotates the token in the store.
+    let (again, _) = SessionRecord::open(
+        OWNER,
+        SessionRequest::clone(&record.request),
+        Utc::now(),
+        Duration::seconds(600),
+    );
+    let outcome = store
+        .create_session(NewSession { record: again }, Some(claim()))
+        .await
+        .unwrap();
+    let CreateOutcome::Replayed(_, new) = outcome else {
+        panic!("a replay, not {outcome:?}")
+    };
+
+    // The new token: unknown to the copy, so the store is read, and then it is known.
+    let res = wait(&addr, client(&new), None).await;
+    assert!(matches!(res, Err(SessionError::Restarted)), "{res:?}");
+    let current = now_or_later(wait(&addr, client(&new), None).await.unwrap());
+    assert_eq!(current.id, record.id);
+    // The old token: unknown now too; one more read, then refused as with one node.
+    let res = wait(&addr, client(&old), None).await;
+    assert!(matches!(res, Err(SessionError::Restarted)), "{res:?}");
+    let res = wait(&addr, client(&old), None).await;
+    assert!(matches!(res, Err(SessionError::Unauthorized)), "{res:?}");
+}

@@ -510,22 +510,31 @@ impl Settings {
 }
 
 /// Refuses weak or ambiguous credentials (SPEC §6): a key or secret shorter than
-/// [`MIN_SECRET_BYTES`], or two under the same name. `secret` is what the value is
-/// called ("key", "secret"). Errors name the flag and the name, never the value.
+/// [`MIN_SECRET_BYTES`], two under the same name, or one value under two names. An API
+/// key is who the backend is, so a key given to two names would make one tenant the
+/// other; an issuer's secret is its own (SPEC §1), and one shared by two issuers lets
+/// either mint the other's device tokens. `secret` is what the value is called ("key",
+/// "secret"). Errors name the flag and the names, never the value.
 pub fn check_credentials(
     flag: &str,
     secret: &str,
     pairs: &[(String, String)],
 ) -> Result<(), String> {
-    let mut seen = std::collections::HashSet::new();
+    let mut names = std::collections::HashSet::new();
+    let mut values = std::collections::HashMap::new();
     for (name, value) in pairs {
-        if !seen.insert(name.as_str()) {
+        if !names.insert(name.as_str()) {
             return Err(format!("{flag}: the name {name:?} is given twice"));
         }
         if value.len() < MIN_SECRET_BYTES {
             return Err(format!(
                 "{flag}: the {secret} of {name:?} is {} bytes; at least {MIN_SECRET_BYTES} are needed",
                 value.len()
+            ));
+        }
+        if let Some(other) = values.insert(value.as_str(), name.as_str()) {
+            return Err(format!(
+                "{flag}: {other:?} and {name:?} have the same {secret}; each needs its own"
             ));
         }
     }
@@ -679,6 +688,52 @@ mod tests {
         .is_ok());
         assert!(settings(&["--api-key", "Acme=ééééééé-ab"], &[]).is_ok());
         assert!(settings(&["--api-key", "Acme=éééééé-ab"], &[]).is_err());
+    }
+
+    #[test]
+    fn one_key_or_issuer_secret_under_two_names_is_refused_without_echoing_it() {
+        let err = settings(
+            &[
+                "--api-key",
+                "Acme=shared-key-0123456789",
+                "--api-key",
+                "Globex=shared-key-0123456789",
+            ],
+            &[],
+        )
+        .err()
+        .expect("refused");
+        assert!(
+            err.contains("--api-key") && err.contains("Acme") && err.contains("Globex"),
+            "{err}"
+        );
+        assert!(!err.contains("shared-key"), "{err}");
+        let err = settings(
+            &[],
+            &[(
+                "IDVB_ISSUERS",
+                "phone-app=shared-secret-0123,web-app=shared-secret-0123",
+            )],
+        )
+        .err()
+        .expect("refused");
+        assert!(
+            err.contains("--issuer") && err.contains("phone-app") && err.contains("web-app"),
+            "{err}"
+        );
+        assert!(!err.contains("shared-secret"), "{err}");
+        // An API key and an issuer secret may be equal: they are different roles, and
+        // neither can be used as the other.
+        assert!(settings(
+            &[
+                "--api-key",
+                "Acme=same-value-0123456789",
+                "--issuer",
+                "phone-app=same-value-0123456789",
+            ],
+            &[],
+        )
+        .is_ok());
     }
 
     #[test]

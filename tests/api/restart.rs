@@ -403,7 +403,7 @@ async fn weak_or_ambiguous_credentials_exit_2_with_one_line_on_stderr() {
     let db = db.to_str().unwrap();
     let good_key = format!("{API_KEY_NAME}={API_KEY}");
     let good_issuer = format!("{ISSUER}={ISSUER_SECRET}");
-    let cases: [(&str, Vec<&str>); 4] = [
+    let cases: [(&str, Vec<&str>); 6] = [
         (
             "a 15-byte API key",
             vec!["--api-key", "Acme=fifteen-bytes", "--issuer", &good_issuer],
@@ -435,6 +435,26 @@ async fn weak_or_ambiguous_credentials_exit_2_with_one_line_on_stderr() {
                 "phone-app=another-secret-0123456789",
             ],
         ),
+        (
+            // Which tenant a request is would be a guess.
+            "one API key under two names",
+            vec![
+                "--api-key",
+                "Acme=shared-value-0123456789",
+                "--api-key",
+                "Globex=shared-value-0123456789",
+            ],
+        ),
+        (
+            // Either issuer could mint the other's device tokens.
+            "one issuer secret under two names",
+            vec![
+                "--issuer",
+                "phone-app=shared-value-0123456789",
+                "--issuer",
+                "web-app=shared-value-0123456789",
+            ],
+        ),
     ];
     for (why, creds) in cases {
         let mut args = vec!["--bind", "127.0.0.1:0", "--db", db];
@@ -444,6 +464,7 @@ async fn weak_or_ambiguous_credentials_exit_2_with_one_line_on_stderr() {
         assert!(!stdout.contains("listening on"), "{why}");
         assert_one_line(&stderr);
         assert!(!stderr.contains("fifteen-bytes"), "{why}: {stderr}");
+        assert!(!stderr.contains("shared-value"), "{why}: {stderr}");
     }
     assert!(
         !Path::new(db).exists(),

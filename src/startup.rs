@@ -18,7 +18,9 @@ use idv_actors::webhooks::dispatcher::DispatcherError;
 use idv_actors::webhooks::{CallbackGuard, Dispatcher, Shutdown, Signer};
 use idv_web::{AppState, DemoApp, ServerConfig};
 
-use crate::settings::{check_credentials, Settings, StoreUrl, DEMO_API_KEY_NAME, DEMO_ISSUER};
+use crate::settings::{
+    check_credentials, Credential, Settings, StoreUrl, DEMO_API_KEY_NAME, DEMO_ISSUER,
+};
 
 /// How often the registry looks for overdue sessions whose actor did not expire them.
 const EXPIRY_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -123,8 +125,8 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         // Checked here as well as when flags are parsed, so no embedder (or test) runs
         // a broker with credentials the binary would refuse.
-        check_credentials("--api-key", "key", &settings.api_keys).map_err(StartError::Config)?;
-        check_credentials("--issuer", "secret", &settings.issuers).map_err(StartError::Config)?;
+        check_credentials(Credential::ApiKey, &settings.api_keys).map_err(StartError::Config)?;
+        check_credentials(Credential::Issuer, &settings.issuers).map_err(StartError::Config)?;
         idv_actors::webhooks::install_crypto_provider();
         // Once per process (see idv_actors::metrics): before the store and the actors
         // record anything.

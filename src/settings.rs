@@ -538,9 +538,9 @@ impl Credential {
 /// Refuses weak or ambiguous credentials (SPEC §6): a key or secret shorter than
 /// [`MIN_SECRET_BYTES`], or two under the same name; and one API key under two names,
 /// since a key is who the backend is and the request's tenant would be whichever name
-/// was configured last. (Two issuers may share a secret: the token's `iss` still
-/// names one, and SPEC refuses no more than it lists.) Errors name the flag and the
-/// names, never the value.
+/// was configured last (SPEC §6 does not list this case; nobody means it). Two issuers
+/// may share a secret: a token's `iss` still names one of them. Errors name the flag
+/// and the names, never the value.
 pub fn check_credentials(kind: Credential, pairs: &[(String, String)]) -> Result<(), String> {
     let (flag, secret) = (kind.flag(), kind.value());
     let mut names = std::collections::HashSet::new();

@@ -357,8 +357,10 @@ impl TestApp {
 
 /// Asserts a SPEC §5 error body with `code`, and returns its message.
 pub async fn assert_error(res: reqwest::Response, status: u16, code: &str) -> String {
-    assert_eq!(res.status().as_u16(), status, "status");
-    let body: Value = res.json().await.expect("error body is JSON");
+    let got = res.status().as_u16();
+    let text = res.text().await.expect("an error body");
+    assert_eq!(got, status, "status, with the body {text}");
+    let body: Value = serde_json::from_str(&text).expect("error body is JSON");
     assert_eq!(body["error"]["code"], code, "code in {body}");
     let message = body["error"]["message"]
         .as_str()

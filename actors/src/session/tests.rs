@@ -16,7 +16,7 @@ use crate::ids::{DeviceId, Seq, SessionId, SessionToken, TokenHash, UserId};
 use crate::live::{Generation, LiveSessions};
 use crate::model::{SessionRecord, SessionRequest};
 use crate::route::RouteFuture;
-use crate::session::messages::{Caller, Change, Refresh, WaitChange};
+use crate::session::messages::{Caller, Cancel, Change, Refresh, Tick, WaitChange};
 use crate::session_store::SessionStore;
 use crate::status::Status;
 use crate::store::{CreateOutcome, IdempotencyClaim, NewSession, Store, StoreConfig};
@@ -187,4 +187,57 @@ async fn a_watcher_reads_the_store_for_a_token_it_does_not_know_and_then_knows_o
     assert!(matches!(res, Err(SessionError::Restarted)), "{res:?}");
     let res = wait(&addr, client(&old), None).await;
     assert!(matches!(res, Err(SessionError::Unauthorized)), "{res:?}");
+}
+
+/// A command queued behind the expiry's commit is answered from the ended session: the
+/// actor stops with the command still in its mailbox, and since its caller still holds
+/// the address the supervisor starts it again, with its final state, to answer. (Were
+/// it dropped instead, the caller would see `MailboxError::Closed`, which the registry
+/// answers `503` for a command that commits.)
+#[actix_rt::test]
+async fn a_command_queued_behind_the_expiry_is_answered_from_the_ended_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&StoreConfig::new(dir.path().join("t.db"))).unwrap());
+    // Overdue from the start: the next check expires it.
+    let (record, _) = SessionRecord::open(
+        OWNER,
+        SessionRequest::default(),
+        Utc::now() - Duration::seconds(601),
+        Duration::seconds(600),
+    );
+    let outcome = store
+        .create_session(
+            NewSession {
+                record: record.clone(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcome, CreateOutcome::Created));
+    let (id, clock): (SessionId, SharedClock) = (record.id, Arc::new(SystemClock));
+    let store_dyn: Arc<dyn SessionStore> = store.clone();
+    let addr = Supervisor::start(move |_| {
+        SessionActor::new(
+            id,
+            Some(record),
+            store_dyn,
+            clock,
+            Arc::new(Silent),
+            Generation(1),
+        )
+    });
+    // Both queued before the actor runs: the tick's expiry commits first (the actor
+    // waits for it), and the cancel is taken from the mailbox as the actor stops.
+    addr.do_send(Tick);
+    let cancel = addr.send(Cancel {
+        owner: OWNER.into(),
+    });
+    let res = cancel.await.expect("answered, not dropped");
+    assert!(
+        matches!(res, Err(SessionError::InvalidState(Status::Expired))),
+        "{res:?}"
+    );
+    let stored = store.load_session(id).await.unwrap().unwrap();
+    assert_eq!(stored.status, Status::Expired);
 }

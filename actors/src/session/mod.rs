@@ -37,7 +37,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::fut::ready;
 use actix::prelude::*;
 
 use crate::clock::SharedClock;
@@ -73,8 +72,44 @@ const WATCH_POLL: Duration = Duration::from_secs(2);
 /// subscription and its reads with it); the next subscriber starts another.
 const WATCH_IDLE_POLLS: u32 = 15;
 
-/// The reply type of the transition handlers.
-type Reply = AtomicResponse<SessionActor, Result<SessionRecord, SessionError>>;
+/// The reply of the transition handlers: given at once when nothing is committed (a
+/// refusal, or a transition that changes nothing), else once the commit is in, holding
+/// the mailbox meanwhile.
+///
+/// An answer known at once must not wait in the context's queue of `wait` futures:
+/// that queue runs newest first, so an expiry the timer starts in the same pass runs
+/// ahead of it, ends the session and stops the actor, and the waiting answer is
+/// dropped with the stopped context (the caller saw `MailboxError::Closed`, answered
+/// `503`, for a cancel that was refused `409` all along).
+pub struct Reply(Answer);
+
+enum Answer {
+    Now(Result<SessionRecord, SessionError>),
+    Commit(AtomicResponse<SessionActor, Result<SessionRecord, SessionError>>),
+}
+
+impl<M> actix::dev::MessageResponse<SessionActor, M> for Reply
+where
+    M: Message<Result = Result<SessionRecord, SessionError>>,
+{
+    fn handle(
+        self,
+        ctx: &mut Context<SessionActor>,
+        tx: Option<actix::dev::OneshotSender<M::Result>>,
+    ) {
+        match self.0 {
+            Answer::Now(answer) => {
+                if let Some(tx) = tx {
+                    // The caller may have gone; the answer changes nothing either way.
+                    let _ = tx.send(answer);
+                }
+            }
+            Answer::Commit(commit) => {
+                actix::dev::MessageResponse::<SessionActor, M>::handle(commit, ctx, tx)
+            }
+        }
+    }
+}
 
 /// One live verification session.
 pub struct SessionActor {
@@ -344,11 +379,11 @@ impl SessionActor {
             plan
         };
         match plan {
-            Err(e) => AtomicResponse::new(Box::pin(ready(Err(e)))),
-            Ok(Plan::Stay) => AtomicResponse::new(Box::pin(ready(self.record().cloned()))),
+            Err(e) => Reply(Answer::Now(Err(e))),
+            Ok(Plan::Stay) => Reply(Answer::Now(self.record().cloned())),
             Ok(Plan::Move(write)) => {
                 let store = self.store.clone();
-                AtomicResponse::new(Box::pin(
+                Reply(Answer::Commit(AtomicResponse::new(Box::pin(
                     async move { store.commit_transition(write).await }
                         .into_actor(self)
                         .map(|res, act, ctx| match res {
@@ -369,7 +404,7 @@ impl SessionActor {
                             }
                             Err(e) => Err(e.into()),
                         }),
-                ))
+                ))))
             }
         }
     }

@@ -241,3 +241,57 @@ async fn a_command_queued_behind_the_expiry_is_answered_from_the_ended_session()
     let stored = store.load_session(id).await.unwrap().unwrap();
     assert_eq!(stored.status, Status::Expired);
 }
+
+/// A cancel refused at once (the session is past `expires_at`) in the same pass of
+/// the actor as its expiry timer fires: the refusal is the answer. The timer's commit
+/// runs ahead of anything queued to wait (newest first), ends the session and stops
+/// the actor; a refusal that waited behind it was dropped with the context
+/// (`MailboxError::Closed`, which the registry answers `503`: the flake of the API test
+/// `a_session_past_expires_at_cannot_be_cancelled_any_more`).
+#[actix_rt::test]
+async fn a_cancel_refused_as_the_expiry_timer_fires_gets_its_refusal() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&StoreConfig::new(dir.path().join("t.db"))).unwrap());
+        let (record, _) = SessionRecord::open(
+            OWNER,
+            SessionRequest::default(),
+            Utc::now() - Duration::seconds(601),
+            Duration::seconds(600),
+        );
+        store
+            .create_session(
+                NewSession {
+                    record: record.clone(),
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        let (id, clock): (SessionId, SharedClock) = (record.id, Arc::new(SystemClock));
+        let store_dyn: Arc<dyn SessionStore> = store.clone();
+        let addr = Supervisor::start(move |_| {
+            SessionActor::new(
+                id,
+                Some(record),
+                store_dyn,
+                clock,
+                Arc::new(Silent),
+                Generation(1),
+            )
+        });
+        // The actor's first pass arms its expiry timer, due at once. The thread is then
+        // held (not awaited: the actor must not run) until that deadline is behind it,
+        // and the cancel is queued: the next pass takes the cancel from the mailbox and
+        // fires the timer together, whatever the machine's speed.
+        tokio::task::yield_now().await;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let res = addr
+            .send(Cancel {
+                owner: OWNER.into(),
+            })
+            .await
+            .expect("answered, not dropped");
+        assert!(matches!(res, Err(SessionError::InvalidState(_))), "{res:?}");
+    }
+}

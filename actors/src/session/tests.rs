@@ -189,16 +189,11 @@ async fn a_watcher_reads_the_store_for_a_token_it_does_not_know_and_then_knows_o
     assert!(matches!(res, Err(SessionError::Unauthorized)), "{res:?}");
 }
 
-/// A command queued behind the expiry's commit is answered from the ended session: the
-/// actor stops with the command still in its mailbox, and since its caller still holds
-/// the address the supervisor starts it again, with its final state, to answer. (Were
-/// it dropped instead, the caller would see `MailboxError::Closed`, which the registry
-/// answers `503` for a command that commits.)
-#[actix_rt::test]
-async fn a_command_queued_behind_the_expiry_is_answered_from_the_ended_session() {
+/// A session created 601 s ago with a 600 s lifetime (overdue from the start), in a
+/// store of its own, and its owning actor under a supervisor, not yet run.
+async fn overdue() -> (tempfile::TempDir, Arc<Store>, SessionId, Addr<SessionActor>) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&StoreConfig::new(dir.path().join("t.db"))).unwrap());
-    // Overdue from the start: the next check expires it.
     let (record, _) = SessionRecord::open(
         OWNER,
         SessionRequest::default(),
@@ -227,13 +222,27 @@ async fn a_command_queued_behind_the_expiry_is_answered_from_the_ended_session()
             Generation(1),
         )
     });
-    // Both queued before the actor runs: the tick's expiry commits first (the actor
-    // waits for it), and the cancel is taken from the mailbox as the actor stops.
-    addr.do_send(Tick);
-    let cancel = addr.send(Cancel {
+    (dir, store, id, addr)
+}
+
+fn cancel() -> Cancel {
+    Cancel {
         owner: OWNER.into(),
-    });
-    let res = cancel.await.expect("answered, not dropped");
+    }
+}
+
+/// A command queued behind the expiry's commit is answered from the ended session: the
+/// actor stops with the command still in its mailbox, and since its caller still holds
+/// the address the supervisor starts it again, with its final state, to answer. (Were
+/// it dropped instead, the caller would see `MailboxError::Closed`, which the registry
+/// answers `503` for a command that commits.)
+#[actix_rt::test]
+async fn a_command_queued_behind_the_expiry_is_answered_from_the_ended_session() {
+    let (_dir, store, id, addr) = overdue().await;
+    // Both queued before the actor runs: the tick's expiry commits first (the actor
+    // waits for it), and the cancel is taken from the mailbox after the actor stopped.
+    addr.do_send(Tick);
+    let res = addr.send(cancel()).await.expect("answered, not dropped");
     assert!(
         matches!(res, Err(SessionError::InvalidState(Status::Expired))),
         "{res:?}"
@@ -251,47 +260,14 @@ async fn a_command_queued_behind_the_expiry_is_answered_from_the_ended_session()
 #[actix_rt::test]
 async fn a_cancel_refused_as_the_expiry_timer_fires_gets_its_refusal() {
     for _ in 0..5 {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&StoreConfig::new(dir.path().join("t.db"))).unwrap());
-        let (record, _) = SessionRecord::open(
-            OWNER,
-            SessionRequest::default(),
-            Utc::now() - Duration::seconds(601),
-            Duration::seconds(600),
-        );
-        store
-            .create_session(
-                NewSession {
-                    record: record.clone(),
-                },
-                None,
-            )
-            .await
-            .unwrap();
-        let (id, clock): (SessionId, SharedClock) = (record.id, Arc::new(SystemClock));
-        let store_dyn: Arc<dyn SessionStore> = store.clone();
-        let addr = Supervisor::start(move |_| {
-            SessionActor::new(
-                id,
-                Some(record),
-                store_dyn,
-                clock,
-                Arc::new(Silent),
-                Generation(1),
-            )
-        });
+        let (_dir, _store, _id, addr) = overdue().await;
         // The actor's first pass arms its expiry timer, due at once. The thread is then
         // held (not awaited: the actor must not run) until that deadline is behind it,
         // and the cancel is queued: the next pass takes the cancel from the mailbox and
         // fires the timer together, whatever the machine's speed.
         tokio::task::yield_now().await;
         std::thread::sleep(std::time::Duration::from_millis(5));
-        let res = addr
-            .send(Cancel {
-                owner: OWNER.into(),
-            })
-            .await
-            .expect("answered, not dropped");
+        let res = addr.send(cancel()).await.expect("answered, not dropped");
         assert!(matches!(res, Err(SessionError::InvalidState(_))), "{res:?}");
     }
 }

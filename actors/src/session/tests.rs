@@ -48,6 +48,36 @@ fn claim() -> IdempotencyClaim {
     }
 }
 
+/// A store of its own with one session of [`OWNER`] in it, created at `created_at`
+/// to live 600 s (under `claim`, if given); the session as stored and its token.
+async fn stored(
+    created_at: chrono::DateTime<Utc>,
+    claim: Option<IdempotencyClaim>,
+) -> (tempfile::TempDir, Arc<Store>, SessionRecord, SessionToken) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&StoreConfig::new(dir.path().join("t.db"))).unwrap());
+    let (record, token) = SessionRecord::open(
+        OWNER,
+        SessionRequest {
+            scopes: vec!["full_name".into()],
+            ..SessionRequest::default()
+        },
+        created_at,
+        Duration::seconds(600),
+    );
+    let outcome = store
+        .create_session(
+            NewSession {
+                record: record.clone(),
+            },
+            claim,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(outcome, CreateOutcome::Created));
+    (dir, store, record, token)
+}
+
 /// A store with one session in it (created under an idempotency key), its token, and
 /// an actor watching it.
 async fn watched() -> (
@@ -57,27 +87,7 @@ async fn watched() -> (
     SessionToken,
     Addr<SessionActor>,
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&StoreConfig::new(dir.path().join("t.db"))).unwrap());
-    let (record, token) = SessionRecord::open(
-        OWNER,
-        SessionRequest {
-            scopes: vec!["full_name".into()],
-            ..SessionRequest::default()
-        },
-        Utc::now(),
-        Duration::seconds(600),
-    );
-    let outcome = store
-        .create_session(
-            NewSession {
-                record: record.clone(),
-            },
-            Some(claim()),
-        )
-        .await
-        .unwrap();
-    assert!(matches!(outcome, CreateOutcome::Created));
+    let (dir, store, record, token) = stored(Utc::now(), Some(claim())).await;
     let clock: SharedClock = Arc::new(SystemClock);
     let store_dyn: Arc<dyn SessionStore> = store.clone();
     let addr = SessionActor::watching(record.id, store_dyn, clock, Arc::new(Silent), Generation(1))
@@ -189,27 +199,10 @@ async fn a_watcher_reads_the_store_for_a_token_it_does_not_know_and_then_knows_o
     assert!(matches!(res, Err(SessionError::Unauthorized)), "{res:?}");
 }
 
-/// A session created 601 s ago with a 600 s lifetime (overdue from the start), in a
-/// store of its own, and its owning actor under a supervisor, not yet run.
+/// A session created 601 s ago (overdue from the start), in a store of its own, and
+/// its owning actor under a supervisor, not yet run.
 async fn overdue() -> (tempfile::TempDir, Arc<Store>, SessionId, Addr<SessionActor>) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&StoreConfig::new(dir.path().join("t.db"))).unwrap());
-    let (record, _) = SessionRecord::open(
-        OWNER,
-        SessionRequest::default(),
-        Utc::now() - Duration::seconds(601),
-        Duration::seconds(600),
-    );
-    let outcome = store
-        .create_session(
-            NewSession {
-                record: record.clone(),
-            },
-            None,
-        )
-        .await
-        .unwrap();
-    assert!(matches!(outcome, CreateOutcome::Created));
+    let (dir, store, record, _) = stored(Utc::now() - Duration::seconds(601), None).await;
     let (id, clock): (SessionId, SharedClock) = (record.id, Arc::new(SystemClock));
     let store_dyn: Arc<dyn SessionStore> = store.clone();
     let addr = Supervisor::start(move |_| {
@@ -256,15 +249,19 @@ async fn a_command_queued_behind_the_expiry_is_answered_from_the_ended_session()
 /// runs ahead of anything queued to wait (newest first), ends the session and stops
 /// the actor; a refusal that waited behind it was dropped with the context
 /// (`MailboxError::Closed`, which the registry answers `503`: the flake of the API test
-/// `a_session_past_expires_at_cannot_be_cancelled_any_more`).
+/// `a_session_past_expires_at_cannot_be_cancelled_any_more`). The thread is held for
+/// 5 ms of wall time each round: the race needs the deadline to pass while the actor
+/// cannot run, and tokio's paused clock (`advance`) yields to the actor first.
 #[actix_rt::test]
 async fn a_cancel_refused_as_the_expiry_timer_fires_gets_its_refusal() {
-    for _ in 0..5 {
+    for _ in 0..50 {
         let (_dir, _store, _id, addr) = overdue().await;
         // The actor's first pass arms its expiry timer, due at once. The thread is then
         // held (not awaited: the actor must not run) until that deadline is behind it,
-        // and the cancel is queued: the next pass takes the cancel from the mailbox and
-        // fires the timer together, whatever the machine's speed.
+        // and the cancel is queued. Whether the actor's next pass fires the timer
+        // together with the cancel depends on when the runtime next turns its timer
+        // driver: some passes do, so a few dozen rounds meet the race (before the fix,
+        // every run of this test failed within its 50 rounds, six runs of six).
         tokio::task::yield_now().await;
         std::thread::sleep(std::time::Duration::from_millis(5));
         let res = addr.send(cancel()).await.expect("answered, not dropped");

@@ -247,15 +247,15 @@ impl Store {
 
     /// Runs `f` in the next group-committed transaction and answers once it is durable.
     /// If `f` enqueued a webhook event, the dispatcher is woken after the commit.
-    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(crate) async fn write<T, F>(&self, mut f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, &mut Effects) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&Connection, &mut Effects) -> Result<T, StoreError> + Send + 'static,
     {
         let webhooks = self.inner.webhooks.clone();
         let (out, enqueued) = self
             .write_job(move |conn, fx| {
-                fx.webhooks = webhooks;
+                fx.webhooks = webhooks.clone();
                 let out = f(conn, fx)?;
                 Ok((out, fx.webhook_enqueued))
             })
@@ -276,7 +276,7 @@ impl Store {
     async fn write_job<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, &mut Effects) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&Connection, &mut Effects) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         let sender = self

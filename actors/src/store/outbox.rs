@@ -236,7 +236,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.write(move |conn, _| {
             let key = (session_id.to_string(), seq.0 as i64);
-            match outcome {
+            match &outcome {
                 DeliveryRecord::Delivered => {
                     conn.prepare_cached(
                         "DELETE FROM webhook_outbox WHERE session_id = ?1 AND seq = ?2",
@@ -257,7 +257,7 @@ impl Store {
                         key.0,
                         key.1,
                         ms(attempted_at),
-                        ms(next_attempt_at),
+                        ms(*next_attempt_at),
                         error
                     ])?;
                 }

@@ -149,8 +149,9 @@ fn commit_batch(
 ) -> Result<(), StoreError> {
     // Jobs seldom fail (a stale transition, a full disk), so the batch first runs them
     // back to back. A savepoint per job costs its SAVEPOINT and RELEASE, and a copy of
-    // every page the job touches into the statement journal: about a sixth of the
-    // writer's time per create, measured side by side.
+    // every page the job touches into the statement journal: 5 to 24% of the writer's
+    // CPU per create, measured side by side (docs/benchmarks.md). A job must therefore
+    // not consume what it captured: it may run twice.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut batch_fx = Effects::default();
     let mut failed = false;

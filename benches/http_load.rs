@@ -157,6 +157,22 @@ fn rss(pid: u32) -> u64 {
         * 1024
 }
 
+/// The broker's RSS once it holds still: read every 100 ms until two readings in a
+/// row agree within 64 KiB (the actors' first polls and the allocator finish what the
+/// last answers left), for at most 5 s.
+async fn settled_rss(pid: u32) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = rss(pid);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = rss(pid);
+        if now.abs_diff(last) <= 64 * 1024 || Instant::now() >= deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// One keep-alive HTTP/1.1 connection: writes a request, reads one response.
 struct Conn {
     stream: TcpStream,
@@ -455,14 +471,12 @@ async fn main() {
     let (addr, pid) = (broker.addr.clone(), broker.child.id());
     let warm = args.sessions / 3;
     fill(&addr, warm).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = rss(pid);
+    let before = settled_rss(pid).await;
     let added = args.sessions - warm;
     let t0 = Instant::now();
     let created = fill(&addr, added).await;
     let fill_secs = t0.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss(pid);
+    let after = settled_rss(pid).await;
     let live = count_live(&db);
     let per_session = after.saturating_sub(before) as f64 / added as f64;
 

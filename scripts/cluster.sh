@@ -94,6 +94,8 @@ random() { head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 32; }
 api_key="cluster-key-$(random)"
 issuer_secret="cluster-issuer-$(random)"
 webhook_secret="cluster-webhook-$(random)"
+# Seals every message between the nodes (SPEC §7): the same on each, new at each run.
+cluster_key="$(head -c 32 /dev/urandom | base64)"
 
 addresses=()
 for id in "${nodes[@]}"; do
@@ -102,7 +104,7 @@ for id in "${nodes[@]}"; do
     # Own process group, so a Ctrl-C in this terminal reaches the nodes only through
     # stop_all's SIGTERM (in order), not all at once from the terminal.
     setsid "$bin" --bind 127.0.0.1:0 --store "$store" --nats "$IDVB_TEST_NATS" --node-id "$id" \
-        --demo --rate-limit 0 \
+        --cluster-key "$cluster_key" --demo --rate-limit 0 \
         --api-key "Cluster=$api_key" --issuer "phone-app=$issuer_secret" \
         --webhook-secret "$webhook_secret" --webhook-allow-private \
         </dev/null >"$out" 2>"$run_dir/node-$id.log" &

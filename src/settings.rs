@@ -143,6 +143,11 @@ pub struct RunArgs {
     /// This node's id among several; default: random at each start.
     #[arg(long = "node-id", env = "IDVB_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,
+    /// 32 random bytes in base64, the same on every node: seals every message between
+    /// nodes. Required with a postgres store; repeat while rotating (the first seals,
+    /// all open) [env: IDVB_CLUSTER_KEYS, comma-separated].
+    #[arg(long = "cluster-key", value_name = "KEY")]
+    pub cluster_keys: Vec<String>,
     /// HTTP worker threads (each runs its own event loop and the session actors it
     /// starts); default: one per CPU the process may run on.
     #[arg(long, env = "IDVB_WORKERS", value_name = "N", value_parser = workers)]
@@ -252,6 +257,9 @@ pub struct Settings {
     pub nats: Option<String>,
     /// This node's id (`--node-id`): the owner of the sessions it runs.
     pub node_id: String,
+    /// The cluster keys (`--cluster-key`), the first sealing; required with a postgres
+    /// store. Never printed (their `Debug` shows a key id only).
+    pub cluster_keys: Vec<idv_actors::seal::ClusterKey>,
     /// Most PostgreSQL connections of this node.
     pub pg_pool_size: usize,
     /// Base of session URLs; `None`: `http://<bound address>`.
@@ -324,6 +332,7 @@ impl Settings {
             db,
             nats: None,
             node_id: random_node_id(),
+            cluster_keys: Vec::new(),
             pg_pool_size: idv_actors::pg::DEFAULT_POOL_SIZE,
             public_url: None,
             api_keys: Vec::new(),
@@ -451,6 +460,26 @@ impl Settings {
                     .into(),
             );
         }
+        let cluster_keys = list(args.cluster_keys, "IDVB_CLUSTER_KEYS")
+            .iter()
+            .map(|k| {
+                idv_actors::seal::ClusterKey::from_base64(k)
+                    .map_err(|e| format!("--cluster-key: {e}"))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        if matches!(store, StoreUrl::Postgres(_)) && cluster_keys.is_empty() {
+            return Err(
+                "--store postgres://… needs --cluster-key: every message between nodes is sealed with it (32 random bytes in base64, the same on every node; e.g. `openssl rand -base64 32`)"
+                    .into(),
+            );
+        }
+        {
+            let mut ids: Vec<_> = cluster_keys.iter().map(|k| k.id()).collect();
+            ids.sort_unstable();
+            if ids.windows(2).any(|w| w[0] == w[1]) {
+                return Err("--cluster-key: the same key is given twice".into());
+            }
+        }
         let node_id = match args.node_id {
             Some(id) => {
                 check_node_id(&id)?;
@@ -504,6 +533,7 @@ impl Settings {
             store,
             nats: args.nats,
             node_id,
+            cluster_keys,
             ..Self::with_db(args.db)
         })
     }
@@ -816,6 +846,8 @@ mod tests {
                 "nats://127.0.0.1:4222",
                 "--node-id",
                 "n-1",
+                "--cluster-key",
+                KEY_1,
             ],
             &[],
         )
@@ -828,6 +860,42 @@ mod tests {
             .expect("refused");
         assert!(err.contains("--store"), "{err}");
         assert!(settings(&["--node-id", "bad id"], &[]).is_err());
+    }
+
+    /// Two cluster keys in base64 (32 bytes each).
+    const KEY_1: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+    const KEY_2: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+
+    #[test]
+    fn a_postgres_store_needs_cluster_keys_of_32_bytes_given_once_each() {
+        let pg = ["--store", "postgres://h/db", "--nats", "nats://h:4222"];
+        let err = settings(&pg, &[]).err().expect("refused");
+        assert!(err.contains("--cluster-key"), "{err}");
+        let with = |extra: &[&str], env: &[(&str, &str)]| {
+            let argv: Vec<&str> = pg.iter().chain(extra).copied().collect();
+            settings(&argv, env)
+        };
+        let s = with(&["--cluster-key", KEY_1, "--cluster-key", KEY_2], &[]).unwrap();
+        assert_eq!(s.cluster_keys.len(), 2);
+        let s = with(&[], &[("IDVB_CLUSTER_KEYS", &format!("{KEY_2},{KEY_1}"))]).unwrap();
+        assert_eq!(
+            s.cluster_keys[0].id(),
+            idv_actors::seal::ClusterKey::from_base64(KEY_2)
+                .unwrap()
+                .id(),
+            "the first given seals"
+        );
+        let err = with(&["--cluster-key", "c2hvcnQ="], &[])
+            .err()
+            .expect("refused");
+        assert!(err.contains("--cluster-key") && err.contains("32"), "{err}");
+        let err = with(&["--cluster-key", KEY_1, "--cluster-key", KEY_1], &[])
+            .err()
+            .expect("refused");
+        assert!(err.contains("twice"), "{err}");
+        // The key is never printed, not even by `Debug`.
+        let s = with(&["--cluster-key", KEY_1], &[]).unwrap();
+        assert!(!format!("{:?}", s.cluster_keys).contains(KEY_1));
     }
 
     #[test]

@@ -1,6 +1,12 @@
 //! Several nodes (SPEC §7): the [`Router`] over NATS, this node's lease, and the
 //! adoption of the sessions of nodes that died.
 //!
+//! Every message on these subjects, and every reply, is sealed under the cluster key
+//! ([`crate::seal`]): a message that does not open, is stale or is a replay is dropped
+//! unanswered and counted, so whoever else reaches NATS can neither read nor command.
+//! An answer carries only what the request it answers returns
+//! ([`SessionRecord::for_wire`](crate::model::SessionRecord::for_wire)).
+//!
 //! Subjects (core NATS, no JetStream):
 //! - `idv.node.<id>.cmd`: request/reply. A command for a session node `<id>` owns, as
 //!   JSON `{session, cmd}`; the reply is `{"Ok": answer}` or `{"Err": error}`, and
@@ -28,8 +34,11 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{Seq, SessionId};
+use crate::model::WireView;
 use crate::registry::{Registry, ServeError};
 use crate::route::{ForwardError, Outbound, RouteFuture, Router, Wire, WireError, WireOk};
+use crate::seal::{ClusterKey, Sealer};
+use crate::session::messages::Caller;
 use crate::session::messages::{Refresh, RotateToken, StageFile, UploadTicket};
 use crate::session_store::ClusterStore;
 use crate::staging::UploadBuffer;
@@ -48,6 +57,8 @@ pub struct ClusterConfig {
     pub adopt_every: Duration,
     /// How long a forwarded command waits for the owner's answer.
     pub request_timeout: Duration,
+    /// The cluster keys (`--cluster-key`): the first seals every message, each opens.
+    pub keys: Vec<ClusterKey>,
 }
 
 impl ClusterConfig {
@@ -60,6 +71,7 @@ impl ClusterConfig {
             renew_every: Duration::from_millis(1500),
             adopt_every: Duration::from_secs(1),
             request_timeout: Duration::from_secs(10),
+            keys: Vec::new(),
         }
     }
 }
@@ -78,6 +90,9 @@ pub enum ClusterError {
         /// Why.
         reason: String,
     },
+    /// No cluster key: messages between nodes could not be sealed.
+    #[error("several nodes need a cluster key (--cluster-key) to seal their messages")]
+    NoKey,
     /// The store refused to register this node.
     #[error("cannot register this node in the store: {0}")]
     Store(String),
@@ -141,7 +156,16 @@ struct Node {
     /// Set when the node hands its sessions over: the lease and adoption loops end,
     /// so the released lease is never renewed and nothing more is taken.
     stopping: std::sync::atomic::AtomicBool,
+    /// Seals what this node sends, opens what it receives, remembers the nonces seen.
+    sealer: Sealer,
+    /// When a dropped message was last logged (unix seconds): one line per
+    /// [`DROP_LOG_EVERY`] at most, so a flood of forgeries cannot flood the log (the
+    /// metric counts each).
+    last_drop_logged: std::sync::atomic::AtomicI64,
 }
+
+/// At most one log line per this many seconds about dropped messages.
+const DROP_LOG_EVERY: i64 = 10;
 
 impl Cluster {
     /// Connects to NATS (on `io`, whose runtime outlives every request), registers this
@@ -157,6 +181,7 @@ impl Cluster {
         if !valid_node_id(&id) {
             return Err(ClusterError::NodeId(id));
         }
+        let sealer = Sealer::new(&id, &config.keys).ok_or(ClusterError::NoKey)?;
         let url = config.nats_url.clone();
         let name = format!("idv-broker {id}");
         let timeout = config.request_timeout;
@@ -196,7 +221,12 @@ impl Cluster {
             uploads: DashMap::new(),
             chunk,
             stopping: std::sync::atomic::AtomicBool::new(false),
+            sealer,
+            last_drop_logged: std::sync::atomic::AtomicI64::new(i64::MIN),
         });
+        for reason in ["unopened", "stale", "replayed"] {
+            metrics::counter!(crate::metrics::CLUSTER_DROPPED, "reason" => reason).increment(0);
+        }
         node.serve_commands().await?;
         registry.set_router(Arc::new(Link(node.clone())));
         node.clone().run_lease();
@@ -276,36 +306,74 @@ impl Node {
             // In order: the chunks of one upload arrive one after another (each waits
             // for its reply), and appending is quick.
             while let Some(msg) = chunks.next().await {
-                let reply = node.take_chunk(&msg.payload);
+                let Some(chunk) = node.open(&msg) else {
+                    continue;
+                };
+                let reply = node.take_chunk(&chunk);
                 if let Some(to) = msg.reply {
-                    let _ = node.nats.publish(to, reply.into()).await;
+                    let sealed = node.sealer.seal(&to, &reply);
+                    let _ = node.nats.publish(to, sealed.into()).await;
                 }
             }
         });
         Ok(())
     }
 
-    async fn answer_command(&self, msg: async_nats::Message) {
-        let Some(reply) = msg.reply else { return };
-        let answer: Result<WireOk, WireError> =
-            match serde_json::from_slice::<Request>(&msg.payload) {
-                Ok(req) => {
-                    let session = req.session;
-                    let res = self.run(session, req.cmd).await;
-                    if let Err(e) = &res {
-                        tracing::info!(%session, kind = ?e.kind, "forwarded command refused");
-                    }
-                    res
+    /// Opens a message from another node, or drops it: counted, and logged at most
+    /// once per [`DROP_LOG_EVERY`] seconds.
+    fn open(&self, msg: &async_nats::Message) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+        match self.sealer.open(msg.subject.as_str(), &msg.payload) {
+            Ok(opened) => Some(zeroize::Zeroizing::new(opened.body)),
+            Err(why) => {
+                let now = chrono::Utc::now().timestamp();
+                let last = self
+                    .last_drop_logged
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if now.saturating_sub(last) >= DROP_LOG_EVERY
+                    && self
+                        .last_drop_logged
+                        .compare_exchange(
+                            last,
+                            now,
+                            std::sync::atomic::Ordering::Relaxed,
+                            std::sync::atomic::Ordering::Relaxed,
+                        )
+                        .is_ok()
+                {
+                    tracing::warn!(
+                        subject = %msg.subject,
+                        reason = why.as_str(),
+                        "dropped a message from NATS that is not a fresh one sealed with the cluster key (counted in idv_cluster_messages_dropped_total; logged once per 10 s)"
+                    );
                 }
-                Err(e) => Err(WireError::from(&crate::SessionError::Invalid(format!(
-                    "a command from another node could not be read: {e}"
-                )))),
-            };
+                None
+            }
+        }
+    }
+
+    async fn answer_command(&self, msg: async_nats::Message) {
+        let Some(body) = self.open(&msg) else { return };
+        let Some(reply) = msg.reply else { return };
+        let answer: Result<WireOk, WireError> = match serde_json::from_slice::<Request>(&body) {
+            Ok(req) => {
+                let session = req.session;
+                let res = self.run(session, req.cmd).await;
+                if let Err(e) = &res {
+                    tracing::info!(%session, kind = ?e.kind, "forwarded command refused");
+                }
+                res
+            }
+            Err(e) => Err(WireError::from(&crate::SessionError::Invalid(format!(
+                "a command from another node could not be read: {e}"
+            )))),
+        };
         match serde_json::to_vec(&answer) {
             Ok(body) => {
+                let body = zeroize::Zeroizing::new(body);
+                let sealed = self.sealer.seal(&reply, &body);
                 let nats = self.nats.clone();
                 self.io.spawn(async move {
-                    let _ = nats.publish(reply, body.into()).await;
+                    let _ = nats.publish(reply, sealed.into()).await;
                 });
             }
             Err(e) => tracing::error!(error = %e, "cannot encode an answer to another node"),
@@ -316,10 +384,27 @@ impl Node {
     async fn run(&self, id: SessionId, cmd: Wire) -> Result<WireOk, WireError> {
         let r = &self.registry;
         let res = match cmd {
-            Wire::Inspect(c) => r.serve(id, c).await.map(WireOk::Record),
-            Wire::Retrieve(c) => r.serve(id, c).await.map(WireOk::Record),
-            Wire::Decide(c) => r.serve(id, c).await.map(WireOk::Record),
-            Wire::Cancel(c) => r.serve(id, c).await.map(WireOk::Record),
+            Wire::Inspect(c) => {
+                let view = match c.caller {
+                    Caller::Backend { .. } => WireView::Session,
+                    Caller::Client { .. } | Caller::Device { .. } => WireView::Status,
+                };
+                r.serve(id, c)
+                    .await
+                    .map(|s| WireOk::Record(s.for_wire(view)))
+            }
+            Wire::Retrieve(c) => r
+                .serve(id, c)
+                .await
+                .map(|s| WireOk::Record(s.for_wire(WireView::Information))),
+            Wire::Decide(c) => r
+                .serve(id, c)
+                .await
+                .map(|s| WireOk::Record(s.for_wire(WireView::Decided))),
+            Wire::Cancel(c) => r
+                .serve(id, c)
+                .await
+                .map(|s| WireOk::Record(s.for_wire(WireView::Session))),
             Wire::RotateToken => r.serve(id, RotateToken).await.map(|()| WireOk::Unit),
             Wire::CheckUpload(c) => r
                 .serve(id, c)
@@ -426,8 +511,15 @@ impl Node {
         }
     }
 
-    async fn request(&self, subject: String, payload: Vec<u8>) -> Result<Vec<u8>, ForwardError> {
+    /// Sends `payload` sealed to `subject` and answers the opened reply. A reply that
+    /// does not open is as no reply: the command may have been carried out.
+    async fn request(
+        &self,
+        subject: String,
+        payload: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, ForwardError> {
         use async_nats::RequestErrorKind;
+        let payload = self.sealer.seal(&subject, payload);
         let nats = self.nats.clone();
         let sent = self
             .io
@@ -435,7 +527,7 @@ impl Node {
             .await
             .map_err(|_| ForwardError::Unreachable)?;
         match sent {
-            Ok(msg) => Ok(msg.payload.to_vec()),
+            Ok(msg) => self.open(&msg).ok_or(ForwardError::NoAnswer),
             Err(e) => Err(match e.kind() {
                 RequestErrorKind::NoResponders => ForwardError::Unreachable,
                 RequestErrorKind::TimedOut => ForwardError::NoAnswer,
@@ -484,7 +576,7 @@ impl Node {
                 payload.extend_from_slice(head.as_bytes());
                 payload.extend_from_slice(&number.to_be_bytes());
                 payload.extend_from_slice(part);
-                let reply = self.request(subject.clone(), payload.to_vec()).await?;
+                let reply = self.request(subject.clone(), &payload).await?;
                 match reply.as_slice() {
                     b"" => {}
                     b"full" => {
@@ -505,12 +597,13 @@ impl Node {
             session: id,
             cmd: out.cmd,
         })
+        .map(zeroize::Zeroizing::new)
         .map_err(|_| {
             ForwardError::Session(crate::SessionError::Unavailable(
                 "a command could not be encoded for another node",
             ))
         })?;
-        let reply = self.request(Self::subject(&node, "cmd"), body).await?;
+        let reply = self.request(Self::subject(&node, "cmd"), &body).await?;
         let answer: Result<WireOk, WireError> = serde_json::from_slice(&reply).map_err(|e| {
             tracing::error!(error = %e, %node, "unreadable answer from another node");
             ForwardError::Session(crate::SessionError::Unavailable(
@@ -633,10 +726,10 @@ impl Router for Link {
 
     fn announce(&self, id: SessionId, seq: Seq) {
         let nats = self.0.nats.clone();
+        let subject = format!("idv.events.{id}");
+        let sealed = self.0.sealer.seal(&subject, seq.to_string().as_bytes());
         self.0.io.spawn(async move {
-            let _ = nats
-                .publish(format!("idv.events.{id}"), seq.to_string().into())
-                .await;
+            let _ = nats.publish(subject, sealed.into()).await;
         });
     }
 
@@ -650,13 +743,18 @@ impl Router for Link {
                     // reads the store: a request nobody answers comes back ("no
                     // responders") only after the server handled everything this
                     // connection sent before it, the subscription included.
-                    let _ = tokio::time::timeout(
-                        FLUSH_WAIT,
-                        nats.request(format!("idv.sync.{}", node.id), Vec::new().into()),
-                    )
-                    .await;
+                    let sync = format!("idv.sync.{}", node.id);
+                    let sealed = node.sealer.seal(&sync, b"");
+                    let _ =
+                        tokio::time::timeout(FLUSH_WAIT, nats.request(sync, sealed.into())).await;
+                    let opener = node.clone();
                     let task = node.io.spawn(async move {
-                        while sub.next().await.is_some() {
+                        while let Some(msg) = sub.next().await {
+                            // Only a sealed announcement wakes the watcher: a forged
+                            // one would cost a store read each.
+                            if opener.open(&msg).is_none() {
+                                continue;
+                            }
                             // A full mailbox already holds a `Refresh`: it reads everything.
                             if let Err(actix::prelude::SendError::Closed(_)) = to.try_send(Refresh)
                             {

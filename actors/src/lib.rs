@@ -11,6 +11,7 @@
 //!   crate's only way to the store.
 //! - `live`: the narrow handle a session actor has on the registry.
 //! - [`cluster`]: several nodes over NATS: the router, the lease, the takeover.
+//! - [`seal`]: messages between nodes sealed under the cluster key, replays dropped.
 //! - [`route`]: how the registry reaches sessions owned by another node ([`route::Router`]).
 //! - [`session_store`]: the store as the actors see it, one object-safe trait.
 //! - [`staging`]: uploads held in memory until approve, under a broker-wide budget.
@@ -37,6 +38,7 @@ pub mod pg;
 pub mod registry;
 pub mod retention;
 pub mod route;
+pub mod seal;
 pub mod session;
 pub mod session_store;
 pub mod staging;

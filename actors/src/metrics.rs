@@ -67,6 +67,10 @@ pub const FORWARDED: &str = "idv_cluster_forwarded_commands_total";
 pub const FORWARD_LATENCY: &str = "idv_cluster_forward_seconds";
 /// Counter: live sessions this node took over from nodes whose lease lapsed.
 pub const ADOPTED: &str = "idv_cluster_adopted_sessions_total";
+/// Counter, by `reason`: messages from NATS dropped unopened (`unopened`: another key,
+/// altered, or not sealed at all), too old or too far ahead (`stale`), or seen before
+/// (`replayed`). Several nodes only.
+pub const CLUSTER_DROPPED: &str = "idv_cluster_messages_dropped_total";
 
 /// Buckets for latencies in seconds: 50 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -197,6 +201,10 @@ fn describe() {
         ADOPTED,
         "Live sessions taken over from nodes whose lease lapsed (several nodes)."
     );
+    describe_counter!(
+        CLUSTER_DROPPED,
+        "Messages between nodes dropped: unopened, stale or replayed (several nodes)."
+    );
 }
 
 /// Registers the counters and gauges whose series are known in advance at zero, so a
@@ -266,6 +274,11 @@ pub fn http_request(route: String, status: u16, elapsed: Duration) {
 pub fn forwarded(outcome: &'static str, elapsed: Duration) {
     metrics::counter!(FORWARDED, "outcome" => outcome).increment(1);
     metrics::histogram!(FORWARD_LATENCY).record(elapsed.as_secs_f64());
+}
+
+/// A message from NATS was dropped, for `reason` ([`crate::seal::Dropped`]).
+pub fn cluster_message_dropped(reason: &'static str) {
+    metrics::counter!(CLUSTER_DROPPED, "reason" => reason).increment(1);
 }
 
 /// This node took `n` sessions over.

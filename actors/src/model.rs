@@ -107,6 +107,62 @@ impl SessionRecord {
     }
 }
 
+/// What an answer to another node may show of a session (SPEC §7: a forwarded answer
+/// carries only what the request it answers returns, never the stored record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireView {
+    /// `GET /v1/sessions/{id}` and `DELETE`: the session without secrets or user data.
+    Session,
+    /// The client's `GET …/status` (and the checks of the QR and the demo).
+    Status,
+    /// The device's `information`: the scopes, the requester and the prefill.
+    Information,
+    /// The device's `update`: the status and where the person goes next.
+    Decided,
+}
+
+impl SessionRecord {
+    /// This session as an answer to another node may show it for `view`: never the
+    /// token's hash, the callback URL or the bound device, and the person's prefill
+    /// only to `information`. What is left out is emptied, not invented: the fields are
+    /// there so the record keeps its type, and nothing reads them on the other side.
+    pub fn for_wire(&self, view: WireView) -> SessionRecord {
+        let r = &self.request;
+        let backend = matches!(view, WireView::Session);
+        let request = SessionRequest {
+            scopes: match view {
+                WireView::Session | WireView::Information => r.scopes.clone(),
+                WireView::Status | WireView::Decided => Vec::new(),
+            },
+            vendor_data: r.vendor_data.clone().filter(|_| backend),
+            external_reference_id: r.external_reference_id.clone().filter(|_| backend),
+            registration: r
+                .registration
+                .clone()
+                .filter(|_| view == WireView::Information),
+            redirect_url: r
+                .redirect_url
+                .clone()
+                .filter(|_| matches!(view, WireView::Session | WireView::Decided)),
+            callback_url: None,
+        };
+        SessionRecord {
+            id: self.id,
+            owner: self.owner.clone(),
+            token_hash: crate::ids::TokenHash([0; 32]),
+            status: self.status,
+            seq: self.seq,
+            request: std::sync::Arc::new(request),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            expires_at: self.expires_at,
+            decided_at: self.decided_at,
+            device: None,
+            consent: self.consent.clone().filter(|_| backend),
+        }
+    }
+}
+
 /// A committed transition, as the events log keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionEvent {

@@ -131,12 +131,18 @@ fn start(args: &Args, rt: &tokio::runtime::Runtime) -> Cluster {
         made_db: Some((admin, name)),
     };
     let bin = broker_bin();
+    // The same on every node, new at each run (SPEC §7: messages between nodes sealed).
+    let cluster_key = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(rand_key())
+    };
     // Node ids are NATS subjects: suffixed, so no other cluster on this NATS answers.
     for name in ["a", "b", "c"] {
         let id = &format!("{name}-{}", std::process::id());
         let mut child = Command::new(&bin)
             .args(["--bind", "127.0.0.1:0", "--rate-limit", "0"])
             .args(["--store", &store, "--nats", &nats, "--node-id", id])
+            .args(["--cluster-key", &cluster_key])
             .args(["--api-key", &format!("bench={}", args.api_key)])
             .args(["--issuer", &args.issuer])
             .env("RUST_LOG", "warn")
@@ -515,4 +521,13 @@ pub(crate) fn main(args: &Args, rt: &tokio::runtime::Runtime) {
     });
     println!("(run took {:.1} s)", total.elapsed().as_secs_f64());
     drop(cluster);
+}
+
+/// 32 random bytes, from the kernel.
+fn rand_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut key);
+    }
+    key
 }

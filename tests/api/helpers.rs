@@ -20,6 +20,8 @@ use serde_json::{json, Value};
 
 /// The backend key every test app accepts, and its name. Keys and secrets are at least
 /// 16 bytes: the broker refuses shorter ones.
+/// The cluster key of a broker on PostgreSQL (SPEC §7: required there).
+pub const CLUSTER_KEY: &str = "dGVzdC1jbHVzdGVyLWtleS0zMi1ieXRlcy1sb25nISE=";
 pub const API_KEY: &str = "test-key-1-acme-bank";
 pub const API_KEY_NAME: &str = "Acme Bank";
 /// A second backend, to prove isolation.
@@ -195,6 +197,8 @@ async fn start(
             std::env::var("IDVB_TEST_NATS")
                 .expect("IDVB_TEST_STORE=postgres needs IDVB_TEST_NATS (scripts/services.sh env)"),
         );
+        settings.cluster_keys = vec![idv_actors::seal::ClusterKey::from_base64(CLUSTER_KEY)
+            .expect("the test cluster key is 32 bytes")];
     }
     adjust(&mut settings);
     let app = Application::build(settings)
@@ -639,6 +643,8 @@ pub async fn spawn_binary(
                     &nats,
                     "--node-id",
                     &pg.node_id,
+                    "--cluster-key",
+                    CLUSTER_KEY,
                 ]);
             }
             _ => {

@@ -363,7 +363,16 @@ async fn a_postgres_store_without_nats_an_unknown_store_or_an_unreachable_server
     for args in [
         vec!["--store", "postgres://idv@127.0.0.1/idv"],
         vec!["--store", "mysql://idv@127.0.0.1/idv"],
+        // Without a cluster key: messages between nodes could not be sealed.
         vec!["--store", unreachable, "--nats", "nats://127.0.0.1:4222"],
+        vec![
+            "--store",
+            unreachable,
+            "--nats",
+            "nats://127.0.0.1:4222",
+            "--cluster-key",
+            CLUSTER_KEY,
+        ],
         vec!["--store", unreachable, "--nats", "http://127.0.0.1:4222"],
         // A dot would split the node's NATS subjects: refused before anything opens.
         vec![
@@ -371,6 +380,8 @@ async fn a_postgres_store_without_nats_an_unknown_store_or_an_unreachable_server
             unreachable,
             "--nats",
             "nats://127.0.0.1:4222",
+            "--cluster-key",
+            CLUSTER_KEY,
             "--node-id",
             "a.b",
         ],
@@ -382,7 +393,13 @@ async fn a_postgres_store_without_nats_an_unknown_store_or_an_unreachable_server
         assert!(!stdout.contains("listening on"), "{args:?}");
         assert_one_line(&stderr);
         assert!(!stderr.contains("pw-not-shown"), "{stderr}");
-        let named = ["--store", "--nats", "--node-id", "database"];
+        let named = [
+            "--store",
+            "--nats",
+            "--node-id",
+            "--cluster-key",
+            "database",
+        ];
         assert!(
             named.iter().any(|n| stderr.contains(n)),
             "{args:?}: {stderr}"

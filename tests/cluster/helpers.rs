@@ -16,6 +16,8 @@ pub const API_KEY_NAME: &str = "Acme Bank";
 /// The trusted device issuer and its secret (the same on every node).
 pub const ISSUER: &str = "phone-app";
 pub const ISSUER_SECRET: &str = "cluster-issuer-secret-for-tests";
+/// The cluster key of every node (32 bytes in base64; SPEC §7).
+pub const CLUSTER_KEY: &str = "Y2x1c3Rlci10ZXN0LWtleS0zMi1ieXRlcy1sb25nISE=";
 /// The webhook signing secret of every node.
 pub const WEBHOOK_SECRET: &str = "cluster-webhook-secret";
 /// The nodes' names, in the order of [`Cluster::nodes`]. Their `--node-id` adds the
@@ -502,6 +504,7 @@ async fn start_node(
     command
         .args(["--bind", "127.0.0.1:0", "--rate-limit", "0"])
         .args(["--store", store, "--nats", nats, "--node-id", id])
+        .args(["--cluster-key", CLUSTER_KEY])
         .args(["--api-key", &format!("{API_KEY_NAME}={API_KEY}")])
         .args(["--issuer", &format!("{ISSUER}={ISSUER_SECRET}")]);
     if options.webhooks {

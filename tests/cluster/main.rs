@@ -15,7 +15,7 @@
 //! - `receiver`: a webhook receiver that checks order and signatures;
 //! - the tests: `routing` (any node answers, pushes reach every node), `expiry`,
 //!   `webhooks`, `failover` (`kill -9` of an owner), `handover` (SIGTERM) and
-//!   `readiness` (NATS lost and back).
+//!   `readiness` (NATS lost and back), `sealing` (what NATS sees, and forged messages).
 
 mod helpers;
 mod load;
@@ -28,4 +28,5 @@ mod failover;
 mod handover;
 mod readiness;
 mod routing;
+mod sealing;
 mod webhooks;

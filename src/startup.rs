@@ -178,26 +178,25 @@ impl Application {
                 max_staged_bytes: settings.max_staged_bytes,
             },
         );
+        // Several nodes: this process takes its node id's lease before it reads or
+        // expires any of its sessions, so a paused or second process with the same
+        // node id commits nothing meanwhile (SPEC §7: fencing by process).
+        let cluster_config = settings.nats.as_ref().map(|nats| ClusterConfig {
+            keys: settings.cluster_keys.clone(),
+            ..ClusterConfig::new(nats.clone())
+        });
+        if let (Some(cluster), Some(config)) = (&cluster, &cluster_config) {
+            idv_actors::cluster::take_lease(cluster.as_ref(), config.lease_ttl).await?;
+        }
         let (expired, restored) = registry.restore().await.map_err(db_error)?;
         registry.start_expiry_sweep(EXPIRY_SWEEP_EVERY);
         // Several nodes (SPEC §7): join after the restore took this node's sessions back
         // (nothing of another node's may start here before), then take commands and
         // orphans. SQLite runs as one node.
-        let node = match (&cluster, &store_io, &settings.nats) {
-            (Some(cluster), Some(io), Some(nats)) => {
+        let node = match (&cluster, &store_io, cluster_config) {
+            (Some(cluster), Some(io), Some(config)) => {
                 let handle = io.handle().ok_or_else(|| db_error(StoreError::Closed))?;
-                Some(
-                    Cluster::start(
-                        ClusterConfig {
-                            keys: settings.cluster_keys.clone(),
-                            ..ClusterConfig::new(nats.clone())
-                        },
-                        handle,
-                        cluster.clone(),
-                        registry.clone(),
-                    )
-                    .await?,
-                )
+                Some(Cluster::start(config, handle, cluster.clone(), registry.clone()).await?)
             }
             (Some(_), _, None) => {
                 return Err(StartError::Config(

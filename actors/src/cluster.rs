@@ -63,14 +63,16 @@ pub struct ClusterConfig {
 
 impl ClusterConfig {
     /// The defaults: a 5 s lease renewed every 1.5 s, orphans looked for every second,
-    /// so a dead node's sessions are taken over within about 6 s (SPEC §7: 10 s).
+    /// so a dead node's sessions are taken over within about 6 s (SPEC §7: 10 s). A
+    /// forwarded command waits 3 s for its answer: less than a lease, so an owner that
+    /// stalls is given up on before its sessions move, and the retry finds the new one.
     pub fn new(nats_url: impl Into<String>) -> Self {
         Self {
             nats_url: nats_url.into(),
             lease_ttl: Duration::from_secs(5),
             renew_every: Duration::from_millis(1500),
             adopt_every: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(3),
             keys: Vec::new(),
         }
     }
@@ -93,6 +95,10 @@ pub enum ClusterError {
     /// No cluster key: messages between nodes could not be sealed.
     #[error("several nodes need a cluster key (--cluster-key) to seal their messages")]
     NoKey,
+    /// Another process holds this node id's lease, and kept renewing it while this one
+    /// waited: two processes never run as one node (SPEC §7).
+    #[error("node id {0:?} is in use by another running process (it keeps renewing its lease); give this one another --node-id, or stop that one")]
+    NodeIdInUse(String),
     /// The store refused to register this node.
     #[error("cannot register this node in the store: {0}")]
     Store(String),
@@ -104,6 +110,40 @@ const ADOPT_BATCH: usize = 500;
 /// How long an upload held for another node waits for its bytes: the upload timeout
 /// (SPEC §3: 30 s) with room to spare. Swept with the lease's beat.
 const PARKED_UPLOAD_TTL: Duration = Duration::from_secs(60);
+
+/// How much sooner than the database's end of the lease this process stops trusting
+/// it, by its own monotonic clock: covers the clocks' rates drifting apart and the
+/// time between a check and the answer it allows (docs/cluster.md, "Reads behind the
+/// lease").
+pub const LEASE_MARGIN: Duration = Duration::from_secs(1);
+
+/// Takes this node id's lease for this process before anything of its sessions is
+/// read or committed (the restore at start expires what is overdue: under the lease).
+/// A lease another process holds is waited for until it lapses (a process that was
+/// `kill -9`ed and restarted at once); if that process keeps renewing it for twice
+/// the lease's length, this one gives up ([`ClusterError::NodeIdInUse`], exit 2).
+pub async fn take_lease(store: &dyn ClusterStore, ttl: Duration) -> Result<(), ClusterError> {
+    let id = store.node_id().to_owned();
+    if !valid_node_id(&id) {
+        return Err(ClusterError::NodeId(id));
+    }
+    let deadline = Instant::now() + ttl * 2 + Duration::from_secs(1);
+    let mut said = false;
+    loop {
+        match store.register_node(ttl).await {
+            Ok(true) => return Ok(()),
+            Ok(false) if Instant::now() < deadline => {
+                if !said {
+                    said = true;
+                    tracing::warn!(node = %id, "another process holds this node id's lease; waiting for it to lapse");
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Ok(false) => return Err(ClusterError::NodeIdInUse(id)),
+            Err(e) => return Err(ClusterError::Store(e.to_string())),
+        }
+    }
+}
 
 /// Longest wait for NATS to confirm a watcher's subscription, or to flush at stop.
 const FLUSH_WAIT: Duration = Duration::from_secs(1);
@@ -158,6 +198,15 @@ struct Node {
     stopping: std::sync::atomic::AtomicBool,
     /// Seals what this node sends, opens what it receives, remembers the nonces seen.
     sealer: Sealer,
+    /// The origin of [`Node::lease_until`].
+    epoch: Instant,
+    /// Until when this process trusts its lease, in ms since `epoch` (monotonic): the
+    /// time a successful renewal was sent, plus the lease, less [`LEASE_MARGIN`]. The
+    /// database ends the lease no sooner than that, so another node cannot have taken a
+    /// session of this one before it.
+    lease_until: std::sync::atomic::AtomicU64,
+    /// One renewal on demand at a time; the others wait for its outcome.
+    confirming: tokio::sync::Mutex<()>,
     /// When a dropped message was last logged (unix seconds): one line per
     /// [`DROP_LOG_EVERY`] at most, so a flood of forgeries cannot flood the log (the
     /// metric counts each).
@@ -182,6 +231,10 @@ impl Cluster {
             return Err(ClusterError::NodeId(id));
         }
         let sealer = Sealer::new(&id, &config.keys).ok_or(ClusterError::NoKey)?;
+        // Normally taken already, before the restore (`take_lease`); taken again here
+        // (this process's own: it is extended) so that the clock below starts now.
+        let registered_at = Instant::now();
+        take_lease(store.as_ref(), config.lease_ttl).await?;
         let url = config.nats_url.clone();
         let name = format!("idv-broker {id}");
         let timeout = config.request_timeout;
@@ -206,10 +259,6 @@ impl Cluster {
         let max_payload = nats.server_info().max_payload;
         // Room for the header and the protocol line; at most 512 KiB per message.
         let chunk = max_payload.saturating_sub(1024).clamp(4096, 512 * 1024);
-        store
-            .register_node(config.lease_ttl)
-            .await
-            .map_err(|e| ClusterError::Store(e.to_string()))?;
         let node = Arc::new(Node {
             id,
             nats,
@@ -223,7 +272,11 @@ impl Cluster {
             stopping: std::sync::atomic::AtomicBool::new(false),
             sealer,
             last_drop_logged: std::sync::atomic::AtomicI64::new(i64::MIN),
+            epoch: Instant::now(),
+            lease_until: std::sync::atomic::AtomicU64::new(0),
+            confirming: tokio::sync::Mutex::new(()),
         });
+        node.lease_renewed(registered_at);
         for reason in ["unopened", "stale", "replayed"] {
             metrics::counter!(crate::metrics::CLUSTER_DROPPED, "reason" => reason).increment(0);
         }
@@ -265,6 +318,71 @@ impl Cluster {
 impl Node {
     fn subject(node: &str, what: &str) -> String {
         format!("idv.node.{node}.{what}")
+    }
+
+    /// A renewal sent at `sent` succeeded: the lease is trusted until `sent` plus the
+    /// lease, less the margin.
+    fn lease_renewed(&self, sent: Instant) {
+        let until = (sent + self.config.lease_ttl).saturating_duration_since(self.epoch);
+        let until = until.saturating_sub(LEASE_MARGIN).as_millis() as u64;
+        self.lease_until
+            .fetch_max(until, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn lease_fresh(&self) -> bool {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        now < self.lease_until.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Renews the lease now (a request found it not fresh); on a lapse, lets every
+    /// session go and registers afresh.
+    async fn confirm_lease(&self) -> bool {
+        let _one = self.confirming.lock().await;
+        if self.lease_fresh() {
+            // Renewed by whoever held the lock before.
+            return true;
+        }
+        if self.stopping.load(std::sync::atomic::Ordering::Acquire)
+            || self.nats.connection_state() != async_nats::connection::State::Connected
+        {
+            return false;
+        }
+        let sent = Instant::now();
+        match self.store.renew_lease(self.config.lease_ttl).await {
+            Ok(true) => {
+                self.lease_renewed(sent);
+                true
+            }
+            Ok(false) => {
+                self.lapsed().await;
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew this node's lease");
+                false
+            }
+        }
+    }
+
+    /// This process's lease lapsed (it was paused, or cut off from the database):
+    /// another node may have taken any of its sessions, so it lets them all go, then
+    /// takes a new lease (later claims take new epochs). If another process took this
+    /// node id meanwhile, this one is an impostor now: it exits.
+    async fn lapsed(&self) {
+        tracing::warn!(node = %self.id, "this node's lease lapsed; letting its sessions go");
+        self.registry.relinquish_all(false);
+        let sent = Instant::now();
+        match self.store.register_node(self.config.lease_ttl).await {
+            Ok(true) => self.lease_renewed(sent),
+            Ok(false) => {
+                tracing::error!(
+                    node = %self.id,
+                    "another process took this node id while this one was stalled; exiting (it commits nothing and serves nothing now)"
+                );
+                std::process::exit(2);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot register this node again"),
+        }
     }
 
     /// Answers the commands and upload chunks other nodes send for this node's sessions.
@@ -647,16 +765,20 @@ impl Node {
                 } else {
                     cut_off = None;
                 }
-                match self.store.renew_lease(self.config.lease_ttl).await {
-                    Ok(true) => {}
+                let sent = Instant::now();
+                let renewed = {
+                    let _one = self.confirming.lock().await;
+                    self.store.renew_lease(self.config.lease_ttl).await
+                };
+                match renewed {
+                    Ok(true) => self.lease_renewed(sent),
                     Ok(false) => {
                         if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
                             break;
                         }
-                        tracing::warn!(node = %self.id, "this node's lease lapsed; letting its sessions go");
-                        self.registry.relinquish_all(false);
-                        if let Err(e) = self.store.register_node(self.config.lease_ttl).await {
-                            tracing::error!(error = %e, "cannot register this node again");
+                        let _one = self.confirming.lock().await;
+                        if !self.lease_fresh() {
+                            self.lapsed().await;
                         }
                     }
                     Err(crate::store::StoreError::Closed) => break,
@@ -782,6 +904,15 @@ impl Router for Link {
 
     fn ready(&self) -> bool {
         self.0.nats.connection_state() == async_nats::connection::State::Connected
+    }
+
+    fn lease_fresh(&self) -> bool {
+        self.0.lease_fresh()
+    }
+
+    fn confirm_lease(&self) -> RouteFuture<bool> {
+        let node = self.0.clone();
+        Box::pin(async move { node.confirm_lease().await })
     }
 
     fn released(&self, id: SessionId) {

@@ -167,6 +167,11 @@ struct Inner {
     remote: DashMap<SessionId, String>,
     /// Set when this node hands its sessions over (SIGTERM): it takes none any more.
     handing_over: AtomicBool,
+    /// Owner actors started before this generation were told to let their sessions go
+    /// (this node's lease lapsed): until they stop, lookups pass them by, so nothing
+    /// is answered from what they remember (SPEC §7: no read older than a transition
+    /// another node acknowledged).
+    fence: AtomicU64,
 }
 
 impl Registry {
@@ -186,6 +191,7 @@ impl Registry {
                 router: OnceLock::new(),
                 remote: DashMap::new(),
                 handing_over: AtomicBool::new(false),
+                fence: AtomicU64::new(0),
             }),
         }
     }
@@ -344,6 +350,11 @@ impl Registry {
         if for_good {
             self.inner.handing_over.store(true, Ordering::Release);
         }
+        // Before the messages go: from here on no lookup hands out these actors.
+        self.inner.fence.store(
+            self.inner.generations.load(Ordering::Acquire),
+            Ordering::Release,
+        );
         for entry in self.inner.live.iter() {
             if !entry.value().watching {
                 entry.value().addr.do_send(Relinquish);
@@ -371,14 +382,30 @@ impl Registry {
     /// Finds a session: its live actor (rehydrated if needed), its owner node if another
     /// node runs it, or its terminal record.
     pub async fn lookup(&self, id: SessionId) -> Result<Option<Lookup>, StoreError> {
-        if let Some((addr, watching)) = self
+        if let Some((addr, watching, generation)) = self
             .inner
             .live
             .get(&id)
-            .map(|l| (l.addr.clone(), l.watching))
+            .map(|l| (l.addr.clone(), l.watching, l.generation))
         {
-            if !addr.connected() {
+            // An owner actor answers from memory only while this node's lease is
+            // surely valid (SPEC §7); else the lease is renewed first, and if it had
+            // lapsed, every owner actor here is let go (fenced) and the session is
+            // looked up afresh: it may be another node's now.
+            let trusted = watching
+                || match self.inner.router.get() {
+                    Some(router) => router.lease_fresh() || router.confirm_lease().await,
+                    None => true,
+                };
+            let fenced = generation.0 < self.inner.fence.load(Ordering::Acquire);
+            if !addr.connected() || (!watching && fenced) {
+                // Stopped, or letting its session go.
                 self.forget(id, &addr);
+            } else if !trusted {
+                // The lease could not be renewed (the store is unreachable): whether
+                // another node took the session cannot be known. The actor stays; the
+                // request is answered `503`.
+                return Err(StoreError::NoLease);
             } else if !watching {
                 return Ok(Some(Lookup::Live(addr)));
             }
@@ -582,11 +609,14 @@ impl Registry {
                         Err(ForwardError::NotOwner) | Err(ForwardError::Unreachable) => true,
                         Err(ForwardError::NoAnswer) if cmd.retry_safe() => true,
                         Err(ForwardError::NoAnswer) => {
+                            // The route goes too: the owner may be stalled, and the
+                            // client's retry must not wait on it again (SPEC §7).
+                            self.inner.remote.remove(&id);
                             return Err(SessionError::Unavailable(
                                 "the node that runs this session did not answer; \
                                  read the session before trying again",
                             )
-                            .into())
+                            .into());
                         }
                     };
                     // Ask the store again who owns it; its owner may have died, in which

@@ -133,9 +133,12 @@ impl From<&SessionError> for WireError {
             SessionError::Unavailable(_) => WireErrorKind::Unavailable,
             SessionError::Restarted => WireErrorKind::Restarted,
             // Refusals of a busy or closing store are `503` here as there.
-            SessionError::Store(StoreError::Busy | StoreError::Closed) => {
-                WireErrorKind::Unavailable
-            }
+            SessionError::Store(
+                StoreError::Busy
+                | StoreError::Closed
+                | StoreError::NoLease
+                | StoreError::Unavailable(_),
+            ) => WireErrorKind::Unavailable,
             SessionError::Store(_) => WireErrorKind::Store,
         };
         let status = match e {
@@ -149,6 +152,12 @@ impl From<&SessionError> for WireError {
             }
             SessionError::Store(StoreError::Closed) => {
                 "the node that runs this session is shutting down; try again".to_owned()
+            }
+            SessionError::Store(StoreError::NoLease) => {
+                "the node that runs this session is rejoining the cluster; try again".to_owned()
+            }
+            SessionError::Store(StoreError::Unavailable(_)) => {
+                "the database is unavailable; try again shortly".to_owned()
             }
             SessionError::Store(_) => String::new(),
             e => e.to_string(),
@@ -257,6 +266,14 @@ pub trait Router: Send + Sync + 'static {
 
     /// Whether the link to the other nodes is up (readiness).
     fn ready(&self) -> bool;
+
+    /// Whether this node's lease is surely valid now, by this process's monotonic
+    /// clock with a margin: an owner actor may answer from memory only then.
+    fn lease_fresh(&self) -> bool;
+
+    /// Renews this node's lease now; `false` if it lapsed (every owner actor here has
+    /// been told to let its session go) or the store cannot be reached.
+    fn confirm_lease(&self) -> RouteFuture<bool>;
 
     /// This node no longer runs an actor for `id` (it ended, moved, or was only
     /// watched): the store forgets the ownership epoch it held for it.

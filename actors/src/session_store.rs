@@ -153,8 +153,9 @@ pub trait ClusterStore: Send + Sync + 'static {
     /// This node's id.
     fn node_id(&self) -> &str;
 
-    /// Upserts this node's row with a lease of `ttl` from now.
-    fn register_node(&self, ttl: Duration) -> StoreFuture<'_, ()>;
+    /// Takes this node id's lease for this process, `ttl` from now: answers `false`
+    /// while another process (another incarnation of the node id) holds it.
+    fn register_node(&self, ttl: Duration) -> StoreFuture<'_, bool>;
 
     /// Extends this node's lease by `ttl` from now if it is still valid; `false` if it
     /// had lapsed (others may have adopted its sessions: re-register).

@@ -230,6 +230,14 @@ impl From<idv_actors::store::StoreError> for ApiError {
             idv_actors::store::StoreError::Closed => {
                 ApiError::unavailable("the broker is shutting down", 5)
             }
+            idv_actors::store::StoreError::NoLease => {
+                ApiError::unavailable("this node is rejoining the cluster; try again", 1)
+            }
+            idv_actors::store::StoreError::Unavailable(e) => {
+                // The cause goes to the log (once per request), not to the client.
+                tracing::warn!(error = %e, "the database is unavailable");
+                ApiError::unavailable("the database is unavailable; try again shortly", 2)
+            }
             e => ApiError::internal(format!("store: {e}")),
         }
     }

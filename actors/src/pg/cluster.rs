@@ -1,16 +1,22 @@
 //! Leases, claims and orphan adoption ([`ClusterStore`](crate::session_store::ClusterStore)).
 //!
 //! A node's lease is a row of `nodes` whose `lease_until` is measured by the database's
-//! clock ([`DB_NOW`]), so clock skew between nodes never matters. Only a node that holds
-//! a valid lease itself takes a session (on request, or in a batch): one without would
-//! lose it again at once. A session whose owner
-//! has no valid lease may be taken by any node, which bumps `owner_epoch`: the old
-//! owner's commits then fail the guard ([`StoreError::NotOwner`]).
+//! clock ([`DB_NOW`]), so clock skew between nodes never matters. The lease is held by
+//! one *incarnation* of the node id (one process, [`Shared::incarnation`]): another
+//! process with the same `--node-id` takes it only once it lapsed, and from then on the
+//! first process's renewals and commits are refused ([`lease_held`]).
+//!
+//! Only a process that holds a valid lease takes a session (on request, or in a batch):
+//! one without would lose it again at once. Every take bumps `owner_epoch`, whoever
+//! owned the row before: a session whose owner has no valid lease, a session of this
+//! node id that this process does not run yet (after a restart, or after its lease
+//! lapsed and came back), so the commits of any earlier holder fail the guard
+//! ([`StoreError::NotOwner`]).
 
 use std::time::Duration;
 
 use super::sessions::{session_columns_of, session_from_row};
-use super::{execute, limit, query, query_opt, Shared, DB_NOW};
+use super::{execute, lease_held, limit, query, query_opt, Shared, DB_NOW};
 use crate::ids::SessionId;
 use crate::model::SessionRecord;
 use crate::session_store::Claim;
@@ -22,22 +28,35 @@ fn ttl_ms(ttl: Duration) -> i64 {
 }
 
 impl Shared {
-    /// Who owns live session `id`, taking it when its owner's lease has lapsed.
+    /// Notes that this process holds `id` at `epoch`. Two claims of one session may
+    /// finish in either order: the higher epoch is the one the row has.
+    pub(crate) fn hold(&self, id: SessionId, epoch: i64) {
+        self.held
+            .entry(id)
+            .and_modify(|e| *e = (*e).max(epoch))
+            .or_insert(epoch);
+    }
+
+    /// Who owns live session `id`, taking it (with a new epoch) when its owner's lease
+    /// has lapsed, or when it is this node id's but this process does not hold it. Only
+    /// called when no actor of this process runs the session.
     pub(crate) async fn claim(&self, id: SessionId) -> Result<Claim, StoreError> {
         let conn = self.conn().await?;
         let key = id.to_string();
         let sql = format!(
             "UPDATE sessions s SET owner_node = $2, owner_epoch = s.owner_epoch + 1 \
-             WHERE s.id = $1 AND s.status IN {live} AND s.owner_node <> $2 \
-               AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = s.owner_node \
-                               AND n.lease_until > {DB_NOW}) \
-               AND EXISTS (SELECT 1 FROM nodes m WHERE m.node_id = $2 \
-                           AND m.lease_until > {DB_NOW}) \
+             WHERE s.id = $1 AND s.status IN {live} \
+               AND (s.owner_node = $2 \
+                    OR NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = s.owner_node \
+                                   AND n.lease_until > {DB_NOW})) \
+               AND {mine} \
              RETURNING s.owner_epoch",
-            live = Status::live_sql()
+            live = Status::live_sql(),
+            mine = lease_held("$2", "$3"),
         );
-        if let Some(row) = query_opt(&conn, &sql, &[&key, &self.node_id]).await? {
-            self.held.insert(id, row.try_get(0)?);
+        if let Some(row) = query_opt(&conn, &sql, &[&key, &self.node_id, &self.incarnation]).await?
+        {
+            self.hold(id, row.try_get(0)?);
             return Ok(Claim::Mine);
         }
         let sql = format!(
@@ -49,34 +68,49 @@ impl Shared {
             return Ok(Claim::NotLive);
         };
         let owner: String = row.try_get(0)?;
+        self.held.remove(&id);
         if owner == self.node_id {
-            self.held.insert(id, row.try_get(1)?);
-            Ok(Claim::Mine)
+            // This node id's, and live, yet not taken: this process holds no lease
+            // (it lapsed, or another process with this node id holds it).
+            Err(StoreError::NoLease)
         } else {
-            self.held.remove(&id);
             Ok(Claim::Other(owner))
         }
     }
 
-    /// Upserts this node's lease.
-    pub(crate) async fn register_node(&self, ttl: Duration) -> Result<(), StoreError> {
+    /// Takes this node id's lease for this process: a new row, a lease that lapsed,
+    /// or this process's own; `false` while another process holds it.
+    pub(crate) async fn register_node(&self, ttl: Duration) -> Result<bool, StoreError> {
         let conn = self.conn().await?;
         let sql = format!(
-            "INSERT INTO nodes (node_id, lease_until) VALUES ($1, {DB_NOW} + $2) \
-             ON CONFLICT (node_id) DO UPDATE SET lease_until = excluded.lease_until"
+            "INSERT INTO nodes (node_id, lease_until, incarnation) VALUES ($1, {DB_NOW} + $2, $3) \
+             ON CONFLICT (node_id) DO UPDATE \
+             SET lease_until = excluded.lease_until, incarnation = excluded.incarnation \
+             WHERE nodes.incarnation = excluded.incarnation OR nodes.lease_until <= {DB_NOW}"
         );
-        execute(&conn, &sql, &[&self.node_id, &ttl_ms(ttl)]).await?;
-        Ok(())
+        Ok(execute(
+            &conn,
+            &sql,
+            &[&self.node_id, &ttl_ms(ttl), &self.incarnation],
+        )
+        .await?
+            == 1)
     }
 
-    /// Extends this node's lease if it is still valid.
+    /// Extends this process's lease if it is still valid.
     pub(crate) async fn renew_lease(&self, ttl: Duration) -> Result<bool, StoreError> {
         let conn = self.conn().await?;
         let sql = format!(
             "UPDATE nodes SET lease_until = {DB_NOW} + $2 \
-             WHERE node_id = $1 AND lease_until > {DB_NOW}"
+             WHERE node_id = $1 AND incarnation = $3 AND lease_until > {DB_NOW}"
         );
-        Ok(execute(&conn, &sql, &[&self.node_id, &ttl_ms(ttl)]).await? == 1)
+        Ok(execute(
+            &conn,
+            &sql,
+            &[&self.node_id, &ttl_ms(ttl), &self.incarnation],
+        )
+        .await?
+            == 1)
     }
 
     /// Takes over up to `n` sessions of lapsed nodes that are live or have pending
@@ -98,8 +132,7 @@ impl Shared {
                    AND o.owner_node <> $1 \
                    AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = o.owner_node \
                                    AND n.lease_until > {DB_NOW}) \
-                   AND EXISTS (SELECT 1 FROM nodes m WHERE m.node_id = $1 \
-                               AND m.lease_until > {DB_NOW}) \
+                   AND {mine} \
                  ORDER BY (o.status IN {live}) DESC \
                  LIMIT $2 FOR UPDATE OF o SKIP LOCKED) \
              UPDATE sessions s SET owner_node = $1, owner_epoch = s.owner_epoch + 1 \
@@ -109,15 +142,16 @@ impl Shared {
                          AND w.state = 'pending')",
             live = Status::live_sql(),
             columns = session_columns_of("s"),
+            mine = lease_held("$1", "$3"),
         );
-        let rows = query(&conn, &sql, &[&self.node_id, &limit(n)]).await?;
+        let rows = query(&conn, &sql, &[&self.node_id, &limit(n), &self.incarnation]).await?;
         let mut live = Vec::new();
         let mut outbox = false;
         for row in rows {
             outbox |= row.try_get::<_, bool>(21)?;
             if row.try_get::<_, bool>(20)? {
                 let record = session_from_row(&row)?;
-                self.held.insert(record.id, row.try_get(19)?);
+                self.hold(record.id, row.try_get(19)?);
                 live.push(record);
             }
         }
@@ -132,8 +166,8 @@ impl Shared {
         let conn = self.conn().await?;
         execute(
             &conn,
-            "UPDATE nodes SET lease_until = 0 WHERE node_id = $1",
-            &[&self.node_id],
+            "UPDATE nodes SET lease_until = 0 WHERE node_id = $1 AND incarnation = $2",
+            &[&self.node_id, &self.incarnation],
         )
         .await?;
         self.held.clear();

@@ -61,6 +61,15 @@ use crate::write::TransitionWrite;
 /// window share one VACUUM (SPEC §2 allows 5 s for SQLite's files).
 pub const SCRUB_DELAY: Duration = Duration::from_millis(1000);
 
+/// How long a connection may sit inside a transaction without a statement before the
+/// server ends it (PostgreSQL's `idle_in_transaction_session_timeout`).
+pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a statement waits for a row lock (`lock_timeout`).
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one statement may run (`statement_timeout`); the migrations and the
+/// scrubber's `VACUUM` lift it for themselves.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// How long a new connection may take (an unreachable server fails the start).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -107,6 +116,10 @@ pub(crate) struct Shared {
     pool: Pool,
     /// This node's id: `owner_node` of the sessions it runs, its row in `nodes`.
     node_id: String,
+    /// This process's incarnation of the node, random at each start: the lease is
+    /// held by one incarnation, and every commit checks that it is this one's
+    /// (fencing by process, SPEC §7).
+    incarnation: String,
     /// The epoch this node holds for each session whose actor it runs: what the commit
     /// guard compares with the row's `owner_epoch`. Removed when a committed transition
     /// is terminal, on hand-over and when the actor stops running here.
@@ -127,9 +140,47 @@ pub(crate) struct Shared {
 }
 
 impl From<tokio_postgres::Error> for StoreError {
+    /// A database that cannot be reached, or that gave up on a statement (a lock or
+    /// statement timeout, a server shutting down) is [`StoreError::Unavailable`]: the
+    /// request is answered `503` and may be tried again (SPEC §7). Anything else is a
+    /// fault of this broker's SQL or data, a `500`.
     fn from(e: tokio_postgres::Error) -> Self {
-        StoreError::Postgres(Arc::new(e))
+        if transient(&e) {
+            StoreError::Unavailable(Arc::new(e))
+        } else {
+            StoreError::Postgres(Arc::new(e))
+        }
     }
+}
+
+/// Whether a PostgreSQL error says "not now" rather than "never".
+fn transient(e: &tokio_postgres::Error) -> bool {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        // 08: connection exception; 57P01-03: the server is shutting down or starting;
+        // 57014: a statement timeout; 55P03: a lock timeout; 25P03: idle in a
+        // transaction too long; 53: out of resources; 40001/40P01: retry the transaction.
+        return code.starts_with("08")
+            || code.starts_with("53")
+            || matches!(
+                code,
+                "57P01" | "57P02" | "57P03" | "57014" | "55P03" | "25P03" | "40001" | "40P01"
+            );
+    }
+    if e.is_closed() {
+        return true;
+    }
+    // The connection's own failures (refused, reset, TLS, a connect timeout) carry an
+    // I/O error or say so; a row that does not decode does neither.
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<std::io::Error>().is_some() {
+            return true;
+        }
+        source = s.source();
+    }
+    let text = e.to_string();
+    text.contains("connect") || text.contains("timeout") || text.contains("timed out")
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
@@ -139,14 +190,27 @@ impl From<deadpool_postgres::PoolError> for StoreError {
             PoolError::Closed => StoreError::Closed,
             // Every connection is busy for longer than callers wait: refuse, not queue.
             PoolError::Timeout(TimeoutType::Wait) => StoreError::Busy,
-            PoolError::Backend(e) => StoreError::Postgres(Arc::new(e)),
-            e => StoreError::Postgres(Arc::new(e)),
+            PoolError::Backend(e) => e.into(),
+            // No new connection could be made in time, or a hook failed: the server is
+            // not reachable now.
+            e => StoreError::Unavailable(Arc::new(e)),
         }
     }
 }
 
 /// The database's clock in unix milliseconds, as SQL: leases are measured by it alone.
 pub(crate) const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+/// SQL: node `$node` holds a valid lease in incarnation `$incarnation` (by the
+/// database's clock). Every commit of a session's transition, every adoption and claim,
+/// and every webhook outcome is guarded by it: a process whose lease lapsed, or that
+/// another process with the same `--node-id` replaced, commits nothing.
+pub(crate) fn lease_held(node: &str, incarnation: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM nodes WHERE node_id = {node} AND incarnation = {incarnation} \
+         AND lease_until > {DB_NOW})"
+    )
+}
 
 /// Runs `sql` (prepared once per connection) with `params`.
 pub(crate) async fn query(
@@ -203,6 +267,21 @@ impl PgStore {
             .parse()
             .map_err(|e| StoreError::Schema(format!("bad PostgreSQL URL: {e}")))?;
         pg.connect_timeout(CONNECT_TIMEOUT);
+        // Shorter than a lease (5 s): a node frozen inside a transaction (SIGSTOP, a
+        // stall) loses its connection, and with it its row locks, before its lease
+        // lapses, so the node that adopts its sessions never waits behind it; a claim
+        // stuck behind a lock gives up and is answered `503`, not held.
+        let timeouts = format!(
+            "-c idle_in_transaction_session_timeout={} -c lock_timeout={} -c statement_timeout={}",
+            IDLE_IN_TRANSACTION_TIMEOUT.as_millis(),
+            LOCK_TIMEOUT.as_millis(),
+            STATEMENT_TIMEOUT.as_millis(),
+        );
+        let options = match pg.get_options() {
+            Some(given) if !given.is_empty() => format!("{given} {timeouts}"),
+            _ => timeouts,
+        };
+        pg.options(&options);
         if pg.get_application_name().is_none() {
             pg.application_name(format!("idv-broker {}", config.node_id));
         }
@@ -223,6 +302,7 @@ impl PgStore {
         let shared = Arc::new(Shared {
             pool,
             node_id: config.node_id,
+            incarnation: uuid::Uuid::new_v4().simple().to_string(),
             held: DashMap::new(),
             webhooks: config.webhooks.map(Arc::new),
             webhook_wake: Arc::new(Notify::new()),
@@ -320,7 +400,12 @@ async fn scrubber(shared: Arc<Shared>) {
         tokio::time::sleep(SCRUB_DELAY).await;
         let done = async {
             let conn = shared.conn().await?;
-            conn.batch_execute("VACUUM sessions, files").await?;
+            // A VACUUM of a large table runs past the statement timeout every other
+            // statement has: lifted for it, and put back on the pooled connection.
+            conn.batch_execute("SET statement_timeout = 0").await?;
+            let vacuumed = conn.batch_execute("VACUUM sessions, files").await;
+            conn.batch_execute("RESET statement_timeout").await?;
+            vacuumed?;
             Ok::<_, StoreError>(())
         }
         .await;
@@ -480,7 +565,7 @@ impl ClusterStore for PgStore {
         &self.shared.node_id
     }
 
-    fn register_node(&self, ttl: Duration) -> StoreFuture<'_, ()> {
+    fn register_node(&self, ttl: Duration) -> StoreFuture<'_, bool> {
         self.run(move |s| async move { s.register_node(ttl).await })
     }
 

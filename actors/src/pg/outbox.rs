@@ -113,7 +113,10 @@ impl Shared {
         })
     }
 
-    /// Records the outcome of an attempt made at `attempted_at`.
+    /// Records the outcome of an attempt made at `attempted_at`, if this process still
+    /// dispatches the session's webhooks (it owns the session and holds its lease):
+    /// otherwise the node that took the session over delivers the event again (at
+    /// least once, SPEC §4) and this late outcome is not written over its own.
     pub(crate) async fn record_delivery(
         &self,
         session_id: SessionId,
@@ -123,36 +126,60 @@ impl Shared {
     ) -> Result<(), StoreError> {
         let conn = self.conn().await?;
         let (id, seq) = (session_id.to_string(), seq.0 as i64);
+        let (node, incarnation) = (&self.node_id, &self.incarnation);
+        // $1 the session, $2 the seq; the guard's parameters come after each
+        // statement's own.
+        let guard = |n: usize| {
+            format!(
+                "EXISTS (SELECT 1 FROM sessions s WHERE s.id = $1 AND s.owner_node = ${n}) AND {}",
+                super::lease_held(&format!("${n}"), &format!("${}", n + 1))
+            )
+        };
         match outcome {
             DeliveryRecord::Delivered => {
-                execute(
-                    &conn,
-                    "DELETE FROM webhook_outbox WHERE session_id = $1 AND seq = $2",
-                    &[&id, &seq],
-                )
-                .await?;
+                let sql = format!(
+                    "DELETE FROM webhook_outbox WHERE session_id = $1 AND seq = $2 AND {}",
+                    guard(3)
+                );
+                execute(&conn, &sql, &[&id, &seq, node, incarnation]).await?;
             }
             DeliveryRecord::Retry {
                 next_attempt_at,
                 error,
             } => {
-                execute(
-                    &conn,
+                let sql = format!(
                     "UPDATE webhook_outbox SET attempts = attempts + 1, \
                      first_attempt_at = COALESCE(first_attempt_at, $3), \
                      next_attempt_at = $4, last_error = $5 \
-                     WHERE session_id = $1 AND seq = $2",
-                    &[&id, &seq, &ms(attempted_at), &ms(next_attempt_at), &error],
+                     WHERE session_id = $1 AND seq = $2 AND {}",
+                    guard(6)
+                );
+                execute(
+                    &conn,
+                    &sql,
+                    &[
+                        &id,
+                        &seq,
+                        &ms(attempted_at),
+                        &ms(next_attempt_at),
+                        &error,
+                        node,
+                        incarnation,
+                    ],
                 )
                 .await?;
             }
             DeliveryRecord::Failed { error } => {
-                execute(
-                    &conn,
+                let sql = format!(
                     "UPDATE webhook_outbox SET attempts = attempts + 1, state = 'failed', \
                      first_attempt_at = COALESCE(first_attempt_at, $3), last_error = $4 \
-                     WHERE session_id = $1 AND seq = $2",
-                    &[&id, &seq, &ms(attempted_at), &error],
+                     WHERE session_id = $1 AND seq = $2 AND {}",
+                    guard(5)
+                );
+                execute(
+                    &conn,
+                    &sql,
+                    &[&id, &seq, &ms(attempted_at), &error, node, incarnation],
                 )
                 .await?;
             }

@@ -16,6 +16,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../../migrations/postgres/0002_tokens_name_their_session.sql"),
     ),
+    (
+        3,
+        include_str!("../../../migrations/postgres/0003_node_incarnations.sql"),
+    ),
 ];
 
 /// The schema version this broker brings a database to.
@@ -33,6 +37,10 @@ pub(crate) async fn migrate(pool: &Pool) -> Result<(), StoreError> {
     let tx = conn.transaction().await?;
     // Held to the end of the transaction: a second node waits here, then sees the
     // versions the first one recorded.
+    // A migration of a large table, and the wait for another node's migration, run
+    // past the timeouts every other statement has (pg/mod.rs).
+    tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
+        .await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     tx.batch_execute(

@@ -182,7 +182,9 @@ impl Shared {
                    shared_data = CASE WHEN $8 THEN NULL ELSE COALESCE($9, shared_data) END, \
                    registration = CASE WHEN $8 THEN NULL ELSE registration END \
                  WHERE id = $10 AND seq = $11 AND owner_node = $13 AND owner_epoch = $14 \
-                 RETURNING {SESSION_COLUMNS}"
+                   AND {lease} \
+                 RETURNING {SESSION_COLUMNS}",
+            lease = super::lease_held("$13", "$15"),
         );
         let row = query_opt(
             c,
@@ -202,6 +204,7 @@ impl Shared {
                 &t.bind.as_ref().map(|d| d.issuer.as_str()),
                 &self.node_id,
                 &epoch,
+                &self.incarnation,
             ],
         )
         .await?;
@@ -395,19 +398,24 @@ impl Shared {
             .collect()
     }
 
-    /// Every live session this node owns (a restart with the same node id gets its
-    /// sessions back); this node holds them at their current epoch.
+    /// Every live session this node id owns (a restart with the same node id gets its
+    /// sessions back), taken with a new epoch each: a paused earlier process of this
+    /// node id can commit none of them any more. Needs this process's lease (taken
+    /// first, [`Shared::register_node`]); without it, nothing is taken.
     pub(crate) async fn load_live_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
         let conn = self.conn().await?;
         let sql = format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE owner_node = $1 AND status IN {}",
-            Status::live_sql()
+            "UPDATE sessions SET owner_epoch = owner_epoch + 1 \
+             WHERE owner_node = $1 AND status IN {} AND {} \
+             RETURNING {SESSION_COLUMNS}",
+            Status::live_sql(),
+            super::lease_held("$1", "$2"),
         );
-        let rows = query(&conn, &sql, &[&self.node_id]).await?;
+        let rows = query(&conn, &sql, &[&self.node_id, &self.incarnation]).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let record = session_from_row(&row)?;
-            self.held.insert(record.id, row.try_get(19)?);
+            self.hold(record.id, row.try_get(19)?);
             out.push(record);
         }
         Ok(out)

@@ -59,7 +59,21 @@ async fn fresh_db(io: &Io) -> Option<String> {
     )
 }
 
+/// A store as node `node`'s process, holding its lease (a minute): only a process that
+/// holds one commits.
 async fn open(io: &Io, url: &str, node: &str, webhooks: Option<&str>) -> Arc<PgStore> {
+    let store = open_without_lease(io, url, node, webhooks).await;
+    assert!(store.register_node(Duration::from_secs(60)).await.unwrap());
+    store
+}
+
+/// A store as a process of node `node` that has not taken the node's lease.
+async fn open_without_lease(
+    io: &Io,
+    url: &str,
+    node: &str,
+    webhooks: Option<&str>,
+) -> Arc<PgStore> {
     let config = PgConfig {
         pool_size: 4,
         webhooks: webhooks.map(|u| WebhookRoute {
@@ -251,10 +265,10 @@ async fn the_commit_guard_tells_a_moved_seq_from_a_lost_session() {
         b.commit_transition(step(&s, 2, Status::Cancelled)).await,
         Err(StoreError::NotOwner)
     ));
-    // A's lease never existed, so B may claim it, once B holds a lease of its own (a
-    // node without one takes nothing); A's next commit is refused.
+    // B may claim it once A's lease lapsed (renewed for no time at all: lapsed by the
+    // database's clock, no waiting); A's next commit is refused.
     assert_eq!(b.claim(s.id).await.unwrap(), Claim::Other("a".into()));
-    b.register_node(Duration::from_secs(60)).await.unwrap();
+    assert!(a.renew_lease(Duration::ZERO).await.unwrap());
     assert_eq!(b.claim(s.id).await.unwrap(), Claim::Mine);
     assert_eq!(b.held_epoch(s.id), Some(2));
     assert!(matches!(
@@ -296,8 +310,6 @@ async fn a_session_is_claimed_only_once_its_owner_s_lease_has_lapsed() {
     };
     let a = open(&io, &url, "a", None).await;
     let b = open(&io, &url, "b", None).await;
-    a.register_node(Duration::from_secs(60)).await.unwrap();
-    b.register_node(Duration::from_secs(60)).await.unwrap();
     let s = create(&a, None).await;
     assert_eq!(a.claim(s.id).await.unwrap(), Claim::Mine);
     assert_eq!(b.claim(s.id).await.unwrap(), Claim::Other("a".into()));
@@ -311,20 +323,77 @@ async fn a_session_is_claimed_only_once_its_owner_s_lease_has_lapsed() {
         "it had lapsed"
     );
     assert_eq!(b.claim(s.id).await.unwrap(), Claim::Mine);
+    // Each take is a new epoch: a's claim above (1 → 2), b's (→ 3).
+    assert_eq!(b.held_epoch(s.id), Some(3));
+    // a, without a lease, takes nothing and is sent to b.
     assert_eq!(a.claim(s.id).await.unwrap(), Claim::Other("b".into()));
-    // Only b's live sessions come back to b, and a sees none of them as overdue.
+    assert!(a.register_node(Duration::from_secs(60)).await.unwrap());
+    // Only b's live sessions come back to b, each with a new epoch; a sees none of
+    // them as overdue.
     assert_eq!(b.load_live_sessions().await.unwrap().len(), 1);
+    assert_eq!(b.held_epoch(s.id), Some(4));
     assert!(a.load_live_sessions().await.unwrap().is_empty());
     let later = Utc::now() + chrono::Duration::hours(1);
     assert!(a.overdue_live(later, 10).await.unwrap().is_empty());
     assert_eq!(b.overdue_live(later, 10).await.unwrap(), [s.id]);
 
-    // A hand-over: b releases, a (registered again) takes it at once.
-    a.register_node(Duration::from_secs(60)).await.unwrap();
+    // A hand-over: b releases, a takes it at once.
     b.release_node().await.unwrap();
     assert_eq!(b.held_epoch(s.id), None);
     assert_eq!(a.claim(s.id).await.unwrap(), Claim::Mine);
-    assert_eq!(a.held_epoch(s.id), Some(3));
+    assert_eq!(a.held_epoch(s.id), Some(5));
+}
+
+#[actix_rt::test]
+async fn two_processes_with_one_node_id_never_both_commit() {
+    let io = Io::new();
+    let Some(url) = fresh_db(&io).await else {
+        return;
+    };
+    // The first process runs node "a"; a second starts with the same --node-id.
+    let first = open(&io, &url, "a", None).await;
+    let s = create(&first, None).await;
+    let second = open_without_lease(&io, &url, "a", None).await;
+    assert!(
+        !second.register_node(Duration::from_secs(60)).await.unwrap(),
+        "a live process's lease is not taken"
+    );
+    assert!(second.load_live_sessions().await.unwrap().is_empty());
+    assert!(matches!(
+        second
+            .commit_transition(step(&s, 1, Status::Retrieved))
+            .await,
+        Err(StoreError::NotOwner)
+    ));
+    // The first pauses past its lease; the second takes the node id and its sessions
+    // back with new epochs.
+    assert!(first.renew_lease(Duration::ZERO).await.unwrap());
+    assert!(second.register_node(Duration::from_secs(60)).await.unwrap());
+    assert_eq!(second.load_live_sessions().await.unwrap().len(), 1);
+    assert_eq!(second.held_epoch(s.id), Some(2));
+    // The first wakes: its commit, its renewal and its registration are refused.
+    assert!(matches!(
+        first
+            .commit_transition(step(&s, 1, Status::Retrieved))
+            .await,
+        Err(StoreError::NotOwner)
+    ));
+    assert!(!first.renew_lease(Duration::from_secs(60)).await.unwrap());
+    assert!(!first.register_node(Duration::from_secs(60)).await.unwrap());
+    assert!(matches!(first.claim(s.id).await, Err(StoreError::NoLease)));
+    let done = second
+        .commit_transition(step(&s, 1, Status::Retrieved))
+        .await
+        .unwrap();
+    assert_eq!(done.seq, Seq(2));
+    // Even a process holding the row's epoch commits nothing once its lease lapsed.
+    assert!(second.renew_lease(Duration::ZERO).await.unwrap());
+    assert!(matches!(
+        second
+            .commit_transition(step(&done, 2, Status::Cancelled))
+            .await,
+        Err(StoreError::NotOwner)
+    ));
 }
 
 #[actix_rt::test]
@@ -343,17 +412,18 @@ async fn two_adopters_racing_take_every_orphan_once_in_batches() {
     dead.commit_transition(step(&ended, 1, Status::Cancelled))
         .await
         .unwrap();
-    let quiet_store = open(&io, &url, "dead", None).await;
+    let quiet_store = open(&io, &url, "dead-quiet", None).await;
     let quiet = create(&quiet_store, None).await;
     quiet_store
         .commit_transition(step(&quiet, 1, Status::Cancelled))
         .await
         .unwrap();
+    // Both die: their leases lapse (by the database's clock, no waiting).
+    assert!(dead.renew_lease(Duration::ZERO).await.unwrap());
+    assert!(quiet_store.renew_lease(Duration::ZERO).await.unwrap());
 
     let x = open(&io, &url, "x", None).await;
     let y = open(&io, &url, "y", None).await;
-    x.register_node(Duration::from_secs(60)).await.unwrap();
-    y.register_node(Duration::from_secs(60)).await.unwrap();
     let wake = x.webhook_wake();
     let adopt = |store: Arc<PgStore>| async move {
         let mut mine = Vec::new();
@@ -383,7 +453,7 @@ async fn two_adopters_racing_take_every_orphan_once_in_batches() {
     )
     .await;
     assert_ne!(owners[0].as_deref(), Some("dead"));
-    assert_eq!(owners[1].as_deref(), Some("dead"));
+    assert_eq!(owners[1].as_deref(), Some("dead-quiet"));
     let woken = if owners[0].as_deref() == Some("x") {
         wake
     } else {
@@ -551,7 +621,7 @@ async fn nodes_starting_together_migrate_once() {
         return;
     };
     let stores = futures_util::future::join_all(
-        (0..4).map(|i| open(&io, &url, if i % 2 == 0 { "a" } else { "b" }, None)),
+        (0..4).map(|i| open_without_lease(&io, &url, if i % 2 == 0 { "a" } else { "b" }, None)),
     )
     .await;
     assert_eq!(stores.len(), 4);

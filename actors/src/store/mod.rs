@@ -78,6 +78,14 @@ pub enum StoreError {
     /// node's lease lapsed, or this node handed it over): the write is refused.
     #[error("the session is owned by another node")]
     NotOwner,
+    /// This process holds no valid lease (it lapsed, or another process with this
+    /// node id holds it): it takes and commits nothing until it holds one again.
+    #[error("this node holds no valid lease")]
+    NoLease,
+    /// The database cannot be reached, or gave up on a statement (a lock or statement
+    /// timeout): the request may be tried again (`503`).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(Arc<dyn std::error::Error + Send + Sync>),
     /// The WAL could not be checkpointed at open (another process keeps it busy), so
     /// data deleted before a crash could still be in it.
     #[error("the write-ahead log could not be checkpointed: another connection keeps it busy")]

@@ -27,7 +27,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 use zeroize::{ZeroizeOnDrop, Zeroizing};
 
-use crate::commands::{check_not_overdue, unexpected, Plan, SessionCommand};
+use crate::commands::{admit_device, check_not_overdue, unexpected, Plan, SessionCommand};
 use crate::error::SessionError;
 use crate::ids::{DeviceId, FileId};
 use crate::model::{is_file_scope, SessionRecord};
@@ -262,8 +262,9 @@ fn check_upload(
     kind: &str,
     now: DateTime<Utc>,
 ) -> Result<(), SessionError> {
-    // The device, then the state (SPEC §2 through `next`), then the clock: the same
-    // order every device command checks in.
+    // The device (its issuer's lane, then the binding), then the state (SPEC §2
+    // through `next`), then the clock: the same order every device command checks in.
+    admit_device(session, device)?;
     next(
         session.status,
         session.device.as_ref(),

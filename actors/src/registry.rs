@@ -14,6 +14,7 @@
 //! crate's only way to it: the web crate never sees the store. Session actors get the
 //! store, the clock and a [`LiveSessions`] handle, not the registry.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -71,6 +72,21 @@ pub struct RegistryConfig {
     /// Most bytes of uploads held in memory across the broker (staged, or still
     /// streaming in); an upload past it is `503 unavailable`.
     pub max_staged_bytes: usize,
+    /// Limits of particular API keys, tighter than the ones above (the demo's own key,
+    /// SPEC §6), by key name.
+    pub key_limits: HashMap<String, KeyLimits>,
+}
+
+/// Limits that one API key's sessions have of their own, on top of the broker's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyLimits {
+    /// Most live sessions the key holds at once (with
+    /// [`RegistryConfig::max_live_sessions_per_key`], the smaller counts); creating
+    /// more is `503 unavailable`.
+    pub max_live_sessions: usize,
+    /// Most subscribers one of its sessions holds (with
+    /// [`RegistryConfig::max_subscribers_per_session`], the smaller counts).
+    pub max_subscribers_per_session: usize,
 }
 
 impl Default for RegistryConfig {
@@ -80,7 +96,29 @@ impl Default for RegistryConfig {
             max_live_sessions_per_key: None,
             max_subscribers_per_session: crate::delivery::MAX_SUBSCRIBERS_PER_SESSION,
             max_staged_bytes: DEFAULT_MAX_STAGED_BYTES,
+            key_limits: HashMap::new(),
         }
+    }
+}
+
+impl RegistryConfig {
+    /// Most live sessions `owner` may hold; `None`: only the broker-wide bound.
+    fn live_quota_of(&self, owner: &str) -> Option<usize> {
+        let own = self.key_limits.get(owner).map(|l| l.max_live_sessions);
+        match (self.max_live_sessions_per_key, own) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Most subscribers a session of `owner` holds.
+    fn subscribers_of(&self, owner: &str) -> usize {
+        self.key_limits
+            .get(owner)
+            .map_or(self.max_subscribers_per_session, |l| {
+                l.max_subscribers_per_session
+                    .min(self.max_subscribers_per_session)
+            })
     }
 }
 
@@ -435,10 +473,10 @@ impl Registry {
         if !self.inner.hold(
             id,
             &record.owner,
-            self.inner.config.max_live_sessions_per_key,
+            self.inner.config.live_quota_of(&record.owner),
         ) {
             return Err(SessionError::Unavailable(
-                "this API key holds too many live sessions; try again later",
+                "this API key holds as many live sessions as it may; try again later",
             ));
         }
         let outcome = self.create_held(record, token, claim).await;
@@ -931,8 +969,8 @@ impl LiveSessions for Inner {
         }
     }
 
-    fn max_subscribers(&self) -> usize {
-        self.config.max_subscribers_per_session
+    fn max_subscribers(&self, owner: &str) -> usize {
+        self.config.subscribers_of(owner)
     }
 
     fn track_token(&self, id: SessionId, hash: TokenHash) {

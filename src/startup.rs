@@ -191,6 +191,14 @@ impl Application {
                 } else {
                     Default::default()
                 },
+                issuer_staged_bytes: if settings.demo {
+                    std::collections::HashMap::from([(
+                        DEMO_ISSUER.to_owned(),
+                        demo::DEMO_MAX_STAGED_BYTES.min(settings.max_staged_bytes),
+                    )])
+                } else {
+                    Default::default()
+                },
             },
         );
         let (expired, restored) = registry.restore().await.map_err(db_error)?;

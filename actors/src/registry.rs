@@ -75,6 +75,9 @@ pub struct RegistryConfig {
     /// Limits of particular API keys, tighter than the ones above (the demo's own key,
     /// SPEC §6), by key name.
     pub key_limits: HashMap<String, KeyLimits>,
+    /// Shares of `max_staged_bytes` that the uploads of particular issuers' devices
+    /// may take at most (the demo's issuer), by issuer name.
+    pub issuer_staged_bytes: HashMap<String, usize>,
 }
 
 /// Limits that one API key's sessions have of their own, on top of the broker's.
@@ -97,6 +100,7 @@ impl Default for RegistryConfig {
             max_subscribers_per_session: crate::delivery::MAX_SUBSCRIBERS_PER_SESSION,
             max_staged_bytes: DEFAULT_MAX_STAGED_BYTES,
             key_limits: HashMap::new(),
+            issuer_staged_bytes: HashMap::new(),
         }
     }
 }
@@ -198,6 +202,9 @@ struct Inner {
     /// The staging budget every upload reserves from and every session actor's staged
     /// files hold; shared across threads (atomic inside).
     staging: Arc<StagingBudget>,
+    /// Shares of `staging` for the uploads of particular issuers' devices
+    /// ([`RegistryConfig::issuer_staged_bytes`]).
+    issuer_staging: HashMap<String, Arc<StagingBudget>>,
     /// With several nodes: the way to the others (set once, at start).
     router: OnceLock<Arc<dyn Router>>,
     /// The owner node of sessions run elsewhere, as last seen (a shortcut, see
@@ -210,6 +217,12 @@ struct Inner {
 impl Registry {
     /// An empty registry over `store`.
     pub fn new(store: Arc<dyn SessionStore>, clock: SharedClock, config: RegistryConfig) -> Self {
+        let staging = StagingBudget::new(config.max_staged_bytes);
+        let issuer_staging = config
+            .issuer_staged_bytes
+            .iter()
+            .map(|(iss, bytes)| (iss.clone(), StagingBudget::within(&staging, *bytes)))
+            .collect();
         Self {
             inner: Arc::new(Inner {
                 live: DashMap::new(),
@@ -219,7 +232,8 @@ impl Registry {
                 per_owner: DashMap::new(),
                 store,
                 clock,
-                staging: StagingBudget::new(config.max_staged_bytes),
+                issuer_staging,
+                staging,
                 config,
                 router: OnceLock::new(),
                 remote: DashMap::new(),
@@ -236,6 +250,15 @@ impl Registry {
     /// The broker-wide budget for uploads held in memory.
     pub fn staging_budget(&self) -> &Arc<StagingBudget> {
         &self.inner.staging
+    }
+
+    /// The budget an upload of `device` reserves from: its issuer's share of the
+    /// broker-wide one if it has one (the demo's), else the broker-wide one.
+    pub fn staging_budget_for(&self, device: &crate::ids::DeviceId) -> &Arc<StagingBudget> {
+        self.inner
+            .issuer_staging
+            .get(&device.issuer)
+            .unwrap_or(&self.inner.staging)
     }
 
     /// How many sessions have an actor.

@@ -473,3 +473,43 @@ async fn the_binary_warns_when_the_demo_is_reachable_beyond_loopback() {
     assert!(!lines.iter().any(|l| l.contains("loopback")), "{lines:#?}");
     child.kill().await.unwrap();
 }
+
+#[actix_web::test]
+async fn demo_uploads_take_at_most_32_mib_of_the_upload_memory_and_real_ones_still_fit() {
+    let app = demo_app().await;
+    let mut photo = vec![0u8; 5 * 1024 * 1024];
+    photo[..4].copy_from_slice(&[0xff, 0xd8, 0xff, 0xe0]);
+    let upload = |id: String, jwt: String| {
+        let req = app
+            .client
+            .put(app.url(&format!("/v1/sessions/{id}/files/selfie")))
+            .bearer_auth(jwt)
+            .header("Content-Type", "image/jpeg")
+            .body(photo.clone());
+        async move { req.send().await.unwrap() }
+    };
+    // Six 5 MiB photos fit in the demo's 32 MiB; the seventh does not.
+    for n in 1..=7 {
+        let id = demo_session(&app, &format!("203.0.113.{n}")).await;
+        let jwt = demo_token(&app, &id).await;
+        let res = app
+            .client
+            .get(app.url(&format!("/v1/sessions/{id}/information")))
+            .bearer_auth(&jwt)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let res = upload(id, jwt).await;
+        if n <= 6 {
+            assert_eq!(res.status(), 201, "demo upload {n}");
+        } else {
+            assert!(res.headers().contains_key("retry-after"));
+            assert_error(res, 503, "unavailable").await;
+        }
+    }
+    // The rest of the broker's 256 MiB is the real sessions'.
+    let (real, _) = app.retrieved_session(&["selfie"], "alice").await;
+    let res = upload(real, app.device_token("alice")).await;
+    assert_eq!(res.status(), 201);
+}

@@ -40,6 +40,11 @@ pub const DEMO_SESSIONS_PER_MINUTE: std::num::NonZeroU32 = match std::num::NonZe
     None => std::num::NonZeroU32::MIN,
 };
 
+/// Most bytes of uploads that demo devices hold in memory at once, all demo sessions
+/// together: a share of `--max-staged-mib` (six 5 MiB photos), so the demo cannot
+/// take the upload memory of real sessions; past it a demo upload is `503`.
+pub const DEMO_MAX_STAGED_BYTES: usize = 32 * 1024 * 1024;
+
 /// Most WebSocket subscribers one demo session holds: the demo page opens one, a
 /// reload or a second tab one more.
 pub const DEMO_MAX_SUBSCRIBERS_PER_SESSION: usize = 8;

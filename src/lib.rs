@@ -2,9 +2,11 @@
 //! tests can start the real server in-process.
 //!
 //! Layout:
+//! - [`demo`]: demo mode's own secrets.
 //! - [`settings`]: flags and environment (SPEC §6).
 //! - [`startup`]: [`Application::build`](startup::Application::build) and the ordered shutdown.
 
+pub mod demo;
 pub mod settings;
 pub mod startup;
 

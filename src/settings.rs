@@ -237,11 +237,10 @@ pub enum LogFormat {
     Json,
 }
 
-/// The name of the API key that demo mode makes for itself (`requester.name` on the
-/// device page).
-pub const DEMO_API_KEY_NAME: &str = "idv-broker demo";
-/// The device issuer that demo mode makes for itself.
-pub const DEMO_ISSUER: &str = "idv-demo";
+/// The demo's own API key name and device issuer: reserved, whether `--demo` is on or
+/// not (a demo token touches only the demo key's sessions, so no configured key or
+/// issuer may take these names).
+pub use idv_actors::credentials::{DEMO_API_KEY_NAME, DEMO_ISSUER};
 
 /// Everything the application needs to start.
 #[derive(Clone)]
@@ -410,18 +409,6 @@ impl Settings {
         {
             return Err("--audience must not be empty".into());
         }
-        if args.demo {
-            if api_keys.iter().any(|(name, _)| name == DEMO_API_KEY_NAME) {
-                return Err(format!(
-                    "--demo: the API key name {DEMO_API_KEY_NAME:?} is the demo's own"
-                ));
-            }
-            if issuers.iter().any(|(iss, _)| iss == DEMO_ISSUER) {
-                return Err(format!(
-                    "--demo: the issuer name {DEMO_ISSUER:?} is the demo's own"
-                ));
-            }
-        }
         if args.webhook_url.is_some() && webhook_secrets.is_empty() {
             return Err(
                 "--webhook-url needs --webhook-secret: the broker sends nothing unsigned".into(),
@@ -569,13 +556,23 @@ impl Credential {
 /// [`MIN_SECRET_BYTES`], or two under the same name; and one API key under two names,
 /// since a key is who the backend is and the request's tenant would be whichever name
 /// was configured last (SPEC §6 does not list this case; nobody means it). Two issuers
-/// may share a secret: a token's `iss` still names one of them. Errors name the flag
-/// and the names, never the value.
+/// may share a secret: a token's `iss` still names one of them. The demo's own names
+/// ([`DEMO_API_KEY_NAME`], [`DEMO_ISSUER`]) are reserved. Errors name the flag and the
+/// names, never the value.
 pub fn check_credentials(kind: Credential, pairs: &[(String, String)]) -> Result<(), String> {
     let (flag, secret) = (kind.flag(), kind.value());
     let mut names = std::collections::HashSet::new();
     let mut values = std::collections::HashMap::new();
+    let reserved = match kind {
+        Credential::ApiKey => DEMO_API_KEY_NAME,
+        Credential::Issuer => DEMO_ISSUER,
+    };
     for (name, value) in pairs {
+        if name == reserved {
+            return Err(format!(
+                "{flag}: the name {name:?} is reserved for the demo's own credentials (--demo)"
+            ));
+        }
         if !names.insert(name.as_str()) {
             return Err(format!("{flag}: the name {name:?} is given twice"));
         }
@@ -695,24 +692,26 @@ mod tests {
     fn demo_mode_starts_alone_and_keeps_its_own_names() {
         assert!(settings(&["--demo"], &[]).unwrap().demo);
         assert!(!settings(&[], &[]).unwrap().demo);
-        let err = settings(
-            &["--demo", "--issuer", "idv-demo=a-secret-of-enough-length"],
-            &[],
-        )
-        .err()
-        .expect("refused");
-        assert!(err.contains("idv-demo"), "{err}");
-        let err = settings(
-            &[
-                "--demo",
-                "--api-key",
-                "idv-broker demo=a-key-of-enough-length",
-            ],
-            &[],
-        )
-        .err()
-        .expect("refused");
-        assert!(err.contains("demo"), "{err}");
+        // Reserved with or without --demo: the demo issuer's tokens are confined to the
+        // demo key's sessions, so neither name may be given to a real credential.
+        for demo in [&["--demo"][..], &[]] {
+            let issuer = [demo, &["--issuer", "idv-demo=a-secret-of-enough-length"]].concat();
+            let err = settings(&issuer, &[]).err().expect("refused");
+            assert!(
+                err.contains("idv-demo") && err.contains("reserved"),
+                "{err}"
+            );
+            let key = [
+                demo,
+                &["--api-key", "idv-broker demo=a-key-of-enough-length"],
+            ]
+            .concat();
+            let err = settings(&key, &[]).err().expect("refused");
+            assert!(
+                err.contains("idv-broker demo") && err.contains("reserved"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -8,15 +8,17 @@ use actix::{Actor as _, Addr};
 use actix_web::dev::Server;
 use idv_actors::cluster::{Cluster, ClusterConfig};
 use idv_actors::credentials::{ApiKeys, Issuers};
-use idv_actors::ids::random_secret;
 use idv_actors::pg::{PgConfig, PgStore};
-use idv_actors::registry::{Registry, RegistryConfig};
+use idv_actors::registry::{KeyLimits, Registry, RegistryConfig};
 use idv_actors::retention::{RetentionSweeper, SweeperConfig};
 use idv_actors::session_store::{ClusterStore, SessionStore};
 use idv_actors::store::{Store, StoreConfig, StoreError, WebhookRoute};
 use idv_actors::webhooks::dispatcher::DispatcherError;
 use idv_actors::webhooks::{CallbackGuard, Dispatcher, Shutdown, Signer};
+use idv_web::routes::demo;
 use idv_web::{AppState, DemoApp, ServerConfig};
+
+use crate::demo::demo_secrets;
 
 use crate::settings::{
     check_credentials, Credential, Settings, StoreUrl, DEMO_API_KEY_NAME, DEMO_ISSUER,
@@ -176,6 +178,27 @@ impl Application {
                 max_live_sessions_per_key: settings.max_live_sessions_per_key,
                 max_subscribers_per_session: settings.max_subscribers_per_session,
                 max_staged_bytes: settings.max_staged_bytes,
+                // The demo's own limits (SPEC §6), kept by the registry like any key's
+                // quota: a demo session stops counting however it ends.
+                key_limits: if settings.demo {
+                    std::collections::HashMap::from([(
+                        DEMO_API_KEY_NAME.to_owned(),
+                        KeyLimits {
+                            max_live_sessions: demo::DEMO_MAX_LIVE_SESSIONS,
+                            max_subscribers_per_session: demo::DEMO_MAX_SUBSCRIBERS_PER_SESSION,
+                        },
+                    )])
+                } else {
+                    Default::default()
+                },
+                issuer_staged_bytes: if settings.demo {
+                    std::collections::HashMap::from([(
+                        DEMO_ISSUER.to_owned(),
+                        demo::DEMO_MAX_STAGED_BYTES.min(settings.max_staged_bytes),
+                    )])
+                } else {
+                    Default::default()
+                },
             },
         );
         // Several nodes: this process takes its node id's lease before it reads or
@@ -257,15 +280,18 @@ impl Application {
         // Demo mode brings its own backend key and device issuer, with fresh random
         // secrets at every start: nothing to configure, nothing that outlives the run.
         // The key is never shown; the demo routes act as its owner on the server side.
+        // Its issuer's tokens touch only its key's sessions (SPEC §1).
         let demo = settings.demo.then(|| {
-            api_keys.add(DEMO_API_KEY_NAME, &random_secret());
-            let secret = random_secret();
-            issuers.add(DEMO_ISSUER, &secret);
-            DemoApp {
-                owner: DEMO_API_KEY_NAME.to_owned(),
-                issuer: DEMO_ISSUER.to_owned(),
-                issuer_secret: secret,
+            let secrets = demo_secrets(None);
+            api_keys.add(DEMO_API_KEY_NAME, &secrets.api_key);
+            issuers.add(DEMO_ISSUER, &secrets.issuer_secret);
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    %addr,
+                    "--demo on an address other than loopback: anyone who reaches {addr} can open demo sessions and get demo device tokens (demo sessions only, within the demo's limits)"
+                );
             }
+            DemoApp::new(DEMO_API_KEY_NAME, DEMO_ISSUER, secrets.issuer_secret)
         });
         let state = AppState {
             registry: registry.clone(),

@@ -12,7 +12,9 @@ use std::collections::BTreeSet;
 use actix::Message;
 use chrono::{DateTime, Utc};
 
+use crate::credentials::issuer_may_touch;
 use crate::error::SessionError;
+use crate::ids::DeviceId;
 use crate::model::{is_file_scope, Consent, SessionRecord};
 use crate::route::{Outbound, Wire, WireOk};
 use crate::session::messages::{
@@ -20,6 +22,20 @@ use crate::session::messages::{
 };
 use crate::status::{next, Event, Outcome};
 use crate::write::TransitionWrite;
+
+/// The first check of every device command (`information`, uploads, `update`), before
+/// the binding and the state are looked at: a device whose issuer may not touch this
+/// API key's sessions ([`issuer_may_touch`]: a demo token on another key's session)
+/// is `403` and learns nothing more, and nothing about the session changes.
+pub fn admit_device(session: &SessionRecord, device: &DeviceId) -> Result<(), SessionError> {
+    if issuer_may_touch(&device.issuer, &session.owner) {
+        Ok(())
+    } else {
+        Err(SessionError::Forbidden(
+            "a demo device token works only on the demo's own sessions",
+        ))
+    }
+}
 
 /// Checks that `caller` may see `session` at all.
 pub fn authorize(session: &SessionRecord, caller: &Caller) -> Result<(), SessionError> {
@@ -29,12 +45,15 @@ pub fn authorize(session: &SessionRecord, caller: &Caller) -> Result<(), Session
         Caller::Client { token, .. } if !token.matches(&session.token_hash) => {
             Err(SessionError::Unauthorized)
         }
-        Caller::Device { device } => match &session.device {
-            Some(bound) if bound != device => Err(SessionError::Forbidden(
-                "the session is bound to another device",
-            )),
-            _ => Ok(()),
-        },
+        Caller::Device { device } => {
+            admit_device(session, device)?;
+            match &session.device {
+                Some(bound) if bound != device => Err(SessionError::Forbidden(
+                    "the session is bound to another device",
+                )),
+                _ => Ok(()),
+            }
+        }
         _ => Ok(()),
     }
 }
@@ -101,6 +120,7 @@ pub(crate) fn check_not_overdue(
 impl Retrieve {
     /// Plans `information`: bind and move to `retrieved`, or nothing for the bound device.
     pub fn plan(&self, session: &SessionRecord, now: DateTime<Utc>) -> Result<Plan, SessionError> {
+        admit_device(session, &self.device)?;
         let outcome = next(
             session.status,
             session.device.as_ref(),
@@ -127,6 +147,7 @@ impl Decide {
         uploaded: &BTreeSet<String>,
         now: DateTime<Utc>,
     ) -> Result<Plan, SessionError> {
+        admit_device(session, &self.device)?;
         let event = match self.answer {
             Answer::Approve { .. } => Event::Approve {
                 device: &self.device,
@@ -439,5 +460,59 @@ mod tests {
             assert_eq!(w.purge, purge, "{status}");
             assert_eq!(w.registers_user, registers, "{status}");
         }
+    }
+
+    #[test]
+    fn a_demo_device_is_refused_by_every_device_command_on_another_keys_session() {
+        use crate::credentials::{DEMO_API_KEY_NAME, DEMO_ISSUER};
+        use crate::session::messages::CheckUpload;
+        let demo = DeviceId::new(
+            DEMO_ISSUER,
+            crate::ids::UserId::parse("demo-user-1").unwrap(),
+        );
+        let now = Utc::now();
+        let forbidden = |r: Result<(), SessionError>| matches!(r, Err(SessionError::Forbidden(_)));
+        for status in [Status::Initialized, Status::Retrieved, Status::Confirmed] {
+            let mut real = session(status);
+            real.request = std::sync::Arc::new(SessionRequest {
+                scopes: vec!["selfie".into()],
+                ..SessionRequest::default()
+            });
+            if status != Status::Initialized {
+                // Bound to the demo device itself: the lane still comes first.
+                real.device = Some(demo.clone());
+            }
+            let retrieve = Retrieve {
+                device: demo.clone(),
+            };
+            assert!(forbidden(retrieve.plan(&real, now).map(drop)), "{status}");
+            for answer in [
+                Answer::Deny,
+                Answer::Approve {
+                    shared_data: Default::default(),
+                },
+            ] {
+                let decide = Decide {
+                    device: demo.clone(),
+                    answer,
+                };
+                let plan = decide.plan(&real, &BTreeSet::from(["selfie".to_owned()]), now);
+                assert!(forbidden(plan.map(drop)), "{status}");
+            }
+            let upload = CheckUpload {
+                device: demo.clone(),
+                kind: "selfie".into(),
+            };
+            assert!(forbidden(upload.check(&real, now)), "{status}");
+            let caller = Caller::Device {
+                device: demo.clone(),
+            };
+            assert!(forbidden(authorize(&real, &caller)), "{status}");
+        }
+        // On a demo session the demo device goes on to the usual rules.
+        let mut own = session(Status::Initialized);
+        own.owner = DEMO_API_KEY_NAME.into();
+        let retrieve = Retrieve { device: demo };
+        assert!(matches!(retrieve.plan(&own, now), Ok(Plan::Move(_))));
     }
 }

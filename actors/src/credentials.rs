@@ -1,4 +1,5 @@
-//! The credentials of SPEC §1: backend API keys and device JWTs.
+//! The credentials of SPEC §1: backend API keys and device JWTs, and the lane the
+//! demo's own credentials are kept in ([`issuer_may_touch`]).
 //! (Session tokens are [`crate::ids::SessionToken`].)
 
 use jsonwebtoken::errors::ErrorKind;
@@ -11,6 +12,25 @@ use crate::ids::{DeviceId, UserId};
 
 /// Accepted clock skew on a device JWT's `exp` and `nbf` (SPEC §5).
 pub const JWT_LEEWAY_SECS: u64 = 60;
+
+/// The name of the API key that demo mode makes for itself (`requester.name` on the
+/// device page): the owner of every demo session. Reserved: no configured key may
+/// take it, with or without `--demo`.
+pub const DEMO_API_KEY_NAME: &str = "idv-broker demo";
+
+/// The device issuer that demo mode makes for itself. Reserved like
+/// [`DEMO_API_KEY_NAME`]: its tokens touch only that key's sessions.
+pub const DEMO_ISSUER: &str = "idv-demo";
+
+/// Whether a device token of `issuer` may touch a session that the API key `owner`
+/// created (SPEC §1): the demo's issuer only the demo's own sessions, since its tokens
+/// are handed to anyone who opens the demo; every other trusted issuer any session
+/// (the session's binding and state decide the rest). The one place this is decided:
+/// every device command asks it before anything else
+/// ([`admit_device`](crate::commands::admit_device)).
+pub fn issuer_may_touch(issuer: &str, owner: &str) -> bool {
+    issuer != DEMO_ISSUER || owner == DEMO_API_KEY_NAME
+}
 
 /// Parses `NAME=VALUE` as given to `--api-key` and `--issuer`.
 pub fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -436,6 +456,17 @@ mod tests {
     fn a_sub_outside_the_user_id_alphabet_is_refused() {
         let jwt = mint_device_jwt("phone-app", "s3cret", "al ice", 60).unwrap();
         assert_eq!(issuers().verify(&jwt), Err(JwtError::BadSubject));
+    }
+
+    #[test]
+    fn the_demo_issuer_touches_only_the_demo_keys_sessions_and_other_issuers_any() {
+        assert!(issuer_may_touch(DEMO_ISSUER, DEMO_API_KEY_NAME));
+        assert!(!issuer_may_touch(DEMO_ISSUER, "Acme Bank"));
+        assert!(!issuer_may_touch(DEMO_ISSUER, ""));
+        assert!(issuer_may_touch("phone-app", "Acme Bank"));
+        assert!(issuer_may_touch("phone-app", DEMO_API_KEY_NAME));
+        // Exact names: a look-alike issuer is not the demo's.
+        assert!(issuer_may_touch("idv-demo2", "Acme Bank"));
     }
 
     #[test]

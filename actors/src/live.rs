@@ -19,8 +19,8 @@ pub(crate) trait LiveSessions: Send + Sync + 'static {
     /// still the one registered (idempotent).
     fn forget(&self, id: SessionId, generation: Generation);
 
-    /// Most subscribers a session holds at once.
-    fn max_subscribers(&self) -> usize;
+    /// Most subscribers a session of the API key `owner` holds at once.
+    fn max_subscribers(&self, owner: &str) -> usize;
 
     /// Live session `id` has the token `hash` (its actor holds the record).
     fn track_token(&self, id: SessionId, hash: TokenHash);

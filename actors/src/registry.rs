@@ -14,6 +14,7 @@
 //! crate's only way to it: the web crate never sees the store. Session actors get the
 //! store, the clock and a [`LiveSessions`] handle, not the registry.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -71,6 +72,24 @@ pub struct RegistryConfig {
     /// Most bytes of uploads held in memory across the broker (staged, or still
     /// streaming in); an upload past it is `503 unavailable`.
     pub max_staged_bytes: usize,
+    /// Limits of particular API keys, tighter than the ones above (the demo's own key,
+    /// SPEC §6), by key name.
+    pub key_limits: HashMap<String, KeyLimits>,
+    /// Shares of `max_staged_bytes` that the uploads of particular issuers' devices
+    /// may take at most (the demo's issuer), by issuer name.
+    pub issuer_staged_bytes: HashMap<String, usize>,
+}
+
+/// Limits that one API key's sessions have of their own, on top of the broker's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyLimits {
+    /// Most live sessions the key holds at once (with
+    /// [`RegistryConfig::max_live_sessions_per_key`], the smaller counts); creating
+    /// more is `503 unavailable`.
+    pub max_live_sessions: usize,
+    /// Most subscribers one of its sessions holds (with
+    /// [`RegistryConfig::max_subscribers_per_session`], the smaller counts).
+    pub max_subscribers_per_session: usize,
 }
 
 impl Default for RegistryConfig {
@@ -80,7 +99,30 @@ impl Default for RegistryConfig {
             max_live_sessions_per_key: None,
             max_subscribers_per_session: crate::delivery::MAX_SUBSCRIBERS_PER_SESSION,
             max_staged_bytes: DEFAULT_MAX_STAGED_BYTES,
+            key_limits: HashMap::new(),
+            issuer_staged_bytes: HashMap::new(),
         }
+    }
+}
+
+impl RegistryConfig {
+    /// Most live sessions `owner` may hold; `None`: only the broker-wide bound.
+    fn live_quota_of(&self, owner: &str) -> Option<usize> {
+        let own = self.key_limits.get(owner).map(|l| l.max_live_sessions);
+        match (self.max_live_sessions_per_key, own) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Most subscribers a session of `owner` holds.
+    fn subscribers_of(&self, owner: &str) -> usize {
+        self.key_limits
+            .get(owner)
+            .map_or(self.max_subscribers_per_session, |l| {
+                l.max_subscribers_per_session
+                    .min(self.max_subscribers_per_session)
+            })
     }
 }
 
@@ -160,6 +202,9 @@ struct Inner {
     /// The staging budget every upload reserves from and every session actor's staged
     /// files hold; shared across threads (atomic inside).
     staging: Arc<StagingBudget>,
+    /// Shares of `staging` for the uploads of particular issuers' devices
+    /// ([`RegistryConfig::issuer_staged_bytes`]).
+    issuer_staging: HashMap<String, Arc<StagingBudget>>,
     /// With several nodes: the way to the others (set once, at start).
     router: OnceLock<Arc<dyn Router>>,
     /// The owner node of sessions run elsewhere, as last seen (a shortcut, see
@@ -177,6 +222,12 @@ struct Inner {
 impl Registry {
     /// An empty registry over `store`.
     pub fn new(store: Arc<dyn SessionStore>, clock: SharedClock, config: RegistryConfig) -> Self {
+        let staging = StagingBudget::new(config.max_staged_bytes);
+        let issuer_staging = config
+            .issuer_staged_bytes
+            .iter()
+            .map(|(iss, bytes)| (iss.clone(), StagingBudget::within(&staging, *bytes)))
+            .collect();
         Self {
             inner: Arc::new(Inner {
                 live: DashMap::new(),
@@ -186,7 +237,8 @@ impl Registry {
                 per_owner: DashMap::new(),
                 store,
                 clock,
-                staging: StagingBudget::new(config.max_staged_bytes),
+                issuer_staging,
+                staging,
                 config,
                 router: OnceLock::new(),
                 remote: DashMap::new(),
@@ -204,6 +256,15 @@ impl Registry {
     /// The broker-wide budget for uploads held in memory.
     pub fn staging_budget(&self) -> &Arc<StagingBudget> {
         &self.inner.staging
+    }
+
+    /// The budget an upload of `device` reserves from: its issuer's share of the
+    /// broker-wide one if it has one (the demo's), else the broker-wide one.
+    pub fn staging_budget_for(&self, device: &crate::ids::DeviceId) -> &Arc<StagingBudget> {
+        self.inner
+            .issuer_staging
+            .get(&device.issuer)
+            .unwrap_or(&self.inner.staging)
     }
 
     /// How many sessions have an actor.
@@ -462,10 +523,10 @@ impl Registry {
         if !self.inner.hold(
             id,
             &record.owner,
-            self.inner.config.max_live_sessions_per_key,
+            self.inner.config.live_quota_of(&record.owner),
         ) {
             return Err(SessionError::Unavailable(
-                "this API key holds too many live sessions; try again later",
+                "this API key holds as many live sessions as it may; try again later",
             ));
         }
         let outcome = self.create_held(record, token, claim).await;
@@ -961,8 +1022,8 @@ impl LiveSessions for Inner {
         }
     }
 
-    fn max_subscribers(&self) -> usize {
-        self.config.max_subscribers_per_session
+    fn max_subscribers(&self, owner: &str) -> usize {
+        self.config.subscribers_of(owner)
     }
 
     fn track_token(&self, id: SessionId, hash: TokenHash) {

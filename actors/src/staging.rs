@@ -27,7 +27,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 use zeroize::{ZeroizeOnDrop, Zeroizing};
 
-use crate::commands::{check_not_overdue, unexpected, Plan, SessionCommand};
+use crate::commands::{admit_device, check_not_overdue, unexpected, Plan, SessionCommand};
 use crate::error::SessionError;
 use crate::ids::{DeviceId, FileId};
 use crate::model::{is_file_scope, SessionRecord};
@@ -43,7 +43,8 @@ pub const MAX_UPLOAD_BYTES: usize = 5 * 1024 * 1024;
 pub const DEFAULT_MAX_STAGED_BYTES: usize = 256 * 1024 * 1024;
 
 /// The broker-wide bound on staged bytes, shared by every session actor and every
-/// upload still streaming in.
+/// upload still streaming in; or a smaller share of it, for the uploads of some
+/// devices only (the demo's, [`StagingBudget::within`]).
 #[derive(Debug)]
 pub struct StagingBudget {
     /// Bytes reserved now. Atomic: uploads on every worker thread reserve and every
@@ -51,6 +52,8 @@ pub struct StagingBudget {
     used: AtomicUsize,
     /// Most bytes that may be reserved at once.
     limit: usize,
+    /// The budget this one is a share of: every byte taken here is taken there too.
+    parent: Option<Arc<StagingBudget>>,
 }
 
 impl StagingBudget {
@@ -59,6 +62,17 @@ impl StagingBudget {
         Arc::new(Self {
             used: AtomicUsize::new(0),
             limit,
+            parent: None,
+        })
+    }
+
+    /// A share of `parent` of at most `limit` bytes: what is reserved here counts
+    /// against both, so these uploads never take more than `limit` of the whole.
+    pub fn within(parent: &Arc<Self>, limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            limit,
+            parent: Some(parent.clone()),
         })
     }
 
@@ -76,11 +90,24 @@ impl StagingBudget {
     }
 
     fn take(&self, n: usize) -> bool {
-        self.used
+        let here = self
+            .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(n).filter(|&total| total <= self.limit)
             })
-            .is_ok()
+            .is_ok();
+        if here && !self.parent.as_ref().is_none_or(|p| p.take(n)) {
+            self.used.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        here
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+        if let Some(parent) = &self.parent {
+            parent.give(n);
+        }
     }
 }
 
@@ -111,7 +138,7 @@ impl Reservation {
     /// Gives back whatever is held beyond `n` bytes (a body shorter than announced).
     pub fn shrink_to(&mut self, n: usize) {
         if n < self.bytes {
-            self.budget.used.fetch_sub(self.bytes - n, Ordering::AcqRel);
+            self.budget.give(self.bytes - n);
             crate::metrics::staged_moved(-((self.bytes - n) as f64));
             self.bytes = n;
         }
@@ -120,7 +147,7 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.budget.give(self.bytes);
         crate::metrics::staged_moved(-(self.bytes as f64));
     }
 }
@@ -262,8 +289,9 @@ fn check_upload(
     kind: &str,
     now: DateTime<Utc>,
 ) -> Result<(), SessionError> {
-    // The device, then the state (SPEC §2 through `next`), then the clock: the same
-    // order every device command checks in.
+    // The device (its issuer's lane, then the binding), then the state (SPEC §2
+    // through `next`), then the clock: the same order every device command checks in.
+    admit_device(session, device)?;
     next(
         session.status,
         session.device.as_ref(),
@@ -470,6 +498,32 @@ mod tests {
         assert!(!ImageType::Jpeg.matches(png));
         assert!(!ImageType::Jpeg.matches(b""));
         assert!(!ImageType::Png.matches(b"\x89PN"));
+    }
+
+    #[test]
+    fn a_share_refuses_past_its_own_limit_or_its_parents_and_gives_back_to_both() {
+        let whole = StagingBudget::new(100);
+        let share = StagingBudget::within(&whole, 30);
+        let mut a = share.reserve();
+        assert!(a.grow(30));
+        assert!(!a.grow(1), "past the share");
+        assert_eq!((share.used(), whole.used()), (30, 30));
+        let mut other = whole.reserve();
+        assert!(other.grow(70));
+        drop(a);
+        assert_eq!((share.used(), whole.used()), (0, 70));
+        let mut b = share.reserve();
+        assert!(b.grow(20));
+        b.shrink_to(5);
+        assert_eq!((share.used(), whole.used()), (5, 75));
+        drop(b);
+        drop(other);
+        // The parent full: a share with room of its own takes nothing, and keeps nothing.
+        let mut hog = whole.reserve();
+        assert!(hog.grow(100));
+        let mut c = share.reserve();
+        assert!(!c.grow(1));
+        assert_eq!((share.used(), whole.used()), (0, 100));
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod caching;
 mod concurrency;
 mod credentials;
 mod custody;
+mod demo;
 mod devices;
 mod expiry;
 mod idempotency;

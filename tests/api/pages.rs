@@ -195,6 +195,7 @@ async fn without_demo_mode_the_demo_and_its_routes_do_not_exist() {
     let res = app
         .client
         .post(app.url("/demo/api/device-token"))
+        .json(&json!({"session_id": uuid::Uuid::new_v4().to_string()}))
         .send()
         .await
         .unwrap();
@@ -275,6 +276,7 @@ async fn the_demo_plays_the_app_backend_without_its_key_reaching_the_browser() {
     let res = app
         .client
         .post(app.url("/demo/api/device-token"))
+        .json(&json!({"session_id": id}))
         .send()
         .await
         .unwrap();
@@ -365,6 +367,7 @@ async fn demo_device_tokens_carry_the_brokers_audience_when_one_is_required() {
     let device: Value = app
         .client
         .post(app.url("/demo/api/device-token"))
+        .json(&json!({"session_id": created["session_id"]}))
         .send()
         .await
         .unwrap()
@@ -427,6 +430,7 @@ async fn the_binary_with_only_demo_starts_a_usable_broker_and_says_where_the_dem
         .unwrap();
     let device: Value = client
         .post(format!("{address}/demo/api/device-token"))
+        .json(&json!({"session_id": created["session_id"]}))
         .send()
         .await
         .unwrap()

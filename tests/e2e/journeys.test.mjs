@@ -390,7 +390,8 @@ describe('the QR journey in real Chromium', () => {
       const bare = await browser.newContext(PHONE);
       contexts.push(bare);
       const lost = await bare.newPage();
-      watchers.push(await watch(lost, 'phone without token', { allow: [/status of 404 .*\/demo\/api\/device-token/] }));
+      // Not in demo mode: the page asks nobody for a token, so nothing is logged.
+      watchers.push(await watch(lost, 'phone without token'));
       await lost.goto(session.url);
       await lost.getByTestId('problem').waitFor({ state: 'visible', timeout: TIMEOUT });
       assert.match(await lost.getByTestId('problem').textContent(), /#token=/);
@@ -450,6 +451,42 @@ describe('the QR journey in real Chromium', () => {
       assert.equal(landed.searchParams.get('status'), 'declined');
 
       for (const w of watchers) w.assertClean();
+    } finally {
+      for (const c of contexts) await c.close().catch(() => {});
+      await broker.stop();
+    }
+  });
+
+  test('in demo mode the device page gets a demo token for a demo session only, never for a real app\'s', async () => {
+    const apiKey = 'e2e-api-key-0123456789';
+    const broker = await startBroker('demo-lane', { args: ['--demo', '--api-key', `Example Bank=${apiKey}`] });
+    const contexts = [];
+    try {
+      const created = await fetch(`${broker.baseUrl}/v1/sessions`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', 'X-Api-Key': apiKey },
+        body: JSON.stringify({ scopes: ['full_name'], registration: { full_name: 'Grace Hopper' } }),
+      });
+      assert.equal(created.status, 201);
+      const session = await created.json();
+
+      // The demo refuses (404, the one console line it may cause) and the page says
+      // what it needs; the real session was not touched.
+      const ctx = await browser.newContext(PHONE);
+      contexts.push(ctx);
+      const phone = await ctx.newPage();
+      const watcher = await watch(phone, 'phone on a real session', {
+        allow: [/status of 404 .*\/demo\/api\/device-token/],
+      });
+      await phone.goto(session.url);
+      await phone.getByTestId('problem').waitFor({ state: 'visible', timeout: TIMEOUT });
+      assert.match(await phone.getByTestId('problem').textContent(), /Open this page from your app/);
+      assert.equal(await phone.getByTestId('scopes').isVisible(), false, 'no registration shown');
+      const seen = await fetch(`${broker.baseUrl}/v1/sessions/${session.session_id}`, {
+        headers: { 'X-Api-Key': apiKey },
+      });
+      assert.equal((await seen.json()).status, 'initialized');
+      watcher.assertClean();
     } finally {
       for (const c of contexts) await c.close().catch(() => {});
       await broker.stop();

@@ -137,6 +137,14 @@ impl ApiError {
         }
     }
 
+    /// `429 rate_limited` with `Retry-After`, saying which limit.
+    pub fn rate_limited_because(message: impl Into<String>, retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(ErrorCode::RateLimited, message)
+        }
+    }
+
     /// `429 rate_limited` with `Retry-After`.
     pub fn rate_limited(retry_after: u64) -> Self {
         Self {

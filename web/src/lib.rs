@@ -158,11 +158,15 @@ pub fn serve(
     {
         // Forget addresses idle long enough to be back at a full bucket.
         let limiter = limiter.clone();
+        let demo = state.demo.as_ref().map(|d| d.new_sessions.clone());
         actix_web::rt::spawn(async move {
             let mut every = actix_web::rt::time::interval(Duration::from_secs(60));
             loop {
                 every.tick().await;
                 limiter.shrink();
+                if let Some(demo) = &demo {
+                    demo.shrink();
+                }
             }
         });
     }

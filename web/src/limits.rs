@@ -8,6 +8,8 @@
 //!   connection's extensions, so it is given back when the connection closes.
 //! - [`Cidr`], [`client_ip`] and [`limiter_key`]: the client address behind trusted
 //!   proxies, and the key the per-IP limits use (an IPv6 client by its /64).
+//! - [`PerMinute`]: a count of events per client address per minute (new demo
+//!   sessions), refused with `429` past it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
@@ -66,6 +68,45 @@ pub struct Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// At most `n` events a minute per client address (its [`limiter_key`]), in bursts of
+/// up to `n`: a governor token bucket refilled one event every `60/n` seconds.
+#[derive(Clone)]
+pub struct PerMinute {
+    inner: Arc<governor::DefaultKeyedRateLimiter<IpAddr>>,
+}
+
+impl std::fmt::Debug for PerMinute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PerMinute").finish_non_exhaustive()
+    }
+}
+
+impl PerMinute {
+    /// A limiter of `n` events a minute per address.
+    pub fn new(n: std::num::NonZeroU32) -> Self {
+        Self {
+            inner: Arc::new(governor::RateLimiter::keyed(
+                governor::Quota::per_minute(n).allow_burst(n),
+            )),
+        }
+    }
+
+    /// Counts one event of `ip`; `Err(seconds to wait)`, at least 1, if it is over.
+    pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
+        use governor::clock::{Clock as _, DefaultClock};
+        self.inner.check_key(&limiter_key(ip)).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+        })
+    }
+
+    /// Drops the state of addresses back to a full bucket. Call it periodically.
+    pub fn shrink(&self) {
+        self.inner.retain_recent();
+        self.inner.shrink_to_fit();
     }
 }
 
@@ -347,6 +388,23 @@ mod tests {
             stranger
         );
         assert_eq!(client_ip(proxy, ["203.0.113.5"].into_iter(), &[]), proxy);
+    }
+
+    #[test]
+    fn per_minute_counts_each_address_on_its_own_and_says_how_long_to_wait() {
+        let limit = PerMinute::new(std::num::NonZeroU32::new(3).unwrap());
+        for _ in 0..3 {
+            assert_eq!(limit.check(ip("192.0.2.1")), Ok(()));
+        }
+        let wait = limit.check(ip("192.0.2.1")).unwrap_err();
+        // One event back every 20 s.
+        assert!((1..=20).contains(&wait), "{wait}");
+        assert_eq!(limit.check(ip("192.0.2.2")), Ok(()));
+        // The same /64 is the same client.
+        for _ in 0..3 {
+            assert_eq!(limit.check(ip("2001:db8::1")), Ok(()));
+        }
+        assert!(limit.check(ip("2001:db8::2")).is_err());
     }
 
     #[test]

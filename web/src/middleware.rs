@@ -58,6 +58,16 @@ impl RateLimiter {
         }
     }
 
+    /// The client of a request: the peer, or behind a trusted proxy the address it
+    /// names ([`client_ip`]).
+    fn client(&self, peer: IpAddr, headers: &actix_web::http::header::HeaderMap) -> IpAddr {
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>();
+        client_ip(peer, forwarded.into_iter(), &self.trusted)
+    }
+
     /// `Err(seconds to wait)` if `ip` is over its quota.
     fn check(&self, ip: IpAddr) -> Result<(), u64> {
         let Some(l) = &self.inner else { return Ok(()) };
@@ -65,6 +75,24 @@ impl RateLimiter {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
         })
+    }
+}
+
+/// The client's address as the per-IP limits see it (the same [`client_ip`] as the
+/// rate limit, behind `--trusted-proxy`), for a handler with a per-IP limit of its own.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp(pub IpAddr);
+
+impl actix_web::FromRequest for ClientIp {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &actix_web::HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let client = match (req.app_data::<web::Data<RateLimiter>>(), req.peer_addr()) {
+            (Some(limiter), Some(peer)) => Ok(ClientIp(limiter.client(peer.ip(), req.headers()))),
+            _ => Err(ApiError::internal("the client's address is unknown")),
+        };
+        std::future::ready(client)
     }
 }
 
@@ -77,12 +105,7 @@ pub async fn rate_limit(
         if let (Some(limiter), Some(peer)) =
             (req.app_data::<web::Data<RateLimiter>>(), req.peer_addr())
         {
-            let forwarded = req
-                .headers()
-                .get_all("x-forwarded-for")
-                .filter_map(|v| v.to_str().ok())
-                .collect::<Vec<_>>();
-            let client = client_ip(peer.ip(), forwarded.into_iter(), &limiter.trusted);
+            let client = limiter.client(peer.ip(), req.headers());
             if let Err(wait) = limiter.check(client) {
                 metrics::counter!(idv_actors::metrics::RATE_LIMITED).increment(1);
                 return Err(ApiError::rate_limited(wait.max(1)).into());

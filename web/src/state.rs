@@ -111,6 +111,25 @@ pub struct DemoApp {
     pub issuer: String,
     /// That issuer's HS256 secret, to mint demo device tokens.
     pub issuer_secret: String,
+    /// New demo sessions per client address: at most
+    /// [`DEMO_SESSIONS_PER_MINUTE`](crate::routes::demo::DEMO_SESSIONS_PER_MINUTE) a
+    /// minute (SPEC §6). Shared by every worker (the buckets are behind an `Arc`).
+    pub new_sessions: crate::limits::PerMinute,
+}
+
+impl DemoApp {
+    /// The demo app of the demo key `owner` and the demo issuer `issuer` (signing with
+    /// `issuer_secret`), with its own per-address limit on new sessions.
+    pub fn new(owner: &str, issuer: &str, issuer_secret: String) -> Self {
+        Self {
+            owner: owner.to_owned(),
+            issuer: issuer.to_owned(),
+            issuer_secret,
+            new_sessions: crate::limits::PerMinute::new(
+                crate::routes::demo::DEMO_SESSIONS_PER_MINUTE,
+            ),
+        }
+    }
 }
 
 impl std::fmt::Debug for DemoApp {

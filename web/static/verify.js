@@ -1,6 +1,7 @@
 // The hosted device page: the session url (/verify/{id}) opens here on the phone.
 // Device token: from the fragment (#token=<jwt>, never sent to any server in a URL),
-// else, in demo mode, a demo token for a fresh demo user.
+// else, in demo mode (the broker marks the page's body with data-demo), a demo token
+// for a fresh demo user, which the demo gives for its own sessions only.
 (function () {
   'use strict';
 
@@ -179,10 +180,20 @@
       stored = null;
     }
     if (stored) return Promise.resolve(stored);
-    return fetch('/demo/api/device-token', { method: 'POST', cache: 'no-store' }).then(function (res) {
-      if (res.status === 404) {
-        throw { title: 'Open this page from your app', text: 'This page needs a sign-in token from the app that sent you here (a link ending in #token=…).' };
-      }
+    var fromApp = {
+      title: 'Open this page from your app',
+      text: 'This page needs a sign-in token from the app that sent you here (a link ending in #token=…).',
+    };
+    // Outside demo mode there is nobody to ask: the demo's route does not exist.
+    if (!document.body.hasAttribute('data-demo')) return Promise.reject(fromApp);
+    return fetch('/demo/api/device-token', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ session_id: sessionId }),
+      cache: 'no-store',
+    }).then(function (res) {
+      // 404: not one of the demo's sessions (a real app's session needs its app's token).
+      if (res.status === 404) throw fromApp;
       if (!res.ok) {
         return readJson(res).then(function (body) {
           throw { title: 'Could not sign you in', text: explain(res.status, body) };

@@ -792,7 +792,7 @@ impl Handler<Subscribe> for SessionActor {
             if snapshot.status.is_terminal() {
                 return Ok(Subscribed { id: None, snapshot });
             }
-            let max = act.live.max_subscribers();
+            let max = act.live.max_subscribers(&s.owner);
             let id = act.audience.subscribe(&msg, snapshot.seq, max)?;
             Ok(Subscribed {
                 id: Some(id),

@@ -171,7 +171,7 @@ pub async fn upload(
     let buffer = read_body(
         payload,
         announced,
-        state.registry.staging_budget(),
+        state.registry.staging_budget_for(&device.id),
         &mut ticket,
         deadline,
         state.upload_timeout,

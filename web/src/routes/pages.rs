@@ -58,16 +58,31 @@ const ASSETS: [Asset; 3] = [
     },
 ];
 
+/// The device page's `<body>` tag, and the same tag in demo mode: `data-demo` tells
+/// the page's script that it may ask the demo for a device token (only then; without
+/// it the script never calls the demo's route).
+const VERIFY_BODY: &str = "<body class=\"page-verify\">";
+const VERIFY_BODY_DEMO: &str = "<body class=\"page-verify\" data-demo>";
+
 /// A static file with the headers every page gets. `no-cache` (revalidate) rather
 /// than a long lifetime: the files change with the binary and carry no version.
 fn serve(asset: &Asset) -> HttpResponse {
+    serve_body(asset, asset.body.into())
+}
+
+/// [`serve`] with a body of its own (a page adapted to the broker's mode).
+fn serve_body(asset: &Asset, body: std::borrow::Cow<'static, str>) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, asset.content_type))
         .insert_header((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .insert_header((header::REFERRER_POLICY, "no-referrer"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .body(asset.body)
+        .body(match body {
+            // A static page is sent from the binary as is, without a copy.
+            std::borrow::Cow::Borrowed(b) => actix_web::body::BoxBody::new(b),
+            std::borrow::Cow::Owned(b) => actix_web::body::BoxBody::new(b),
+        })
 }
 
 #[utoipa::path(
@@ -121,9 +136,23 @@ pub async fn asset(name: web::Path<String>) -> Result<HttpResponse, ApiError> {
 )]
 /// `GET /verify/{id}`: the hosted device page. The page itself holds nothing about
 /// the session; it reads the id from its path and the device token from the fragment.
-pub async fn verify(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+/// In demo mode it is marked so (see [`VERIFY_BODY_DEMO`]): without a token, it may
+/// then ask the demo for one, which answers for demo sessions only.
+pub async fn verify(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     session_id(&path)?;
-    Ok(serve(&VERIFY_PAGE))
+    Ok(match state.demo {
+        Some(_) => serve_body(
+            &VERIFY_PAGE,
+            VERIFY_PAGE
+                .body
+                .replacen(VERIFY_BODY, VERIFY_BODY_DEMO, 1)
+                .into(),
+        ),
+        None => serve(&VERIFY_PAGE),
+    })
 }
 
 #[utoipa::path(
@@ -142,4 +171,15 @@ pub async fn demo(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
         .as_ref()
         .map(|_| serve(&DEMO_PAGE))
         .ok_or_else(|| ApiError::not_found("the demo is off (start the broker with --demo)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_page_has_the_body_tag_that_demo_mode_marks() {
+        assert_eq!(VERIFY_PAGE.body.matches(VERIFY_BODY).count(), 1);
+        assert!(!VERIFY_PAGE.body.contains("data-demo"));
+    }
 }

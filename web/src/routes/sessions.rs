@@ -92,7 +92,8 @@ pub async fn create(
     body: Json<CreateSession>,
 ) -> Result<HttpResponse, ApiError> {
     let claim = idempotency_claim(&req, &body)?;
-    let (session, token, replayed) = open(&state, &backend.owner, body.into_inner(), claim).await?;
+    let (session, token, replayed) =
+        open(&state, &backend.owner, body.into_inner(), claim, state.ttl).await?;
     Ok(if replayed {
         HttpResponse::Ok()
     } else {
@@ -102,15 +103,17 @@ pub async fn create(
 }
 
 /// Validates a create request and opens the session for `owner` (or replays it): the
-/// one path by which sessions are made, for the backend route and the demo's own.
-/// Answers the session, its freshly issued token, and whether it was a replay.
+/// one path by which sessions are made, for the backend route and the demo's own
+/// (whose `ttl` bounds are tighter). Answers the session, its freshly issued token,
+/// and whether it was a replay.
 pub(crate) async fn open(
     state: &AppState,
     owner: &str,
     body: CreateSession,
     claim: Option<IdempotencyClaim>,
+    ttl: crate::state::TtlBounds,
 ) -> Result<(SessionRecord, SessionToken, bool), ApiError> {
-    let ttl = body.validate(state.ttl)?;
+    let ttl = body.validate(ttl)?;
     if body.callback_url.is_some() && !state.webhooks_signed {
         return Err(ApiError::invalid(
             "callback_url needs a webhook secret, and this broker has none: it sends nothing unsigned",

@@ -188,7 +188,10 @@ impl Application {
                 let handle = io.handle().ok_or_else(|| db_error(StoreError::Closed))?;
                 Some(
                     Cluster::start(
-                        ClusterConfig::new(nats.clone()),
+                        ClusterConfig {
+                            nats: settings.nats_options.clone(),
+                            ..ClusterConfig::new(nats.clone())
+                        },
                         handle,
                         cluster.clone(),
                         registry.clone(),

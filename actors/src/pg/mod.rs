@@ -8,6 +8,7 @@
 //! - [`files`]: uploaded files and the retention purge.
 //! - [`outbox`]: the webhook outbox, dispatched by the session's owner only.
 //! - [`cluster`]: leases, claims and orphan adoption ([`ClusterStore`]).
+//! - [`tls`]: TLS as the URL's `sslmode` and `sslrootcert` ask, with libpq's meanings.
 //!
 //! Every call runs on the dedicated `store-io` runtime whose handle is given to
 //! [`PgStore::open`]: the connections' I/O tasks live there, so a call's future never
@@ -34,6 +35,7 @@ mod files;
 mod outbox;
 mod schema;
 mod sessions;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -198,17 +200,24 @@ impl PgStore {
     /// advisory lock) and starts the scrubber, all on `handle` (the `store-io` runtime).
     /// Fails if the server cannot be reached or its schema is unusable.
     pub async fn open(config: PgConfig, handle: Handle) -> Result<Arc<PgStore>, StoreError> {
-        let mut pg: tokio_postgres::Config = config
-            .url
-            .parse()
-            .map_err(|e| StoreError::Schema(format!("bad PostgreSQL URL: {e}")))?;
+        // tokio-postgres's messages name the option, not the URL; redacted all the same,
+        // since a URL that does not parse may put its password anywhere.
+        let bad_url = |e: &dyn std::fmt::Display| {
+            StoreError::Schema(format!(
+                "bad PostgreSQL URL: {}",
+                crate::redact::redact_url(&e.to_string())
+            ))
+        };
+        let (url, tls) = tls::split_url(&config.url).map_err(|e| bad_url(&e))?;
+        let mut pg: tokio_postgres::Config = url.parse().map_err(|e| bad_url(&e))?;
+        let tls = tls.apply(&mut pg).map_err(StoreError::Schema)?;
         pg.connect_timeout(CONNECT_TIMEOUT);
         if pg.get_application_name().is_none() {
             pg.application_name(format!("idv-broker {}", config.node_id));
         }
         let manager = Manager::from_config(
             pg,
-            tokio_postgres::NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -264,15 +273,7 @@ impl PgStore {
 
 /// `url` without its password, for messages and logs.
 pub fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
-        Err(_) => "<a PostgreSQL URL>".to_owned(),
-    }
+    crate::redact::redact_url(url)
 }
 
 /// Creates a new, empty database `name` on the server of `server_url` (whose own

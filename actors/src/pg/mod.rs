@@ -244,7 +244,8 @@ impl PgStore {
         handle
             .spawn(async move { schema::migrate(&migrating.pool).await })
             .await
-            .map_err(|_| StoreError::Closed)??;
+            .map_err(|_| StoreError::Closed)?
+            .map_err(with_causes)?;
         handle.spawn(scrubber(shared.clone()));
         Ok(Arc::new(PgStore { shared, handle }))
     }
@@ -268,6 +269,28 @@ impl PgStore {
     /// The epoch this node holds for `id`, if it runs it (tests).
     pub fn held_epoch(&self, id: SessionId) -> Option<i64> {
         self.shared.held.get(&id).map(|e| *e)
+    }
+}
+
+/// A failure to connect or migrate at start, with its causes on one line: tokio-postgres
+/// says only "db error" or "error performing TLS handshake", and what the operator needs
+/// ("password authentication failed", "invalid peer certificate: UnknownIssuer") is in
+/// the sources. Only here: later errors can quote a row in their DETAIL, and those are
+/// logged without it.
+fn with_causes(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Postgres(inner) => {
+            let mut text = inner.to_string();
+            let mut source = inner.source();
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            let line = crate::redact::redact_url(&text.replace('\n', "; "));
+            StoreError::Postgres(Arc::new(std::io::Error::other(line)))
+        }
+        other => other,
     }
 }
 

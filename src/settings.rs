@@ -167,13 +167,22 @@ pub struct RunArgs {
     pub workers: Option<usize>,
 }
 
-/// Which store the broker runs on (`--store`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Which store the broker runs on (`--store`). Its `Debug` shows a URL redacted.
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     /// The embedded default: one process, one SQLite file.
     Sqlite(PathBuf),
     /// PostgreSQL, for several nodes (SPEC §7): the `postgres://` or `postgresql://` URL.
     Postgres(String),
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            StoreUrl::Postgres(_) => f.debug_tuple("Postgres").field(&self.display()).finish(),
+        }
+    }
 }
 
 impl StoreUrl {
@@ -868,6 +877,7 @@ mod tests {
         assert_eq!(s.store, StoreUrl::Postgres(pg.into()));
         assert_eq!(s.node_id, "n-1");
         assert!(!s.store.display().contains("secret-pw"));
+        assert!(!format!("{:?}", s.store).contains("secret-pw"));
         let err = settings(&["--store", "mysql://h/db"], &[])
             .err()
             .expect("refused");

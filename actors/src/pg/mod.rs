@@ -69,8 +69,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default connections per node.
 pub const DEFAULT_POOL_SIZE: usize = 16;
 
-/// How a [`PgStore`] connects and who it is.
-#[derive(Clone, Debug)]
+/// How a [`PgStore`] connects and who it is. Its `Debug` shows the URL redacted.
+#[derive(Clone)]
 pub struct PgConfig {
     /// `postgres://user@host/db` (or `postgresql://`).
     pub url: String,
@@ -80,6 +80,17 @@ pub struct PgConfig {
     pub pool_size: usize,
     /// Where transitions enqueue webhook events; `None` (no signing secret): none are.
     pub webhooks: Option<WebhookRoute>,
+}
+
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("url", &redacted(&self.url))
+            .field("node_id", &self.node_id)
+            .field("pool_size", &self.pool_size)
+            // Not the webhook URL: it may carry a credential in its query.
+            .finish_non_exhaustive()
+    }
 }
 
 impl PgConfig {

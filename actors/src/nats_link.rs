@@ -354,6 +354,23 @@ mod tests {
             assert!(err.contains(expected), "{options:?}: {err}");
             assert!(!err.contains("SUAIO3") && !err.contains('\n'), "{err}");
         }
+        // A well-formed file is taken (the server checks the JWT; the seed signs its nonce).
+        let good = dir.path().join("node.creds");
+        std::fs::write(
+            &good,
+            "-----BEGIN NATS USER JWT-----\n\
+             eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.e30.c2ln\n\
+             ------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n\
+             SUAIO3FHUX5PNV2LQIIP7TZ3N4L7TX3W53MQGEIVYFIGA635OZCKEYHFLM\n\
+             ------END USER NKEY SEED------\n",
+        )
+        .unwrap();
+        let creds = NatsOptions {
+            creds: Some(good),
+            ..NatsOptions::default()
+        };
+        assert!(connect_options(None, &creds).await.is_ok());
         let both = NatsOptions {
             creds: Some(garbage.clone()),
             ..NatsOptions::default()

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 
 export IDVB_SERVICES_DIR="${TMPDIR:-/tmp}/idvb-ci-services.$$"
 trap 'scripts/services.sh stop || true' EXIT
-# Exports IDVB_TEST_PG and IDVB_TEST_NATS for every step below.
+# Exports IDVB_TEST_PG and IDVB_TEST_NATS for every step below, and the TLS role and
+# CA of that PostgreSQL (IDVB_TEST_PG_CA, IDVB_TEST_PG_TLS_USER/_PASSWORD) for tests/cluster/tls.rs.
 eval "$(scripts/services.sh start)"
 
 bash .ci/check-vendored.sh

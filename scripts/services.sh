@@ -3,7 +3,9 @@
 # for trying a cluster by hand: PostgreSQL in a temporary directory (as a non-root
 # user: PostgreSQL refuses root) and nats-server. Installs what is missing (Debian).
 #
-#   eval "$(scripts/services.sh start)"   # exports IDVB_TEST_PG and IDVB_TEST_NATS
+#   eval "$(scripts/services.sh start)"   # exports IDVB_TEST_PG and IDVB_TEST_NATS, and
+#                                         # IDVB_TEST_PG_CA, IDVB_TEST_PG_TLS_USER and
+#                                         # IDVB_TEST_PG_TLS_PASSWORD for the TLS tests
 #   scripts/services.sh stop              # stops both, deletes the directory
 #
 # State lives in ${IDVB_SERVICES_DIR:-/tmp/idvb-services}; `start` when both already
@@ -12,6 +14,8 @@ set -euo pipefail
 
 DIR="${IDVB_SERVICES_DIR:-/tmp/idvb-services}"
 PG_USER=idvb-pg
+# The role the TLS tests log in as: by password (SCRAM), and only over TLS.
+PG_TLS_ROLE=idvb_tls
 
 log() { echo "services: $*" >&2; }
 
@@ -50,6 +54,55 @@ as_pg() {
 exports() {
     echo "export IDVB_TEST_PG=postgres://postgres@127.0.0.1:$(cat "$DIR/pg.port")/postgres"
     echo "export IDVB_TEST_NATS=nats://127.0.0.1:$(cat "$DIR/nats.port")"
+    # Services started by an older version of this script have no TLS.
+    if [ -f "$DIR/pg-tls/password" ]; then
+        echo "export IDVB_TEST_PG_CA=$DIR/pg-tls/ca.crt"
+        echo "export IDVB_TEST_PG_TLS_USER=$PG_TLS_ROLE"
+        echo "export IDVB_TEST_PG_TLS_PASSWORD=$(cat "$DIR/pg-tls/password")"
+    fi
+}
+
+# A throw-away CA and a server certificate for 127.0.0.1 and localhost signed by it,
+# installed as the data directory's server.crt/server.key (PostgreSQL's defaults); the
+# CA stays in $DIR/pg-tls for the clients. EC P-256: quick to make, and rustls takes it.
+make_pg_tls() {
+    local d="$DIR/pg-tls"
+    mkdir -p "$d"
+    cat >"$d/ca.cnf" <<'CNF'
+[req]
+distinguished_name = dn
+x509_extensions = ca
+prompt = no
+[dn]
+CN = idvb test PostgreSQL CA
+[ca]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+CNF
+    printf '%s\n' "basicConstraints = CA:FALSE" "keyUsage = digitalSignature" \
+        "extendedKeyUsage = serverAuth" "subjectAltName = DNS:localhost,IP:127.0.0.1" >"$d/server.ext"
+    openssl req -x509 -config "$d/ca.cnf" -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+        -nodes -days 30 -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -subj "/CN=localhost" -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
+    openssl x509 -req -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+        -days 30 -extfile "$d/server.ext" -out "$d/server.crt" 2>/dev/null
+    install -m 600 "$d/server.crt" "$DIR/pg/server.crt"
+    install -m 600 "$d/server.key" "$DIR/pg/server.key"
+    if [ "$(id -u)" = 0 ]; then chown "$PG_USER" "$DIR/pg/server.crt" "$DIR/pg/server.key"; fi
+    chmod 644 "$d/ca.crt"
+    python3 -c 'import secrets; print(secrets.token_hex(16))' >"$d/password"
+    # First match wins: the TLS role logs in by password over TLS and never without it,
+    # above initdb's trust lines, which keep serving every other user as before.
+    local hba="$DIR/pg/pg_hba.conf"
+    {
+        echo "hostssl   all $PG_TLS_ROLE 127.0.0.1/32 scram-sha-256"
+        echo "hostnossl all $PG_TLS_ROLE 127.0.0.1/32 reject"
+        cat "$hba"
+    } >"$hba.new"
+    mv "$hba.new" "$hba"
+    if [ "$(id -u)" = 0 ]; then chown "$PG_USER" "$hba"; fi
 }
 
 running() {
@@ -76,11 +129,15 @@ start() {
     pg_port="$(free_port)"
     as_pg "$bin/initdb" -D "$DIR/pg" -U postgres --auth=trust --no-sync -E UTF8 >"$DIR/initdb.log" 2>&1 ||
         { cat "$DIR/initdb.log" >&2; exit 1; }
-    # Durable commits as in production (fsync on); loopback only; sockets in the data dir.
+    make_pg_tls
+    # Durable commits as in production (fsync on); loopback only; sockets in the data dir;
+    # TLS offered (a client that does not ask for it is served as before).
     as_pg "$bin/pg_ctl" -D "$DIR/pg" -l "$DIR/pg/server.log" -w -t 60 \
-        -o "-p $pg_port -c listen_addresses=127.0.0.1 -k $DIR/pg -c max_connections=400 -c shared_buffers=128MB" \
+        -o "-p $pg_port -c listen_addresses=127.0.0.1 -k $DIR/pg -c max_connections=400 -c shared_buffers=128MB -c ssl=on" \
         start >&2
     echo "$pg_port" >"$DIR/pg.port"
+    as_pg "$bin/psql" -h "$DIR/pg" -p "$pg_port" -U postgres -d postgres -v ON_ERROR_STOP=1 -q \
+        -c "CREATE ROLE $PG_TLS_ROLE LOGIN PASSWORD '$(cat "$DIR/pg-tls/password")'" >&2
 
     nats_port="$(free_port)"
     setsid "$nats" -a 127.0.0.1 -p "$nats_port" -P "$DIR/nats.pid" -l "$DIR/nats.log" </dev/null >/dev/null 2>&1 &

@@ -102,6 +102,12 @@ fn main() -> ExitCode {
     if let Ok(cap) = "tokio_postgres=info".parse() {
         filter = filter.add_directive(cap);
     }
+    // async-nats logs whole protocol operations at debug and trace: every message
+    // between nodes (a forwarded command carries a person's data and tokens) and the
+    // CONNECT with the NATS password. Capped the same way.
+    if let Ok(cap) = "async_nats=info".parse() {
+        filter = filter.add_directive(cap);
+    }
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use idv_actors::clock::{SharedClock, SystemClock};
 use idv_actors::credentials::{parse_pair, MAX_TOKEN_LIFETIME_SECS};
+use idv_actors::nats_link::{split_credentials, NatsOptions};
 use idv_actors::webhooks::WebhookConfig;
 use idv_web::TtlBounds;
 
@@ -148,19 +149,45 @@ pub struct RunArgs {
     /// all open) [env: IDVB_CLUSTER_KEYS, comma-separated].
     #[arg(long = "cluster-key", value_name = "KEY")]
     pub cluster_keys: Vec<String>,
+    /// The CA (PEM) NATS's certificate must chain to, instead of the platform's roots;
+    /// turns TLS on.
+    #[arg(long = "nats-tls-ca", env = "IDVB_NATS_TLS_CA", value_name = "PATH")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM) for mutual TLS with NATS; needs --nats-tls-key.
+    #[arg(
+        long = "nats-tls-cert",
+        env = "IDVB_NATS_TLS_CERT",
+        value_name = "PATH"
+    )]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --nats-tls-cert.
+    #[arg(long = "nats-tls-key", env = "IDVB_NATS_TLS_KEY", value_name = "PATH")]
+    pub nats_tls_key: Option<PathBuf>,
+    /// A NATS credentials file (user JWT and nkey seed) to log in to NATS with.
+    #[arg(long = "nats-creds", env = "IDVB_NATS_CREDS", value_name = "PATH")]
+    pub nats_creds: Option<PathBuf>,
     /// HTTP worker threads (each runs its own event loop and the session actors it
     /// starts); default: one per CPU the process may run on.
     #[arg(long, env = "IDVB_WORKERS", value_name = "N", value_parser = workers)]
     pub workers: Option<usize>,
 }
 
-/// Which store the broker runs on (`--store`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Which store the broker runs on (`--store`). Its `Debug` shows a URL redacted.
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     /// The embedded default: one process, one SQLite file.
     Sqlite(PathBuf),
     /// PostgreSQL, for several nodes (SPEC §7): the `postgres://` or `postgresql://` URL.
     Postgres(String),
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            StoreUrl::Postgres(_) => f.debug_tuple("Postgres").field(&self.display()).finish(),
+        }
+    }
 }
 
 impl StoreUrl {
@@ -176,6 +203,9 @@ impl StoreUrl {
             return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
         }
         if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            // The TLS it asks for is checked now, so a bad sslmode is a flag error at
+            // once; its messages name the parameter, never the URL.
+            idv_actors::pg::tls::split_url(value).map_err(|e| format!("--store: {e}"))?;
             return Ok(StoreUrl::Postgres(value.to_owned()));
         }
         Err("--store: expected sqlite:PATH, postgres://… or postgresql://…".into())
@@ -254,6 +284,8 @@ pub struct Settings {
     pub store: StoreUrl,
     /// The NATS server between nodes (`--nats`); required with a postgres store.
     pub nats: Option<String>,
+    /// TLS files and a credentials file for NATS (`--nats-tls-*`, `--nats-creds`).
+    pub nats_options: NatsOptions,
     /// This node's id (`--node-id`): the owner of the sessions it runs.
     pub node_id: String,
     /// The cluster keys (`--cluster-key`), the first sealing; required with a postgres
@@ -330,6 +362,7 @@ impl Settings {
             store: StoreUrl::Sqlite(db.clone()),
             db,
             nats: None,
+            nats_options: NatsOptions::default(),
             node_id: random_node_id(),
             cluster_keys: Vec::new(),
             pg_pool_size: idv_actors::pg::DEFAULT_POOL_SIZE,
@@ -436,10 +469,30 @@ impl Settings {
             Some(url) => StoreUrl::parse(url)?,
             None => StoreUrl::Sqlite(args.db.clone()),
         };
+        let nats_options = NatsOptions {
+            tls_ca: args.nats_tls_ca,
+            tls_cert: args.nats_tls_cert,
+            tls_key: args.nats_tls_key,
+            creds: args.nats_creds,
+        };
         if let Some(nats) = &args.nats {
             if !(nats.starts_with("nats://") || nats.starts_with("tls://")) {
                 return Err("--nats: expected nats://HOST:PORT".into());
             }
+            let (_, auth) = split_credentials(nats).map_err(|e| e.to_string())?;
+            if auth.is_some() && nats_options.creds.is_some() {
+                return Err("--nats-creds and credentials in the --nats URL: give one".into());
+            }
+        } else if nats_options != NatsOptions::default() {
+            return Err(
+                "--nats-tls-ca, --nats-tls-cert, --nats-tls-key and --nats-creds need --nats"
+                    .into(),
+            );
+        }
+        if nats_options.tls_cert.is_some() != nats_options.tls_key.is_some() {
+            return Err(
+                "--nats-tls-cert and --nats-tls-key go together (mutual TLS needs both)".into(),
+            );
         }
         if matches!(store, StoreUrl::Postgres(_)) && args.nats.is_none() {
             return Err(
@@ -519,6 +572,7 @@ impl Settings {
             )),
             store,
             nats: args.nats,
+            nats_options,
             node_id,
             cluster_keys,
             ..Self::with_db(args.db)
@@ -854,6 +908,7 @@ mod tests {
         assert_eq!(s.store, StoreUrl::Postgres(pg.into()));
         assert_eq!(s.node_id, "n-1");
         assert!(!s.store.display().contains("secret-pw"));
+        assert!(!format!("{:?}", s.store).contains("secret-pw"));
         let err = settings(&["--store", "mysql://h/db"], &[])
             .err()
             .expect("refused");
@@ -895,6 +950,127 @@ mod tests {
         // The key is never printed, not even by `Debug`.
         let s = with(&["--cluster-key", KEY_1], &[]).unwrap();
         assert!(!format!("{:?}", s.cluster_keys).contains(KEY_1));
+    }
+
+    #[test]
+    fn nats_tls_and_credentials_flags_are_taken_checked_together_and_never_echo_a_secret() {
+        let base = ["--store", "postgres://idv@db/idv", "--nats"];
+        let with = |nats: &str, more: &[&str]| {
+            let argv: Vec<&str> = base
+                .iter()
+                .copied()
+                .chain([nats])
+                .chain(more.iter().copied())
+                .collect();
+            settings(&argv, &[])
+        };
+        let s = with(
+            "tls://app:nats-pw-0123@127.0.0.1:4222",
+            &[
+                "--nats-tls-ca",
+                "/etc/idv/ca.pem",
+                "--nats-tls-cert",
+                "/etc/idv/node.pem",
+                "--nats-tls-key",
+                "/etc/idv/node.key",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            s.nats_options,
+            NatsOptions {
+                tls_ca: Some("/etc/idv/ca.pem".into()),
+                tls_cert: Some("/etc/idv/node.pem".into()),
+                tls_key: Some("/etc/idv/node.key".into()),
+                creds: None,
+            }
+        );
+        let s = with(
+            "nats://127.0.0.1:4222",
+            &["--nats-creds", "/etc/idv/node.creds"],
+        )
+        .unwrap();
+        assert_eq!(s.nats_options.creds, Some("/etc/idv/node.creds".into()));
+        assert_eq!(
+            settings(&[], &[]).unwrap().nats_options,
+            NatsOptions::default()
+        );
+        // Refused, each with a message that names the flags and holds no password.
+        for (nats, more, says) in [
+            (
+                "nats://h:4222",
+                &["--nats-tls-cert", "c.pem"][..],
+                "--nats-tls-key",
+            ),
+            (
+                "nats://h:4222",
+                &["--nats-tls-key", "k.pem"][..],
+                "--nats-tls-cert",
+            ),
+            (
+                "nats://app:nats-pw-0123@h:4222",
+                &["--nats-creds", "n.creds"][..],
+                "give one",
+            ),
+            ("nats://app:nats-pw-0123@[::1", &[][..], "--nats"),
+        ] {
+            let err = with(nats, more)
+                .err()
+                .unwrap_or_else(|| panic!("{nats} {more:?}"));
+            assert!(err.contains(says) && !err.contains("nats-pw-0123"), "{err}");
+        }
+        let err = settings(&["--nats-tls-ca", "ca.pem"], &[])
+            .err()
+            .expect("refused");
+        assert!(err.contains("need --nats"), "{err}");
+        // The environment names of SPEC §7.
+        let command = <Cli as clap::CommandFactory>::command();
+        for (flag, var) in [
+            ("nats-tls-ca", "IDVB_NATS_TLS_CA"),
+            ("nats-tls-cert", "IDVB_NATS_TLS_CERT"),
+            ("nats-tls-key", "IDVB_NATS_TLS_KEY"),
+            ("nats-creds", "IDVB_NATS_CREDS"),
+        ] {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(flag))
+                .unwrap_or_else(|| panic!("--{flag}"));
+            assert_eq!(arg.get_env().and_then(|v| v.to_str()), Some(var));
+        }
+    }
+
+    #[test]
+    fn a_postgres_store_is_checked_for_the_tls_it_asks_without_echoing_the_url() {
+        let nats = ["--nats", "nats://127.0.0.1:4222"];
+        for url in [
+            "postgres://idv:pg-pw-0123@db/idv?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+            "postgres://idv:pg-pw-0123@db/idv?sslmode=verify-ca&sslrootcert=/etc/ca.pem",
+            "postgres://idv:pg-pw-0123@db/idv?sslmode=require",
+            "postgres://idv:pg-pw-0123@db/idv?sslmode=disable",
+        ] {
+            let s = settings(&[&["--store", url][..], &nats[..]].concat(), &[]).unwrap();
+            assert_eq!(
+                s.store.display(),
+                url.replace("pg-pw-0123", "***"),
+                "the redacted URL keeps its parameters"
+            );
+        }
+        for (url, says) in [
+            (
+                "postgres://idv:pg-pw-0123@db/idv?sslmode=verify-full",
+                "needs sslrootcert",
+            ),
+            (
+                "postgres://idv:pg-pw-0123@db/idv?sslmode=allow",
+                "sslmode=allow",
+            ),
+        ] {
+            let err = settings(&[&["--store", url][..], &nats[..]].concat(), &[])
+                .err()
+                .expect("refused");
+            assert!(err.starts_with("--store: ") && err.contains(says), "{err}");
+            assert!(!err.contains("pg-pw-0123"), "{err}");
+        }
     }
 
     #[test]

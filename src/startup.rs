@@ -206,6 +206,7 @@ impl Application {
         // node id commits nothing meanwhile (SPEC §7: fencing by process).
         let cluster_config = settings.nats.as_ref().map(|nats| ClusterConfig {
             keys: settings.cluster_keys.clone(),
+            nats: settings.nats_options.clone(),
             ..ClusterConfig::new(nats.clone())
         });
         if let (Some(cluster), Some(config)) = (&cluster, &cluster_config) {

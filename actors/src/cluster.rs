@@ -35,6 +35,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{Seq, SessionId};
 use crate::model::WireView;
+use crate::nats_link::{self, NatsOptions};
+use crate::redact::redact_url;
 use crate::registry::{Registry, ServeError};
 use crate::route::{ForwardError, Outbound, RouteFuture, Router, Wire, WireError, WireOk};
 use crate::seal::{ClusterKey, Sealer};
@@ -49,6 +51,8 @@ use crate::write::ImageType;
 pub struct ClusterConfig {
     /// The NATS server(s), e.g. `nats://127.0.0.1:4222`.
     pub nats_url: String,
+    /// TLS files and a credentials file for NATS.
+    pub nats: NatsOptions,
     /// How long a lease lasts unrenewed: a dead node's sessions are taken over after it.
     pub lease_ttl: Duration,
     /// How often the lease is renewed.
@@ -69,6 +73,7 @@ impl ClusterConfig {
     pub fn new(nats_url: impl Into<String>) -> Self {
         Self {
             nats_url: nats_url.into(),
+            nats: NatsOptions::default(),
             lease_ttl: Duration::from_secs(5),
             renew_every: Duration::from_millis(1500),
             adopt_every: Duration::from_secs(1),
@@ -85,9 +90,9 @@ pub enum ClusterError {
     #[error("node id {0:?}: use 1 to 64 of A-Z a-z 0-9 _ -")]
     NodeId(String),
     /// NATS is not reachable.
-    #[error("cannot connect to NATS at {url}: {reason}")]
+    #[error("cannot connect to NATS at {}: {reason}", redact_url(url))]
     Nats {
-        /// The URL.
+        /// The URL, with its secrets (printed redacted).
         url: String,
         /// Why.
         reason: String,
@@ -238,15 +243,10 @@ impl Cluster {
         let url = config.nats_url.clone();
         let name = format!("idv-broker {id}");
         let timeout = config.request_timeout;
+        let options = config.nats.clone();
         let nats = io
             .clone()
-            .spawn(async move {
-                async_nats::ConnectOptions::new()
-                    .name(name)
-                    .request_timeout(Some(timeout))
-                    .connect(url)
-                    .await
-            })
+            .spawn(async move { nats_link::connect(&url, &options, name, timeout).await })
             .await
             .map_err(|e| ClusterError::Nats {
                 url: config.nats_url.clone(),

@@ -12,6 +12,7 @@
 //! - `live`: the narrow handle a session actor has on the registry.
 //! - [`cluster`]: several nodes over NATS: the router, the lease, the takeover.
 //! - [`seal`]: messages between nodes sealed under the cluster key, replays dropped.
+//! - [`nats_link`]: the connection to NATS: credentials, TLS and mutual TLS.
 //! - [`route`]: how the registry reaches sessions owned by another node ([`route::Router`]).
 //! - [`session_store`]: the store as the actors see it, one object-safe trait.
 //! - [`staging`]: uploads held in memory until approve, under a broker-wide budget.
@@ -22,6 +23,7 @@
 //! - [`write`]: what a transition writes, as planned (the store decides nothing).
 //! - [`credentials`]: API keys, session tokens and device JWTs.
 //! - [`metrics`]: the Prometheus metrics' names, the recorder and `/metrics`' text.
+//! - [`redact`]: secrets out of connection strings before they are printed or logged.
 //! - [`ids`], [`model`], [`clock`], [`error`]: the vocabulary.
 
 pub mod clock;
@@ -34,7 +36,9 @@ pub mod ids;
 mod live;
 pub mod metrics;
 pub mod model;
+pub mod nats_link;
 pub mod pg;
+pub mod redact;
 pub mod registry;
 pub mod retention;
 pub mod route;

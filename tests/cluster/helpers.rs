@@ -50,6 +50,11 @@ pub fn required_env(name: &str) -> String {
 /// cores at once would blur. A tokio mutex, so the tests' separate runtimes can share it.
 static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// This binary's turn to run nodes, for a test that starts nodes without [`Cluster`].
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    ONE_CLUSTER_AT_A_TIME.lock().await
+}
+
 /// A fresh database on the test PostgreSQL, dropped when this is dropped.
 pub struct Db {
     /// What the nodes get as `--store`.
@@ -82,11 +87,21 @@ async fn connect_pg(url: &str) -> tokio_postgres::Client {
 impl Db {
     /// Creates `idvb_cluster_<random>` through the admin connection of `IDVB_TEST_PG`.
     pub async fn fresh() -> Db {
+        Db::create(None).await
+    }
+
+    /// Like [`Db::fresh`], the database owned by role `owner` (who may then migrate it).
+    pub async fn fresh_owned_by(owner: &str) -> Db {
+        Db::create(Some(owner)).await
+    }
+
+    async fn create(owner: Option<&str>) -> Db {
         let admin_url = required_env("IDVB_TEST_PG");
         let name = format!("idvb_cluster_{}", uuid::Uuid::new_v4().simple());
         let admin = connect_pg(&admin_url).await;
+        let owner = owner.map(|o| format!(" OWNER {o}")).unwrap_or_default();
         admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .batch_execute(&format!("CREATE DATABASE {name}{owner}"))
             .await
             .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
         let mut url = url::Url::parse(&admin_url).expect("IDVB_TEST_PG is a URL");
@@ -293,6 +308,8 @@ pub struct Options {
     pub extra: Vec<String>,
     /// A NATS of the test's own instead of `IDVB_TEST_NATS` (a test that stops it).
     pub nats: Option<String>,
+    /// The nodes' `RUST_LOG`; `info` when `None`.
+    pub rust_log: Option<String>,
 }
 
 /// Three nodes on one fresh database and the test NATS.
@@ -499,6 +516,34 @@ async fn start_node(
     options: &Options,
     dir: &std::path::Path,
 ) -> Node {
+    try_start_node(id, store, nats, options, dir)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "node {id} did not start ({:?}); its stderr:\n{}",
+                e.code, e.log
+            )
+        })
+}
+
+/// A node that ended (or hung) before it listened.
+#[derive(Debug)]
+pub struct NotStarted {
+    /// Its exit code; `None` when it hung for a minute and was killed, or died by a signal.
+    pub code: Option<i32>,
+    /// Its whole stderr.
+    pub log: String,
+}
+
+/// Starts one node and waits for its `listening on` line (SPEC §6); a node that ends
+/// before it, or says nothing for a minute, is answered as [`NotStarted`].
+pub async fn try_start_node(
+    id: &str,
+    store: &str,
+    nats: &str,
+    options: &Options,
+    dir: &std::path::Path,
+) -> Result<Node, NotStarted> {
     let log = dir.join(format!("node-{id}.log"));
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_idv-broker"));
     command
@@ -522,7 +567,7 @@ async fn start_node(
         }
     }
     let mut child = command
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", options.rust_log.as_deref().unwrap_or("info"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("log file"))
@@ -539,21 +584,21 @@ async fn start_node(
     if !matches!(read, Ok(Ok(n)) if n > 0) {
         // It ended (a bad flag, an unreachable engine) or hangs: say why, from its log.
         let _ = child.start_kill();
-        let status = child.wait().await.ok();
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        panic!("node {id} did not start ({status:?}); its stderr:\n{text}");
+        let code = child.wait().await.ok().and_then(|s| s.code());
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        return Err(NotStarted { code, log });
     }
     let address = line
         .trim()
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("node {id}: unexpected first line {line:?}"))
         .to_owned();
-    Node {
+    Ok(Node {
         id: id.to_owned(),
         address,
         child,
         log,
-    }
+    })
 }
 
 /// What `POST /v1/sessions` answered.

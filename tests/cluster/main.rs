@@ -15,7 +15,8 @@
 //! - `receiver`: a webhook receiver that checks order and signatures;
 //! - the tests: `routing` (any node answers, pushes reach every node), `expiry`,
 //!   `webhooks`, `failover` (`kill -9` of an owner), `handover` (SIGTERM) and
-//!   `readiness` (NATS lost and back), `sealing` (what NATS sees, and forged messages).
+//!   `readiness` (NATS lost and back), `sealing` (what NATS sees, and forged messages),
+//!   `tls` (TLS and passwords to both engines, and none of them in a node's logs).
 
 mod helpers;
 mod load;
@@ -29,4 +30,5 @@ mod handover;
 mod readiness;
 mod routing;
 mod sealing;
+mod tls;
 mod webhooks;

@@ -8,6 +8,7 @@
 //! - [`files`]: uploaded files and the retention purge.
 //! - [`outbox`]: the webhook outbox, dispatched by the session's owner only.
 //! - [`cluster`]: leases, claims and orphan adoption ([`ClusterStore`]).
+//! - [`tls`]: TLS as the URL's `sslmode` and `sslrootcert` ask, with libpq's meanings.
 //!
 //! Every call runs on the dedicated `store-io` runtime whose handle is given to
 //! [`PgStore::open`]: the connections' I/O tasks live there, so a call's future never
@@ -34,6 +35,7 @@ mod files;
 mod outbox;
 mod schema;
 mod sessions;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -76,8 +78,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default connections per node.
 pub const DEFAULT_POOL_SIZE: usize = 16;
 
-/// How a [`PgStore`] connects and who it is.
-#[derive(Clone, Debug)]
+/// How a [`PgStore`] connects and who it is. Its `Debug` shows the URL redacted.
+#[derive(Clone)]
 pub struct PgConfig {
     /// `postgres://user@host/db` (or `postgresql://`).
     pub url: String,
@@ -87,6 +89,17 @@ pub struct PgConfig {
     pub pool_size: usize,
     /// Where transitions enqueue webhook events; `None` (no signing secret): none are.
     pub webhooks: Option<WebhookRoute>,
+}
+
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("url", &redacted(&self.url))
+            .field("node_id", &self.node_id)
+            .field("pool_size", &self.pool_size)
+            // Not the webhook URL: it may carry a credential in its query.
+            .finish_non_exhaustive()
+    }
 }
 
 impl PgConfig {
@@ -262,10 +275,17 @@ impl PgStore {
     /// advisory lock) and starts the scrubber, all on `handle` (the `store-io` runtime).
     /// Fails if the server cannot be reached or its schema is unusable.
     pub async fn open(config: PgConfig, handle: Handle) -> Result<Arc<PgStore>, StoreError> {
-        let mut pg: tokio_postgres::Config = config
-            .url
-            .parse()
-            .map_err(|e| StoreError::Schema(format!("bad PostgreSQL URL: {e}")))?;
+        // tokio-postgres's messages name the option, not the URL; redacted all the same,
+        // since a URL that does not parse may put its password anywhere.
+        let bad_url = |e: &dyn std::fmt::Display| {
+            StoreError::Schema(format!(
+                "bad PostgreSQL URL: {}",
+                crate::redact::redact_url(&e.to_string())
+            ))
+        };
+        let (url, tls) = tls::split_url(&config.url).map_err(|e| bad_url(&e))?;
+        let mut pg: tokio_postgres::Config = url.parse().map_err(|e| bad_url(&e))?;
+        let tls = tls.apply(&mut pg).map_err(StoreError::Schema)?;
         pg.connect_timeout(CONNECT_TIMEOUT);
         // Shorter than a lease (5 s): a node frozen inside a transaction (SIGSTOP, a
         // stall) loses its connection, and with it its row locks, before its lease
@@ -287,7 +307,7 @@ impl PgStore {
         }
         let manager = Manager::from_config(
             pg,
-            tokio_postgres::NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -315,7 +335,8 @@ impl PgStore {
         handle
             .spawn(async move { schema::migrate(&migrating.pool).await })
             .await
-            .map_err(|_| StoreError::Closed)??;
+            .map_err(|_| StoreError::Closed)?
+            .map_err(with_causes)?;
         handle.spawn(scrubber(shared.clone()));
         Ok(Arc::new(PgStore { shared, handle }))
     }
@@ -342,17 +363,31 @@ impl PgStore {
     }
 }
 
+/// A failure to connect or migrate at start, with its causes on one line: tokio-postgres
+/// says only "db error" or "error performing TLS handshake", and what the operator needs
+/// ("password authentication failed", "invalid peer certificate: UnknownIssuer") is in
+/// the sources. Only here: later errors can quote a row in their DETAIL, and those are
+/// logged without it.
+fn with_causes(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Postgres(inner) => {
+            let mut text = inner.to_string();
+            let mut source = inner.source();
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            let line = crate::redact::redact_url(&text.replace('\n', "; "));
+            StoreError::Postgres(Arc::new(std::io::Error::other(line)))
+        }
+        other => other,
+    }
+}
+
 /// `url` without its password, for messages and logs.
 pub fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
-        Err(_) => "<a PostgreSQL URL>".to_owned(),
-    }
+    crate::redact::redact_url(url)
 }
 
 /// Creates a new, empty database `name` on the server of `server_url` (whose own

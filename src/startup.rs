@@ -278,12 +278,18 @@ impl Application {
         if let Some(audience) = &settings.audience {
             issuers.require_audience(audience);
         }
-        // Demo mode brings its own backend key and device issuer, with fresh random
-        // secrets at every start: nothing to configure, nothing that outlives the run.
-        // The key is never shown; the demo routes act as its owner on the server side.
-        // Its issuer's tokens touch only its key's sessions (SPEC §1).
+        // Demo mode brings its own backend key and device issuer: on one node fresh
+        // random secrets at every start (nothing to configure, nothing that outlives
+        // the run); on several, derived from the cluster key, so a demo token minted
+        // by one node works on every other (SPEC §7). The key is never shown; the demo
+        // routes act as its owner on the server side. Its issuer's tokens touch only
+        // its key's sessions (SPEC §1).
         let demo = settings.demo.then(|| {
-            let secrets = demo_secrets(None);
+            let seed = settings
+                .cluster_keys
+                .first()
+                .map(|key| key.derive("idv-broker demo secrets v1"));
+            let secrets = demo_secrets(seed.as_ref().map(|s| s.as_slice()));
             api_keys.add(DEMO_API_KEY_NAME, &secrets.api_key);
             issuers.add(DEMO_ISSUER, &secrets.issuer_secret);
             if !addr.ip().is_loopback() {

@@ -66,7 +66,13 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[actix_web::test]
 async fn a_journey_across_nodes_shows_nats_nothing_and_replayed_altered_or_forged_messages_change_nothing(
 ) {
-    let cluster = Cluster::start(Options::default()).await;
+    // With the demo on: its secrets derive from the cluster key, so one node's demo
+    // token works on another (checked at the end).
+    let cluster = Cluster::start(Options {
+        extra: vec!["--demo".into()],
+        ..Options::default()
+    })
+    .await;
     let nats = async_nats::connect(required_env("IDVB_TEST_NATS"))
         .await
         .expect("the test NATS");
@@ -299,4 +305,45 @@ async fn a_journey_across_nodes_shows_nats_nothing_and_replayed_altered_or_forge
         "a forged announcement pushes nothing"
     );
     capture.abort();
+
+    // The demo on several nodes: a session of the demo's opened through a, a token for
+    // it from b, used through c; the same token on a real key's session is `403`.
+    let demo: Value = cluster
+        .http
+        .post(cluster.nodes[0].url("/demo/api/sessions"))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("demo create")
+        .json()
+        .await
+        .expect("json");
+    let demo_id = demo["session_id"].as_str().expect("a demo session");
+    let token: Value = cluster
+        .http
+        .post(cluster.nodes[1].url("/demo/api/device-token"))
+        .json(&json!({"session_id": demo_id}))
+        .send()
+        .await
+        .expect("demo token")
+        .json()
+        .await
+        .expect("json");
+    let token = token["token"].as_str().expect("a demo token");
+    let opened = cluster
+        .http
+        .get(cluster.nodes[2].url(&format!("/v1/sessions/{demo_id}/information")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("information");
+    assert_eq!(opened.status(), 200, "a demo token from another node works");
+    let real = cluster
+        .http
+        .get(cluster.nodes[2].url(&format!("/v1/sessions/{}/information", live.id)))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("information");
+    assert_error(real, 403, "forbidden").await;
 }

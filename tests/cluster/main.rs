@@ -16,7 +16,8 @@
 //! - the tests: `routing` (any node answers, pushes reach every node), `expiry`,
 //!   `webhooks`, `failover` (`kill -9` of an owner), `handover` (SIGTERM) and
 //!   `readiness` (NATS lost and back), `sealing` (what NATS sees, and forged messages),
-//!   `tls` (TLS and passwords to both engines, and none of them in a node's logs).
+//!   `tls` (TLS and passwords to both engines, and none of them in a node's logs),
+//!   `accounts` (NATS set up as docs/examples/nats-server.conf shows).
 
 mod helpers;
 mod load;
@@ -24,6 +25,7 @@ mod receiver;
 mod takeover;
 mod watch;
 
+mod accounts;
 mod expiry;
 mod failover;
 mod handover;

@@ -142,7 +142,9 @@ fn start(args: &Args, rt: &tokio::runtime::Runtime) -> Cluster {
         let mut child = Command::new(&bin)
             .args(["--bind", "127.0.0.1:0", "--rate-limit", "0"])
             .args(["--store", &store, "--nats", &nats, "--node-id", id])
-            .args(["--cluster-key", &cluster_key])
+            // By the environment, not the flag: a build from before the flag (for a
+            // side-by-side run) ignores it and still starts.
+            .env("IDVB_CLUSTER_KEYS", &cluster_key)
             .args(["--api-key", &format!("bench={}", args.api_key)])
             .args(["--issuer", &args.issuer])
             .env("RUST_LOG", "warn")

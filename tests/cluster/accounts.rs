@@ -17,8 +17,7 @@ const BROKER_PASSWORD: &str = "broker-password-for-the-accounts-test";
 const APPS_PASSWORD: &str = "apps-password-for-the-accounts-test";
 
 #[actix_web::test]
-async fn brokers_in_their_own_nats_account_work_and_another_account_sees_none_of_their_messages(
-) {
+async fn brokers_in_their_own_nats_account_work_and_another_account_sees_none_of_their_messages() {
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples/nats-server.conf");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -67,9 +66,7 @@ async fn brokers_in_their_own_nats_account_work_and_another_account_sees_none_of
     other.flush().await.expect("flush");
 
     // A journey across the nodes: created on a, opened through b, decided through c.
-    let s = cluster
-        .create(0, &json!({"scopes": ["full_name"]}))
-        .await;
+    let s = cluster.create(0, &json!({"scopes": ["full_name"]})).await;
     assert_eq!(cluster.information(1, &s.id, "alice").await.status(), 200);
     assert_eq!(cluster.approve(2, &s.id, "alice").await.status(), 200);
     let status = cluster.status(1, &s.id, &s.token, "").await;

@@ -433,3 +433,10 @@ mod tests {
         assert!(ConnectionsPerIp::new(None).open(ip("192.0.2.1")).is_none());
     }
 }
+
+/// New demo sessions a minute per client address (SPEC §6); past it `429`. Here, with
+/// the limiter that counts them, so the state that holds the limiter needs no route.
+pub const DEMO_SESSIONS_PER_MINUTE: std::num::NonZeroU32 = match std::num::NonZeroU32::new(10) {
+    Some(n) => n,
+    None => std::num::NonZeroU32::MIN,
+};

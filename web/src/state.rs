@@ -112,7 +112,7 @@ pub struct DemoApp {
     /// That issuer's HS256 secret, to mint demo device tokens.
     pub issuer_secret: String,
     /// New demo sessions per client address: at most
-    /// [`DEMO_SESSIONS_PER_MINUTE`](crate::routes::demo::DEMO_SESSIONS_PER_MINUTE) a
+    /// [`DEMO_SESSIONS_PER_MINUTE`](crate::limits::DEMO_SESSIONS_PER_MINUTE) a
     /// minute (SPEC §6). Shared by every worker (the buckets are behind an `Arc`).
     pub new_sessions: crate::limits::PerMinute,
 }
@@ -125,9 +125,7 @@ impl DemoApp {
             owner: owner.to_owned(),
             issuer: issuer.to_owned(),
             issuer_secret,
-            new_sessions: crate::limits::PerMinute::new(
-                crate::routes::demo::DEMO_SESSIONS_PER_MINUTE,
-            ),
+            new_sessions: crate::limits::PerMinute::new(crate::limits::DEMO_SESSIONS_PER_MINUTE),
         }
     }
 }

@@ -34,11 +34,7 @@ pub const DEMO_MAX_LIVE_SESSIONS: usize = 100;
 /// Longest `ttl_seconds` of a demo session (SPEC §6); larger is `400`.
 pub const DEMO_MAX_TTL_SECS: i64 = 600;
 
-/// New demo sessions a minute per client address (SPEC §6); past it `429`.
-pub const DEMO_SESSIONS_PER_MINUTE: std::num::NonZeroU32 = match std::num::NonZeroU32::new(10) {
-    Some(n) => n,
-    None => std::num::NonZeroU32::MIN,
-};
+pub use crate::limits::DEMO_SESSIONS_PER_MINUTE;
 
 /// Most bytes of uploads that demo devices hold in memory at once, all demo sessions
 /// together: a share of `--max-staged-mib` (six 5 MiB photos), so the demo cannot

@@ -285,6 +285,13 @@ fn parse_forwarded(entry: &str) -> Option<IpAddr> {
         .and_then(|e| IpAddr::from_str(e).ok())
 }
 
+/// New demo sessions a minute per client address (SPEC §6); past it `429`. Here, with
+/// the limiter that counts them, so the state that holds the limiter needs no route.
+pub const DEMO_SESSIONS_PER_MINUTE: std::num::NonZeroU32 = match std::num::NonZeroU32::new(10) {
+    Some(n) => n,
+    None => std::num::NonZeroU32::MIN,
+};
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -433,10 +440,3 @@ mod tests {
         assert!(ConnectionsPerIp::new(None).open(ip("192.0.2.1")).is_none());
     }
 }
-
-/// New demo sessions a minute per client address (SPEC §6); past it `429`. Here, with
-/// the limiter that counts them, so the state that holds the limiter needs no route.
-pub const DEMO_SESSIONS_PER_MINUTE: std::num::NonZeroU32 = match std::num::NonZeroU32::new(10) {
-    Some(n) => n,
-    None => std::num::NonZeroU32::MIN,
-};

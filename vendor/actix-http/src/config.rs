@@ -266,7 +266,11 @@ impl ServiceConfig {
     /// When [`KeepAlive::Os`] or [`KeepAlive::Disabled`] is set, this will return `None`.
     pub fn keep_alive_deadline(&self) -> Option<Instant> {
         match self.keep_alive() {
-            KeepAlive::Timeout(dur) => Some(self.now() + dur),
+            // idv-broker patch: deadlines count from the real now, not the date
+            // service's cached one (refreshed every 500 ms): after a stall of the
+            // process, a cached now is as old as the stall, and a deadline taken from
+            // it has passed before the connection is first read.
+            KeepAlive::Timeout(dur) => Some(Instant::now() + dur),
             KeepAlive::Os => None,
             KeepAlive::Disabled => None,
         }
@@ -278,13 +282,15 @@ impl ServiceConfig {
     /// Returns `None` if this `ServiceConfig was` constructed with `client_request_timeout: 0`.
     pub fn client_request_deadline(&self) -> Option<Instant> {
         let timeout = self.0.client_request_timeout;
-        (timeout != Duration::ZERO).then(|| self.now() + timeout)
+        // idv-broker patch: the real now (see `keep_alive_deadline`).
+        (timeout != Duration::ZERO).then(|| Instant::now() + timeout)
     }
 
     /// Creates a time object representing the deadline for the client to disconnect.
     pub fn client_disconnect_deadline(&self) -> Option<Instant> {
         let timeout = self.0.client_disconnect_timeout;
-        (timeout != Duration::ZERO).then(|| self.now() + timeout)
+        // idv-broker patch: the real now (see `keep_alive_deadline`).
+        (timeout != Duration::ZERO).then(|| Instant::now() + timeout)
     }
 
     /// Whether HTTP/1 connections should support half-closures.
@@ -323,6 +329,8 @@ impl ServiceConfig {
         self.0.h2_conn_window_size
     }
 
+    // idv-broker patch: the deadlines no longer read the cached now.
+    #[allow(dead_code)]
     pub(crate) fn now(&self) -> Instant {
         self.0.date_service.now()
     }

@@ -39,6 +39,11 @@ use crate::{
 // idv-broker: upstream uses 1 KiB / 8 KiB. Both buffers live as long as the connection,
 // so on a broker that holds tens of thousands of idle WebSockets they were most of the
 // memory per subscriber (see docs/benchmarks.md). Reads still grow the buffer on demand.
+/// idv-broker patch: the body of a `408` sent because a request's head did not arrive in
+/// time, in the broker's error shape (SPEC §5).
+const REQUEST_TIMEOUT_BODY: &str =
+    r#"{"error":{"code":"timeout","message":"the request did not arrive in time"}}"#;
+
 const LW_BUFFER_SIZE: usize = 512;
 const HW_BUFFER_SIZE: usize = 1024 * 2;
 const MAX_PIPELINED_MESSAGES: usize = 16;
@@ -1107,9 +1112,16 @@ where
 
                 trace!("timed out on slow request; replying with 408 and closing connection");
 
+                // idv-broker patch: the error body of the broker's API (SPEC §5), not
+                // an empty one.
+                let mut res = Response::with_body(StatusCode::REQUEST_TIMEOUT, ());
+                res.headers_mut().insert(
+                    crate::header::CONTENT_TYPE,
+                    crate::header::HeaderValue::from_static("application/json"),
+                );
                 let _ = self.as_mut().send_error_response(
-                    Response::with_body(StatusCode::REQUEST_TIMEOUT, ()),
-                    BoxBody::new(()),
+                    res,
+                    BoxBody::new(REQUEST_TIMEOUT_BODY),
                 );
 
                 self.project().flags.insert(Flags::SHUTDOWN);

@@ -68,8 +68,9 @@ pub struct ClusterConfig {
 impl ClusterConfig {
     /// The defaults: a 5 s lease renewed every 1.5 s, orphans looked for every second,
     /// so a dead node's sessions are taken over within about 6 s (SPEC §7: 10 s). A
-    /// forwarded command waits 3 s for its answer: less than a lease, so an owner that
-    /// stalls is given up on before its sessions move, and the retry finds the new one.
+    /// forwarded command waits 2 s for its answer: well under a lease, so an owner that
+    /// stalls is given up on (and its route dropped) twice before its lease lapses, and
+    /// a retry soon after finds the new owner (docs/cluster.md, "Pauses and outages").
     pub fn new(nats_url: impl Into<String>) -> Self {
         Self {
             nats_url: nats_url.into(),
@@ -77,7 +78,7 @@ impl ClusterConfig {
             lease_ttl: Duration::from_secs(5),
             renew_every: Duration::from_millis(1500),
             adopt_every: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(2),
             keys: Vec::new(),
         }
     }

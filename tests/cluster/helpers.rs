@@ -265,6 +265,26 @@ impl Node {
     }
 
     /// SIGKILL: no shutdown, no hand-over, no flush.
+    /// Freezes the process (SIGSTOP): what a long stall, a paused VM or a network cut
+    /// without a reset look like from outside. [`Node::resume`] wakes it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Wakes a paused process (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("the node runs").to_string();
+        let sent = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill {signal} node {}", self.id);
+    }
+
     pub async fn kill_9(&mut self) {
         self.child.kill().await.expect("SIGKILL the node");
     }

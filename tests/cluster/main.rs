@@ -17,7 +17,8 @@
 //!   `webhooks`, `failover` (`kill -9` of an owner), `handover` (SIGTERM) and
 //!   `readiness` (NATS lost and back), `sealing` (what NATS sees, and forged messages),
 //!   `tls` (TLS and passwords to both engines, and none of them in a node's logs),
-//!   `accounts` (NATS set up as docs/examples/nats-server.conf shows).
+//!   `accounts` (NATS set up as docs/examples/nats-server.conf shows), `pauses` (an owner
+//!   frozen past its lease, and a second process with a live node's id).
 
 mod helpers;
 mod load;
@@ -29,6 +30,7 @@ mod accounts;
 mod expiry;
 mod failover;
 mod handover;
+mod pauses;
 mod readiness;
 mod routing;
 mod sealing;

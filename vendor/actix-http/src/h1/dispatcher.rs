@@ -1132,6 +1132,21 @@ where
     }
 
     fn poll_ka_timer(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Result<(), DispatchError> {
+        // idv-broker patch: a keep-alive timer that fired is not the last word while a
+        // request waits unread: after a stall of the process the timer and the socket
+        // are ready at once, and closing would drop a request that arrived whole. What
+        // is there is read first; a request found is served (the normal path clears
+        // the timer), and only an idle connection is closed.
+        let fired = match self.as_mut().project().ka_timer {
+            TimerState::Active { timer } => timer.as_mut().poll(cx).is_ready(),
+            _ => false,
+        };
+        if fired {
+            self.as_mut().read_available(cx)?;
+            if !self.as_mut().project().read_buf.is_empty() {
+                return Ok(());
+            }
+        }
         let this = self.as_mut().project();
         if let TimerState::Active { timer } = this.ka_timer {
             debug_assert!(

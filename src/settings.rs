@@ -954,7 +954,13 @@ mod tests {
 
     #[test]
     fn nats_tls_and_credentials_flags_are_taken_checked_together_and_never_echo_a_secret() {
-        let base = ["--store", "postgres://idv@db/idv", "--nats"];
+        let base = [
+            "--cluster-key",
+            KEY_1,
+            "--store",
+            "postgres://idv@db/idv",
+            "--nats",
+        ];
         let with = |nats: &str, more: &[&str]| {
             let argv: Vec<&str> = base
                 .iter()
@@ -1041,7 +1047,7 @@ mod tests {
 
     #[test]
     fn a_postgres_store_is_checked_for_the_tls_it_asks_without_echoing_the_url() {
-        let nats = ["--nats", "nats://127.0.0.1:4222"];
+        let nats = ["--nats", "nats://127.0.0.1:4222", "--cluster-key", KEY_1];
         for url in [
             "postgres://idv:pg-pw-0123@db/idv?sslmode=verify-full&sslrootcert=/etc/ca.pem",
             "postgres://idv:pg-pw-0123@db/idv?sslmode=verify-ca&sslrootcert=/etc/ca.pem",

@@ -330,6 +330,9 @@ pub struct Options {
     pub nats: Option<String>,
     /// The nodes' `RUST_LOG`; `info` when `None`.
     pub rust_log: Option<String>,
+    /// The port the nodes reach PostgreSQL on, instead of the test server's own (a
+    /// proxy of the test's that cuts the database off).
+    pub store_port: Option<u16>,
 }
 
 /// Three nodes on one fresh database and the test NATS.
@@ -373,7 +376,15 @@ impl Cluster {
         let suffix = &db.name[db.name.len() - 8..];
         for name in NODE_NAMES {
             let id = format!("{name}-{suffix}");
-            nodes.push(start_node(&id, &db.url, &nats, &options, dir.path()).await);
+            let store = match options.store_port {
+                Some(port) => {
+                    let mut url = url::Url::parse(&db.url).expect("the database URL");
+                    url.set_port(Some(port)).expect("a port");
+                    url.to_string()
+                }
+                None => db.url.clone(),
+            };
+            nodes.push(start_node(&id, &store, &nats, &options, dir.path()).await);
         }
         let cluster = Cluster {
             nodes,

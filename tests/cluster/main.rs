@@ -18,7 +18,8 @@
 //!   `readiness` (NATS lost and back), `sealing` (what NATS sees, and forged messages),
 //!   `tls` (TLS and passwords to both engines, and none of them in a node's logs),
 //!   `accounts` (NATS set up as docs/examples/nats-server.conf shows), `pauses` (an owner
-//!   frozen past its lease, and a second process with a live node's id).
+//!   frozen past its lease, and a second process with a live node's id), `outage`
+//!   (PostgreSQL cut off for 5 s).
 
 mod helpers;
 mod load;
@@ -30,6 +31,7 @@ mod accounts;
 mod expiry;
 mod failover;
 mod handover;
+mod outage;
 mod pauses;
 mod readiness;
 mod routing;

@@ -1,8 +1,8 @@
 //! `GET /readyz` is `200` only while a node reaches both PostgreSQL and NATS (SPEC §7),
 //! and the cluster comes back by itself when NATS does: with NATS gone every node
 //! says it is not ready and lets its lease lapse (it can serve no other node), nothing
-//! is lost, and once NATS is back the nodes register again and sessions move on
-//! through any node.
+//! is lost, and once NATS is back the nodes register again, sessions move on
+//! through any node, and pushes reach subscribers on every node again.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -124,6 +124,14 @@ async fn without_nats_no_node_is_ready_and_when_it_returns_sessions_move_on_thro
         || async { (cluster.db.nodes_with_a_lease().await == 3).then_some(()) },
     )
     .await;
+    // Cross-node push works again: a subscriber on every node, the approve through
+    // node c, and the frame on each (at least two of them are not the owner).
+    let mut subscribers = Vec::new();
+    for node in &cluster.nodes {
+        let mut ws = crate::watch::connect(&node.address, &s.id, &s.token, None).await;
+        assert_eq!(crate::watch::frame(&mut ws).await["seq"], 2);
+        subscribers.push(ws);
+    }
     // Nothing was lost, and the session moves on through a node that may not own it
     // (ownership may have moved while the leases could not be renewed).
     let approved = eventually(
@@ -149,4 +157,13 @@ async fn without_nats_no_node_is_ready_and_when_it_returns_sessions_move_on_thro
     );
     let stored = cluster.db.session(&s.id).await.expect("in the store");
     assert_eq!((stored.status.as_str(), stored.seq), ("confirmed", 3));
+    for (n, ws) in subscribers.iter_mut().enumerate() {
+        let f = crate::watch::frame(ws).await;
+        assert_eq!(
+            (f["status"].as_str(), f["seq"].as_u64()),
+            (Some("confirmed"), Some(3)),
+            "the push reached the subscriber on {}",
+            cluster.nodes[n].id
+        );
+    }
 }

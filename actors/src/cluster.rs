@@ -916,7 +916,11 @@ impl Router for Link {
         Box::pin(async move { node.confirm_lease().await })
     }
 
-    fn released(&self, id: SessionId) {
-        self.0.store.forget_held(id);
+    fn released(&self, id: SessionId, epoch: i64) {
+        self.0.store.forget_held(id, epoch);
+    }
+
+    fn held_epoch(&self, id: SessionId) -> Option<i64> {
+        self.0.store.held_epoch(id)
     }
 }

@@ -176,6 +176,9 @@ struct Live {
     generation: Generation,
     /// Whether the actor only watches a session owned by another node.
     watching: bool,
+    /// With several nodes, the ownership epoch this owner actor runs under: when it
+    /// stops, that epoch (and no newer one, taken for a new actor) is let go.
+    epoch: Option<i64>,
 }
 
 struct Inner {
@@ -329,10 +332,12 @@ impl Registry {
                 let addr = Supervisor::start(move |_| {
                     SessionActor::new(id, record, store, clock, live, generation)
                 });
+                let epoch = self.inner.router.get().and_then(|r| r.held_epoch(id));
                 entry.insert(Live {
                     addr: addr.clone(),
                     generation,
                     watching: false,
+                    epoch,
                 });
                 addr
             }
@@ -356,6 +361,7 @@ impl Registry {
                     addr: addr.clone(),
                     generation,
                     watching: true,
+                    epoch: None,
                 });
                 addr
             }
@@ -371,6 +377,7 @@ impl Registry {
             if live.addr.connected() {
                 if live.watching {
                     live.watching = false;
+                    live.epoch = self.inner.router.get().and_then(|r| r.held_epoch(id));
                     live.addr.do_send(Promote);
                     self.inner.hold(id, owner, None);
                 }
@@ -430,7 +437,21 @@ impl Registry {
 
     /// Removes `addr` for `id`, if it is still the one registered (idempotent).
     fn forget(&self, id: SessionId, addr: &Addr<SessionActor>) {
-        self.inner.live.remove_if(&id, |_, live| live.addr == *addr);
+        let removed = self.inner.live.remove_if(&id, |_, live| live.addr == *addr);
+        // An owner actor passed by (stopped, or fenced off after a lapse) lets its
+        // epoch go here: when it stops, its own forget finds no entry any more.
+        if let (
+            Some(router),
+            Some((
+                _,
+                Live {
+                    epoch: Some(epoch), ..
+                },
+            )),
+        ) = (self.inner.router.get(), removed)
+        {
+            router.released(id, epoch);
+        }
     }
 
     /// Whether `hash` is the token of a live session.
@@ -1008,17 +1029,26 @@ impl Inner {
 
 impl LiveSessions for Inner {
     fn forget(&self, id: SessionId, generation: Generation) {
-        self.live
+        let removed = self
+            .live
             .remove_if(&id, |_, live| live.generation == generation);
         // Only an actor whose session ended (or never existed) forgets itself: the
         // session leaves its owner's quota for good.
         self.release(id);
-        // The ownership epoch goes too, unless another actor runs the session here
-        // already (a late forget from an old one).
-        if let Some(router) = self.router.get() {
-            if !self.live.contains_key(&id) {
-                router.released(id);
-            }
+        // The ownership epoch it ran under goes too; compared and removed at once in
+        // the store's map, so an epoch a new claim took meanwhile (for a new actor)
+        // stays.
+        if let (
+            Some(router),
+            Some((
+                _,
+                Live {
+                    epoch: Some(epoch), ..
+                },
+            )),
+        ) = (self.router.get(), removed)
+        {
+            router.released(id, epoch);
         }
     }
 

@@ -277,5 +277,9 @@ pub trait Router: Send + Sync + 'static {
 
     /// This node no longer runs an actor for `id` (it ended, moved, or was only
     /// watched): the store forgets the ownership epoch it held for it.
-    fn released(&self, id: SessionId);
+    fn released(&self, id: SessionId, epoch: i64);
+
+    /// The ownership epoch this node holds for `id`, if it holds one: what an actor
+    /// started now runs under.
+    fn held_epoch(&self, id: SessionId) -> Option<i64>;
 }

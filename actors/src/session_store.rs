@@ -173,9 +173,13 @@ pub trait ClusterStore: Send + Sync + 'static {
     /// The nodes with a valid lease.
     fn live_nodes(&self) -> StoreFuture<'_, Vec<String>>;
 
-    /// This node no longer runs session `id`'s actor: its commits are refused until it
-    /// claims the session again.
-    fn forget_held(&self, id: SessionId);
+    /// The epoch this process holds for session `id`, if any.
+    fn held_epoch(&self, id: SessionId) -> Option<i64>;
+
+    /// This node no longer runs session `id`'s actor, which held it at `epoch`: its
+    /// commits are refused until it claims the session again. Only that epoch is let
+    /// go (atomically): a newer one, taken meanwhile for a new actor, stays.
+    fn forget_held(&self, id: SessionId, epoch: i64);
 }
 
 impl SessionStore for Store {

@@ -356,11 +356,6 @@ impl PgStore {
         let task = self.handle.spawn(f(self.shared.clone()));
         Box::pin(async move { task.await.map_err(|_| StoreError::Closed)? })
     }
-
-    /// The epoch this node holds for `id`, if it runs it (tests).
-    pub fn held_epoch(&self, id: SessionId) -> Option<i64> {
-        self.shared.held.get(&id).map(|e| *e)
-    }
 }
 
 /// A failure to connect or migrate at start, with its causes on one line: tokio-postgres
@@ -620,8 +615,12 @@ impl ClusterStore for PgStore {
         self.run(move |s| async move { s.live_nodes().await })
     }
 
-    fn forget_held(&self, id: SessionId) {
-        self.shared.held.remove(&id);
+    fn held_epoch(&self, id: SessionId) -> Option<i64> {
+        self.shared.held.get(&id).map(|e| *e)
+    }
+
+    fn forget_held(&self, id: SessionId, epoch: i64) {
+        self.shared.held.remove_if(&id, |_, held| *held == epoch);
     }
 }
 

@@ -325,6 +325,9 @@ async fn a_session_is_claimed_only_once_its_owner_s_lease_has_lapsed() {
     assert_eq!(b.claim(s.id).await.unwrap(), Claim::Mine);
     // Each take is a new epoch: a's claim above (1 → 2), b's (→ 3).
     assert_eq!(b.held_epoch(s.id), Some(3));
+    // An old actor's late release lets go of its own epoch only.
+    b.forget_held(s.id, 2);
+    assert_eq!(b.held_epoch(s.id), Some(3));
     // a, without a lease, takes nothing and is sent to b.
     assert_eq!(a.claim(s.id).await.unwrap(), Claim::Other("b".into()));
     assert!(a.register_node(Duration::from_secs(60)).await.unwrap());

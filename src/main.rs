@@ -68,19 +68,44 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::Token {
-        issuer: (iss, secret),
+        issuer,
+        key,
+        iss,
+        alg,
+        kid,
         sub,
         ttl,
         audience,
     }) = cli.command
     {
-        let minted = idv_actors::credentials::mint_device_jwt_for(
-            &iss,
-            &secret,
-            &sub,
-            ttl,
-            audience.as_deref(),
-        );
+        let minted = match (issuer, key, iss) {
+            (Some((iss, secret)), _, _) => idv_actors::credentials::mint_device_jwt_for(
+                &iss,
+                &secret,
+                &sub,
+                ttl,
+                audience.as_deref(),
+            ),
+            (None, Some(path), Some(iss)) => std::fs::read(&path)
+                .map_err(|e| format!("--key {}: {e}", path.display()))
+                .and_then(|pem| {
+                    let alg = alg
+                        .as_deref()
+                        .map(str::parse::<jsonwebtoken::Algorithm>)
+                        .transpose()
+                        .map_err(|e| format!("--alg: {e}"))?;
+                    idv_actors::credentials::mint_device_jwt_with_key(
+                        &iss,
+                        &pem,
+                        alg,
+                        kid.as_deref(),
+                        &sub,
+                        ttl,
+                        audience.as_deref(),
+                    )
+                }),
+            _ => Err("give --issuer ISS=SECRET, or --key PATH with --iss ISS".into()),
+        };
         return match minted {
             Ok(jwt) => {
                 println!("{jwt}");
@@ -141,6 +166,9 @@ fn main() -> ExitCode {
             Ok(signal) => signal,
             Err(e) => return fail(format!("cannot install signal handlers: {e}")),
         };
+        if let Err(e) = startup::reload_on_sighup(app.credentials_reloader()) {
+            return fail(format!("cannot install signal handlers: {e}"));
+        }
         println!("listening on http://{}", app.addr());
         let _ = std::io::stdout().flush();
         if let Some(demo) = app.demo_url() {

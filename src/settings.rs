@@ -36,9 +36,22 @@ pub struct Cli {
 pub enum Command {
     /// Prints a device JWT signed for a trusted issuer (for trying the API by hand).
     Token {
-        /// The issuer and its secret, as given to the broker's --issuer.
-        #[arg(long, value_name = "ISS=SECRET", value_parser = parse_pair)]
-        issuer: (String, String),
+        /// The issuer and its secret, as given to the broker's --issuer (HS256).
+        #[arg(long, value_name = "ISS=SECRET", value_parser = parse_pair, required_unless_present = "key", conflicts_with = "key")]
+        issuer: Option<(String, String)>,
+        /// A PEM private key (RSA, EC P-256 or Ed25519) to sign with instead, for an
+        /// issuer trusted by its public key (--issuer-key, --issuer-jwks); needs --iss.
+        #[arg(long, value_name = "PATH", requires = "iss")]
+        key: Option<PathBuf>,
+        /// The issuer (`iss`) of a token signed with --key.
+        #[arg(long, value_name = "ISS", requires = "key")]
+        iss: Option<String>,
+        /// The algorithm with --key: RS256 (default for RSA) or PS256, ES256, EdDSA.
+        #[arg(long, value_name = "ALG", requires = "key", value_parser = ["RS256", "PS256", "ES256", "EdDSA"])]
+        alg: Option<String>,
+        /// The `kid` to put in the header with --key (the key's id in the JWKS).
+        #[arg(long, value_name = "KID", requires = "key")]
+        kid: Option<String>,
         /// The user id (`sub`).
         #[arg(long)]
         sub: String,
@@ -71,6 +84,19 @@ pub struct RunArgs {
     /// [env: IDVB_ISSUERS, comma-separated].
     #[arg(long = "issuer", value_name = "ISS=SECRET")]
     pub issuers: Vec<String>,
+    /// A device-token issuer trusted by its JSON Web Key Set (https, or http on a
+    /// loopback host). Repeatable [env: IDVB_ISSUER_JWKS, comma-separated].
+    #[arg(long = "issuer-jwks", value_name = "ISS=URL")]
+    pub issuer_jwks: Vec<String>,
+    /// A device-token issuer trusted by a PEM public key file (RSA, EC P-256 or
+    /// Ed25519); repeat for several keys of one issuer [env: IDVB_ISSUER_KEYS,
+    /// comma-separated].
+    #[arg(long = "issuer-key", value_name = "ISS=PATH")]
+    pub issuer_keys: Vec<String>,
+    /// A TOML file of API keys, issuers and webhook secrets, read at start and again
+    /// on SIGHUP (docs/api.md); adds to the flags.
+    #[arg(long, env = "IDVB_CREDENTIALS", value_name = "PATH")]
+    pub credentials: Option<PathBuf>,
     /// Default webhook URL for sessions without a callback_url.
     #[arg(long, env = "IDVB_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
@@ -299,6 +325,14 @@ pub struct Settings {
     pub api_keys: Vec<(String, String)>,
     /// (issuer, secret) pairs.
     pub issuers: Vec<(String, String)>,
+    /// (issuer, JWKS URL) pairs (`--issuer-jwks`).
+    pub issuer_jwks: Vec<(String, String)>,
+    /// (issuer, PEM public key file) pairs (`--issuer-key`); several per issuer.
+    pub issuer_keys: Vec<(String, PathBuf)>,
+    /// The credentials file (`--credentials`), read at start and on `SIGHUP`.
+    pub credentials_file: Option<PathBuf>,
+    /// JWKS fetching: period, rate limit, bounds (tests shrink the rate limit).
+    pub jwks: idv_actors::jwks::JwksConfig,
     /// The audience device JWTs must name in `aud`; `None`: `aud` is not checked.
     pub audience: Option<String>,
     /// Default webhook URL.
@@ -369,6 +403,10 @@ impl Settings {
             public_url: None,
             api_keys: Vec::new(),
             issuers: Vec::new(),
+            issuer_jwks: Vec::new(),
+            issuer_keys: Vec::new(),
+            credentials_file: None,
+            jwks: idv_actors::jwks::JwksConfig::default(),
             audience: None,
             webhook_url: None,
             webhook_secrets: Vec::new(),
@@ -433,8 +471,17 @@ impl Settings {
         let api_keys = pairs(list(args.api_keys, "IDVB_API_KEYS"), "--api-key")?;
         let issuers = pairs(list(args.issuers, "IDVB_ISSUERS"), "--issuer")?;
         let webhook_secrets = list(args.webhook_secrets, "IDVB_WEBHOOK_SECRET");
+        let issuer_jwks = pairs(list(args.issuer_jwks, "IDVB_ISSUER_JWKS"), "--issuer-jwks")?;
+        let issuer_keys: Vec<(String, PathBuf)> =
+            pairs(list(args.issuer_keys, "IDVB_ISSUER_KEYS"), "--issuer-key")?
+                .into_iter()
+                .map(|(iss, path)| (iss, PathBuf::from(path)))
+                .collect();
         check_credentials(Credential::ApiKey, &api_keys)?;
         check_credentials(Credential::Issuer, &issuers)?;
+        for (_, url) in &issuer_jwks {
+            idv_actors::jwks::check_url(url).map_err(|e| format!("--issuer-jwks {e}"))?;
+        }
         if args
             .audience
             .as_deref()
@@ -442,7 +489,7 @@ impl Settings {
         {
             return Err("--audience must not be empty".into());
         }
-        if args.webhook_url.is_some() && webhook_secrets.is_empty() {
+        if args.webhook_url.is_some() && webhook_secrets.is_empty() && args.credentials.is_none() {
             return Err(
                 "--webhook-url needs --webhook-secret: the broker sends nothing unsigned".into(),
             );
@@ -543,6 +590,9 @@ impl Settings {
             public_url: args.public_url.map(|u| u.trim_end_matches('/').to_owned()),
             api_keys,
             issuers,
+            issuer_jwks,
+            issuer_keys,
+            credentials_file: args.credentials,
             audience: args.audience,
             webhook_url: args.webhook_url,
             webhook_secrets,

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use actix::{Actor as _, Addr};
 use actix_web::dev::Server;
 use idv_actors::cluster::{Cluster, ClusterConfig};
-use idv_actors::credentials::{ApiKeys, Issuers};
+use idv_actors::credentials::SharedCredentials;
+use idv_actors::jwks::JwksFetcher;
 use idv_actors::pg::{PgConfig, PgStore};
 use idv_actors::registry::{KeyLimits, Registry, RegistryConfig};
 use idv_actors::retention::{RetentionSweeper, SweeperConfig};
@@ -18,11 +19,10 @@ use idv_actors::webhooks::{CallbackGuard, Dispatcher, Shutdown, Signer};
 use idv_web::routes::demo;
 use idv_web::{AppState, DemoApp, ServerConfig};
 
+use crate::credentials_file::CredentialSources;
 use crate::demo::demo_secrets;
-
-use crate::settings::{
-    check_credentials, Credential, Settings, StoreUrl, DEMO_API_KEY_NAME, DEMO_ISSUER,
-};
+use crate::reload::{build_credentials, read_sources, CredentialsReloader};
+use crate::settings::{Settings, StoreUrl, DEMO_API_KEY_NAME, DEMO_ISSUER};
 
 /// How often the registry looks for overdue sessions whose actor did not expire them.
 const EXPIRY_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -118,6 +118,8 @@ pub struct Application {
     webhook_timeout: std::time::Duration,
     /// The demo page's address, in demo mode.
     demo_url: Option<String>,
+    /// Puts the credentials file in use again (`SIGHUP`).
+    reloader: CredentialsReloader,
 }
 
 impl Application {
@@ -126,9 +128,21 @@ impl Application {
     /// store is consistent.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         // Checked here as well as when flags are parsed, so no embedder (or test) runs
-        // a broker with credentials the binary would refuse.
-        check_credentials(Credential::ApiKey, &settings.api_keys).map_err(StartError::Config)?;
-        check_credentials(Credential::Issuer, &settings.issuers).map_err(StartError::Config)?;
+        // a broker with credentials the binary would refuse; the file's are read now.
+        let flag_sources = CredentialSources {
+            api_keys: settings.api_keys.clone(),
+            issuers: settings.issuers.clone(),
+            issuer_jwks: settings.issuer_jwks.clone(),
+            issuer_keys: settings.issuer_keys.clone(),
+            webhook_secrets: settings.webhook_secrets.clone(),
+        };
+        let sources = read_sources(&flag_sources, settings.credentials_file.as_deref())
+            .map_err(StartError::Config)?;
+        if settings.webhook_url.is_some() && sources.webhook_secrets.is_empty() {
+            return Err(StartError::Config(
+                "--webhook-url needs --webhook-secret: the broker sends nothing unsigned".into(),
+            ));
+        }
         idv_actors::webhooks::install_crypto_provider();
         // Once per process (see idv_actors::metrics): before the store and the actors
         // record anything.
@@ -138,7 +152,7 @@ impl Application {
             source,
         };
         // No secret, no webhooks at all: transitions enqueue nothing (SPEC §4).
-        let signer = Signer::new(&settings.webhook_secrets);
+        let signer = Signer::new(&sources.webhook_secrets);
         let webhooks = signer.as_ref().map(|_| WebhookRoute {
             default_url: settings.webhook_url.clone(),
         });
@@ -241,11 +255,11 @@ impl Application {
         .start();
         // After the restore, so the events of expiries at start are in the outbox; it
         // resumes whatever was pending.
-        let dispatcher = match signer {
+        let dispatcher = match &signer {
             Some(signer) => Some(actix::Actor::start(Dispatcher::new(
                 store.clone(),
                 settings.clock.clone(),
-                signer,
+                signer.clone(),
                 settings.webhooks.clone(),
             )?)),
             None => None,
@@ -267,31 +281,41 @@ impl Application {
 
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut api_keys = ApiKeys::default();
-        for (name, key) in &settings.api_keys {
-            api_keys.add(name, key);
-        }
-        let mut issuers = Issuers::default();
-        for (iss, secret) in &settings.issuers {
-            issuers.add(iss, secret);
-        }
-        if let Some(audience) = &settings.audience {
-            issuers.require_audience(audience);
-        }
         // Demo mode brings its own backend key and device issuer: on one node fresh
         // random secrets at every start (nothing to configure, nothing that outlives
         // the run); on several, derived from the cluster key, so a demo token minted
         // by one node works on every other (SPEC §7). The key is never shown; the demo
         // routes act as its owner on the server side. Its issuer's tokens touch only
         // its key's sessions (SPEC §1).
-        let demo = settings.demo.then(|| {
+        let demo_keys = settings.demo.then(|| {
             let seed = settings
                 .cluster_keys
                 .first()
                 .map(|key| key.derive("idv-broker demo secrets v1"));
-            let secrets = demo_secrets(seed.as_ref().map(|s| s.as_slice()));
-            api_keys.add(DEMO_API_KEY_NAME, &secrets.api_key);
-            issuers.add(DEMO_ISSUER, &secrets.issuer_secret);
+            demo_secrets(seed.as_ref().map(|s| s.as_slice()))
+        });
+        let fetcher = JwksFetcher::new(settings.jwks)
+            .map_err(|e| StartError::Config(format!("cannot start JWKS fetching: {e}")))?;
+        let credentials = SharedCredentials::new(
+            build_credentials(
+                &sources,
+                settings.audience.as_deref(),
+                demo_keys.as_ref(),
+                &fetcher,
+                None,
+            )
+            .map_err(StartError::Config)?,
+        );
+        let reloader = CredentialsReloader {
+            shared: credentials.clone(),
+            flags: flag_sources,
+            file: settings.credentials_file.clone(),
+            audience: settings.audience.clone(),
+            demo: demo_keys.clone(),
+            signer,
+            fetcher,
+        };
+        let demo = demo_keys.map(|secrets| {
             if !addr.ip().is_loopback() {
                 tracing::warn!(
                     %addr,
@@ -302,8 +326,7 @@ impl Application {
         });
         let state = AppState {
             registry: registry.clone(),
-            api_keys,
-            issuers,
+            credentials,
             public_url: settings
                 .public_url
                 .clone()
@@ -352,6 +375,7 @@ impl Application {
             dispatcher,
             webhook_timeout: settings.webhooks.timeout,
             demo_url,
+            reloader,
         })
     }
 
@@ -363,6 +387,11 @@ impl Application {
     /// Where a person opens the demo (`<public url>/demo`), in demo mode.
     pub fn demo_url(&self) -> Option<&str> {
         self.demo_url.as_deref()
+    }
+
+    /// What reloads the credentials file (on `SIGHUP`, see [`reload_on_sighup`]).
+    pub fn credentials_reloader(&self) -> CredentialsReloader {
+        self.reloader.clone()
     }
 
     /// The live-session registry (tests inject faults and move the clock through it).
@@ -460,6 +489,32 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
             _ = int.recv() => {},
         }
     })
+}
+
+/// Reloads the credentials on every `SIGHUP`, for as long as the process runs: each
+/// success and each refusal is logged on one line (a refused reload keeps the set in
+/// use). The handler is installed when this is called.
+#[cfg(unix)]
+pub fn reload_on_sighup(reloader: CredentialsReloader) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    actix_web::rt::spawn(async move {
+        while hup.recv().await.is_some() {
+            match reloader.reload() {
+                Ok(summary) => tracing::info!("credentials reloaded: {summary}"),
+                Err(e) => {
+                    tracing::error!("credentials reload refused, the set in use is kept: {e}")
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// No `SIGHUP` off Unix: the credentials file is read at start only.
+#[cfg(not(unix))]
+pub fn reload_on_sighup(_: CredentialsReloader) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// A future that resolves on Ctrl-C.

@@ -21,7 +21,9 @@
 //! - [`pg`]: the PostgreSQL store for several nodes, with session ownership and leases.
 //! - [`webhooks`]: the dispatcher that delivers the outbox, signed.
 //! - [`write`]: what a transition writes, as planned (the store decides nothing).
-//! - [`credentials`]: API keys, session tokens and device JWTs.
+//! - [`credentials`]: API keys, session tokens and device JWTs, swappable at run time.
+//! - [`keys`]: issuers' public keys and the rules that pick one for a token.
+//! - [`jwks`]: issuers' JSON Web Key Sets, fetched by a supervised background task.
 //! - [`metrics`]: the Prometheus metrics' names, the recorder and `/metrics`' text.
 //! - [`redact`]: secrets out of connection strings before they are printed or logged.
 //! - [`ids`], [`model`], [`clock`], [`error`]: the vocabulary.
@@ -33,6 +35,8 @@ pub mod credentials;
 pub mod delivery;
 pub mod error;
 pub mod ids;
+pub mod jwks;
+pub mod keys;
 mod live;
 pub mod metrics;
 pub mod model;

@@ -72,6 +72,16 @@ pub const ADOPTED: &str = "idv_cluster_adopted_sessions_total";
 /// (`replayed`). Several nodes only.
 pub const CLUSTER_DROPPED: &str = "idv_cluster_messages_dropped_total";
 
+/// JWKS fetches by issuer and outcome (counter, labels `issuer`, `outcome` = `ok` /
+/// `unreachable` / `bad_status` / `invalid`).
+pub const JWKS_FETCHES: &str = "idv_jwks_fetches_total";
+/// Seconds since the key set in use was fetched, by issuer (gauge, label `issuer`; set,
+/// not moved: one per issuer, absent until a first set). Several brokers of one process
+/// with the same issuer name share it.
+pub const JWKS_AGE: &str = "idv_jwks_age_seconds";
+/// JWKS fetchers restarted after a panic (counter).
+pub const JWKS_FETCHER_RESTARTS: &str = "idv_jwks_fetcher_restarts_total";
+
 /// Buckets for latencies in seconds: 50 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 16] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -182,6 +192,16 @@ fn describe() {
         "Upload bytes held in memory (staging budget)."
     );
     describe_counter!(RATE_LIMITED, "Requests refused by the rate limit.");
+    describe_counter!(JWKS_FETCHES, "JWKS fetches by issuer and outcome.");
+    describe_gauge!(
+        JWKS_AGE,
+        Unit::Seconds,
+        "Age of the JWKS key set in use, by issuer."
+    );
+    describe_counter!(
+        JWKS_FETCHER_RESTARTS,
+        "JWKS fetchers restarted after a panic."
+    );
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route template and status.");
     describe_histogram!(
         HTTP_LATENCY,

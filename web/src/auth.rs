@@ -7,6 +7,7 @@ use std::future::{ready, Ready};
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
+use futures_util::future::LocalBoxFuture;
 use idv_actors::ids::{DeviceId, SessionToken};
 use idv_actors::session::messages::Caller;
 
@@ -55,7 +56,9 @@ impl FromRequest for Backend {
                 .get("x-api-key")
                 .and_then(|v| v.to_str().ok())
                 .ok_or_else(|| ApiError::unauthorized("missing X-Api-Key header"))?;
-            let owner = state(req)?
+            // The set in use now: a key a reload removed is unknown from here on.
+            let credentials = state(req)?.credentials.load();
+            let owner = credentials
                 .api_keys
                 .authenticate(key)
                 .ok_or_else(|| ApiError::unauthorized("unknown API key"))?;
@@ -137,7 +140,7 @@ impl FromRequest for BrowserClient {
     }
 }
 
-/// The phone, authenticated by a trusted issuer's HS256 JWT.
+/// The phone, authenticated by a trusted issuer's JWT (HS256, or a public key).
 #[derive(Debug)]
 pub struct Device {
     /// The JWT's issuer and `sub`: sessions bind the pair.
@@ -146,18 +149,25 @@ pub struct Device {
 
 impl FromRequest for Device {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready((|| {
-            let token = bearer(req).ok_or_else(|| {
+        let found = bearer(req)
+            .map(str::to_owned)
+            .ok_or_else(|| {
                 ApiError::unauthorized("missing device token (Authorization: Bearer <jwt>)")
-            })?;
-            let id = state(req)?
+            })
+            .and_then(|token| Ok((token, state(req)?.credentials.load())));
+        Box::pin(async move {
+            let (token, credentials) = found?;
+            // An unknown `kid` of a JWKS issuer may wait briefly for a fetch (bounded,
+            // rate-limited by the issuer's cell); everything else answers at once.
+            let id = credentials
                 .issuers
-                .verify(token)
+                .verify_fresh(&token)
+                .await
                 .map_err(|e| ApiError::unauthorized(e.to_string()))?;
             Ok(Device { id })
-        })())
+        })
     }
 }

@@ -1,6 +1,6 @@
 //! What every handler shares.
 
-use idv_actors::credentials::{ApiKeys, Issuers};
+use idv_actors::credentials::SharedCredentials;
 use idv_actors::ids::SessionId;
 use idv_actors::registry::Registry;
 use std::time::Duration;
@@ -59,10 +59,9 @@ impl Default for WsConfig {
 pub struct AppState {
     /// Live session actors, and the only way to the store behind them.
     pub registry: Registry,
-    /// Backend credentials.
-    pub api_keys: ApiKeys,
-    /// Trusted device-token issuers.
-    pub issuers: Issuers,
+    /// Backend API keys and trusted device-token issuers: read once per request, and
+    /// replaced as a whole when the credentials file is reloaded (`SIGHUP`).
+    pub credentials: SharedCredentials,
     /// The base of session `url`s, without a trailing slash.
     pub public_url: String,
     /// Accepted `ttl_seconds`.

@@ -1,37 +1,67 @@
 //! The `X-Idv-Signature` of SPEC §4: `v1=<hex HMAC-SHA256(secret, timestamp + "." + body)>`,
 //! one per configured secret, the new one first.
 
+use std::sync::{Arc, RwLock};
+
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-/// Signs webhook bodies with one or two secrets (two while rotating).
+/// Signs webhook bodies with one or two secrets (two while rotating). Clones share
+/// their secrets: [`Signer::replace`] (a reload of the credentials file) changes them
+/// for every delivery that signs after it.
 #[derive(Clone)]
 pub struct Signer {
     /// Newest first; never empty (the broker sends nothing unsigned).
-    secrets: Vec<Vec<u8>>,
+    secrets: Arc<RwLock<Vec<Vec<u8>>>>,
 }
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Signer({} secrets)", self.secrets.len())
+        write!(f, "Signer({} secrets)", self.read().len())
     }
+}
+
+fn non_empty<S: AsRef<[u8]>>(secrets: &[S]) -> Vec<Vec<u8>> {
+    secrets
+        .iter()
+        .map(|s| s.as_ref().to_vec())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 impl Signer {
     /// A signer over `secrets`, newest first; `None` without a non-empty secret.
     pub fn new<S: AsRef<[u8]>>(secrets: &[S]) -> Option<Self> {
-        let secrets: Vec<Vec<u8>> = secrets
-            .iter()
-            .map(|s| s.as_ref().to_vec())
-            .filter(|s| !s.is_empty())
-            .collect();
-        (!secrets.is_empty()).then_some(Self { secrets })
+        let secrets = non_empty(secrets);
+        (!secrets.is_empty()).then(|| Self {
+            secrets: Arc::new(RwLock::new(secrets)),
+        })
+    }
+
+    /// Signs with `secrets` from now on, newest first; refused (and nothing changed)
+    /// without a non-empty secret, since the broker sends nothing unsigned.
+    pub fn replace<S: AsRef<[u8]>>(&self, secrets: &[S]) -> Result<(), &'static str> {
+        let secrets = non_empty(secrets);
+        if secrets.is_empty() {
+            return Err("webhooks need a signing secret");
+        }
+        *self
+            .secrets
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = secrets;
+        Ok(())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Vec<u8>>> {
+        self.secrets
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The `X-Idv-Signature` value for `body` sent at `timestamp` (unix seconds).
     pub fn sign(&self, timestamp: i64, body: &[u8]) -> String {
         let signed = signed_payload(timestamp, body);
-        self.secrets
+        self.read()
             .iter()
             .map(|secret| format!("v1={}", hex::encode(hmac(secret, &signed))))
             .collect::<Vec<_>>()

@@ -219,7 +219,7 @@ pub async fn device_token(
         &demo.issuer_secret,
         &sub,
         DEMO_DEVICE_TOKEN_SECS,
-        state.issuers.audience(),
+        state.credentials.load().issuers.audience(),
     )
     .map_err(ApiError::internal)?;
     Ok(HttpResponse::Ok()

@@ -24,10 +24,11 @@ pub async fn healthz() -> HttpResponse {
     tag = "operations",
     responses(
         (status = 200, description = "The store answers (and NATS is connected, with several nodes).", body = crate::dto::Health),
-        (status = 503, description = "The store or, with several nodes, NATS is not reachable.", body = crate::error::ErrorBody),
+        (status = 503, description = "The store or, with several nodes, NATS is not reachable; or an issuer trusted by a JWKS has no key set yet.", body = crate::error::ErrorBody),
     )
 )]
-/// `GET /readyz`: the store answers and, with several nodes, NATS is connected (SPEC §7).
+/// `GET /readyz`: the store answers and, with several nodes, NATS is connected (SPEC §7);
+/// every JWKS issuer has a key set (SPEC §6).
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if let Err(e) = state.registry.ping_store().await {
         tracing::error!(error = %e, "readiness check failed");
@@ -38,6 +39,16 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         tracing::error!("readiness check failed: NATS is not reachable");
         return Err(ApiError::unavailable(
             "the other nodes are not reachable (NATS)",
+            5,
+        ));
+    }
+    // An issuer trusted by a JWKS whose set never arrived: its devices would all be
+    // refused (SPEC §6).
+    let pending = state.credentials.load().issuers.pending_jwks().join(", ");
+    if !pending.is_empty() {
+        tracing::warn!(issuers = %pending, "readiness check failed: no JWKS key set yet");
+        return Err(ApiError::unavailable(
+            format!("no key set fetched yet for the issuer(s) {pending}"),
             5,
         ));
     }

@@ -144,6 +144,33 @@ impl Application {
             ));
         }
         idv_actors::webhooks::install_crypto_provider();
+        // Key files are read and JWKS fetches started before anything else opens: a bad
+        // key file stops the start here.
+        // Demo mode brings its own backend key and device issuer: on one node fresh
+        // random secrets at every start (nothing to configure, nothing that outlives
+        // the run); on several, derived from the cluster key, so a demo token minted
+        // by one node works on every other (SPEC §7). The key is never shown; the demo
+        // routes act as its owner on the server side. Its issuer's tokens touch only
+        // its key's sessions (SPEC §1).
+        let demo_keys = settings.demo.then(|| {
+            let seed = settings
+                .cluster_keys
+                .first()
+                .map(|key| key.derive("idv-broker demo secrets v1"));
+            demo_secrets(seed.as_ref().map(|s| s.as_slice()))
+        });
+        let fetcher = JwksFetcher::new(settings.jwks)
+            .map_err(|e| StartError::Config(format!("cannot start JWKS fetching: {e}")))?;
+        let credentials = SharedCredentials::new(
+            build_credentials(
+                &sources,
+                settings.audience.as_deref(),
+                demo_keys.as_ref(),
+                &fetcher,
+                None,
+            )
+            .map_err(StartError::Config)?,
+        );
         // Once per process (see idv_actors::metrics): before the store and the actors
         // record anything.
         idv_actors::metrics::install();
@@ -281,31 +308,6 @@ impl Application {
 
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        // Demo mode brings its own backend key and device issuer: on one node fresh
-        // random secrets at every start (nothing to configure, nothing that outlives
-        // the run); on several, derived from the cluster key, so a demo token minted
-        // by one node works on every other (SPEC §7). The key is never shown; the demo
-        // routes act as its owner on the server side. Its issuer's tokens touch only
-        // its key's sessions (SPEC §1).
-        let demo_keys = settings.demo.then(|| {
-            let seed = settings
-                .cluster_keys
-                .first()
-                .map(|key| key.derive("idv-broker demo secrets v1"));
-            demo_secrets(seed.as_ref().map(|s| s.as_slice()))
-        });
-        let fetcher = JwksFetcher::new(settings.jwks)
-            .map_err(|e| StartError::Config(format!("cannot start JWKS fetching: {e}")))?;
-        let credentials = SharedCredentials::new(
-            build_credentials(
-                &sources,
-                settings.audience.as_deref(),
-                demo_keys.as_ref(),
-                &fetcher,
-                None,
-            )
-            .map_err(StartError::Config)?,
-        );
         let reloader = CredentialsReloader {
             shared: credentials.clone(),
             flags: flag_sources,

@@ -46,6 +46,9 @@ pub enum KeyError {
     BadJwk,
 }
 
+/// A reader of one type of PEM public key.
+type PemParser = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
+
 /// One public key of an issuer.
 #[derive(Clone)]
 pub struct PublicKey {
@@ -77,10 +80,7 @@ impl PublicKey {
             // A private key or a certificate is refused rather than guessed at.
             return Err(KeyError::BadPem);
         }
-        let tries: [(
-            KeyKind,
-            fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>,
-        ); 3] = [
+        let tries: [(KeyKind, PemParser); 3] = [
             (KeyKind::Rsa, DecodingKey::from_rsa_pem),
             (KeyKind::EcP256, DecodingKey::from_ec_pem),
             (KeyKind::Ed25519, DecodingKey::from_ed_pem),

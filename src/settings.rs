@@ -753,6 +753,42 @@ mod tests {
     }
 
     #[test]
+    fn public_key_issuers_come_from_flags_or_the_environment_and_jwks_urls_must_be_https() {
+        let s = settings(
+            &["--credentials", "/etc/idv/credentials.toml"],
+            &[
+                (
+                    "IDVB_ISSUER_JWKS",
+                    "sso=https://sso.example/certs,local=http://127.0.0.1:9/certs",
+                ),
+                ("IDVB_ISSUER_KEYS", "mobile=/etc/a.pem,mobile=/etc/b.pem"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.issuer_jwks.len(), 2);
+        assert_eq!(
+            s.issuer_keys,
+            vec![
+                ("mobile".into(), PathBuf::from("/etc/a.pem")),
+                ("mobile".into(), PathBuf::from("/etc/b.pem"))
+            ]
+        );
+        assert_eq!(
+            s.credentials_file,
+            Some(PathBuf::from("/etc/idv/credentials.toml"))
+        );
+        for url in [
+            "sso=http://sso.example/certs",
+            "sso=http://192.168.1.2/certs",
+        ] {
+            let err = settings(&["--issuer-jwks", url], &[])
+                .err()
+                .expect("refused");
+            assert!(err.contains("https"), "{err}");
+        }
+    }
+
+    #[test]
     fn a_malformed_credential_is_refused_without_echoing_it() {
         let err = settings(&["--api-key", "s3cretvalue"], &[])
             .err()

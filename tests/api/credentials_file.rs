@@ -247,3 +247,93 @@ async fn a_credentials_file_that_breaks_a_rule_at_start_exits_2() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("at least 16"), "{stderr}");
 }
+
+/// `v1=<hex HMAC-SHA256(secret, timestamp.body)>` (SPEC §4).
+fn v1(secret: &str, timestamp: &str, body: &[u8]) -> String {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[actix_web::test]
+async fn webhook_secrets_rotate_by_sighup_new_first() {
+    const NEW: &str = "new-webhook-secret-0123456789";
+    const OLD: &str = "old-webhook-secret-0123456789";
+    let receiver = crate::webhooks::Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credentials.toml");
+    let db = dir.path().join("broker.db");
+    let webhooks = |secrets: &[&str]| format!("[webhooks]\nsecrets = {secrets:?}\n");
+    write(&file, &[("Acme Bank", KEY_ONE)], &webhooks(&[OLD]));
+    let (mut child, address) = spawn_binary(
+        &[
+            "--db",
+            db.to_str().unwrap(),
+            "--credentials",
+            file.to_str().unwrap(),
+            "--webhook-allow-private",
+        ],
+        &[],
+        std::process::Stdio::null(),
+    )
+    .await;
+    let pid = child.id().unwrap();
+    idv_actors::webhooks::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let cancel_one = |n: usize| {
+        let (client, address, url) = (client.clone(), address.clone(), receiver.url("/hook"));
+        async move {
+            let res = client
+                .post(format!("{address}/v1/sessions"))
+                .header("X-Api-Key", KEY_ONE)
+                .json(&json!({"scopes": ["full_name"], "callback_url": url}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 201, "create {n}");
+            let id = res.json::<Value>().await.unwrap()["session_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let res = client
+                .delete(format!("{address}/v1/sessions/{id}"))
+                .header("X-Api-Key", KEY_ONE)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200, "cancel {n}");
+        }
+    };
+    cancel_one(1).await;
+    let hits = receiver.wait_accepted(1).await;
+    let hit = &hits[0];
+    let ts = hit.header("x-idv-timestamp").to_owned();
+    assert_eq!(hit.header("x-idv-signature"), v1(OLD, &ts, &hit.body));
+
+    write(&file, &[("Acme Bank", KEY_ONE)], &webhooks(&[NEW, OLD]));
+    hup(pid);
+    // The reload is done once a delivery signs with both; each try is a new session.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut n = 1;
+    loop {
+        n += 1;
+        cancel_one(n).await;
+        let hits = receiver.wait_accepted(n).await;
+        let hit = hits.iter().rev().find(|h| h.answered == 200).unwrap();
+        let ts = hit.header("x-idv-timestamp").to_owned();
+        let both = format!("{},{}", v1(NEW, &ts, &hit.body), v1(OLD, &ts, &hit.body));
+        if hit.header("x-idv-signature") == both {
+            break;
+        }
+        assert_eq!(hit.header("x-idv-signature"), v1(OLD, &ts, &hit.body));
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never signed with the new secret"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = child.start_kill();
+}

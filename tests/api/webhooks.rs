@@ -25,13 +25,13 @@ const SECRET: &str = "whsec-test-current";
 pub(crate) struct Hit {
     path: String,
     headers: BTreeMap<String, String>,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
     /// The status the receiver answered.
     pub(crate) answered: u16,
 }
 
 impl Hit {
-    fn header(&self, name: &str) -> &str {
+    pub(crate) fn header(&self, name: &str) -> &str {
         self.headers
             .get(name)
             .map(String::as_str)
@@ -137,7 +137,7 @@ impl Receiver {
     }
 
     /// Waits (bounded) until `n` requests were answered 200; returns every hit so far.
-    async fn wait_accepted(&self, n: usize) -> Vec<Hit> {
+    pub(crate) async fn wait_accepted(&self, n: usize) -> Vec<Hit> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
             let hits = self.hits();

@@ -106,8 +106,10 @@ impl Modify for Credentials {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
                     .description(Some(
-                        "An HS256 JWT of a trusted issuer (--issuer ISS=SECRET), with sub and \
-                         exp; valid for at most 24 h.",
+                        "A JWT of a trusted issuer, with sub and exp; valid for at most 24 h: \
+                         HS256 with its secret (--issuer ISS=SECRET), or RS256, PS256, ES256 \
+                         or EdDSA with its public keys (--issuer-key, --issuer-jwks), the key \
+                         picked by kid.",
                     ))
                     .build(),
             ),

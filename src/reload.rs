@@ -26,7 +26,11 @@ pub fn read_sources(
         Some(path) => CredentialSources::merged(flags, CredentialSources::read_file(path)?),
         None => flags.clone(),
     };
-    sources.check()?;
+    sources.check().map_err(|e| match file {
+        // The rule names the flag of its kind; the value may come from the file.
+        Some(path) => format!("{e} (flags and --credentials {})", path.display()),
+        None => e,
+    })?;
     Ok(sources)
 }
 

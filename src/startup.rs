@@ -144,8 +144,6 @@ impl Application {
             ));
         }
         idv_actors::webhooks::install_crypto_provider();
-        // Key files are read and JWKS fetches started before anything else opens: a bad
-        // key file stops the start here.
         // Demo mode brings its own backend key and device issuer: on one node fresh
         // random secrets at every start (nothing to configure, nothing that outlives
         // the run); on several, derived from the cluster key, so a demo token minted
@@ -159,6 +157,8 @@ impl Application {
                 .map(|key| key.derive("idv-broker demo secrets v1"));
             demo_secrets(seed.as_ref().map(|s| s.as_slice()))
         });
+        // Key files are read and JWKS fetches started before anything else opens: a bad
+        // key file stops the start here, with nothing to undo.
         let fetcher = JwksFetcher::new(settings.jwks)
             .map_err(|e| StartError::Config(format!("cannot start JWKS fetching: {e}")))?;
         let credentials = SharedCredentials::new(

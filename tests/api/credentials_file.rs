@@ -337,3 +337,75 @@ async fn webhook_secrets_rotate_by_sighup_new_first() {
     }
     let _ = child.start_kill();
 }
+
+#[actix_web::test]
+async fn an_issuer_by_jwks_added_to_the_file_works_after_sighup_without_a_restart() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = crate::jwks::make_key(keys.path(), "ed", crate::jwks::Kind::Ed);
+    let server = crate::jwks::JwksServer::start().await;
+    server.publish(&[key.jwk("ed-1", jsonwebtoken::Algorithm::EdDSA)]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("credentials.toml");
+    let db = dir.path().join("broker.db");
+    write(&file, &[("Acme Bank", KEY_ONE)], "");
+    let (mut child, address) = spawn_binary(
+        &[
+            "--db",
+            db.to_str().unwrap(),
+            "--credentials",
+            file.to_str().unwrap(),
+        ],
+        &[],
+        std::process::Stdio::null(),
+    )
+    .await;
+    idv_actors::webhooks::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let token = key.token("sso", "alice", jsonwebtoken::Algorithm::EdDSA, Some("ed-1"));
+    let information = || {
+        let (client, address, token) = (client.clone(), address.clone(), token.clone());
+        async move {
+            let res = client
+                .post(format!("{address}/v1/sessions"))
+                .header("X-Api-Key", KEY_ONE)
+                .json(&json!({"scopes": ["full_name"]}))
+                .send()
+                .await
+                .unwrap();
+            let id = res.json::<Value>().await.unwrap()["session_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            client
+                .get(format!("{address}/v1/sessions/{id}/information"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(information().await, 401, "not an issuer yet");
+    write(
+        &file,
+        &[("Acme Bank", KEY_ONE)],
+        &format!("[[issuer]]\nname = \"sso\"\njwks_url = {:?}\n", server.url),
+    );
+    hup(child.id().unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while information().await != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new JWKS issuer never worked"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = client
+        .get(format!("{address}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let _ = child.start_kill();
+}

@@ -36,10 +36,10 @@ git -C "${db}" -c user.name=idv-broker-audit -c user.email=audit@localhost \
 # Ignored advisories, each with why it does not apply (docs/security.md, "Dependencies"):
 #
 # RUSTSEC-2023-0071 (rsa, Marvin attack, no fixed release): a timing side channel in
-#   RSA decryption and signing with a private key. rsa is compiled in only because
-#   jsonwebtoken's `rust_crypto` feature builds every algorithm; the broker accepts
-#   HS256 device tokens only (credentials.rs refuses any other `alg` before verifying)
-#   and holds no RSA key, so the affected code never runs.
+#   RSA decryption and signing with a private key. The broker holds no RSA private key:
+#   it only verifies RS256/PS256 signatures with issuers' public keys (keys.rs), which
+#   the attack does not concern. Only the `token` subcommand signs with an RSA private
+#   key, on the operator's machine, to try the API; no server answers from it.
 ignore=(
     --ignore RUSTSEC-2023-0071
 )

@@ -28,9 +28,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 pub use files::{StoredFile, PURGE_BATCH};
-pub use outbox::{
-    DeliveryRecord, DueEvents, OutboxEvent, WebhookCounts, WebhookRoute, STATUS_CHANGED,
-};
+pub use outbox::{DeliveryRecord, DueEvents, OutboxEvent, WebhookCounts, STATUS_CHANGED};
 pub use sessions::{CreateOutcome, IdempotencyClaim, NewSession, IDEMPOTENCY_WINDOW};
 
 use writer::{Effects, FnJob, Job};
@@ -47,6 +45,16 @@ pub(crate) fn time(ms: i64) -> Result<chrono::DateTime<chrono::Utc>, StoreError>
         .timestamp_millis_opt(ms)
         .single()
         .ok_or_else(|| StoreError::Corrupt(format!("time {ms} out of range")))
+}
+
+/// Where webhook events go when a session has no `callback_url`; present only when
+/// the broker can sign (it sends nothing unsigned, SPEC §4). Here, beside the store's
+/// other shared types, so that the writer and the outbox (which uses the writer) do
+/// not import each other.
+#[derive(Clone, Debug, Default)]
+pub struct WebhookRoute {
+    /// The broker's default `--webhook-url`.
+    pub default_url: Option<String>,
 }
 
 /// Why the store could not do what was asked.

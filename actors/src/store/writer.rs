@@ -32,7 +32,7 @@ pub(crate) struct Effects {
     pub scrub: bool,
     /// Where transitions enqueue webhook events; `None`: the broker sends none. Set by
     /// [`Store::write`](super::Store::write) before the job runs.
-    pub webhooks: Option<std::sync::Arc<super::outbox::WebhookRoute>>,
+    pub webhooks: Option<std::sync::Arc<super::WebhookRoute>>,
     /// The job enqueued a webhook event: wake the dispatcher once it is committed.
     pub webhook_enqueued: bool,
 }

@@ -70,6 +70,10 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("the store is closed")]
     Closed,
+    /// A job panicked (a bug): it was rolled back alone, and the store works on. Told
+    /// apart from [`StoreError::Closed`], which the loops read as a shutdown.
+    #[error("a store job panicked")]
+    Panicked,
     /// More work is queued than the store takes (`QUEUE_BOUND`): refused, not queued.
     #[error("the store is overloaded")]
     Busy,
@@ -324,15 +328,26 @@ impl Store {
         let sender = sender.ok_or(StoreError::Closed)?;
         sender
             .try_send(Box::new(move |conn: &Connection| {
-                let _ = tx.send(f(conn));
+                // A panicking read is answered, not left to kill the reader thread.
+                let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)))
+                    .unwrap_or_else(|_| {
+                        tracing::error!("a store read panicked (a bug); answered as an error");
+                        Err(StoreError::Panicked)
+                    });
+                let _ = tx.send(out);
             }))
             .map_err(queue_error)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Whether the database answers a query (readiness).
+    /// Whether the database answers a query on a reader and the writer commits
+    /// (readiness): an empty job through the writer's own batch, so a writer that
+    /// stopped answering makes the broker not ready. It writes nothing, so it costs
+    /// no fsync.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.read(|c| Ok(c.query_row("SELECT count(*) FROM schema_migrations", [], |_| Ok(()))?))
+            .await?;
+        self.write_job(|c, _| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
     }
 

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Fails if the files of a crate import each other in a cycle.
 
-Reads every `crate::a::b` path in each crate's src/ (use lines and inline paths),
-maps it to the file that defines the module, and looks for cycles between files
-(a file's own submodules declared with `mod x;` are edges too). Test modules
-(`#[cfg(test)] mod tests { ... }`) are skipped: tests may reach anywhere.
+Reads every `crate::a::b`, `super::a::b` and `self::a::b` path in each crate's src/
+(use lines and inline paths, `{…}` groups expanded), resolves it against the file's
+own module, maps it to the file that defines the module, and looks for cycles between
+files. A parent's edges to its own children (declaring them with `mod x;`, re-exporting
+or using their items) are the module tree, not imports, and are dropped; a child's
+uses of its parent, and every edge between siblings or across the tree, count. Test
+modules (`#[cfg(test)] mod tests { ... }`) are skipped: tests may reach anywhere.
 """
 import os
 import re
@@ -58,24 +61,38 @@ def strip_tests(src):
     return "".join(out)
 
 
+ROOTS = r"(?<![\w:])((?:crate|self|super)(?:::super)*)::"
+
+
 def expand_use(text):
-    """Every `crate::…` path in the text, with `use crate::{a, b::c}` groups expanded."""
+    """Every path from `crate`, `self` or `super` in the text, as (root, [segments]),
+    with `use x::{a, b::c}` groups expanded."""
     paths = []
-    for m in re.finditer(r"crate::((?:\w+::)*)\{", text):
+    for m in re.finditer(ROOTS + r"((?:\w+::)*)\{", text):
         start = m.end()
         depth, n = 1, start
         while depth and n < len(text):
             depth += {"{": 1, "}": -1}.get(text[n], 0)
             n += 1
         inner = text[start : n - 1]
-        prefix = m.group(1)
+        prefix = m.group(1) + "::" + m.group(2)
         for item in re.split(r",(?![^{]*\})", inner):
             item = item.strip()
-            if item:
-                paths.extend(expand_use("crate::" + prefix + item))
-    for m in re.finditer(r"crate::((?:\w+::)*\w+)", text):
-        paths.append(m.group(1).split("::"))
+            if item and item != "self":
+                paths.extend(expand_use(prefix + item))
+    for m in re.finditer(ROOTS + r"((?:\w+::)*\w+)", text):
+        paths.append((m.group(1), m.group(2).split("::")))
     return paths
+
+
+def resolve(module, root, path):
+    """The absolute module path of `root::path` written in module `module` (a tuple)."""
+    if root == "crate":
+        return list(path)
+    base = list(module)
+    if root.startswith("super"):
+        base = base[: len(base) - root.count("super")]
+    return base + list(path)
 
 
 def owner(files, path):
@@ -93,14 +110,16 @@ def cycles(root):
         with open(os.path.join(root, f), encoding="utf-8") as fh:
             src = strip_tests(fh.read())
         src = re.sub(r"//.*", "", src)
-        for path in expand_use(src):
-            target = owner(files, path)
-            if target and target != f:
-                edges[f].add(target)
-        for m in re.finditer(r"(?m)^\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+(\w+)\s*;", src):
-            child = files.get(mod + (m.group(1),))
-            if child:
-                edges[f].add(child)
+        for root_kw, path in expand_use(src):
+            target_path = resolve(mod, root_kw, path)
+            target = owner(files, target_path)
+            if not target or target == f:
+                continue
+            target_mod = next(k for k, v in files.items() if v == target)
+            # A parent reaching into its own subtree is the module tree, not an import.
+            if target_mod[: len(mod)] == mod and len(target_mod) > len(mod):
+                continue
+            edges[f].add(target)
     # Tarjan's strongly connected components; a component of two or more is a cycle.
     index, low, stack, on, comps, counter = {}, {}, [], set(), [], [0]
 
@@ -129,9 +148,6 @@ def cycles(root):
     for v in edges:
         if v not in index:
             visit(v)
-    # A parent declares its children (`mod x;`), and children may use their parent's
-    # items: that pair is the module tree, not a cycle. Drop parent→child edges and
-    # look again.
     return [sorted(c) for c in comps if len(c) > 1], edges
 
 

@@ -2,7 +2,8 @@
 //! and the cluster comes back by itself when NATS does: with NATS gone every node
 //! says it is not ready and lets its lease lapse (it can serve no other node), nothing
 //! is lost, and once NATS is back the nodes register again, sessions move on
-//! through any node, and pushes reach subscribers on every node again.
+//! through any node, and pushes reach subscribers on every node again; clients that
+//! keep sessions moving all along get only 2xx and 503 + Retry-After, and lose nothing.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -83,6 +84,10 @@ async fn without_nats_no_node_is_ready_and_when_it_returns_sessions_move_on_thro
     .await;
     let s = cluster.create(0, &json!({"scopes": ["full_name"]})).await;
     assert_eq!(cluster.information(1, &s.id, "alice").await.status(), 200);
+    // Clients keep sessions moving through the whole outage.
+    let load = std::sync::Arc::new(crate::load::Load::default());
+    let clients = crate::load::start(&load, cluster.addresses(), None);
+    crate::load::wait_confirmed(&load, 10, Duration::from_secs(60)).await;
 
     nats.stop().await;
     for n in 0..3 {
@@ -165,5 +170,35 @@ async fn without_nats_no_node_is_ready_and_when_it_returns_sessions_move_on_thro
             "the push reached the subscriber on {}",
             cluster.nodes[n].id
         );
+    }
+
+    // The load through the outage: only 2xx and 503 + Retry-After, nothing
+    // acknowledged lost, no seq committed twice.
+    let confirmed = load.confirmed();
+    crate::load::wait_confirmed(&load, confirmed + 5, Duration::from_secs(30)).await;
+    crate::load::stop(&load, clients).await;
+    let unexpected = load.unexpected.lock().expect("unexpected").clone();
+    assert!(
+        unexpected.is_empty(),
+        "answers other than 2xx or 503 + Retry-After:\n{}",
+        unexpected.join("\n")
+    );
+    let cut = load.cut.lock().expect("cut").clone();
+    assert!(cut.is_empty(), "requests left without an answer: {cut:?}");
+    let sessions = cluster.db.sessions().await;
+    let events = cluster.db.events().await;
+    load.assert_all_acknowledged_committed(&sessions, &events);
+    for (id, conflict_seq) in load.conflicts.lock().expect("conflicts").iter() {
+        assert!(
+            sessions.get(id).is_some_and(|s| s.seq >= *conflict_seq),
+            "session {id}: 409 for a step the store does not hold"
+        );
+    }
+    for (id, stored) in &sessions {
+        let seqs: Vec<u64> = events
+            .get(id)
+            .map(|e| e.iter().map(|(q, _)| *q).collect())
+            .unwrap_or_default();
+        assert_eq!(seqs, (1..=stored.seq).collect::<Vec<_>>(), "session {id}");
     }
 }

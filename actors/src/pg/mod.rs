@@ -354,7 +354,18 @@ impl PgStore {
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         let task = self.handle.spawn(f(self.shared.clone()));
-        Box::pin(async move { task.await.map_err(|_| StoreError::Closed)? })
+        // A panicked call is a bug, told apart from a store that is closing (which the
+        // loops read as a shutdown).
+        Box::pin(async move {
+            task.await.map_err(|e| {
+                if e.is_panic() {
+                    tracing::error!("a store call panicked (a bug); answered as an error");
+                    StoreError::Panicked
+                } else {
+                    StoreError::Closed
+                }
+            })?
+        })
     }
 }
 

@@ -28,9 +28,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 pub use files::{StoredFile, PURGE_BATCH};
-pub use outbox::{
-    DeliveryRecord, DueEvents, OutboxEvent, WebhookCounts, WebhookRoute, STATUS_CHANGED,
-};
+pub use outbox::{DeliveryRecord, DueEvents, OutboxEvent, WebhookCounts, STATUS_CHANGED};
 pub use sessions::{CreateOutcome, IdempotencyClaim, NewSession, IDEMPOTENCY_WINDOW};
 
 use writer::{Effects, FnJob, Job};
@@ -49,6 +47,16 @@ pub(crate) fn time(ms: i64) -> Result<chrono::DateTime<chrono::Utc>, StoreError>
         .ok_or_else(|| StoreError::Corrupt(format!("time {ms} out of range")))
 }
 
+/// Where webhook events go when a session has no `callback_url`; present only when
+/// the broker can sign (it sends nothing unsigned, SPEC §4). Here, beside the store's
+/// other shared types, so that the writer and the outbox (which uses the writer) do
+/// not import each other.
+#[derive(Clone, Debug, Default)]
+pub struct WebhookRoute {
+    /// The broker's default `--webhook-url`.
+    pub default_url: Option<String>,
+}
+
 /// Why the store could not do what was asked.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
@@ -62,6 +70,10 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("the store is closed")]
     Closed,
+    /// A job panicked (a bug): it was rolled back alone, and the store works on. Told
+    /// apart from [`StoreError::Closed`], which the loops read as a shutdown.
+    #[error("a store job panicked")]
+    Panicked,
     /// More work is queued than the store takes (`QUEUE_BOUND`): refused, not queued.
     #[error("the store is overloaded")]
     Busy,
@@ -316,15 +328,26 @@ impl Store {
         let sender = sender.ok_or(StoreError::Closed)?;
         sender
             .try_send(Box::new(move |conn: &Connection| {
-                let _ = tx.send(f(conn));
+                // A panicking read is answered, not left to kill the reader thread.
+                let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)))
+                    .unwrap_or_else(|_| {
+                        tracing::error!("a store read panicked (a bug); answered as an error");
+                        Err(StoreError::Panicked)
+                    });
+                let _ = tx.send(out);
             }))
             .map_err(queue_error)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Whether the database answers a query (readiness).
+    /// Whether the database answers a query on a reader and the writer commits
+    /// (readiness): an empty job through the writer's own batch, so a writer that
+    /// stopped answering makes the broker not ready. It writes nothing, so it costs
+    /// no fsync.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.read(|c| Ok(c.query_row("SELECT count(*) FROM schema_migrations", [], |_| Ok(()))?))
+            .await?;
+        self.write_job(|c, _| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
     }
 

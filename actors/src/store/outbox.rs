@@ -16,14 +16,6 @@ use crate::write::TransitionWrite;
 /// The `event` name of every webhook the broker sends.
 pub const STATUS_CHANGED: &str = "session.status_changed";
 
-/// Where webhook events go when a session has no `callback_url`; present only when
-/// the broker can sign (it sends nothing unsigned, SPEC §4).
-#[derive(Clone, Debug, Default)]
-pub struct WebhookRoute {
-    /// The broker's default `--webhook-url`.
-    pub default_url: Option<String>,
-}
-
 /// One event to deliver, as the dispatcher reads it.
 #[derive(Clone, Debug)]
 pub struct OutboxEvent {
@@ -321,6 +313,7 @@ mod tests {
     use super::*;
     use crate::model::{SessionRecord, SessionRequest};
     use crate::status::Status;
+    use crate::store::WebhookRoute;
     use crate::store::{NewSession, StoreConfig};
 
     fn open(dir: &tempfile::TempDir, route: Option<WebhookRoute>) -> Store {

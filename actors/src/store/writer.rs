@@ -32,7 +32,7 @@ pub(crate) struct Effects {
     pub scrub: bool,
     /// Where transitions enqueue webhook events; `None`: the broker sends none. Set by
     /// [`Store::write`](super::Store::write) before the job runs.
-    pub webhooks: Option<std::sync::Arc<super::outbox::WebhookRoute>>,
+    pub webhooks: Option<std::sync::Arc<super::WebhookRoute>>,
     /// The job enqueued a webhook event: wake the dispatcher once it is committed.
     pub webhook_enqueued: bool,
 }
@@ -70,7 +70,16 @@ where
     F: FnMut(&Connection, &mut Effects) -> Result<T, StoreError> + Send,
 {
     fn run(&mut self, conn: &Connection, fx: &mut Effects) -> bool {
-        let out = (self.f)(conn, fx);
+        // A panicking job fails alone (its batch is run again without it, in
+        // savepoints): the writer thread lives on, and every later write with it.
+        let f = &mut self.f;
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn, fx)))
+            .unwrap_or_else(|_| {
+                tracing::error!(
+                    "a store job panicked (a bug); rolled back and answered as an error"
+                );
+                Err(StoreError::Panicked)
+            });
         let ok = out.is_ok();
         self.out = Some(out);
         ok
@@ -329,5 +338,34 @@ mod tests {
         for mut rx in answers {
             assert!(matches!(rx.try_recv(), Ok(Err(StoreError::Stale))));
         }
+    }
+
+    #[actix_rt::test]
+    async fn a_panicking_job_or_read_is_answered_and_the_store_works_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            crate::store::Store::open(&crate::store::StoreConfig::new(dir.path().join("t.db")))
+                .unwrap();
+        let panicked: Result<(), StoreError> = store.write(|_, _| panic!("a bug in a job")).await;
+        assert!(
+            matches!(panicked, Err(StoreError::Panicked)),
+            "{panicked:?}"
+        );
+        let panicked: Result<(), StoreError> = store.read(|_| panic!("a bug in a read")).await;
+        assert!(
+            matches!(panicked, Err(StoreError::Panicked)),
+            "{panicked:?}"
+        );
+        // The writer and the readers live on: a write, a read, and readiness.
+        store
+            .write(|c, _| Ok(c.execute_batch("CREATE TABLE after_the_panic (x INTEGER)")?))
+            .await
+            .unwrap();
+        let n: i64 = store
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM after_the_panic", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+        store.ping().await.unwrap();
     }
 }

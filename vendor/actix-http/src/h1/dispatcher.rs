@@ -41,6 +41,10 @@ use crate::{
 // memory per subscriber (see docs/benchmarks.md). Reads still grow the buffer on demand.
 /// idv-broker patch: the body of a `408` sent because a request's head did not arrive in
 /// time, in the broker's error shape (SPEC §5).
+/// idv-broker patch: how late a connection timer may fire before it is taken for a
+/// stall of this process rather than a slow client.
+const STALLED: std::time::Duration = std::time::Duration::from_secs(1);
+
 const REQUEST_TIMEOUT_BODY: &str =
     r#"{"error":{"code":"timeout","message":"the request did not arrive in time"}}"#;
 
@@ -1108,21 +1112,41 @@ where
 
         if let TimerState::Active { timer } = this.head_timer {
             if timer.as_mut().poll(cx).is_ready() {
+                // idv-broker patch: a timer that fires well after its deadline says the
+                // process stalled (SIGSTOP, a paused VM), not that the client was slow:
+                // the head is given its time again, counted from now.
+                let late = std::time::Instant::now()
+                    .saturating_duration_since(timer.deadline().into_std());
+                if late > STALLED {
+                    if let Some(deadline) = this.config.client_request_deadline() {
+                        timer.as_mut().reset(deadline.into());
+                        let _ = timer.as_mut().poll(cx);
+                        return Ok(());
+                    }
+                }
+
                 // timeout on first request (slow request) return 408
 
                 trace!("timed out on slow request; replying with 408 and closing connection");
 
                 // idv-broker patch: the error body of the broker's API (SPEC §5), not
-                // an empty one.
+                // an empty one. Written with the head, since the connection shuts down
+                // right after (a body left to the response's own state is never sent).
                 let mut res = Response::with_body(StatusCode::REQUEST_TIMEOUT, ());
                 res.headers_mut().insert(
                     crate::header::CONTENT_TYPE,
                     crate::header::HeaderValue::from_static("application/json"),
                 );
-                let _ = self.as_mut().send_error_response(
-                    res,
-                    BoxBody::new(REQUEST_TIMEOUT_BODY),
-                );
+                if self
+                    .as_mut()
+                    .send_response_inner(res, &REQUEST_TIMEOUT_BODY)
+                    .is_ok()
+                {
+                    self.as_mut()
+                        .project()
+                        .write_buf
+                        .extend_from_slice(REQUEST_TIMEOUT_BODY.as_bytes());
+                }
 
                 self.project().flags.insert(Flags::SHUTDOWN);
             }

@@ -35,6 +35,8 @@ install_missing() {
     local pkgs=()
     pg_bin >/dev/null || pkgs+=(postgresql)
     command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || pkgs+=(nats-server)
+    # The test certificates (PostgreSQL's TLS, and the cluster tests' own) are made by it.
+    command -v openssl >/dev/null || pkgs+=(openssl)
     if [ ${#pkgs[@]} -gt 0 ]; then
         log "installing ${pkgs[*]}"
         export DEBIAN_FRONTEND=noninteractive

@@ -18,9 +18,23 @@ bash .ci/check-vendored.sh
 python3 .ci/module-cycles.py
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# No test hook ships (STYLE): the binary built as a release build is (no dev-dependencies,
+# so without idv-actors' `fault-injection` feature) holds none of the fault-injection
+# code. After the tests, whose build of the same binary has the hooks, the same probe
+# must find them: so it is known to look for the right thing.
+bin="${CARGO_TARGET_DIR:-target}/debug/idv-broker"
+cargo build --bin idv-broker
+if grep -q "injected fault" "$bin"; then
+    echo "test.sh: the broker built without dev-dependencies holds fault-injection code" >&2
+    exit 1
+fi
 # Every crate's tests; the root package's include the `api` suite on SQLite and the
 # `cluster` suite (three real nodes on PostgreSQL + NATS).
 cargo test --workspace
+if ! grep -q "injected fault" "$bin"; then
+    echo "test.sh: the test build of the broker lacks its fault hooks: the probe above looks for the wrong thing" >&2
+    exit 1
+fi
 # The same `api` suite again, each test's broker on PostgreSQL + NATS.
 IDVB_TEST_STORE=postgres cargo test --test api
 bash .ci/schemathesis.sh

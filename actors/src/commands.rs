@@ -17,9 +17,9 @@ use crate::error::SessionError;
 use crate::ids::DeviceId;
 use crate::model::{is_file_scope, Consent, SessionRecord};
 use crate::route::{Outbound, Wire, WireOk};
-use crate::session::messages::{
-    Answer, ArmFault, Caller, Cancel, Decide, InjectFault, Inspect, Retrieve, RotateToken,
-};
+use crate::session::messages::{Answer, Caller, Cancel, Decide, Inspect, Retrieve, RotateToken};
+#[cfg(any(test, feature = "fault-injection"))]
+use crate::session::messages::{ArmFault, InjectFault};
 use crate::status::{next, Event, Outcome};
 use crate::write::TransitionWrite;
 
@@ -390,6 +390,7 @@ impl SessionCommand for RotateToken {
     }
 }
 
+#[cfg(any(test, feature = "fault-injection"))]
 impl SessionCommand for InjectFault {
     type Output = ();
     fn on_ended(&self, _: &SessionRecord, _: DateTime<Utc>) -> Result<(), SessionError> {
@@ -398,6 +399,7 @@ impl SessionCommand for InjectFault {
 }
 
 /// Test-only (see [`ArmFault`]): an ended session has no actor to arm.
+#[cfg(any(test, feature = "fault-injection"))]
 impl SessionCommand for ArmFault {
     type Output = ();
     fn on_ended(&self, _: &SessionRecord, _: DateTime<Utc>) -> Result<(), SessionError> {

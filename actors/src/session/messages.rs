@@ -113,8 +113,10 @@ pub struct RotateToken;
 #[rtype(result = "()")]
 pub struct Tick;
 
-/// Test hook: makes the session actor fail, to prove supervision.
+/// Test hook: makes the session actor fail, to prove supervision. Only in test builds
+/// (the `fault-injection` feature, which the tests turn on and release builds leave off).
 #[doc(hidden)]
+#[cfg(any(test, feature = "fault-injection"))]
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "Result<(), SessionError>")]
 pub struct InjectFault {
@@ -329,6 +331,7 @@ pub struct CheckUpload {
 // tests do, to prove that supervision strands nobody) -----------------------------------------------------------------
 
 /// Where an armed session actor panics.
+#[cfg(any(test, feature = "fault-injection"))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultPoint {
     /// Applying a committed transition to the in-memory state.
@@ -354,6 +357,7 @@ pub enum FaultPoint {
 /// Test hook: the session actor panics, uncontained, the next time it reaches `at`.
 /// The arming survives a contained restart (so `Load` and `CatchUp` can be reached).
 #[doc(hidden)]
+#[cfg(any(test, feature = "fault-injection"))]
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "Result<(), SessionError>")]
 pub struct ArmFault {

@@ -46,17 +46,34 @@ use crate::error::SessionError;
 use crate::ids::SessionId;
 use crate::live::{Generation, LiveSessions};
 use crate::model::SessionRecord;
+#[cfg(any(test, feature = "fault-injection"))]
 use crate::session::messages::ArmFault;
+#[cfg(any(test, feature = "fault-injection"))]
 use crate::session::messages::FaultPoint;
+#[cfg(any(test, feature = "fault-injection"))]
+use crate::session::messages::InjectFault;
 use crate::session::messages::{
     AudienceCount, Change, CountAudience, Subscribe, Subscribed, Unsubscribe, WaitChange,
 };
 use crate::session::messages::{Caller, Promote, Refresh, Relinquish};
-use crate::session::messages::{Cancel, Decide, InjectFault, Inspect, Retrieve, RotateToken, Tick};
+use crate::session::messages::{Cancel, Decide, Inspect, Retrieve, RotateToken, Tick};
 use crate::session::messages::{CheckUpload, StageFile, StagedFile, UploadTicket};
 use crate::session_store::SessionStore;
 use crate::staging::Staged;
 use crate::store::StoreError;
+
+/// A point where a test may have armed a panic ([`ArmFault`]); nothing at all in builds
+/// without fault injection (release builds), so no test hook ships.
+#[cfg(any(test, feature = "fault-injection"))]
+macro_rules! trip {
+    ($actor:expr, $at:ident) => {
+        $actor.trip(FaultPoint::$at)
+    };
+}
+#[cfg(not(any(test, feature = "fault-injection")))]
+macro_rules! trip {
+    ($actor:expr, $at:ident) => {};
+}
 
 /// Longest single timer; a longer wait re-arms, so a moved clock is noticed.
 const MAX_TIMER: Duration = Duration::from_secs(60);
@@ -135,6 +152,7 @@ pub struct SessionActor {
     /// by a restart.
     staged: Staged,
     /// Test-only ([`ArmFault`]): the point where this actor panics, uncontained.
+    #[cfg(any(test, feature = "fault-injection"))]
     fault: Option<FaultPoint>,
     /// Whether this actor only watches a session owned by another node.
     watching: bool,
@@ -196,6 +214,7 @@ impl SessionActor {
             expiry: None,
             audience: Audience::new(id),
             staged: Staged::default(),
+            #[cfg(any(test, feature = "fault-injection"))]
             fault: None,
             watching,
             moved: false,
@@ -210,6 +229,7 @@ impl SessionActor {
     }
 
     /// Panics, outside any containment, if a test armed a fault at `at`.
+    #[cfg(any(test, feature = "fault-injection"))]
     fn trip(&mut self, at: FaultPoint) {
         if self.fault == Some(at) {
             self.fault = None;
@@ -254,7 +274,7 @@ impl SessionActor {
 
     /// Reads the session from the store, holding the mailbox until it is in.
     fn load(&mut self, ctx: &mut Context<Self>) {
-        self.trip(FaultPoint::Load);
+        trip!(self, Load);
         let store = self.store.clone();
         let id = self.id;
         ctx.wait(
@@ -294,7 +314,7 @@ impl SessionActor {
     /// push, and subscribers must miss nothing. Then resumes as a load does (finish if
     /// terminal, else arm the expiry timer).
     fn catch_up(&mut self, after: crate::ids::Seq, ctx: &mut Context<Self>) {
-        self.trip(FaultPoint::CatchUp);
+        trip!(self, CatchUp);
         let store = self.store.clone();
         let id = self.id;
         ctx.wait(async move { store.events_after(id, after).await }.into_actor(self).map(
@@ -339,7 +359,7 @@ impl SessionActor {
 
     /// Expires the session if `expires_at` has passed, else re-arms the timer.
     fn check_expiry(&mut self, ctx: &mut Context<Self>) {
-        self.trip(FaultPoint::CheckExpiry);
+        trip!(self, CheckExpiry);
         if self.watching || self.moved {
             return;
         }
@@ -418,7 +438,7 @@ impl SessionActor {
     /// Adopts the session as the store committed it: the actor recomputes nothing of
     /// what the transition changed.
     fn apply(&mut self, committed: SessionRecord, ctx: &mut Context<Self>) {
-        self.trip(FaultPoint::Apply);
+        trip!(self, Apply);
         let terminal = committed.status.is_terminal();
         let at = committed.updated_at;
         if self.state.as_ref().is_none_or(|s| s.seq < committed.seq) {
@@ -437,7 +457,7 @@ impl SessionActor {
 
     /// Pushes the committed state, reached at `at`, to the audience.
     fn publish(&mut self, at: chrono::DateTime<chrono::Utc>) {
-        self.trip(FaultPoint::Publish);
+        trip!(self, Publish);
         if let Some(s) = &self.state {
             self.audience.publish(s, s.seq, at);
         }
@@ -446,7 +466,7 @@ impl SessionActor {
     /// The session is terminal: leave the registry and stop. Reads are served from the
     /// store from now on.
     fn finish(&mut self, ctx: &mut Context<Self>) {
-        self.trip(FaultPoint::Finish);
+        trip!(self, Finish);
         // Committed with the approve, or discarded by any other end: either way the
         // memory copy goes now (see `leave`).
         self.leave(ctx);
@@ -717,7 +737,7 @@ impl Handler<RotateToken> for SessionActor {
     type Result = AtomicResponse<Self, Result<(), SessionError>>;
 
     fn handle(&mut self, _: RotateToken, _: &mut Context<Self>) -> Self::Result {
-        self.trip(FaultPoint::RotateToken);
+        trip!(self, RotateToken);
         // Re-read rather than take a token from the message: replays may deliver their
         // messages out of commit order, and the store's token is the one that counts.
         let store = self.store.clone();
@@ -745,11 +765,12 @@ impl Handler<Tick> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) {
-        self.trip(FaultPoint::Tick);
+        trip!(self, Tick);
         self.check_expiry(ctx);
     }
 }
 
+#[cfg(any(test, feature = "fault-injection"))]
 impl Handler<InjectFault> for SessionActor {
     type Result = Result<(), SessionError>;
 
@@ -768,6 +789,7 @@ impl Handler<InjectFault> for SessionActor {
     }
 }
 
+#[cfg(any(test, feature = "fault-injection"))]
 impl Handler<ArmFault> for SessionActor {
     type Result = Result<(), SessionError>;
 
@@ -806,7 +828,7 @@ impl Handler<Unsubscribe> for SessionActor {
     type Result = Result<(), SessionError>;
 
     fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) -> Self::Result {
-        self.trip(FaultPoint::Unsubscribe);
+        trip!(self, Unsubscribe);
         self.audience.unsubscribe(msg.id);
         Ok(())
     }

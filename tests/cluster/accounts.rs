@@ -5,7 +5,6 @@
 //! journey across the nodes.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -19,35 +18,18 @@ const APPS_PASSWORD: &str = "apps-password-for-the-accounts-test";
 #[actix_web::test]
 async fn brokers_in_their_own_nats_account_work_and_another_account_sees_none_of_their_messages() {
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/examples/nats-server.conf");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
-    let binary = if Path::new("/usr/sbin/nats-server").exists() {
-        "/usr/sbin/nats-server"
-    } else {
-        "nats-server"
-    };
     // The address on the command line wins over the file's `listen`.
-    let _nats = tokio::process::Command::new(binary)
-        .arg("-c")
-        .arg(&config)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .env("IDVB_NATS_BROKER_PASSWORD", BROKER_PASSWORD)
-        .env("APPS_NATS_PASSWORD", APPS_PASSWORD)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("nats.log")).expect("log"))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("nats-server starts (scripts/services.sh installs it)");
-    eventually(Duration::from_secs(10), "nats-server listens", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()
-            .map(|_| ())
-    })
+    let _nats = nats_server(
+        port,
+        &["-c", config.to_str().expect("a UTF-8 path")],
+        &[
+            ("IDVB_NATS_BROKER_PASSWORD", BROKER_PASSWORD),
+            ("APPS_NATS_PASSWORD", APPS_PASSWORD),
+        ],
+        Some(&dir.path().join("nats.log")),
+    )
     .await;
 
     let cluster = Cluster::start(Options {

@@ -399,6 +399,16 @@ impl Cluster {
         cluster
     }
 
+    /// `GET /readyz` of node `n` (0 when it does not answer).
+    pub async fn readyz(&self, n: usize) -> u16 {
+        self.http
+            .get(self.nodes[n].url("/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    }
+
     /// Polls `GET /readyz` until it is 200 (the node reaches PostgreSQL and NATS).
     pub async fn wait_ready(&self, node: &Node, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
@@ -702,5 +712,70 @@ where
             "not within {within:?}: {what}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Starts a nats-server of the test's own on loopback `port`, with more `args` (a
+/// config file, say) and `envs`, its stderr into `log` if given; waits until it listens.
+/// Killed when the handle is dropped.
+pub async fn nats_server(
+    port: u16,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    log: Option<&std::path::Path>,
+) -> tokio::process::Child {
+    let binary = if std::path::Path::new("/usr/sbin/nats-server").exists() {
+        "/usr/sbin/nats-server"
+    } else {
+        "nats-server"
+    };
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).expect("the nats-server log")),
+        None => Stdio::null(),
+    };
+    let child = tokio::process::Command::new(binary)
+        .args(args)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nats-server starts (scripts/services.sh installs it)");
+    eventually(Duration::from_secs(10), "nats-server listens", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    child
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Asserts that every session's events are seq 1 to its seq, once each: none missing,
+/// none committed twice (a late commit under an old owner would be one).
+pub fn assert_events_gap_free(
+    sessions: &std::collections::BTreeMap<String, StoredSession>,
+    events: &std::collections::BTreeMap<String, Vec<(u64, String)>>,
+) {
+    for (id, s) in sessions {
+        let seqs: Vec<u64> = events
+            .get(id)
+            .map(|e| e.iter().map(|(q, _)| *q).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            seqs,
+            (1..=s.seq).collect::<Vec<_>>(),
+            "session {id}: one event per seq, none missing, none twice"
+        );
     }
 }

@@ -60,6 +60,40 @@ impl Load {
             .insert(id.to_owned(), (seq, status.to_owned()));
     }
 
+    /// Asserts what every load of the suite must hold, whatever it went through: no
+    /// answer but 2xx or 503 + Retry-After, no request left without an answer (except
+    /// towards node `killed`), every acknowledged transition stored, every `409` for a
+    /// step the store holds (an earlier attempt committed it and its answer was lost),
+    /// and every session's events gap-free.
+    pub fn audit(
+        &self,
+        sessions: &BTreeMap<String, StoredSession>,
+        events: &BTreeMap<String, Vec<(u64, String)>>,
+        killed: Option<usize>,
+    ) {
+        let unexpected = self.unexpected.lock().expect("unexpected").clone();
+        assert!(
+            unexpected.is_empty(),
+            "answers other than 2xx or 503 + Retry-After:\n{}",
+            unexpected.join("\n")
+        );
+        let cut = self.cut.lock().expect("cut").clone();
+        let cut_elsewhere: Vec<_> = cut.iter().filter(|(n, _)| Some(*n) != killed).collect();
+        assert!(
+            cut_elsewhere.is_empty(),
+            "requests cut off without an answer: {cut_elsewhere:?}"
+        );
+        self.assert_all_acknowledged_committed(sessions, events);
+        for (id, seq) in self.conflicts.lock().expect("conflicts").iter() {
+            let stored = sessions.get(id);
+            assert!(
+                stored.is_some_and(|s| s.seq >= *seq),
+                "session {id}: 409 for the step to seq {seq}, but the store has {stored:?}"
+            );
+        }
+        crate::helpers::assert_events_gap_free(sessions, events);
+    }
+
     /// Asserts that every acknowledged transition is committed (acknowledged =
     /// committed): the session's row is at that seq or later, and the event of that seq
     /// carries the acknowledged status.

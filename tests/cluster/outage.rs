@@ -84,16 +84,6 @@ impl Drop for Proxy {
     }
 }
 
-async fn ready(cluster: &Cluster, n: usize) -> u16 {
-    cluster
-        .http
-        .get(cluster.nodes[n].url("/readyz"))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-}
-
 #[actix_web::test]
 async fn while_postgres_is_out_every_answer_is_503_with_retry_after_and_the_nodes_are_ready_within_5_s_of_its_return(
 ) {
@@ -183,7 +173,7 @@ async fn while_postgres_is_out_every_answer_is_503_with_retry_after_and_the_node
     let mut not_ready = [false; 3];
     while cut_at.elapsed() < OUTAGE {
         for (n, seen) in not_ready.iter_mut().enumerate() {
-            *seen |= ready(&cluster, n).await == 503;
+            *seen |= cluster.readyz(n).await == 503;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -197,7 +187,7 @@ async fn while_postgres_is_out_every_answer_is_503_with_retry_after_and_the_node
         eventually(
             Duration::from_secs(20),
             "a node is ready again once the database is back",
-            || async { (ready(&cluster, n).await == 200).then_some(()) },
+            || async { (cluster.readyz(n).await == 200).then_some(()) },
         )
         .await;
     }
@@ -245,13 +235,5 @@ async fn while_postgres_is_out_every_answer_is_503_with_retry_after_and_the_node
         let stored = cluster.db.session(&s.id).await.expect("stored");
         assert_eq!((stored.seq, stored.status.as_str()), (3, "confirmed"));
     }
-    let sessions = cluster.db.sessions().await;
-    let events = cluster.db.events().await;
-    for (id, s) in &sessions {
-        let seqs: Vec<u64> = events
-            .get(id)
-            .map(|e| e.iter().map(|(q, _)| *q).collect())
-            .unwrap_or_default();
-        assert_eq!(seqs, (1..=s.seq).collect::<Vec<_>>(), "session {id}");
-    }
+    assert_events_gap_free(&cluster.db.sessions().await, &cluster.db.events().await);
 }

@@ -5,7 +5,6 @@
 //! through any node, and pushes reach subscribers on every node again; clients that
 //! keep sessions moving all along get only 2xx and 503 + Retry-After, and lose nothing.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
@@ -19,33 +18,10 @@ struct Nats {
 }
 
 impl Nats {
-    fn binary() -> &'static str {
-        if std::path::Path::new("/usr/sbin/nats-server").exists() {
-            "/usr/sbin/nats-server"
-        } else {
-            "nats-server"
-        }
-    }
-
     async fn start(port: u16) -> Nats {
-        let child = tokio::process::Command::new(Self::binary())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("nats-server starts (scripts/services.sh installs it)");
-        eventually(Duration::from_secs(10), "nats-server listens", || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(|_| ())
-        })
-        .await;
         Nats {
             port,
-            child: Some(child),
+            child: Some(nats_server(port, &[], &[], None).await),
         }
     }
 
@@ -60,22 +36,9 @@ impl Nats {
     }
 }
 
-async fn ready(cluster: &Cluster, n: usize) -> u16 {
-    cluster
-        .http
-        .get(cluster.nodes[n].url("/readyz"))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-}
-
 #[actix_web::test]
 async fn without_nats_no_node_is_ready_and_when_it_returns_sessions_move_on_through_any_node() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
     let mut nats = Nats::start(port).await;
     let cluster = Cluster::start(Options {
         nats: Some(nats.url()),
@@ -94,7 +57,7 @@ async fn without_nats_no_node_is_ready_and_when_it_returns_sessions_move_on_thro
         eventually(
             Duration::from_secs(15),
             "a node cut off from NATS says it is not ready",
-            || async { (ready(&cluster, n).await == 503).then_some(()) },
+            || async { (cluster.readyz(n).await == 503).then_some(()) },
         )
         .await;
     }
@@ -119,7 +82,7 @@ async fn without_nats_no_node_is_ready_and_when_it_returns_sessions_move_on_thro
         eventually(
             Duration::from_secs(30),
             "a node is ready again once NATS is back",
-            || async { (ready(&cluster, n).await == 200).then_some(()) },
+            || async { (cluster.readyz(n).await == 200).then_some(()) },
         )
         .await;
     }
@@ -177,28 +140,9 @@ async fn without_nats_no_node_is_ready_and_when_it_returns_sessions_move_on_thro
     let confirmed = load.confirmed();
     crate::load::wait_confirmed(&load, confirmed + 5, Duration::from_secs(30)).await;
     crate::load::stop(&load, clients).await;
-    let unexpected = load.unexpected.lock().expect("unexpected").clone();
-    assert!(
-        unexpected.is_empty(),
-        "answers other than 2xx or 503 + Retry-After:\n{}",
-        unexpected.join("\n")
+    load.audit(
+        &cluster.db.sessions().await,
+        &cluster.db.events().await,
+        None,
     );
-    let cut = load.cut.lock().expect("cut").clone();
-    assert!(cut.is_empty(), "requests left without an answer: {cut:?}");
-    let sessions = cluster.db.sessions().await;
-    let events = cluster.db.events().await;
-    load.assert_all_acknowledged_committed(&sessions, &events);
-    for (id, conflict_seq) in load.conflicts.lock().expect("conflicts").iter() {
-        assert!(
-            sessions.get(id).is_some_and(|s| s.seq >= *conflict_seq),
-            "session {id}: 409 for a step the store does not hold"
-        );
-    }
-    for (id, stored) in &sessions {
-        let seqs: Vec<u64> = events
-            .get(id)
-            .map(|e| e.iter().map(|(q, _)| *q).collect())
-            .unwrap_or_default();
-        assert_eq!(seqs, (1..=stored.seq).collect::<Vec<_>>(), "session {id}");
-    }
 }

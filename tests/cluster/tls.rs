@@ -8,7 +8,6 @@
 //! neither, for the "wrong CA" cases.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -136,10 +135,7 @@ struct TlsNats {
 
 impl TlsNats {
     async fn start(pki: &Pki) -> TlsNats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let config = pki.dir.join("nats.conf");
         std::fs::write(
             &config,
@@ -154,26 +150,12 @@ impl TlsNats {
             ),
         )
         .expect("write the nats-server config");
-        let binary = if Path::new("/usr/sbin/nats-server").exists() {
-            "/usr/sbin/nats-server"
-        } else {
-            "nats-server"
-        };
-        let child = tokio::process::Command::new(binary)
-            .arg("-c")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(pki.dir.join("nats.log")).expect("log"))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("nats-server starts (scripts/services.sh installs it)");
-        eventually(Duration::from_secs(10), "nats-server listens", || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(|_| ())
-        })
+        let child = nats_server(
+            port,
+            &["-c", config.to_str().expect("a UTF-8 path")],
+            &[],
+            Some(&pki.dir.join("nats.log")),
+        )
         .await;
         TlsNats {
             port,

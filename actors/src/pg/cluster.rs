@@ -81,36 +81,31 @@ impl Shared {
     /// Takes this node id's lease for this process: a new row, a lease that lapsed,
     /// or this process's own; `false` while another process holds it.
     pub(crate) async fn register_node(&self, ttl: Duration) -> Result<bool, StoreError> {
-        let conn = self.conn().await?;
         let sql = format!(
             "INSERT INTO nodes (node_id, lease_until, incarnation) VALUES ($1, {DB_NOW} + $2, $3) \
              ON CONFLICT (node_id) DO UPDATE \
              SET lease_until = excluded.lease_until, incarnation = excluded.incarnation \
              WHERE nodes.incarnation = excluded.incarnation OR nodes.lease_until <= {DB_NOW}"
         );
-        Ok(execute(
-            &conn,
-            &sql,
-            &[&self.node_id, &ttl_ms(ttl), &self.incarnation],
-        )
-        .await?
-            == 1)
+        self.write_lease(&sql, ttl).await
     }
 
     /// Extends this process's lease if it is still valid.
     pub(crate) async fn renew_lease(&self, ttl: Duration) -> Result<bool, StoreError> {
-        let conn = self.conn().await?;
         let sql = format!(
             "UPDATE nodes SET lease_until = {DB_NOW} + $2 \
              WHERE node_id = $1 AND incarnation = $3 AND lease_until > {DB_NOW}"
         );
-        Ok(execute(
-            &conn,
-            &sql,
-            &[&self.node_id, &ttl_ms(ttl), &self.incarnation],
-        )
-        .await?
-            == 1)
+        self.write_lease(&sql, ttl).await
+    }
+
+    /// Runs a statement on this node's row (`$1` the node id, `$2` the lease in ms,
+    /// `$3` this process's incarnation); whether it touched the row.
+    async fn write_lease(&self, sql: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&self.node_id, &ttl_ms(ttl), &self.incarnation];
+        Ok(execute(&conn, sql, &params).await? == 1)
     }
 
     /// Takes over up to `n` sessions of lapsed nodes that are live or have pending

@@ -41,6 +41,7 @@ use crate::staging::{StagingBudget, DEFAULT_MAX_STAGED_BYTES};
 use crate::store::{
     CreateOutcome, IdempotencyClaim, NewSession, StoreError, StoredFile, WebhookCounts,
 };
+use crate::supervise::{self, Task, Tasks};
 
 /// How often a command is re-sent after the actor it went to died or restarted.
 const MAX_ATTEMPTS: usize = 3;
@@ -78,6 +79,8 @@ pub struct RegistryConfig {
     /// Shares of `max_staged_bytes` that the uploads of particular issuers' devices
     /// may take at most (the demo's issuer), by issuer name.
     pub issuer_staged_bytes: HashMap<String, usize>,
+    /// The broker's supervised tasks: the expiry sweep, and the cluster's loops.
+    pub tasks: Tasks,
 }
 
 /// Limits that one API key's sessions have of their own, on top of the broker's.
@@ -101,6 +104,7 @@ impl Default for RegistryConfig {
             max_staged_bytes: DEFAULT_MAX_STAGED_BYTES,
             key_limits: HashMap::new(),
             issuer_staged_bytes: HashMap::new(),
+            tasks: Tasks::default(),
         }
     }
 }
@@ -918,17 +922,30 @@ impl Registry {
     /// is closed.
     pub fn start_expiry_sweep(&self, every: std::time::Duration) {
         let registry = self.clone();
-        actix::spawn(async move {
-            let mut ticks = actix::clock::interval(every);
-            loop {
-                ticks.tick().await;
-                match registry.sweep_overdue().await {
-                    Ok(_) => {}
-                    Err(StoreError::Closed) => break,
-                    Err(e) => tracing::error!(error = %e, "expiry sweep failed"),
+        actix::spawn(supervise::run_loop(
+            self.tasks().clone(),
+            Task::ExpirySweep,
+            move |life| {
+                let registry = registry.clone();
+                async move {
+                    let mut ticks = actix::clock::interval(every);
+                    loop {
+                        ticks.tick().await;
+                        life.round();
+                        match registry.sweep_overdue().await {
+                            Ok(_) => {}
+                            Err(StoreError::Closed) => break,
+                            Err(e) => tracing::error!(error = %e, "expiry sweep failed"),
+                        }
+                    }
                 }
-            }
-        });
+            },
+        ));
+    }
+
+    /// The broker's supervised tasks.
+    pub fn tasks(&self) -> &Tasks {
+        &self.inner.config.tasks
     }
 
     /// One pass of the expiry sweep; returns how many overdue sessions it nudged.

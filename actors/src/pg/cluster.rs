@@ -143,9 +143,9 @@ impl Shared {
         let mut live = Vec::new();
         let mut outbox = false;
         for row in rows {
-            outbox |= row.try_get::<_, bool>(21)?;
-            if row.try_get::<_, bool>(20)? {
-                let record = session_from_row(&row)?;
+            outbox |= row.try_get::<_, bool>(23)?;
+            if row.try_get::<_, bool>(22)? {
+                let record = session_from_row(&row, &self.data_keys)?;
                 self.hold(record.id, row.try_get(19)?);
                 live.push(record);
             }

@@ -7,6 +7,7 @@
 //!   guard on ownership.
 //! - [`files`]: uploaded files and the retention purge.
 //! - [`outbox`]: the webhook outbox, dispatched by the session's owner only.
+//! - `records`: record retention (one node at a time) and `rekey`.
 //! - [`cluster`]: leases, claims and orphan adoption ([`ClusterStore`]).
 //! - [`tls`]: TLS as the URL's `sslmode` and `sslrootcert` ask, with libpq's meanings.
 //!
@@ -33,6 +34,7 @@
 mod cluster;
 mod files;
 mod outbox;
+mod records;
 mod schema;
 mod sessions;
 pub mod tls;
@@ -50,9 +52,11 @@ use tokio::sync::Notify;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
+use crate::at_rest::DataKeys;
 use crate::ids::{FileId, Seq, SessionId, TokenHash, UserId};
 use crate::model::{Decision, SessionEvent, SessionRecord, UserRecord, UserStatus};
 use crate::session_store::{Claim, ClusterStore, SessionStore, StoreFuture};
+use crate::store::RecordsDeleted;
 use crate::store::{
     CreateOutcome, DeliveryRecord, DueEvents, IdempotencyClaim, NewSession, StoreError, StoredFile,
     WebhookCounts, WebhookRoute,
@@ -89,6 +93,9 @@ pub struct PgConfig {
     pub pool_size: usize,
     /// Where transitions enqueue webhook events; `None` (no signing secret): none are.
     pub webhooks: Option<WebhookRoute>,
+    /// The operator's data keys (`--data-key`): the person's fields are sealed under
+    /// them (none: stored in clear).
+    pub data_keys: Arc<DataKeys>,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -110,6 +117,7 @@ impl PgConfig {
             node_id: node_id.into(),
             pool_size: DEFAULT_POOL_SIZE,
             webhooks: None,
+            data_keys: Arc::new(DataKeys::none()),
         }
     }
 }
@@ -139,6 +147,8 @@ pub(crate) struct Shared {
     held: DashMap<SessionId, i64>,
     /// Where transitions enqueue webhook events; `None`: none are.
     webhooks: Option<Arc<WebhookRoute>>,
+    /// Seals and opens the person's fields (read-only).
+    data_keys: Arc<DataKeys>,
     /// Woken after a commit that enqueued a webhook event (or an adoption that moved
     /// some to this node). Keeps one permit when nobody waits.
     webhook_wake: Arc<Notify>,
@@ -325,6 +335,7 @@ impl PgStore {
             incarnation: uuid::Uuid::new_v4().simple().to_string(),
             held: DashMap::new(),
             webhooks: config.webhooks.map(Arc::new),
+            data_keys: config.data_keys,
             webhook_wake: Arc::new(Notify::new()),
             scrub: Notify::new(),
             closed: AtomicBool::new(false),
@@ -493,7 +504,7 @@ impl SessionStore for PgStore {
         self.shared.session_reads.fetch_add(1, Ordering::Relaxed);
         self.run(move |s| async move {
             let conn = s.conn().await?;
-            sessions::load_session(&conn, id).await
+            sessions::load_session(&conn, &s.data_keys, id).await
         })
     }
 
@@ -582,6 +593,18 @@ impl SessionStore for PgStore {
 
     fn purge_idempotency_keys(&self, now: DateTime<Utc>, limit: usize) -> StoreFuture<'_, usize> {
         self.run(move |s| async move { s.purge_idempotency_keys(now, limit).await })
+    }
+
+    fn delete_ended_records(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreFuture<'_, RecordsDeleted> {
+        self.run(move |s| async move { s.delete_ended_records(cutoff, limit).await })
+    }
+
+    fn data_key_ids(&self) -> StoreFuture<'_, Vec<String>> {
+        self.run(move |s| async move { s.data_key_ids().await })
     }
 
     fn session_reads(&self) -> u64 {

@@ -7,6 +7,7 @@
 //! - [`sessions`]: the SQL for sessions, their events, idempotency keys and users.
 //! - [`files`]: the SQL for uploaded files and the retention purge.
 //! - [`outbox`]: the SQL for the webhook outbox.
+//! - `records`: the SQL of record retention and of `rekey` (sealed data keys).
 //!
 //! The rest of the broker sees only [`Store`]'s async methods, which are the
 //! whole interface a second backend (Postgres) would have to provide.
@@ -14,6 +15,7 @@
 mod files;
 pub(crate) mod outbox;
 mod readers;
+pub(crate) mod records;
 mod schema;
 mod sessions;
 pub(crate) mod writer;
@@ -29,9 +31,12 @@ use tokio::sync::oneshot;
 
 pub use files::{StoredFile, PURGE_BATCH};
 pub use outbox::{DeliveryRecord, DueEvents, OutboxEvent, WebhookCounts, STATUS_CHANGED};
+pub use records::{rekey, RecordsDeleted};
 pub use sessions::{CreateOutcome, IdempotencyClaim, NewSession, IDEMPOTENCY_WINDOW};
 
 use writer::{Effects, FnJob, Job};
+
+use crate::at_rest::DataKeys;
 
 /// A time as stored: milliseconds since the Unix epoch.
 pub(crate) fn ms(t: chrono::DateTime<chrono::Utc>) -> i64 {
@@ -133,6 +138,9 @@ pub struct StoreConfig {
     pub readers: usize,
     /// Where transitions enqueue webhook events; `None` (no signing secret): none are.
     pub webhooks: Option<WebhookRoute>,
+    /// The operator's data keys (`--data-key`): the person's fields are sealed under
+    /// them (none: stored in clear).
+    pub data_keys: Arc<DataKeys>,
 }
 
 impl StoreConfig {
@@ -142,6 +150,7 @@ impl StoreConfig {
             path: path.into(),
             readers: 2,
             webhooks: None,
+            data_keys: Arc::new(DataKeys::none()),
         }
     }
 }
@@ -160,6 +169,8 @@ struct Inner {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Handed to every write job, so that `apply_transition` can enqueue webhooks.
     webhooks: Option<Arc<WebhookRoute>>,
+    /// Seals and opens the person's fields (shared with every job; read-only).
+    data_keys: Arc<DataKeys>,
     /// Woken after a commit that enqueued a webhook event. `Notify` keeps one permit
     /// when nobody waits, so a wake-up between two dispatcher scans is not lost.
     webhook_wake: Arc<tokio::sync::Notify>,
@@ -240,11 +251,17 @@ impl Store {
                 readers: Mutex::new(Some(rtx)),
                 threads: Mutex::new(threads),
                 webhooks: config.webhooks.clone().map(Arc::new),
+                data_keys: config.data_keys.clone(),
                 webhook_wake: Arc::new(tokio::sync::Notify::new()),
                 session_reads: AtomicU64::new(0),
                 token_lookups: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// The operator's data keys this store seals and opens with.
+    pub(crate) fn data_keys(&self) -> Arc<DataKeys> {
+        self.inner.data_keys.clone()
     }
 
     /// How many session loads the store has been asked for.

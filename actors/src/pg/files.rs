@@ -108,7 +108,7 @@ impl Shared {
             .data_keys
             .row(id, stored)
             .and_then(|seal| seal.open_bytes(Field::File(file_id), sealed))
-            .map_err(|e| super::sessions::sealed_error(id, e))?;
+            .map_err(|e| super::keys::sealed_error(id, e))?;
         Ok(Some(StoredFile {
             owner: r.try_get(0)?,
             content_type: r.try_get(1)?,
@@ -154,7 +154,7 @@ impl Shared {
             for id in &ids {
                 let sid = SessionId::parse(id)
                     .ok_or_else(|| StoreError::Corrupt(format!("session id {id}")))?;
-                super::sessions::shred_key(&tx, &self.data_keys, sid).await?;
+                super::keys::shred_key(&tx, &self.data_keys, sid).await?;
             }
         }
         tx.commit().await?;

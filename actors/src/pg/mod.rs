@@ -7,6 +7,7 @@
 //!   guard on ownership.
 //! - [`files`]: uploaded files and the retention purge.
 //! - [`outbox`]: the webhook outbox, dispatched by the session's owner only.
+//! - `keys`: a session's data key (read, opened, shredded).
 //! - `records`: record retention (one node at a time) and `rekey`.
 //! - [`cluster`]: leases, claims and orphan adoption ([`ClusterStore`]).
 //! - [`tls`]: TLS as the URL's `sslmode` and `sslrootcert` ask, with libpq's meanings.
@@ -33,6 +34,7 @@
 
 mod cluster;
 mod files;
+mod keys;
 mod outbox;
 mod records;
 mod schema;

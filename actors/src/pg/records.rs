@@ -115,7 +115,7 @@ impl Shared {
             let Some(new) = self
                 .data_keys
                 .reseal(sid, &stored)
-                .map_err(|e| super::sessions::sealed_error(sid, e))?
+                .map_err(|e| super::keys::sealed_error(sid, e))?
             else {
                 continue;
             };

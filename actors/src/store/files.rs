@@ -136,9 +136,9 @@ impl Store {
             let Some(mut file) = found else {
                 return Ok(None);
             };
-            file.bytes = super::sessions::row_seal(&tx, &keys, id)?
+            file.bytes = super::keys::row_seal(&tx, &keys, id)?
                 .open_bytes(Field::File(file_id), std::mem::take(&mut file.bytes))
-                .map_err(|e| super::sessions::sealed_error(id, e))?;
+                .map_err(|e| super::keys::sealed_error(id, e))?;
             Ok(Some(file))
         })
         .await
@@ -175,7 +175,7 @@ impl Store {
                 clear.execute(params![id, now.timestamp_millis()])?;
                 let sid = SessionId::parse(id)
                     .ok_or_else(|| StoreError::Corrupt(format!("session id {id}")))?;
-                super::sessions::shred_key(conn, &keys, sid)?;
+                super::keys::shred_key(conn, &keys, sid)?;
             }
             fx.scrub |= !ids.is_empty();
             Ok(ids.len())

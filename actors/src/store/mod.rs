@@ -7,12 +7,14 @@
 //! - [`sessions`]: the SQL for sessions, their events, idempotency keys and users.
 //! - [`files`]: the SQL for uploaded files and the retention purge.
 //! - [`outbox`]: the SQL for the webhook outbox.
+//! - `keys`: the SQL of a session's data key (read, opened, shredded).
 //! - `records`: the SQL of record retention and of `rekey` (sealed data keys).
 //!
 //! The rest of the broker sees only [`Store`]'s async methods, which are the
 //! whole interface a second backend (Postgres) would have to provide.
 
 mod files;
+mod keys;
 pub(crate) mod outbox;
 mod readers;
 pub(crate) mod records;

@@ -99,7 +99,7 @@ impl Store {
     /// The ids of the operator keys that seal stored data (checked at start: each must
     /// be given).
     pub async fn data_key_ids(&self) -> Result<Vec<String>, StoreError> {
-        self.read(|conn| data_key_ids(conn)).await
+        self.read(data_key_ids).await
     }
 }
 
@@ -143,7 +143,7 @@ pub fn rekey(path: &Path, keys: &DataKeys, batch: usize) -> Result<usize, StoreE
             let stored = SealedKey { key_id, sealed };
             let Some(new) = keys
                 .reseal(sid, &stored)
-                .map_err(|e| super::sessions::sealed_error(sid, e))?
+                .map_err(|e| super::keys::sealed_error(sid, e))?
             else {
                 continue;
             };

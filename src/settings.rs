@@ -62,6 +62,16 @@ pub enum Command {
         #[arg(long, value_name = "AUD")]
         audience: Option<String>,
     },
+    /// Seals every session's data key again under the first --data-key, while brokers
+    /// keep running, and prints how many it did; then the other keys can be dropped.
+    /// Takes the broker's own flags (the store and the keys count).
+    Rekey {
+        /// Sessions per transaction.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        batch: u64,
+        #[command(flatten)]
+        run: Box<RunArgs>,
+    },
 }
 
 /// The broker's flags (SPEC §6).
@@ -175,6 +185,15 @@ pub struct RunArgs {
     /// all open) [env: IDVB_CLUSTER_KEYS, comma-separated].
     #[arg(long = "cluster-key", value_name = "KEY")]
     pub cluster_keys: Vec<String>,
+    /// Seals the person's data at rest: ID=KEY, KEY 32 random bytes in base64. Repeat
+    /// while rotating: the first seals, all open (docs/custody.md) [env: IDVB_DATA_KEYS,
+    /// comma-separated].
+    #[arg(long = "data-key", value_name = "ID=KEY")]
+    pub data_keys: Vec<String>,
+    /// Days after a session ended before its records (row, events, idempotency record)
+    /// are deleted, once its webhooks are delivered or given up; 0: at the next sweep.
+    #[arg(long, env = "IDVB_RECORD_RETENTION_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u32).range(0..=36500))]
+    pub record_retention_days: u32,
     /// The CA (PEM) NATS's certificate must chain to, instead of the platform's roots;
     /// turns TLS on.
     #[arg(long = "nats-tls-ca", env = "IDVB_NATS_TLS_CA", value_name = "PATH")]
@@ -387,6 +406,11 @@ pub struct Settings {
     pub retention: Duration,
     /// Time between retention sweeps.
     pub retention_sweep_every: Duration,
+    /// How long an ended session's records are kept (`--record-retention-days`).
+    pub record_retention: Duration,
+    /// The operator's data keys (`--data-key`), the first sealing; none: the person's
+    /// data is stored unsealed. Never printed (their `Debug` shows the id only).
+    pub data_keys: std::sync::Arc<idv_actors::at_rest::DataKeys>,
 }
 
 impl Settings {
@@ -434,6 +458,8 @@ impl Settings {
             max_staged_bytes: idv_actors::staging::DEFAULT_MAX_STAGED_BYTES,
             retention: idv_actors::retention::DEFAULT_RETENTION,
             retention_sweep_every: idv_actors::retention::DEFAULT_SWEEP_EVERY,
+            record_retention: idv_actors::retention::DEFAULT_RECORD_RETENTION,
+            data_keys: std::sync::Arc::new(idv_actors::at_rest::DataKeys::none()),
         }
     }
 
@@ -550,6 +576,15 @@ impl Settings {
                     .into(),
             );
         }
+        let data_keys = list(args.data_keys, "IDVB_DATA_KEYS")
+            .iter()
+            .map(|k| {
+                idv_actors::at_rest::OperatorKey::parse(k).map_err(|e| format!("--data-key: {e}"))
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .and_then(|keys| {
+                idv_actors::at_rest::DataKeys::new(keys).map_err(|e| format!("--data-key: {e}"))
+            })?;
         let cluster_keys = list(args.cluster_keys, "IDVB_CLUSTER_KEYS")
             .iter()
             .map(|k| {
@@ -607,6 +642,10 @@ impl Settings {
                 ..WebhookConfig::default()
             },
             retention: Duration::from_secs(u64::from(args.retention_days) * 24 * 60 * 60),
+            record_retention: Duration::from_secs(
+                u64::from(args.record_retention_days) * 24 * 60 * 60,
+            ),
+            data_keys: std::sync::Arc::new(data_keys),
             max_live_sessions: args.max_live_sessions,
             max_live_sessions_per_key: args.max_live_sessions_per_key,
             max_websockets: args.max_websockets,

@@ -31,6 +31,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Sessions created (counter).
 pub const SESSIONS_CREATED: &str = "idv_sessions_created_total";
+/// Records deleted by record retention, by kind (counter, label `what`: `sessions`,
+/// `events`, `idempotency`, `webhooks`).
+pub const RECORDS_DELETED: &str = "idv_records_deleted_total";
 /// Transitions committed, by the status reached (counter, label `status`).
 pub const TRANSITIONS: &str = "idv_session_transitions_total";
 /// Live session actors (gauge).
@@ -171,6 +174,10 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(SESSIONS_CREATED, "Sessions created.");
     describe_counter!(TRANSITIONS, "Transitions committed, by the status reached.");
+    describe_counter!(
+        RECORDS_DELETED,
+        "Records of ended sessions deleted by record retention, by kind."
+    );
     describe_gauge!(LIVE_SESSIONS, "Live session actors.");
     describe_gauge!(WS_SUBSCRIBERS, "Open WebSocket subscribers.");
     describe_gauge!(WAITING_LONG_POLLS, "Long-polls waiting for a change.");
@@ -245,6 +252,9 @@ fn zero() {
     for outcome in ["delivered", "failed", "retry"] {
         metrics::counter!(WEBHOOK_DELIVERIES, "outcome" => outcome).increment(0);
     }
+    for what in ["sessions", "events", "idempotency", "webhooks"] {
+        metrics::counter!(RECORDS_DELETED, "what" => what).increment(0);
+    }
     for name in [
         LIVE_SESSIONS,
         WS_SUBSCRIBERS,
@@ -259,6 +269,11 @@ fn zero() {
 /// A supervised task restarted after a panic.
 pub fn task_restarted(task: &'static str) {
     metrics::counter!(TASK_RESTARTS, "task" => task).increment(1);
+}
+
+/// Record retention deleted `n` records of kind `what`.
+pub fn records_deleted(what: &'static str, n: usize) {
+    metrics::counter!(RECORDS_DELETED, "what" => what).increment(n as u64);
 }
 
 /// A transition committed, reaching `status`.

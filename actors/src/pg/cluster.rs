@@ -66,7 +66,7 @@ impl Shared {
             self.held.remove(&id);
             return Ok(Claim::Missing);
         };
-        let record = session_from_row(&row)?;
+        let record = session_from_row(&row, &self.data_keys)?;
         if let Some(epoch) = row.try_get::<_, Option<i64>>("taken_epoch")? {
             self.hold(id, epoch);
             return Ok(Claim::Mine(Box::new(record)));
@@ -150,9 +150,9 @@ impl Shared {
         let mut live = Vec::new();
         let mut outbox = false;
         for row in rows {
-            outbox |= row.try_get::<_, bool>(21)?;
-            if row.try_get::<_, bool>(20)? {
-                let record = session_from_row(&row)?;
+            outbox |= row.try_get::<_, bool>(23)?;
+            if row.try_get::<_, bool>(22)? {
+                let record = session_from_row(&row, &self.data_keys)?;
                 self.hold(record.id, row.try_get(19)?);
                 live.push(record);
             }

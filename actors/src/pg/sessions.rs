@@ -5,7 +5,9 @@ use deadpool_postgres::GenericClient;
 use serde_json::value::RawValue;
 use tokio_postgres::{IsolationLevel, Row};
 
+use super::keys::{row_seal, sealed_error, shred_key, stored_key};
 use super::{execute, limit, ms, query, query_opt, time, Shared};
+use crate::at_rest::{DataKeys, Field, RowSeal};
 use crate::ids::{DeviceId, Seq, SessionId, SessionToken, TokenHash, UserId};
 use crate::model::{
     Consent, Decision, SessionEvent, SessionRecord, SessionRequest, UserRecord, UserStatus,
@@ -14,10 +16,12 @@ use crate::status::Status;
 use crate::store::{CreateOutcome, IdempotencyClaim, NewSession, StoreError, IDEMPOTENCY_WINDOW};
 use crate::write::TransitionWrite;
 
-/// The columns [`session_from_row`] reads, in order; `owner_epoch` last (index 19).
+/// The columns [`session_from_row`] reads, in order; `owner_epoch` at index 19, the
+/// data key's two columns last (20, 21).
 pub(crate) const SESSION_COLUMNS: &str = "id, owner, token_hash, status, seq, scopes, \
      vendor_data, external_reference_id, registration, redirect_url, callback_url, created_at, \
-     updated_at, expires_at, decided_at, user_id, is_consented, consented_at, issuer, owner_epoch";
+     updated_at, expires_at, decided_at, user_id, is_consented, consented_at, issuer, owner_epoch, \
+     data_key_id, data_key";
 
 /// [`SESSION_COLUMNS`] qualified by the alias `s`, for joins.
 pub(crate) fn session_columns_of(alias: &str) -> String {
@@ -33,7 +37,7 @@ fn opt_time(ms: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
 }
 
 /// A session row as [`SESSION_COLUMNS`] selects it.
-pub(crate) fn session_from_row(row: &Row) -> Result<SessionRecord, StoreError> {
+pub(crate) fn session_from_row(row: &Row, keys: &DataKeys) -> Result<SessionRecord, StoreError> {
     let id: String = row.try_get(0)?;
     let token: Vec<u8> = row.try_get(2)?;
     let status: String = row.try_get(3)?;
@@ -45,16 +49,25 @@ pub(crate) fn session_from_row(row: &Row) -> Result<SessionRecord, StoreError> {
     let consented_at: Option<i64> = row.try_get(17)?;
     let issuer: Option<String> = row.try_get(18)?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("session {id}: {what}"));
+    let sid = SessionId::parse(&id).ok_or_else(|| corrupt("id"))?;
+    let seal = keys
+        .row(sid, stored_key(row.try_get(20)?, row.try_get(21)?))
+        .map_err(|e| sealed_error(sid, e))?;
+    let open = |field, value| {
+        seal.open_text(field, value)
+            .map_err(|e| sealed_error(sid, e))
+    };
+    let registration = open(Field::Registration, registration)?;
     Ok(SessionRecord {
-        id: SessionId::parse(&id).ok_or_else(|| corrupt("id"))?,
+        id: sid,
         owner: row.try_get(1)?,
         token_hash: TokenHash::from_slice(&token).ok_or_else(|| corrupt("token hash"))?,
         status: status.parse().map_err(|_| corrupt("status"))?,
         seq: Seq(u64::try_from(seq).map_err(|_| corrupt("seq"))?),
         request: std::sync::Arc::new(SessionRequest {
             scopes: serde_json::from_str(&scopes).map_err(|_| corrupt("scopes"))?,
-            vendor_data: row.try_get(6)?,
-            external_reference_id: row.try_get(7)?,
+            vendor_data: open(Field::VendorData, row.try_get(6)?)?,
+            external_reference_id: open(Field::ExternalReferenceId, row.try_get(7)?)?,
             registration: registration
                 .map(RawValue::from_string)
                 .transpose()
@@ -87,29 +100,33 @@ pub(crate) fn session_from_row(row: &Row) -> Result<SessionRecord, StoreError> {
 /// One session, whatever its status.
 pub(crate) async fn load_session(
     c: &impl GenericClient,
+    keys: &DataKeys,
     id: SessionId,
 ) -> Result<Option<SessionRecord>, StoreError> {
     let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
     query_opt(c, &sql, &[&id.to_string()])
         .await?
-        .map(|r| session_from_row(&r))
+        .map(|r| session_from_row(&r, keys))
         .transpose()
 }
 
 async fn insert_session(
     c: &impl GenericClient,
+    keys: &DataKeys,
     s: &SessionRecord,
     node: &str,
 ) -> Result<(), StoreError> {
     let scopes = serde_json::to_string(&s.request.scopes)
         .map_err(|e| StoreError::Corrupt(format!("scopes: {e}")))?;
     let id = s.id.to_string();
+    let (seal, key) = RowSeal::new_session(keys, s.id);
+    let (key_id, key) = key.map_or((None, None), |k| (Some(k.key_id), Some(k.sealed)));
     execute(
         c,
         "INSERT INTO sessions (id, owner, token_hash, status, seq, scopes, vendor_data, \
          external_reference_id, registration, redirect_url, callback_url, created_at, \
-         updated_at, expires_at, owner_node, owner_epoch) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 1)",
+         updated_at, expires_at, owner_node, owner_epoch, data_key_id, data_key) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 1, $16, $17)",
         &[
             &id,
             &s.owner,
@@ -117,15 +134,23 @@ async fn insert_session(
             &s.status.as_str(),
             &(s.seq.0 as i64),
             &scopes,
-            &s.request.vendor_data,
-            &s.request.external_reference_id,
-            &s.request.registration.as_ref().map(|r| r.get()),
+            &seal.seal_text(Field::VendorData, s.request.vendor_data.as_deref()),
+            &seal.seal_text(
+                Field::ExternalReferenceId,
+                s.request.external_reference_id.as_deref(),
+            ),
+            &seal.seal_text(
+                Field::Registration,
+                s.request.registration.as_ref().map(|r| r.get()),
+            ),
             &s.request.redirect_url,
             &s.request.callback_url,
             &ms(s.created_at),
             &ms(s.updated_at),
             &ms(s.expires_at),
             &node,
+            &key_id,
+            &key,
         ],
     )
     .await?;
@@ -163,12 +188,22 @@ impl Shared {
         after: &mut After,
     ) -> Result<SessionRecord, StoreError> {
         let seq = t.from_seq.next();
+        // Only what stores the person's data needs the session's key.
+        let seal = if t.shared_data.is_some() || !t.files.is_empty() {
+            Some(row_seal(c, &self.data_keys, t.id).await?)
+        } else {
+            None
+        };
         let shared = t
             .shared_data
             .as_ref()
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("shared data: {e}")))?;
+        let shared = match &seal {
+            Some(seal) => seal.seal_text(Field::SharedData, shared.as_deref()),
+            None => shared,
+        };
         // No epoch held: no row can match, and the diagnosis below says why.
         let epoch = self.held.get(&t.id).map_or(-1, |e| *e);
         let id = t.id.to_string();
@@ -209,7 +244,7 @@ impl Shared {
         )
         .await?;
         let committed = match row {
-            Some(row) => session_from_row(&row)?,
+            Some(row) => session_from_row(&row, &self.data_keys)?,
             None => return Err(self.why_refused(c, t).await?),
         };
         execute(
@@ -229,7 +264,10 @@ impl Shared {
             )
             .await?;
         }
-        super::files::apply(c, t).await?;
+        super::files::apply(c, seal.as_ref(), t).await?;
+        if t.purge {
+            shred_key(c, &self.data_keys, t.id).await?;
+        }
         after.purged |= t.purge;
         // Same transaction as the transition: an acknowledged transition has its event.
         after.webhook_enqueued |= self.enqueue(c, t, &committed).await?;
@@ -311,9 +349,12 @@ impl Shared {
                         &[&&token.hash().0[..], &session_id],
                     )
                     .await?;
-                    let replayed = load_session(&tx, id).await?.ok_or_else(|| {
-                        StoreError::Corrupt("idempotency key without session".into())
-                    })?;
+                    let replayed =
+                        load_session(&tx, &self.data_keys, id)
+                            .await?
+                            .ok_or_else(|| {
+                                StoreError::Corrupt("idempotency key without session".into())
+                            })?;
                     tx.commit().await?;
                     crate::metrics::store_commit(1, began.elapsed());
                     return Ok(CreateOutcome::Replayed(Box::new(replayed), token));
@@ -335,7 +376,7 @@ impl Shared {
                 break;
             }
         }
-        insert_session(&tx, s, &self.node_id).await?;
+        insert_session(&tx, &self.data_keys, s, &self.node_id).await?;
         tx.commit().await?;
         // One transaction per call: a "batch" of one job, in SQLite's terms.
         crate::metrics::store_commit(1, began.elapsed());
@@ -414,7 +455,7 @@ impl Shared {
         let rows = query(&conn, &sql, &[&self.node_id, &self.incarnation]).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let record = session_from_row(&row)?;
+            let record = session_from_row(&row, &self.data_keys)?;
             self.hold(record.id, row.try_get(19)?);
             out.push(record);
         }
@@ -434,7 +475,7 @@ impl Shared {
             .read_only(true)
             .start()
             .await?;
-        let Some(session) = load_session(&tx, id).await? else {
+        let Some(session) = load_session(&tx, &self.data_keys, id).await? else {
             return Ok(None);
         };
         let row = query_opt(
@@ -444,7 +485,10 @@ impl Shared {
         )
         .await?
         .ok_or_else(|| StoreError::Corrupt("session vanished".into()))?;
-        let shared: Option<String> = row.try_get(0)?;
+        let shared: Option<String> = row_seal(&tx, &self.data_keys, id)
+            .await?
+            .open_text(Field::SharedData, row.try_get(0)?)
+            .map_err(|e| sealed_error(id, e))?;
         let purged_at: Option<i64> = row.try_get(1)?;
         let shared_data = shared
             .map(|s| serde_json::from_str(&s))

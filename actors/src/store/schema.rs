@@ -21,6 +21,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         6,
         include_str!("../../../migrations/0006_tokens_name_their_session.sql"),
     ),
+    (
+        7,
+        include_str!("../../../migrations/0007_sealed_at_rest.sql"),
+    ),
 ];
 
 /// Brings the schema up to date inside one transaction, recording each version applied.

@@ -603,6 +603,7 @@ pub async fn rekey(settings: Settings, batch: usize) -> Result<usize, StartError
                 pool_size: 2,
                 webhooks: None,
                 data_keys: settings.data_keys.clone(),
+                tasks: settings.tasks.clone(),
             };
             let pg = PgStore::open(config, handle).await.map_err(db_error)?;
             let done = pg.rekey(batch).await.map_err(db_error);

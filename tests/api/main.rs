@@ -21,6 +21,7 @@ mod limits;
 mod logs;
 mod metrics;
 mod openapi;
+mod origins;
 mod pages;
 mod probes;
 mod realtime;

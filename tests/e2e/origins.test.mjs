@@ -184,6 +184,13 @@ async function statusText(page) {
 }
 
 describe('the SDK on a page of another origin', () => {
+  test('the README and docs/sdk.md show the very script these tests serve', () => {
+    const script = readFileSync(join(EXAMPLE, 'verify-with-phone.js'), 'utf8');
+    for (const doc of ['README.md', join('docs', 'sdk.md')]) {
+      assert.ok(readFileSync(join(root, doc), 'utf8').includes(script), `${doc} shows docs/examples/sdk-page/verify-with-phone.js as is`);
+    }
+  });
+
   test('listed with --allowed-origin: the QR shows, WebSocket updates arrive, and the README snippet reaches onSuccess', async () => {
     // The bank's origin must be known before the broker starts: take the port first.
     const bankPort = await freePort();

@@ -199,13 +199,16 @@ async fn an_origin_not_listed_is_refused_its_preflight_and_gets_no_cors_headers(
     }
 }
 
+/// A method, a path and the headers to send.
+type Route = (Method, String, Vec<(&'static str, String)>);
+
 #[actix_web::test]
 async fn backend_and_device_routes_never_send_cors_headers_even_to_a_listed_origin() {
     let app = spawn_allowing_the_bank().await;
     let (id, _) = app.retrieved_session(&["full_name"], "user-1").await;
     let device = app.device_token("user-1");
     let file = uuid::Uuid::new_v4();
-    let routes: Vec<(Method, String, Vec<(&str, String)>)> = vec![
+    let routes: Vec<Route> = vec![
         (
             Method::POST,
             "/v1/sessions".into(),

@@ -170,6 +170,11 @@ pub struct RunArgs {
     /// per-IP rate limit. Repeatable [env: IDVB_TRUSTED_PROXIES, comma-separated].
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     pub trusted_proxies: Vec<String>,
+    /// The origin of a client-app page on another site that may use the client routes
+    /// (`/status`, `/qr.svg`, `/ws`) from the browser, e.g. https://www.bank.example.
+    /// Repeatable [env: IDVB_ALLOWED_ORIGINS, comma-separated].
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
     /// The store: `sqlite:PATH` (default: `sqlite:<--db>`), or `postgres://USER@HOST/DB`
     /// for several nodes (needs --nats).
     #[arg(long, env = "IDVB_STORE", value_name = "URL")]
@@ -386,6 +391,8 @@ pub struct Settings {
     pub max_subscribers_per_session: usize,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<idv_web::limits::Cidr>,
+    /// Origins of client-app pages on other sites (`--allowed-origin`).
+    pub allowed_origins: Vec<idv_web::origins::Origin>,
     /// HTTP worker threads; `None`: one per core.
     pub workers: Option<usize>,
     /// How long a graceful stop waits for in-flight requests.
@@ -449,6 +456,7 @@ impl Settings {
             max_long_polls: idv_web::limits::DEFAULT_MAX_LONG_POLLS,
             max_subscribers_per_session: idv_actors::delivery::MAX_SUBSCRIBERS_PER_SESSION,
             trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
             workers: None,
             shutdown_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::ZERO,
@@ -540,6 +548,10 @@ impl Settings {
         let trusted_proxies = list(args.trusted_proxies, "IDVB_TRUSTED_PROXIES")
             .iter()
             .map(|c| c.parse().map_err(|e| format!("--trusted-proxy {e}")))
+            .collect::<Result<Vec<_>, String>>()?;
+        let allowed_origins = list(args.allowed_origins, "IDVB_ALLOWED_ORIGINS")
+            .iter()
+            .map(|o| o.parse().map_err(|e| format!("--allowed-origin {e}")))
             .collect::<Result<Vec<_>, String>>()?;
         let store = match &args.store {
             Some(url) => StoreUrl::parse(url)?,
@@ -653,6 +665,7 @@ impl Settings {
             max_long_polls: args.max_long_polls,
             max_subscribers_per_session: args.max_subscribers_per_session,
             trusted_proxies,
+            allowed_origins,
             workers: args.workers,
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
             shutdown_grace: Duration::from_secs(args.shutdown_grace.unwrap_or(
@@ -1259,6 +1272,38 @@ mod tests {
             .expect("refused");
         assert!(err.contains("--trusted-proxy"), "{err}");
         assert!(settings(&["--max-websockets", "0"], &[]).is_err());
+    }
+
+    #[test]
+    fn allowed_origins_come_from_flags_or_the_environment_and_must_be_origins() {
+        assert!(settings(&[], &[]).unwrap().allowed_origins.is_empty());
+        let s = settings(
+            &[
+                "--allowed-origin",
+                "https://www.bank.example",
+                "--allowed-origin",
+                "http://127.0.0.1:3000/",
+            ],
+            &[],
+        )
+        .unwrap();
+        let names: Vec<_> = s.allowed_origins.iter().map(|o| o.as_str()).collect();
+        assert_eq!(names, ["https://www.bank.example", "http://127.0.0.1:3000"]);
+        let s = settings(
+            &[],
+            &[(
+                "IDVB_ALLOWED_ORIGINS",
+                "https://a.example, https://b.example",
+            )],
+        )
+        .unwrap();
+        assert_eq!(s.allowed_origins.len(), 2);
+        for bad in ["*", "https://bank.example/idv", "bank.example"] {
+            let err = settings(&["--allowed-origin", bad], &[])
+                .err()
+                .expect("refused");
+            assert!(err.starts_with("--allowed-origin"), "{err}");
+        }
     }
 
     #[test]

@@ -371,6 +371,7 @@ impl Application {
             linger: settings.linger,
             max_connections_per_ip: settings.max_connections_per_ip,
             trusted_proxies: settings.trusted_proxies.clone(),
+            allowed_origins: settings.allowed_origins.clone(),
         };
         let demo_url = state
             .demo

@@ -22,6 +22,7 @@ mod limits;
 mod logs;
 mod metrics;
 mod openapi;
+mod origins;
 mod pages;
 mod probes;
 mod realtime;

@@ -174,6 +174,7 @@ impl Application {
         // Once per process (see idv_actors::metrics): before the store and the actors
         // record anything.
         idv_actors::metrics::install();
+        idv_actors::supervise::register_metrics();
         let db_error = |source| StartError::Database {
             path: settings.store.display(),
             source,

@@ -246,9 +246,6 @@ fn zero() {
             metrics::counter!(TRANSITIONS, "status" => status.as_str()).increment(0);
         }
     }
-    for task in crate::supervise::Task::ALL {
-        metrics::counter!(TASK_RESTARTS, "task" => task.name()).increment(0);
-    }
     for outcome in ["delivered", "failed", "retry"] {
         metrics::counter!(WEBHOOK_DELIVERIES, "outcome" => outcome).increment(0);
     }

@@ -10,6 +10,7 @@ use idv_actors::retention::Sweep;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
+use crate::webhooks::{reserve_addr, verifies, with_webhooks, Hit, Receiver, SECRET};
 
 const K1: &str = "k1=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const K1_BYTES: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -145,9 +146,17 @@ async fn assert_api_returns(app: &TestApp, j: &Journey) {
 }
 
 #[actix_web::test]
-async fn with_a_data_key_no_byte_of_the_person_is_stored_readable_and_the_api_still_returns_it_all()
-{
-    let app = spawn_app_with(|s| s.data_keys = keys(&[K1])).await;
+async fn with_a_data_key_no_byte_of_the_person_is_stored_readable_and_the_api_and_webhooks_still_return_it_all(
+) {
+    // Webhooks go to a receiver that is down while the store is scanned: the events
+    // sit in the outbox then.
+    let addr = reserve_addr();
+    let app = spawn_app_with(|s| {
+        s.data_keys = keys(&[K1]);
+        with_webhooks(s);
+        s.webhook_url = Some(format!("http://{addr}/hooks"));
+    })
+    .await;
     let j = journey(&app).await;
     assert_api_returns(&app, &j).await;
     let markers = [
@@ -158,6 +167,34 @@ async fn with_a_data_key_no_byte_of_the_person_is_stored_readable_and_the_api_st
         &j.image,
     ];
     assert_nowhere_stored(&app, &markers).await;
+    let s: Value = app
+        .backend_get(&format!("/v1/sessions/{}", j.id))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        s["webhooks"],
+        json!({"pending": 2, "failed": 0}),
+        "both events were in the outbox during the scan"
+    );
+
+    // The receiver comes up: the events arrive with the references, signed.
+    let receiver = Receiver::start_on(addr, 0).await;
+    let hits = receiver.wait_accepted(2).await;
+    let sent: Vec<Value> = hits
+        .iter()
+        .filter(|h| h.answered == 200)
+        .map(Hit::json)
+        .collect();
+    assert_eq!(sent.len(), 2, "{hits:#?}");
+    for (body, status) in sent.iter().zip(["retrieved", "confirmed"]) {
+        assert_eq!(body["session_id"], j.id.as_str());
+        assert_eq!(body["status"], status);
+        assert_eq!(body["vendor_data"], j.vendor.as_str(), "{body}");
+        assert_eq!(body["external_reference_id"], j.reference.as_str());
+    }
+    assert!(hits.iter().all(|h| verifies(h, SECRET)), "{hits:#?}");
 
     let app = app
         .restart_with(chrono::Duration::zero(), |s| s.data_keys = keys(&[K1]))

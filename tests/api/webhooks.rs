@@ -18,7 +18,7 @@ use sha2::Sha256;
 
 use crate::helpers::*;
 
-const SECRET: &str = "whsec-test-current";
+pub(crate) const SECRET: &str = "whsec-test-current";
 
 /// One request as the receiver got it.
 #[derive(Clone, Debug)]
@@ -93,7 +93,7 @@ async fn receive(req: HttpRequest, body: web::Bytes, rec: web::Data<Recorded>) -
 }
 
 /// A free loopback address with nothing listening on it (yet).
-fn reserve_addr() -> SocketAddr {
+pub(crate) fn reserve_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
@@ -103,7 +103,7 @@ impl Receiver {
         Self::start_on(reserve_addr(), 0).await
     }
 
-    async fn start_on(addr: SocketAddr, fail_first: usize) -> Receiver {
+    pub(crate) async fn start_on(addr: SocketAddr, fail_first: usize) -> Receiver {
         let recorded = Arc::new(Recorded {
             fail_first: AtomicUsize::new(fail_first),
             ..Recorded::default()
@@ -174,7 +174,7 @@ fn hmac_hex(secret: &str, timestamp: &str, body: &[u8]) -> String {
 
 /// Verifies a hit the way docs/webhooks.md tells receivers to: any `v1=` signature
 /// matching HMAC-SHA256(secret, timestamp + "." + body).
-fn verifies(hit: &Hit, secret: &str) -> bool {
+pub(crate) fn verifies(hit: &Hit, secret: &str) -> bool {
     let expected = format!(
         "v1={}",
         hmac_hex(secret, hit.header("x-idv-timestamp"), &hit.body)

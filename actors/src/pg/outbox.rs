@@ -4,9 +4,11 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 
+use super::keys::stored_key;
 use super::{execute, limit, ms, query, query_opt, time, Shared};
 use crate::ids::{Seq, SessionId};
 use crate::model::SessionRecord;
+use crate::store::outbox::{body_to_send, StoredReferences};
 use crate::store::{DeliveryRecord, DueEvents, OutboxEvent, StoreError, WebhookCounts};
 use crate::write::TransitionWrite;
 
@@ -30,11 +32,8 @@ impl Shared {
         else {
             return Ok(false);
         };
-        let (event_id, body) = crate::store::outbox::event_body(
-            t,
-            request.vendor_data.as_deref(),
-            request.external_reference_id.as_deref(),
-        )?;
+        // Without the references: they are put in at each attempt (see event_body).
+        let (event_id, body) = crate::store::outbox::event_body(t)?;
         execute(
             c,
             "INSERT INTO webhook_outbox (session_id, seq, event_id, url, body, created_at, \
@@ -65,7 +64,8 @@ impl Shared {
         let rows = query(
             &conn,
             "SELECT o.session_id, o.seq, o.event_id, o.url, o.body, o.attempts, \
-                    o.first_attempt_at, s.callback_url IS NULL \
+                    o.first_attempt_at, s.callback_url IS NULL, s.vendor_data, \
+                    s.external_reference_id, s.data_key_id, s.data_key \
              FROM webhook_outbox o JOIN sessions s ON s.id = o.session_id \
              WHERE o.state = 'pending' AND o.next_attempt_at <= $1 AND s.owner_node = $3 \
                AND NOT EXISTS (SELECT 1 FROM webhook_outbox p \
@@ -82,15 +82,22 @@ impl Shared {
             let attempts: i32 = r.try_get(5)?;
             let first: Option<i64> = r.try_get(6)?;
             let body: Vec<u8> = r.try_get(4)?;
+            let session_id = SessionId::parse(&session_id)
+                .ok_or_else(|| StoreError::Corrupt("outbox session id".into()))?;
+            // The owner's join always finds the session row.
+            let refs = StoredReferences {
+                vendor_data: r.try_get(8)?,
+                external_reference_id: r.try_get(9)?,
+                key: stored_key(r.try_get(10)?, r.try_get(11)?),
+            };
             due.push(OutboxEvent {
-                session_id: SessionId::parse(&session_id)
-                    .ok_or_else(|| StoreError::Corrupt("outbox session id".into()))?,
+                session_id,
                 seq: Seq(u64::try_from(seq).map_err(|_| StoreError::Corrupt("seq".into()))?),
                 event_id: r.try_get(2)?,
                 url: r.try_get(3)?,
                 // enqueue() takes the default URL only for a session without a callback_url.
                 operator_url: r.try_get(7)?,
-                body: body.into(),
+                body: body_to_send(&self.data_keys, session_id, body, Some(refs)),
                 attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
                 first_attempt_at: first.map(time).transpose()?,
             });

@@ -508,7 +508,7 @@ async fn the_outbox_row_commits_with_its_transition_and_is_due_only_to_the_owner
     assert_eq!(due.due.len(), 1, "seq 3 waits behind seq 2");
     let e = &due.due[0];
     assert_eq!((e.session_id, e.seq, e.operator_url), (s.id, Seq(2), true));
-    let body: serde_json::Value = serde_json::from_slice(&e.body).unwrap();
+    let body: serde_json::Value = serde_json::from_slice(e.body.as_ref().unwrap()).unwrap();
     assert_eq!(
         (body["seq"].as_u64(), body["status"].as_str()),
         (Some(2), Some("retrieved"))

@@ -5,10 +5,12 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use super::keys::stored_key;
 use super::writer::Effects;
 use super::{ms, time, Store, StoreError};
+use crate::at_rest::{DataKeys, Field, SealedKey};
 use crate::clock::rfc3339;
 use crate::ids::{Seq, SessionId};
 use crate::write::TransitionWrite;
@@ -30,8 +32,10 @@ pub struct OutboxEvent {
     /// `url` is the operator's default `--webhook-url` (trusted configuration), not the
     /// session's `callback_url` (which the SSRF guard checks again at connect).
     pub operator_url: bool,
-    /// The exact bytes to send (and sign).
-    pub body: Arc<[u8]>,
+    /// The exact bytes to send (and sign), the same at every attempt; `Err` when the
+    /// session's sealed references do not open (a changed byte): then nothing is sent
+    /// and the attempt counts as failed, with this reason (it names no value).
+    pub body: Result<Arc<[u8]>, String>,
     /// Attempts made so far.
     pub attempts: u32,
     /// When the first attempt was made, if one was.
@@ -76,38 +80,86 @@ pub struct DueEvents {
 }
 
 /// The payload of SPEC §4, field order as documented.
-#[derive(Serialize)]
-struct StatusChanged<'a> {
-    event_id: &'a str,
-    event: &'static str,
+#[derive(Serialize, Deserialize)]
+struct StatusChanged {
+    event_id: String,
+    event: String,
     session_id: String,
-    status: &'static str,
+    status: String,
     seq: u64,
-    vendor_data: Option<&'a str>,
-    external_reference_id: Option<&'a str>,
+    vendor_data: Option<String>,
+    external_reference_id: Option<String>,
     at: String,
 }
 
-/// A fresh `event_id` and the exact bytes of the webhook of transition `t` (both
-/// engines send the same payload).
-pub(crate) fn event_body(
-    t: &TransitionWrite,
-    vendor_data: Option<&str>,
-    external_reference_id: Option<&str>,
-) -> Result<(String, Vec<u8>), StoreError> {
+/// A fresh `event_id` and the body of the webhook of transition `t` as the outbox
+/// stores it (both engines): the payload of SPEC §4 *without* the session's
+/// references (`vendor_data` and `external_reference_id` are `null`), which
+/// [`body_to_send`] puts in at each attempt.
+///
+/// Why not store them: with `--data-key` they are the person's data and sealed at rest,
+/// and a copy sealed under the session's data key at enqueue time would no longer open
+/// once a purge (deny, expiry, cancel) replaces that key. The session row keeps them
+/// (sealed under its current key, resealed by a purge) for as long as the outbox has
+/// an event of the session (retention waits for delivery), and they never change over
+/// a session's life: every attempt of an event sends the same bytes, and the outbox
+/// holds no personal data at all, sealed or not.
+pub(crate) fn event_body(t: &TransitionWrite) -> Result<(String, Vec<u8>), StoreError> {
     let event_id = uuid::Uuid::new_v4().to_string();
     let body = serde_json::to_vec(&StatusChanged {
-        event_id: &event_id,
-        event: STATUS_CHANGED,
+        event_id: event_id.clone(),
+        event: STATUS_CHANGED.to_owned(),
         session_id: t.id.to_string(),
-        status: t.status.as_str(),
+        status: t.status.as_str().to_owned(),
         seq: t.from_seq.next().0,
-        vendor_data,
-        external_reference_id,
+        vendor_data: None,
+        external_reference_id: None,
         at: rfc3339(t.at),
     })
     .map_err(|e| StoreError::Corrupt(format!("webhook payload: {e}")))?;
     Ok((event_id, body))
+}
+
+/// A session's references as its row stores them: sealed under its data key `key`, or
+/// in clear (no key).
+pub(crate) struct StoredReferences {
+    /// `vendor_data` as stored.
+    pub vendor_data: Option<String>,
+    /// `external_reference_id` as stored.
+    pub external_reference_id: Option<String>,
+    /// The session's data key as stored, if its row is sealed.
+    pub key: Option<SealedKey>,
+}
+
+/// The exact bytes to send (and sign) for an outbox row holding `stored` (made by
+/// [`event_body`]): the session's references opened and put in. `refs` is `None` when
+/// the session row is gone (it cannot be while an event is pending: retention waits);
+/// the body is then sent as stored. `Err` (naming the session, never a value) when
+/// the references do not open: the event is not sent but counted as a failed attempt.
+pub(crate) fn body_to_send(
+    keys: &DataKeys,
+    session: SessionId,
+    stored: Vec<u8>,
+    refs: Option<StoredReferences>,
+) -> Result<Arc<[u8]>, String> {
+    let Some(refs) = refs else {
+        return Ok(stored.into());
+    };
+    let opened = keys.row(session, refs.key).and_then(|row| {
+        Ok((
+            row.open_text(Field::VendorData, refs.vendor_data)?,
+            row.open_text(Field::ExternalReferenceId, refs.external_reference_id)?,
+        ))
+    });
+    let (vendor_data, external_reference_id) =
+        opened.map_err(|e| format!("not sent: session {session}: {e}"))?;
+    let mut payload: StatusChanged = serde_json::from_slice(&stored)
+        .map_err(|e| format!("not sent: the stored webhook payload is not readable: {e}"))?;
+    payload.vendor_data = vendor_data;
+    payload.external_reference_id = external_reference_id;
+    serde_json::to_vec(&payload)
+        .map(Into::into)
+        .map_err(|e| format!("not sent: webhook payload: {e}"))
 }
 
 /// Enqueues the event of a transition just written, inside the same transaction. No
@@ -120,18 +172,14 @@ pub(crate) fn enqueue(
     let Some(route) = fx.webhooks.clone() else {
         return Ok(());
     };
-    let (callback, vendor_data, reference): (Option<String>, Option<String>, Option<String>) = conn
-        .prepare_cached(
-            "SELECT callback_url, vendor_data, external_reference_id FROM sessions WHERE id = ?1",
-        )?
-        .query_row([t.id.to_string()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?;
+    let callback: Option<String> = conn
+        .prepare_cached("SELECT callback_url FROM sessions WHERE id = ?1")?
+        .query_row([t.id.to_string()], |r| r.get(0))?;
     let Some(url) = callback.or_else(|| route.default_url.clone()) else {
         return Ok(());
     };
     let seq = t.from_seq.next();
-    let (event_id, body) = event_body(t, vendor_data.as_deref(), reference.as_deref())?;
+    let (event_id, body) = event_body(t)?;
     conn.prepare_cached(
         "INSERT INTO webhook_outbox (session_id, seq, event_id, url, body, created_at, \
          next_attempt_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
@@ -156,15 +204,16 @@ impl Store {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<DueEvents, StoreError> {
+        let keys = self.data_keys();
         self.read(move |conn| {
             // A pending event with an earlier pending one in the same session waits:
             // that is what keeps delivery in seq order per session.
             let mut stmt = conn.prepare_cached(
                 "SELECT o.session_id, o.seq, o.event_id, o.url, o.body, o.attempts, \
-                        o.first_attempt_at, \
-                        COALESCE((SELECT s.callback_url IS NULL FROM sessions s \
-                                  WHERE s.id = o.session_id), 0) \
-                 FROM webhook_outbox o \
+                        o.first_attempt_at, COALESCE(s.callback_url IS NULL, 0), \
+                        s.id IS NOT NULL, s.vendor_data, s.external_reference_id, \
+                        s.data_key_id, s.data_key \
+                 FROM webhook_outbox o LEFT JOIN sessions s ON s.id = o.session_id \
                  WHERE o.state = 'pending' AND o.next_attempt_at <= ?1 \
                    AND NOT EXISTS (SELECT 1 FROM webhook_outbox p \
                                    WHERE p.session_id = o.session_id AND p.state = 'pending' \
@@ -172,6 +221,15 @@ impl Store {
                  ORDER BY o.next_attempt_at LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![ms(now), limit as i64], |r| {
+                let refs = if r.get::<_, bool>(8)? {
+                    Some(StoredReferences {
+                        vendor_data: r.get(9)?,
+                        external_reference_id: r.get(10)?,
+                        key: stored_key(r.get(11)?, r.get(12)?),
+                    })
+                } else {
+                    None
+                };
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, i64>(1)?,
@@ -181,21 +239,24 @@ impl Store {
                     r.get::<_, i64>(5)?,
                     r.get::<_, Option<i64>>(6)?,
                     r.get::<_, bool>(7)?,
+                    refs,
                 ))
             })?;
             let mut due = Vec::new();
             for row in rows {
-                let (session_id, seq, event_id, url, body, attempts, first, operator_url) = row?;
+                let (session_id, seq, event_id, url, body, attempts, first, operator_url, refs) =
+                    row?;
+                let session_id = SessionId::parse(&session_id)
+                    .ok_or_else(|| StoreError::Corrupt("outbox session id".into()))?;
                 due.push(OutboxEvent {
-                    session_id: SessionId::parse(&session_id)
-                        .ok_or_else(|| StoreError::Corrupt("outbox session id".into()))?,
+                    session_id,
                     seq: Seq(u64::try_from(seq).map_err(|_| StoreError::Corrupt("seq".into()))?),
                     event_id,
                     url,
                     // enqueue() takes the default URL only for a session without a
                     // callback_url; a session that cannot be found counts as a callback.
                     operator_url,
-                    body: body.into(),
+                    body: body_to_send(&keys, session_id, body, refs),
                     attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
                     first_attempt_at: first.map(time).transpose()?,
                 });
@@ -311,26 +372,40 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::at_rest::DataKeys;
     use crate::model::{SessionRecord, SessionRequest};
     use crate::status::Status;
     use crate::store::WebhookRoute;
     use crate::store::{NewSession, StoreConfig};
 
     fn open(dir: &tempfile::TempDir, route: Option<WebhookRoute>) -> Store {
+        open_with(dir, route, DataKeys::none())
+    }
+
+    fn open_with(dir: &tempfile::TempDir, route: Option<WebhookRoute>, keys: DataKeys) -> Store {
         Store::open(&StoreConfig {
             webhooks: route,
+            data_keys: Arc::new(keys),
             ..StoreConfig::new(dir.path().join("t.db"))
         })
         .unwrap()
     }
 
     async fn session(store: &Store, callback_url: Option<&str>) -> SessionRecord {
+        session_with(store, callback_url, None).await
+    }
+
+    async fn session_with(
+        store: &Store,
+        callback_url: Option<&str>,
+        external_reference_id: Option<&str>,
+    ) -> SessionRecord {
         let record = SessionRecord::open(
             "acme",
             SessionRequest {
                 scopes: vec!["full_name".into()],
                 vendor_data: Some("v".into()),
-                external_reference_id: None,
+                external_reference_id: external_reference_id.map(str::to_owned),
                 registration: None,
                 redirect_url: None,
                 callback_url: callback_url.map(str::to_owned),
@@ -406,7 +481,7 @@ mod tests {
             (e.session_id, e.seq, e.url.as_str()),
             (s.id, Seq(2), "https://example.test/hook")
         );
-        let body: serde_json::Value = serde_json::from_slice(&e.body).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(e.body.as_ref().unwrap()).unwrap();
         assert_eq!(body["event_id"], e.event_id);
         assert_eq!(body["status"], "retrieved");
         assert_eq!(body["seq"], 2);
@@ -521,6 +596,126 @@ mod tests {
                 pending: 0,
                 failed: 1
             }
+        );
+    }
+
+    #[actix_rt::test]
+    async fn with_a_data_key_the_outbox_holds_no_reference_and_every_attempt_sends_them_even_after_a_purge(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let keys =
+            DataKeys::new(vec![crate::at_rest::OperatorKey::from_bytes("k1", [7; 32])]).unwrap();
+        let store = open_with(&dir, route(Some("https://default.test/")), keys);
+        let marker = format!("ref-{}", uuid::Uuid::new_v4().simple());
+        let s = session_with(&store, None, Some(&marker)).await;
+        store
+            .commit_transition(step(&s, 1, Status::Retrieved))
+            .await
+            .unwrap();
+        // The cancel purges: the data key that sealed the references is replaced.
+        store
+            .commit_transition(step(&s, 2, Status::Cancelled))
+            .await
+            .unwrap();
+        let stored: Vec<(Vec<u8>, Vec<u8>)> = store
+            .read(|conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT o.body, s.external_reference_id FROM webhook_outbox o \
+                                   JOIN sessions s ON s.id = o.session_id",
+                )?;
+                let rows = stmt
+                    .query_map([], |r| {
+                        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?.into_bytes()))
+                    })?
+                    .collect::<Result<_, _>>()?;
+                Ok(rows)
+            })
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 2);
+        let holds = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+        for (body, reference) in &stored {
+            assert!(
+                !holds(body, marker.as_bytes()),
+                "the outbox holds the marker"
+            );
+            assert!(
+                !holds(reference, marker.as_bytes()),
+                "the row holds it sealed"
+            );
+        }
+
+        let now = soon();
+        let mut sent = Vec::new();
+        let mut first_sent = None;
+        for seq in [2, 3] {
+            let due = store.due_webhooks(now, 10).await.unwrap().due;
+            assert_eq!(due.iter().map(|e| e.seq.0).collect::<Vec<_>>(), [seq]);
+            let first = due[0].body.clone().unwrap();
+            // A retry reads it again: the same bytes.
+            let again = store.due_webhooks(now, 10).await.unwrap().due;
+            assert_eq!(again[0].body.as_ref().unwrap(), &first);
+            sent.push(serde_json::from_slice::<serde_json::Value>(&first).unwrap());
+            first_sent.get_or_insert(first);
+            store
+                .record_delivery(s.id, Seq(seq), now, DeliveryRecord::Delivered)
+                .await
+                .unwrap();
+        }
+        for (body, status) in sent.iter().zip(["retrieved", "cancelled"]) {
+            assert_eq!(body["status"], status);
+            assert_eq!(body["vendor_data"], "v");
+            assert_eq!(body["external_reference_id"], marker.as_str());
+        }
+        // The bytes sent keep the field order of SPEC §4.
+        let text = String::from_utf8(first_sent.unwrap().to_vec()).unwrap();
+        let at = |field: &str| text.find(&format!("\"{field}\":")).unwrap();
+        let order = [
+            "event_id",
+            "event",
+            "session_id",
+            "status",
+            "seq",
+            "vendor_data",
+            "external_reference_id",
+            "at",
+        ];
+        assert!(order.windows(2).all(|w| at(w[0]) < at(w[1])), "{text}");
+    }
+
+    #[actix_rt::test]
+    async fn references_that_do_not_open_send_nothing_and_name_the_session_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys =
+            DataKeys::new(vec![crate::at_rest::OperatorKey::from_bytes("k1", [7; 32])]).unwrap();
+        let store = open_with(&dir, route(Some("https://default.test/")), keys);
+        let s = session_with(&store, None, Some("ref-secret")).await;
+        store
+            .commit_transition(step(&s, 1, Status::Retrieved))
+            .await
+            .unwrap();
+        let id = s.id.to_string();
+        store
+            .write(move |conn, _| {
+                // A changed byte in the sealed reference (its first base64 character
+                // after the version byte's: a nonce byte).
+                conn.execute(
+                    "UPDATE sessions SET external_reference_id = \
+                     substr(external_reference_id, 1, 3) || \
+                     CASE substr(external_reference_id, 4, 1) WHEN 'A' THEN 'B' ELSE 'A' END || \
+                     substr(external_reference_id, 5) WHERE id = ?1",
+                    [&id],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let due = store.due_webhooks(soon(), 10).await.unwrap().due;
+        let error = due[0].body.clone().unwrap_err();
+        assert!(error.contains(&s.id.to_string()), "{error}");
+        assert!(
+            !error.contains("ref-secret") && !error.contains("\"v\""),
+            "{error}"
         );
     }
 }

@@ -263,11 +263,17 @@ impl Dispatcher {
         let at = self.clock.now();
         ctx.spawn(
             async move {
-                let outcome = match guarded.then(|| refused_literal(&event.url)).flatten() {
-                    Some(_) => Err("not sent: the callback URL's host is a loopback, private \
-                                    or other non-public address"
+                let outcome = match (
+                    &event.body,
+                    guarded.then(|| refused_literal(&event.url)).flatten(),
+                ) {
+                    // The session's sealed references did not open: retried with backoff
+                    // (a broker given the missing key can send it) and given up in time.
+                    (Err(unreadable), _) => Err(unreadable.clone()),
+                    (Ok(_), Some(_)) => Err("not sent: the callback URL's host is a loopback, \
+                                             private or other non-public address"
                         .to_owned()),
-                    None => post(&client, &signer, &event, at).await,
+                    (Ok(body), None) => post(&client, &signer, &event, body, at).await,
                 };
                 (event, outcome)
             }
@@ -367,6 +373,7 @@ async fn post(
     client: &reqwest::Client,
     signer: &Signer,
     event: &OutboxEvent,
+    body: &[u8],
     at: DateTime<Utc>,
 ) -> Result<(), String> {
     let timestamp = at.timestamp();
@@ -374,9 +381,9 @@ async fn post(
         .post(&event.url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("X-Idv-Timestamp", timestamp.to_string())
-        .header("X-Idv-Signature", signer.sign(timestamp, &event.body))
+        .header("X-Idv-Signature", signer.sign(timestamp, body))
         .header("X-Idv-Event-Id", &event.event_id)
-        .body(event.body.to_vec())
+        .body(body.to_vec())
         .send()
         .await;
     match sent {

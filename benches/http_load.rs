@@ -27,8 +27,12 @@
 //! (HTTP workers, the store writer, the rest; from `/proc/<pid>/task/*/stat`), and the
 //! load client's own. On a shared two-core box a rate moves with whatever else runs;
 //! the CPU a request costs moves much less, and tells where a change helped.
-//! `--ab-data-key` runs only creates, on a broker without and one with `--data-key`,
-//! rounds interleaved, and reports both ratios to `/healthz` and their quotient (issue 25).
+//! `--ab-data-key` runs, on a broker without and one with `--data-key`, rounds
+//! interleaved, only creates and approves: a create, and an approve journey (create
+//! with `registration`, `GET …/information`, a 48 KiB selfie `PUT`, then approve with
+//! shared data: the transition that seals most, shared data and the file). It reports
+//! each rate's ratio to `/healthz` of its own broker and round, the approve latency,
+//! and the quotients sealed/plain (issue 25).
 //! `--only healthz|create|status` runs one rate window alone (to profile one path, e.g.
 //! with `perf record -p <broker>`).
 //!
@@ -376,14 +380,7 @@ async fn rate(
             }
         }));
     }
-    // Warm up, then count over the window.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (from, t0) = (done.load(Ordering::Relaxed), Instant::now());
-    let (cpu0, own0) = (cpu_by_thread(pid), own_cpu_us());
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let n = done.load(Ordering::Relaxed) - from;
-    let elapsed = t0.elapsed();
-    let (cpu1, own1) = (cpu_by_thread(pid), own_cpu_us());
+    let measured = measure(pid, seconds, &done).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         tokio::time::timeout(PHASE_DEADLINE, t)
@@ -391,6 +388,20 @@ async fn rate(
             .unwrap()
             .unwrap();
     }
+    measured
+}
+
+/// Counts what the closed loops running meanwhile add to `done` over `seconds`, after
+/// half a second to warm up; with the CPU the broker (`pid`) and this client spent per
+/// unit counted.
+async fn measure(pid: u32, seconds: u64, done: &AtomicU64) -> Rate {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (from, t0) = (done.load(Ordering::Relaxed), Instant::now());
+    let (cpu0, own0) = (cpu_by_thread(pid), own_cpu_us());
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let n = done.load(Ordering::Relaxed) - from;
+    let elapsed = t0.elapsed();
+    let (cpu1, own1) = (cpu_by_thread(pid), own_cpu_us());
     let per_request = |ticks: u64| ticks as f64 * 10_000.0 / n.max(1) as f64;
     Rate {
         per_second: n as f64 / elapsed.as_secs_f64(),
@@ -405,6 +416,94 @@ async fn rate(
             .collect(),
         client_us: (own1 - own0) / n.max(1) as f64,
     }
+}
+
+/// Bytes of the selfie each approve journey uploads (the size of SPEC §3's example).
+const SELFIE_BYTES: usize = 48 * 1024;
+
+/// Approve journeys per second over `seconds`, `connections` closed loops each: a
+/// create with `registration`, `GET …/information` (the device binds: `retrieved`), a
+/// selfie `PUT` (held in memory until consent), then approve with shared data (the
+/// transition that writes, and with `--data-key` seals, the shared data and the file).
+/// CPU is per journey; also answers the mean latency of the approve alone.
+async fn approve_journeys(
+    addr: &str,
+    pid: u32,
+    connections: usize,
+    seconds: u64,
+) -> (Rate, Duration) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let approve_ns = Arc::new(AtomicU64::new(0));
+    let (issuer, secret) = ISSUER.split_once('=').unwrap();
+    let create = {
+        let body = r#"{"scopes":["full_name","date_of_birth","selfie"],"vendor_data":"bench-user","external_reference_id":"bench-ref","registration":{"first_name":"Bench","last_name":"Person"}}"#;
+        format!(
+            "POST /v1/sessions HTTP/1.1\r\nHost: bench\r\nX-Api-Key: {API_KEY}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let mut image = b"\x89PNG\r\n\x1a\n".to_vec();
+    image.resize(SELFIE_BYTES, 0x5a);
+    let mut tasks = Vec::new();
+    for i in 0..connections {
+        let (stop, done, approve_ns) = (stop.clone(), done.clone(), approve_ns.clone());
+        let (addr, create, image) = (addr.to_owned(), create.clone(), image.clone());
+        let token =
+            idv_actors::credentials::mint_device_jwt(issuer, secret, &format!("bench-{i}"), 600)
+                .unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&addr).await;
+            let expect = |(status, body): (u16, Vec<u8>), want: u16| {
+                assert_eq!(status, want, "{}", String::from_utf8_lossy(&body));
+                body
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let body = expect(conn.call(&create).await, 201);
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                let id = v["session_id"].as_str().unwrap().to_owned();
+                expect(
+                    conn.call(&get(&format!("/v1/sessions/{id}/information"), Some(&token)))
+                        .await,
+                    200,
+                );
+                let mut put = format!(
+                    "PUT /v1/sessions/{id}/files/selfie HTTP/1.1\r\nHost: bench\r\n\
+                     Authorization: Bearer {token}\r\nContent-Type: image/png\r\n\
+                     Content-Length: {}\r\n\r\n",
+                    image.len()
+                )
+                .into_bytes();
+                put.extend_from_slice(&image);
+                expect(conn.call(&put).await, 201);
+                let approve = r#"{"decision":"approve","shared_data":{"full_name":"Bench Person","date_of_birth":"1990-01-01"}}"#;
+                let approve = format!(
+                    "POST /v1/sessions/{id}/update HTTP/1.1\r\nHost: bench\r\n\
+                     Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\n\r\n{approve}",
+                    approve.len()
+                )
+                .into_bytes();
+                let t0 = Instant::now();
+                expect(conn.call(&approve).await, 200);
+                approve_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let measured = measure(pid, seconds, &done).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        tokio::time::timeout(PHASE_DEADLINE, t)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    // Over every approve of the loops, the half second of warm-up included.
+    let mean = approve_ns.load(Ordering::Relaxed) / done.load(Ordering::Relaxed).max(1);
+    (measured, Duration::from_nanos(mean))
 }
 
 /// Creates `n` sessions; answers (id, token) of each.
@@ -458,7 +557,10 @@ async fn main() {
             &["--data-key", BENCH_DATA_KEY],
         );
         let brokers = [("plain", &broker), ("sealed", &sealed)];
-        let mut ratios: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        // Per broker: create/healthz and approve/healthz ratios, and approve latencies.
+        let mut creates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        let mut approves: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        let mut latencies: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
         for round in 0..args.rounds {
             // Alternate who goes first, so a trend over the run favours neither.
             let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
@@ -466,27 +568,43 @@ async fn main() {
                 let (name, b) = brokers[i];
                 let pid = b.child.id();
                 let healthz = window("healthz", &b.addr, pid, c, args.seconds).await;
-                let creates = window("create", &b.addr, pid, c, args.seconds).await;
-                let ratio = creates.per_second / healthz.per_second;
-                println!(
-                    "round {round} {name}: creates {:.0}/s, healthz {:.0}/s, ratio {ratio:.4}, \
-                     CPU per create {}",
-                    creates.per_second,
-                    healthz.per_second,
-                    creates.cpu_note()
+                let created = window("create", &b.addr, pid, c, args.seconds).await;
+                let (approved, latency) = approve_journeys(&b.addr, pid, c, args.seconds).await;
+                let (cr, ar) = (
+                    created.per_second / healthz.per_second,
+                    approved.per_second / healthz.per_second,
                 );
-                ratios[i].push(ratio);
+                println!(
+                    "round {round} {name}: healthz {:.0}/s; creates {:.0}/s (ratio {cr:.4}, \
+                     CPU per create {}); approve journeys {:.0}/s (ratio {ar:.4}, approve \
+                     mean {:.2} ms, CPU per journey {})",
+                    healthz.per_second,
+                    created.per_second,
+                    created.cpu_note(),
+                    approved.per_second,
+                    latency.as_secs_f64() * 1000.0,
+                    approved.cpu_note()
+                );
+                creates[i].push(cr);
+                approves[i].push(ar);
+                latencies[i].push(latency.as_secs_f64() * 1000.0);
             }
         }
         let median = |v: &mut Vec<f64>| {
             v.sort_by(|a, b| a.total_cmp(b));
             v[v.len() / 2]
         };
-        let (plain, sealed) = (median(&mut ratios[0]), median(&mut ratios[1]));
-        println!(
-            "median create/healthz: plain {plain:.4}, sealed {sealed:.4}: sealed/plain {:.3}",
-            sealed / plain
-        );
+        for (what, v) in [
+            ("create/healthz", &mut creates),
+            ("approve journey/healthz", &mut approves),
+            ("approve mean latency (ms)", &mut latencies),
+        ] {
+            let (plain, sealed) = (median(&mut v[0]), median(&mut v[1]));
+            println!(
+                "median {what}: plain {plain:.4}, sealed {sealed:.4}: sealed/plain {:.3}",
+                sealed / plain
+            );
+        }
         return;
     }
     if let Some(only) = &args.only {

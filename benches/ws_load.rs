@@ -23,12 +23,18 @@
 //! `ws_load/cluster.rs`): subscribers spread over the nodes, push latency when the
 //! owner and the subscriber are on different nodes beside the same-node figure, and
 //! what forwarding a request to the owner costs.
+//!
+//! **Retention mode** (`--retention-backlog N`; issue 25, in `ws_load/retention.rs`):
+//! push latency while a record-retention sweep deletes `N` ended sessions, beside the
+//! same push with the backlog kept.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 // Cluster mode lives beside the bench, out of cargo's bench discovery (a folder without main.rs).
 #[path = "ws_load/cluster.rs"]
 mod cluster;
+#[path = "ws_load/retention.rs"]
+mod retention;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -73,6 +79,11 @@ struct Args {
     store: Option<String>,
     /// Cluster mode: requests per kind in the forwarding phase.
     requests: usize,
+    /// Retention mode (`--retention-backlog N`): ended sessions a record-retention sweep
+    /// deletes while the push phase runs.
+    retention_backlog: usize,
+    /// Retention mode: rounds of kept and swept, interleaved.
+    rounds: usize,
 }
 
 fn parse_args() -> Args {
@@ -91,6 +102,8 @@ fn parse_args() -> Args {
         cluster: false,
         store: None,
         requests: 1000,
+        retention_backlog: 0,
+        rounds: 2,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -120,6 +133,10 @@ fn parse_args() -> Args {
             "--cluster" => a.cluster = true,
             "--store" => a.store = Some(val()),
             "--requests" => a.requests = val().parse().expect("--requests"),
+            "--retention-backlog" => {
+                a.retention_backlog = val().parse().expect("--retention-backlog")
+            }
+            "--rounds" => a.rounds = val().parse().expect("--rounds"),
             // `cargo bench` passes `--bench`; ignore it and anything a harness would take.
             "--bench" => {}
             "--help" | "-h" => {
@@ -129,7 +146,9 @@ fn parse_args() -> Args {
                      [--url http://127.0.0.1:PORT --api-key KEY --issuer ISS=SECRET [--pid PID]]\n\
                      cluster mode: ws_load --cluster | --nodes [ID=]URL,[ID=]URL,... \
                      [--store postgres://…] [--api-key KEY --issuer ISS=SECRET] \
-                     [--subscribers N] [--sessions M] [--rate R] [--requests R]"
+                     [--subscribers N] [--sessions M] [--rate R] [--requests R]\n\
+                     retention mode: ws_load --retention-backlog N [--rounds R] \
+                     [--subscribers N] [--sessions M] [--rate R] [--idle-secs S]"
                 );
                 std::process::exit(0);
             }
@@ -137,7 +156,7 @@ fn parse_args() -> Args {
         }
     }
     assert!(
-        a.sessions > 0 && a.subscribers > 0 && a.rate > 0,
+        a.sessions > 0 && a.subscribers > 0 && a.rate > 0 && a.rounds > 0,
         "all counts > 0"
     );
     for u in a.url.iter().chain(a.nodes.iter().map(|(_, u)| u)) {
@@ -725,6 +744,12 @@ fn main() {
         // reqwest's rustls needs a crypto provider (see below).
         idv_actors::webhooks::install_crypto_provider();
         cluster::main(&args, &rt);
+        rt.shutdown_timeout(Duration::from_secs(1));
+        return;
+    }
+    if args.retention_backlog > 0 {
+        idv_actors::webhooks::install_crypto_provider();
+        retention::main(&args, &rt);
         rt.shutdown_timeout(Duration::from_secs(1));
         return;
     }

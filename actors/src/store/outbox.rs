@@ -210,7 +210,7 @@ impl Store {
             // that is what keeps delivery in seq order per session.
             let mut stmt = conn.prepare_cached(
                 "SELECT o.session_id, o.seq, o.event_id, o.url, o.body, o.attempts, \
-                        o.first_attempt_at, COALESCE(s.callback_url IS NULL, 0), \
+                        o.first_attempt_at, s.id IS NOT NULL AND s.callback_url IS NULL, \
                         s.id IS NOT NULL, s.vendor_data, s.external_reference_id, \
                         s.data_key_id, s.data_key \
                  FROM webhook_outbox o LEFT JOIN sessions s ON s.id = o.session_id \

@@ -27,7 +27,7 @@ use crate::store::{
     CreateOutcome, DeliveryRecord, DueEvents, IdempotencyClaim, NewSession, Store, StoreError,
     StoredFile, WebhookCounts,
 };
-use crate::write::TransitionWrite;
+use crate::write::{NoteWrite, TransitionWrite};
 
 /// Who owns a live session (see [`SessionStore::claim`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +56,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Commits a transition if the session is still at `write.from_seq`
     /// ([`StoreError::Stale`] otherwise); returns the committed row.
     fn commit_transition(&self, write: TransitionWrite) -> StoreFuture<'_, SessionRecord>;
+
+    /// Commits a change that is no transition if the session is still at
+    /// `write.from_seq` ([`StoreError::Stale`] otherwise); returns the committed row.
+    fn commit_note(&self, write: NoteWrite) -> StoreFuture<'_, SessionRecord>;
 
     /// Commits several transitions in one transaction (the start-up expiry); returns
     /// the committed rows.
@@ -193,6 +197,10 @@ impl SessionStore for Store {
 
     fn commit_transition(&self, write: TransitionWrite) -> StoreFuture<'_, SessionRecord> {
         Box::pin(Store::commit_transition(self, write))
+    }
+
+    fn commit_note(&self, write: NoteWrite) -> StoreFuture<'_, SessionRecord> {
+        Box::pin(Store::commit_note(self, write))
     }
 
     fn commit_transitions(

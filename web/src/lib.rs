@@ -11,6 +11,7 @@
 //! - [`middleware`]: per-IP rate limiting, the per-IP connection limit, and the access log.
 //! - [`limits`]: counted resources with a ceiling, and the client's address.
 //! - [`state`]: what handlers share.
+//! - [`shown_on`]: where a session is shown, from its client's User-Agent.
 //! - [`ws`]: WebSocket subscriptions (the only module that speaks WebSocket).
 //! - [`openapi`]: `/openapi.json`, generated from the handlers' annotations and the
 //!   [`dto`] types; [`schema`]: the schemas of the actors' wire names.
@@ -24,6 +25,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod routes;
 pub mod schema;
+pub mod shown_on;
 pub mod state;
 pub mod ws;
 

@@ -11,13 +11,17 @@ use crate::model::{
     Consent, Decision, SessionEvent, SessionRecord, SessionRequest, UserRecord, UserStatus,
 };
 use crate::status::Status;
-use crate::store::{CreateOutcome, IdempotencyClaim, NewSession, StoreError, IDEMPOTENCY_WINDOW};
-use crate::write::TransitionWrite;
+use crate::store::{
+    BindingColumns, CreateOutcome, IdempotencyClaim, NewSession, StoreError, IDEMPOTENCY_WINDOW,
+};
+use crate::write::{Note, NoteWrite, TransitionWrite};
 
-/// The columns [`session_from_row`] reads, in order; `owner_epoch` last (index 19).
+/// The columns [`session_from_row`] reads, in order; `owner_epoch` at index 19, the
+/// binding's after it.
 pub(crate) const SESSION_COLUMNS: &str = "id, owner, token_hash, status, seq, scopes, \
      vendor_data, external_reference_id, registration, redirect_url, callback_url, created_at, \
-     updated_at, expires_at, decided_at, user_id, is_consented, consented_at, issuer, owner_epoch";
+     updated_at, expires_at, decided_at, user_id, is_consented, consented_at, issuer, owner_epoch, \
+     binding, binding_code, binding_misses, decline_reason, shown_browser, shown_os, shown_since";
 
 /// [`SESSION_COLUMNS`] qualified by the alias `s`, for joins.
 pub(crate) fn session_columns_of(alias: &str) -> String {
@@ -45,7 +49,16 @@ pub(crate) fn session_from_row(row: &Row) -> Result<SessionRecord, StoreError> {
     let consented_at: Option<i64> = row.try_get(17)?;
     let issuer: Option<String> = row.try_get(18)?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("session {id}: {what}"));
-    Ok(SessionRecord {
+    let binding = BindingColumns {
+        binding: row.try_get(20)?,
+        code: row.try_get(21)?,
+        misses: i64::from(row.try_get::<_, i32>(22)?),
+        reason: row.try_get(23)?,
+        browser: row.try_get(24)?,
+        os: row.try_get(25)?,
+        since: row.try_get(26)?,
+    };
+    let mut record = SessionRecord {
         id: SessionId::parse(&id).ok_or_else(|| corrupt("id"))?,
         owner: row.try_get(1)?,
         token_hash: TokenHash::from_slice(&token).ok_or_else(|| corrupt("token hash"))?,
@@ -61,6 +74,7 @@ pub(crate) fn session_from_row(row: &Row) -> Result<SessionRecord, StoreError> {
                 .map_err(|_| corrupt("registration"))?,
             redirect_url: row.try_get(9)?,
             callback_url: row.try_get(10)?,
+            binding: Default::default(),
         }),
         created_at: time(row.try_get(11)?)?,
         updated_at: time(row.try_get(12)?)?,
@@ -81,7 +95,13 @@ pub(crate) fn session_from_row(row: &Row) -> Result<SessionRecord, StoreError> {
             }),
             _ => None,
         },
-    })
+        binding_code: None,
+        binding_misses: 0,
+        reason: None,
+        shown_on: None,
+    };
+    binding.apply(&mut record)?;
+    Ok(record)
 }
 
 /// One session, whatever its status.
@@ -108,8 +128,8 @@ async fn insert_session(
         c,
         "INSERT INTO sessions (id, owner, token_hash, status, seq, scopes, vendor_data, \
          external_reference_id, registration, redirect_url, callback_url, created_at, \
-         updated_at, expires_at, owner_node, owner_epoch) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 1)",
+         updated_at, expires_at, owner_node, owner_epoch, binding) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 1, $16)",
         &[
             &id,
             &s.owner,
@@ -126,6 +146,7 @@ async fn insert_session(
             &ms(s.updated_at),
             &ms(s.expires_at),
             &node,
+            &s.request.binding.as_str(),
         ],
     )
     .await?;
@@ -180,7 +201,10 @@ impl Shared {
                    is_consented = COALESCE($6, is_consented), \
                    consented_at = COALESCE($7, consented_at), \
                    shared_data = CASE WHEN $8 THEN NULL ELSE COALESCE($9, shared_data) END, \
-                   registration = CASE WHEN $8 THEN NULL ELSE registration END \
+                   registration = CASE WHEN $8 THEN NULL ELSE registration END, \
+                   binding_code = COALESCE($16, binding_code), \
+                   binding_misses = COALESCE($17, binding_misses), \
+                   decline_reason = COALESCE($18, decline_reason) \
                  WHERE id = $10 AND seq = $11 AND owner_node = $13 AND owner_epoch = $14 \
                    AND {lease} \
                  RETURNING {SESSION_COLUMNS}",
@@ -205,12 +229,15 @@ impl Shared {
                 &self.node_id,
                 &epoch,
                 &self.incarnation,
+                &t.binding_code.map(|c| c.to_string()),
+                &t.binding_misses.map(i32::from),
+                &t.reason.map(|r| r.as_str()),
             ],
         )
         .await?;
         let committed = match row {
             Some(row) => session_from_row(&row)?,
-            None => return Err(self.why_refused(c, t).await?),
+            None => return Err(self.why_refused(c, t.id, t.from_seq).await?),
         };
         execute(
             c,
@@ -242,18 +269,81 @@ impl Shared {
     async fn why_refused(
         &self,
         c: &impl GenericClient,
-        t: &TransitionWrite,
+        id: SessionId,
+        from_seq: Seq,
     ) -> Result<StoreError, StoreError> {
         let row = query_opt(
             c,
             "SELECT seq FROM sessions WHERE id = $1",
-            &[&t.id.to_string()],
+            &[&id.to_string()],
         )
         .await?;
         Ok(match row {
-            Some(row) if row.try_get::<_, i64>(0)? == t.from_seq.0 as i64 => StoreError::NotOwner,
+            Some(row) if row.try_get::<_, i64>(0)? == from_seq.0 as i64 => StoreError::NotOwner,
             _ => StoreError::Stale,
         })
+    }
+
+    /// Commits a change that is no transition, guarded by seq and ownership as a
+    /// transition is, and by what it changes (a miss counts on from the count before
+    /// it; `shown_on` is set once). Answers the row as committed.
+    pub(crate) async fn commit_note(&self, w: NoteWrite) -> Result<SessionRecord, StoreError> {
+        let began = std::time::Instant::now();
+        let conn = self.conn().await?;
+        let epoch = self.held.get(&w.id).map_or(-1, |e| *e);
+        let id = w.id.to_string();
+        let seq = w.from_seq.0 as i64;
+        let guard = format!(
+            "id = $1 AND seq = $2 AND owner_node = $3 AND owner_epoch = $4 AND {lease}",
+            lease = super::lease_held("$3", "$5"),
+        );
+        let row = match &w.note {
+            Note::BindingMiss { misses } => {
+                let sql = format!(
+                    "UPDATE sessions SET binding_misses = $6 \
+                     WHERE {guard} AND binding_misses = $6 - 1 RETURNING {SESSION_COLUMNS}"
+                );
+                query_opt(
+                    &conn,
+                    &sql,
+                    &[
+                        &id,
+                        &seq,
+                        &self.node_id,
+                        &epoch,
+                        &self.incarnation,
+                        &i32::from(*misses),
+                    ],
+                )
+                .await?
+            }
+            Note::ShownOn(on) => {
+                let sql = format!(
+                    "UPDATE sessions SET shown_browser = $6, shown_os = $7, shown_since = $8 \
+                     WHERE {guard} AND shown_since IS NULL RETURNING {SESSION_COLUMNS}"
+                );
+                query_opt(
+                    &conn,
+                    &sql,
+                    &[
+                        &id,
+                        &seq,
+                        &self.node_id,
+                        &epoch,
+                        &self.incarnation,
+                        &on.browser,
+                        &on.os,
+                        &ms(on.since),
+                    ],
+                )
+                .await?
+            }
+        };
+        crate::metrics::store_commit(1, began.elapsed());
+        match row {
+            Some(row) => session_from_row(&row),
+            None => Err(self.why_refused(&conn, w.id, w.from_seq).await?),
+        }
     }
 
     /// Inserts a new session owned by this node (epoch 1), honouring an idempotency key.
@@ -482,6 +572,8 @@ impl Shared {
                     seq: Seq(u64::try_from(seq).map_err(|_| StoreError::Corrupt("seq".into()))?),
                     status: status.parse().map_err(StoreError::Corrupt)?,
                     at: time(r.try_get(2)?)?,
+                    // The log keeps no code: readers take it from the session.
+                    binding_code: None,
                 })
             })
             .collect()

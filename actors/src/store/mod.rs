@@ -369,3 +369,49 @@ impl Store {
         }
     }
 }
+
+/// The binding and `shown_on` columns of a session row, as both engines store them
+/// (`binding, binding_code, binding_misses, decline_reason, shown_browser, shown_os,
+/// shown_since`); each engine reads them into this and [`BindingColumns::apply`]s it.
+pub(crate) struct BindingColumns {
+    pub binding: String,
+    pub code: Option<String>,
+    pub misses: i64,
+    pub reason: Option<String>,
+    pub browser: Option<String>,
+    pub os: Option<String>,
+    pub since: Option<i64>,
+}
+
+impl BindingColumns {
+    /// Sets what these columns say on `record`.
+    pub(crate) fn apply(self, record: &mut crate::model::SessionRecord) -> Result<(), StoreError> {
+        use crate::model::{Binding, BindingCode, ShownOn};
+        let corrupt = |what: &str| StoreError::Corrupt(format!("session {}: {what}", record.id));
+        let binding = Binding::parse(&self.binding).ok_or_else(|| corrupt("binding"))?;
+        let code = self
+            .code
+            .map(|c| BindingCode::parse(&c).ok_or_else(|| corrupt("binding code")))
+            .transpose()?;
+        let misses = u8::try_from(self.misses).map_err(|_| corrupt("binding misses"))?;
+        let reason = self
+            .reason
+            .map(|r| r.parse().map_err(|_| corrupt("decline reason")))
+            .transpose()?;
+        let shown_on = match (self.browser, self.os, self.since) {
+            (Some(browser), Some(os), Some(since)) => Some(ShownOn {
+                browser,
+                os,
+                since: time(since)?,
+            }),
+            (None, None, None) => None,
+            _ => return Err(corrupt("shown_on in part")),
+        };
+        std::sync::Arc::make_mut(&mut record.request).binding = binding;
+        record.binding_code = code;
+        record.binding_misses = misses;
+        record.reason = reason;
+        record.shown_on = shown_on;
+        Ok(())
+    }
+}

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         6,
         include_str!("../../../migrations/0006_tokens_name_their_session.sql"),
     ),
+    (7, include_str!("../../../migrations/0007_binding.sql")),
 ];
 
 /// Brings the schema up to date inside one transaction, recording each version applied.

@@ -5,13 +5,13 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::value::RawValue;
 
 use super::writer::Effects;
-use super::{ms, time, Store, StoreError};
+use super::{ms, time, BindingColumns, Store, StoreError};
 use crate::ids::{DeviceId, Seq, SessionId, SessionToken, TokenHash, UserId};
 use crate::model::{
     Consent, Decision, SessionEvent, SessionRecord, SessionRequest, UserRecord, UserStatus,
 };
 use crate::status::Status;
-use crate::write::TransitionWrite;
+use crate::write::{Note, NoteWrite, TransitionWrite};
 
 /// How long an idempotency key holds its session (SPEC §3).
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::hours(24);
@@ -52,7 +52,8 @@ pub enum CreateOutcome {
 
 const SESSION_COLUMNS: &str = "id, owner, token_hash, status, seq, scopes, vendor_data, \
      external_reference_id, registration, redirect_url, callback_url, created_at, updated_at, \
-     expires_at, decided_at, user_id, is_consented, consented_at, issuer";
+     expires_at, decided_at, user_id, is_consented, consented_at, issuer, binding, binding_code, \
+     binding_misses, decline_reason, shown_browser, shown_os, shown_since";
 
 fn session_from_row(row: &Row<'_>) -> Result<SessionRecord, StoreError> {
     let id: String = row.get(0)?;
@@ -66,7 +67,16 @@ fn session_from_row(row: &Row<'_>) -> Result<SessionRecord, StoreError> {
     let consented_at: Option<i64> = row.get(17)?;
     let issuer: Option<String> = row.get(18)?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("session {id}: {what}"));
-    Ok(SessionRecord {
+    let binding = BindingColumns {
+        binding: row.get(19)?,
+        code: row.get(20)?,
+        misses: row.get(21)?,
+        reason: row.get(22)?,
+        browser: row.get(23)?,
+        os: row.get(24)?,
+        since: row.get(25)?,
+    };
+    let mut record = SessionRecord {
         id: SessionId::parse(&id).ok_or_else(|| corrupt("id"))?,
         owner: row.get(1)?,
         token_hash: TokenHash::from_slice(&token).ok_or_else(|| corrupt("token hash"))?,
@@ -82,6 +92,7 @@ fn session_from_row(row: &Row<'_>) -> Result<SessionRecord, StoreError> {
                 .map_err(|_| corrupt("registration"))?,
             redirect_url: row.get(9)?,
             callback_url: row.get(10)?,
+            binding: Default::default(),
         }),
         created_at: time(row.get(11)?)?,
         updated_at: time(row.get(12)?)?,
@@ -102,7 +113,13 @@ fn session_from_row(row: &Row<'_>) -> Result<SessionRecord, StoreError> {
             }),
             _ => None,
         },
-    })
+        binding_code: None,
+        binding_misses: 0,
+        reason: None,
+        shown_on: None,
+    };
+    binding.apply(&mut record)?;
+    Ok(record)
 }
 
 pub(crate) fn load_session(
@@ -150,7 +167,8 @@ fn insert_session(conn: &Connection, s: &SessionRecord) -> Result<(), StoreError
     conn.prepare_cached(
         "INSERT INTO sessions (id, owner, token_hash, status, seq, scopes, vendor_data, \
          external_reference_id, registration, redirect_url, callback_url, created_at, \
-         updated_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+         updated_at, expires_at, binding) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
         &*id,
@@ -167,6 +185,7 @@ fn insert_session(conn: &Connection, s: &SessionRecord) -> Result<(), StoreError
         ms(s.created_at),
         ms(s.updated_at),
         ms(s.expires_at),
+        s.request.binding.as_str(),
     ])?;
     conn.prepare_cached(
         "INSERT INTO session_events (session_id, seq, status, at) VALUES (?1, ?2, ?3, ?4)",
@@ -205,7 +224,10 @@ pub(crate) fn apply_transition(
                is_consented = COALESCE(?6, is_consented), \
                consented_at = COALESCE(?7, consented_at), \
                shared_data = CASE WHEN ?8 THEN NULL ELSE COALESCE(?9, shared_data) END, \
-               registration = CASE WHEN ?8 THEN NULL ELSE registration END \
+               registration = CASE WHEN ?8 THEN NULL ELSE registration END, \
+               binding_code = COALESCE(?13, binding_code), \
+               binding_misses = COALESCE(?14, binding_misses), \
+               decline_reason = COALESCE(?15, decline_reason) \
              WHERE id = ?10 AND seq = ?11 RETURNING {SESSION_COLUMNS}"
     );
     let committed = {
@@ -223,6 +245,9 @@ pub(crate) fn apply_transition(
             &*id,
             t.from_seq.0 as i64,
             t.bind.as_ref().map(|d| d.issuer.as_str()),
+            t.binding_code.map(|c| c.to_string()),
+            t.binding_misses,
+            t.reason.map(|r| r.as_str()),
         ])?;
         match rows.next()? {
             Some(row) => session_from_row(row)?,
@@ -331,6 +356,39 @@ impl Store {
     pub async fn commit_transition(&self, t: TransitionWrite) -> Result<SessionRecord, StoreError> {
         self.write(move |conn, fx| apply_transition(conn, &t, fx))
             .await
+    }
+
+    /// Commits a change that is no transition (seq, status and events stay); answers the
+    /// session as committed; `Stale` if the session moved, or the change was made.
+    pub async fn commit_note(&self, w: NoteWrite) -> Result<SessionRecord, StoreError> {
+        self.write(move |conn, _fx| {
+            let id = w.id.text();
+            let seq = w.from_seq.0 as i64;
+            let mut stmt;
+            let mut rows = match &w.note {
+                Note::BindingMiss { misses } => {
+                    stmt = conn.prepare_cached(&format!(
+                        "UPDATE sessions SET binding_misses = ?1 \
+                         WHERE id = ?2 AND seq = ?3 AND binding_misses = ?1 - 1 \
+                         RETURNING {SESSION_COLUMNS}"
+                    ))?;
+                    stmt.query(params![misses, &*id, seq])?
+                }
+                Note::ShownOn(on) => {
+                    stmt = conn.prepare_cached(&format!(
+                        "UPDATE sessions SET shown_browser = ?1, shown_os = ?2, shown_since = ?3 \
+                         WHERE id = ?4 AND seq = ?5 AND shown_since IS NULL \
+                         RETURNING {SESSION_COLUMNS}"
+                    ))?;
+                    stmt.query(params![on.browser, on.os, ms(on.since), &*id, seq])?
+                }
+            };
+            match rows.next()? {
+                Some(row) => session_from_row(row),
+                None => Err(StoreError::Stale),
+            }
+        })
+        .await
     }
 
     /// Commits several transitions in one transaction (the start-up expiry of what
@@ -445,6 +503,8 @@ impl Store {
                     seq: Seq(seq as u64),
                     status: status.parse().map_err(StoreError::Corrupt)?,
                     at: time(at)?,
+                    // The log keeps no code: readers take it from the session.
+                    binding_code: None,
                 });
             }
             Ok(out)

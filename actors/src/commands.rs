@@ -71,6 +71,16 @@ pub enum Plan {
     Note(NoteWrite),
 }
 
+/// The answer to a command whose [`Plan::Move`] committed, given the session as
+/// committed: the session, except when the last wrong binding code ended it, which is
+/// still a wrong code to the device (`422 binding_mismatch`, no tries left).
+pub fn answer_move(committed: SessionRecord) -> Result<SessionRecord, SessionError> {
+    if committed.reason == Some(Reason::BindingMismatch) {
+        return Err(SessionError::BindingMismatch { tries_left: 0 });
+    }
+    Ok(committed)
+}
+
 /// The answer to a command whose [`Plan::Note`] committed, given the session as
 /// committed: a counted wrong binding code is refused `422 binding_mismatch` with the
 /// tries left; anything else answers with the session.

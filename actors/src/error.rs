@@ -65,6 +65,11 @@ impl From<Refusal> for SessionError {
 
 /// What a wrong binding code is told, in words, with the tries left.
 fn binding_mismatch_message(tries_left: u8) -> String {
+    if tries_left == 0 {
+        return "binding_code does not match the number shown on the screen where the \
+                session started, for the last time: the session was ended for safety"
+            .to_owned();
+    }
     let tries = if tries_left == 1 { "try" } else { "tries" };
     format!(
         "binding_code does not match the number shown on the screen where the session \

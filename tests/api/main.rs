@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod binding;
 mod caching;
 mod concurrency;
 mod credentials;

@@ -157,7 +157,7 @@ impl Receiver {
     }
 }
 
-fn accepted(hits: &[Hit]) -> Vec<Value> {
+pub(crate) fn accepted(hits: &[Hit]) -> Vec<Value> {
     hits.iter()
         .filter(|h| h.answered == 200)
         .map(Hit::json)
@@ -186,7 +186,7 @@ fn verifies(hit: &Hit, secret: &str) -> bool {
 
 /// Webhooks on, with a signing secret and retries fast enough for tests; callback URLs
 /// may point at the loopback receivers (`--webhook-allow-private`).
-fn with_webhooks(s: &mut Settings) {
+pub(crate) fn with_webhooks(s: &mut Settings) {
     s.webhook_secrets = vec![SECRET.into()];
     s.webhooks = WebhookConfig {
         first_retry: Duration::from_millis(30),

@@ -40,7 +40,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::clock::SharedClock;
-use crate::commands::{answer_note, authorize, plan_expiry, Plan};
+use crate::commands::{answer_move, answer_note, authorize, plan_expiry, Plan};
 use crate::delivery::{check_after, Audience};
 use crate::error::SessionError;
 use crate::ids::SessionId;
@@ -411,7 +411,7 @@ impl SessionActor {
                             Ok(committed) => {
                                 let answer = committed.clone();
                                 act.apply(committed, ctx);
-                                Ok(answer)
+                                answer_move(answer)
                             }
                             Err(StoreError::Stale) => {
                                 act.reload(ctx);

@@ -334,6 +334,7 @@ mod tests {
                 registration: None,
                 redirect_url: None,
                 callback_url: callback_url.map(str::to_owned),
+                binding: Default::default(),
             },
             Utc::now(),
             chrono::Duration::seconds(600),
@@ -365,6 +366,9 @@ mod tests {
             decided_at: status.is_terminal().then_some(at),
             purge: status.discards_personal_data(),
             registers_user: status.registers_user(),
+            binding_code: None,
+            binding_misses: None,
+            reason: None,
         }
     }
 

@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use super::sessions::{session_columns_of, session_from_row};
+use super::sessions::{session_columns_of, session_from_row, SESSION_COLUMN_COUNT};
 use super::{execute, lease_held, limit, query, query_opt, Shared, DB_NOW};
 use crate::ids::SessionId;
 use crate::model::SessionRecord;
@@ -143,8 +143,9 @@ impl Shared {
         let mut live = Vec::new();
         let mut outbox = false;
         for row in rows {
-            outbox |= row.try_get::<_, bool>(21)?;
-            if row.try_get::<_, bool>(20)? {
+            // The two columns after the session's.
+            outbox |= row.try_get::<_, bool>(SESSION_COLUMN_COUNT + 1)?;
+            if row.try_get::<_, bool>(SESSION_COLUMN_COUNT)? {
                 let record = session_from_row(&row)?;
                 self.hold(record.id, row.try_get(19)?);
                 live.push(record);

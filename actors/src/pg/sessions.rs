@@ -23,6 +23,10 @@ pub(crate) const SESSION_COLUMNS: &str = "id, owner, token_hash, status, seq, sc
      updated_at, expires_at, decided_at, user_id, is_consented, consented_at, issuer, owner_epoch, \
      binding, binding_code, binding_misses, decline_reason, shown_browser, shown_os, shown_since";
 
+/// How many columns [`SESSION_COLUMNS`] names: a query that selects more after them
+/// reads those from this index on.
+pub(crate) const SESSION_COLUMN_COUNT: usize = 27;
+
 /// [`SESSION_COLUMNS`] qualified by the alias `s`, for joins.
 pub(crate) fn session_columns_of(alias: &str) -> String {
     SESSION_COLUMNS
@@ -30,6 +34,12 @@ pub(crate) fn session_columns_of(alias: &str) -> String {
         .map(|c| format!("{alias}.{}", c.trim()))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+#[test]
+fn the_column_count_is_the_columns_named() {
+    assert_eq!(SESSION_COLUMNS.split(", ").count(), SESSION_COLUMN_COUNT);
 }
 
 fn opt_time(ms: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {

@@ -162,8 +162,7 @@ impl Retrieve {
             Outcome::Move(status) => Plan::Move(TransitionWrite {
                 bind: Some(self.device.clone()),
                 // Drawn now, when the phone opens the session, for the client only.
-                binding_code: (session.request.binding == Binding::Code)
-                    .then(BindingCode::draw),
+                binding_code: (session.request.binding == Binding::Code).then(BindingCode::draw),
                 ..transition(session, now, status)
             }),
             Outcome::Stay | Outcome::Decline(_) | Outcome::Miss { .. } => Plan::Stay,

@@ -214,7 +214,9 @@ pub enum Refusal {
     #[error("not allowed while the session is {0}")]
     InvalidState(Status),
     /// An approve without the binding code the session needs (`400`).
-    #[error("this session needs binding_code: the two digits shown on the screen where it started")]
+    #[error(
+        "this session needs binding_code: the two digits shown on the screen where it started"
+    )]
     CodeMissing,
     /// An approve with a binding code on a session without binding (`400`).
     #[error("this session has no binding code; send none")]

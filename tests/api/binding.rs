@@ -22,7 +22,10 @@ async fn bound_session(app: &TestApp, extra: Value) -> (String, String) {
     let res = app.post_session(&body).await;
     assert_eq!(res.status(), 201);
     let created: Value = res.json().await.unwrap();
-    assert_eq!(created["binding"], "code", "the response echoes the binding");
+    assert_eq!(
+        created["binding"], "code",
+        "the response echoes the binding"
+    );
     (
         created["session_id"].as_str().unwrap().to_owned(),
         created["session_token"].as_str().unwrap().to_owned(),
@@ -61,7 +64,10 @@ async fn mismatch(res: reqwest::Response) -> u64 {
     assert_eq!(res.status(), 422);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "binding_mismatch", "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("number"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("number"));
     body["error"]["tries_left"].as_u64().expect("tries_left")
 }
 
@@ -108,7 +114,10 @@ async fn the_code_goes_to_the_client_and_never_to_the_device() {
 
     // The client has it: in the `retrieved` frame, in `/status` and on long-poll.
     let frame = next_frame(&mut ws).await.unwrap();
-    assert_eq!((&frame["status"], &frame["seq"]), (&json!("retrieved"), &json!(2)));
+    assert_eq!(
+        (&frame["status"], &frame["seq"]),
+        (&json!("retrieved"), &json!(2))
+    );
     let code = code_on_screen(&app, &id, &token).await;
     assert_eq!(frame["binding_code"], code.as_str());
     let polled: Value = app
@@ -124,8 +133,14 @@ async fn the_code_goes_to_the_client_and_never_to_the_device() {
     assert_eq!(polled["binding_code"], code.as_str());
     // A client that connects late gets it in its snapshot and in the replay.
     let mut late = connect(&app, &id, &token, Some(1)).await;
-    assert_eq!(next_frame(&mut late).await.unwrap()["binding_code"], code.as_str());
-    assert_eq!(next_frame(&mut late).await.unwrap()["binding_code"], code.as_str());
+    assert_eq!(
+        next_frame(&mut late).await.unwrap()["binding_code"],
+        code.as_str()
+    );
+    assert_eq!(
+        next_frame(&mut late).await.unwrap()["binding_code"],
+        code.as_str()
+    );
 
     // The device never does: not again in `information`, not in the update's answer.
     let text = app.information(&id, "ada").await.text().await.unwrap();
@@ -163,11 +178,17 @@ async fn a_wrong_or_missing_code_changes_nothing_and_the_right_one_confirms() {
         .await;
     assert_error(res, 403, "forbidden").await;
 
-    assert_eq!(mismatch(approve_with(&app, &id, Some(&another(&code))).await).await, 2);
+    assert_eq!(
+        mismatch(approve_with(&app, &id, Some(&another(&code))).await).await,
+        2
+    );
     // Nothing moved: the status, the seq and the code are as they were; only the
     // count is stored.
     let status: Value = app.status(&id, &token).await.json().await.unwrap();
-    assert_eq!((&status["status"], &status["seq"]), (&json!("retrieved"), &json!(2)));
+    assert_eq!(
+        (&status["status"], &status["seq"]),
+        (&json!("retrieved"), &json!(2))
+    );
     assert_eq!(status["binding_code"], code.as_str());
     let misses: i64 = app
         .sql_one("SELECT binding_misses FROM sessions WHERE id = ?1", &[&id])
@@ -177,7 +198,10 @@ async fn a_wrong_or_missing_code_changes_nothing_and_the_right_one_confirms() {
     let res = approve_with(&app, &id, Some(&code)).await;
     assert_eq!(res.status(), 200);
     let updated: Value = res.json().await.unwrap();
-    assert_eq!((&updated["status"], &updated["seq"]), (&json!("confirmed"), &json!(3)));
+    assert_eq!(
+        (&updated["status"], &updated["seq"]),
+        (&json!("confirmed"), &json!(3))
+    );
     let decision = decision(&app, &id).await;
     assert_eq!(decision["status"], "confirmed");
     assert_eq!(decision["reason"], Value::Null);
@@ -203,21 +227,33 @@ async fn the_third_wrong_code_ends_the_session_declined_pushed_webhooked_and_pur
     assert_eq!(next_frame(&mut ws).await.unwrap()["status"], "retrieved");
     let wrong = another(&code_on_screen(&app, &id, &token).await);
 
-    assert_eq!(mismatch(approve_with(&app, &id, Some(&wrong)).await).await, 2);
-    assert_eq!(mismatch(approve_with(&app, &id, Some(&wrong)).await).await, 1);
+    assert_eq!(
+        mismatch(approve_with(&app, &id, Some(&wrong)).await).await,
+        2
+    );
+    assert_eq!(
+        mismatch(approve_with(&app, &id, Some(&wrong)).await).await,
+        1
+    );
     let res = approve_with(&app, &id, Some(&wrong)).await;
     assert_eq!(res.status(), 422);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "binding_mismatch");
     assert_eq!(body["error"]["tries_left"], 0);
     assert!(
-        body["error"]["message"].as_str().unwrap().contains("ended for safety"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ended for safety"),
         "{body}"
     );
 
     // Pushed like any deny, and the socket closes.
     let frame = next_frame(&mut ws).await.unwrap();
-    assert_eq!((&frame["status"], &frame["seq"]), (&json!("declined"), &json!(3)));
+    assert_eq!(
+        (&frame["status"], &frame["seq"]),
+        (&json!("declined"), &json!(3))
+    );
     assert!(next_frame(&mut ws).await.is_err(), "closed after the end");
     let decision = decision(&app, &id).await;
     assert_eq!(decision["status"], "declined");
@@ -251,7 +287,11 @@ async fn a_deny_needs_no_code() {
     let (id, _) = bound_session(&app, json!({})).await;
     assert_eq!(app.information(&id, "ada").await.status(), 200);
     let res = app
-        .update(&id, "ada", &json!({"decision": "deny", "binding_code": "42"}))
+        .update(
+            &id,
+            "ada",
+            &json!({"decision": "deny", "binding_code": "42"}),
+        )
         .await;
     assert_error(res, 400, "invalid_request").await;
     let res = app.update(&id, "ada", &json!({"decision": "deny"})).await;
@@ -268,13 +308,19 @@ async fn wrong_codes_are_counted_across_a_restart() {
     assert_eq!(app.information(&id, "ada").await.status(), 200);
     let code = code_on_screen(&app, &id, &token).await;
     let wrong = another(&code);
-    assert_eq!(mismatch(approve_with(&app, &id, Some(&wrong)).await).await, 2);
+    assert_eq!(
+        mismatch(approve_with(&app, &id, Some(&wrong)).await).await,
+        2
+    );
 
     let app = app.restart(chrono::Duration::zero()).await;
 
     // The same code, and the count went on from where it was.
     assert_eq!(code_on_screen(&app, &id, &token).await, code);
-    assert_eq!(mismatch(approve_with(&app, &id, Some(&wrong)).await).await, 1);
+    assert_eq!(
+        mismatch(approve_with(&app, &id, Some(&wrong)).await).await,
+        1
+    );
     let res = approve_with(&app, &id, Some(&code)).await;
     assert_eq!(res.status(), 200);
     assert_eq!(decision(&app, &id).await["status"], "confirmed");
@@ -325,9 +371,12 @@ async fn shown_on_is_the_first_client_that_subscribed() {
     let mut request =
         tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
             .unwrap();
-    request
-        .headers_mut()
-        .insert("User-Agent", "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:127.0) Gecko/20100101 Firefox/127.0".parse().unwrap());
+    request.headers_mut().insert(
+        "User-Agent",
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:127.0) Gecko/20100101 Firefox/127.0"
+            .parse()
+            .unwrap(),
+    );
     let (_ws, res) = tokio_tungstenite::connect_async(request).await.unwrap();
     assert_eq!(res.status(), 101);
     // A later client does not replace the first.
@@ -343,5 +392,8 @@ async fn shown_on_is_the_first_client_that_subscribed() {
     assert_eq!(info["shown_on"]["browser"], "Firefox");
     assert_eq!(info["shown_on"]["os"], "Windows 10");
     let since = info["shown_on"]["since"].as_str().unwrap();
-    assert!(chrono::DateTime::parse_from_rfc3339(since).is_ok(), "{since}");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(since).is_ok(),
+        "{since}"
+    );
 }

@@ -50,10 +50,7 @@ pub async fn open(cluster: &Cluster, owner: usize) -> Bound {
     let id = created.id.clone();
     let res = cluster
         .http
-        .get(cluster.nodes[next].url(&format!(
-            "/v1/sessions/{id}/qr.svg?token={}",
-            created.token
-        )))
+        .get(cluster.nodes[next].url(&format!("/v1/sessions/{id}/qr.svg?token={}", created.token)))
         .header(
             "User-Agent",
             "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) \
@@ -91,7 +88,10 @@ pub async fn open(cluster: &Cluster, owner: usize) -> Bound {
     assert!(codes.windows(2).all(|w| w[0] == w[1]), "{codes:?}");
     let code = codes.remove(0);
 
-    assert_eq!(tries_left(approve_with(cluster, next, &id, wrong(&code)).await).await, 2);
+    assert_eq!(
+        tries_left(approve_with(cluster, next, &id, wrong(&code)).await).await,
+        2
+    );
     Bound { created, code }
 }
 
@@ -100,8 +100,14 @@ pub async fn open(cluster: &Cluster, owner: usize) -> Bound {
 pub async fn end_after_takeover(cluster: &Cluster, bound: &Bound, survivors: &[usize]) {
     let id = &bound.created.id;
     let wrong = wrong(&bound.code);
-    assert_eq!(tries_left(approve_with(cluster, survivors[0], id, wrong).await).await, 1);
-    assert_eq!(tries_left(approve_with(cluster, survivors[1], id, wrong).await).await, 0);
+    assert_eq!(
+        tries_left(approve_with(cluster, survivors[0], id, wrong).await).await,
+        1
+    );
+    assert_eq!(
+        tries_left(approve_with(cluster, survivors[1], id, wrong).await).await,
+        0
+    );
     for &n in survivors {
         let decision: Value = cluster
             .backend_get(n, &format!("/v1/sessions/{id}/decision"))

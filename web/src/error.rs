@@ -54,9 +54,7 @@ impl ErrorCode {
             ErrorCode::InvalidState | ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::Incomplete | ErrorCode::BindingMismatch => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            ErrorCode::Incomplete | ErrorCode::BindingMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -20,7 +20,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../../../migrations/postgres/0003_node_incarnations.sql"),
     ),
-    (4, include_str!("../../../migrations/postgres/0004_binding.sql")),
+    (
+        4,
+        include_str!("../../../migrations/postgres/0004_binding.sql"),
+    ),
 ];
 
 /// The schema version this broker brings a database to.

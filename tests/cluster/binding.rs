@@ -42,10 +42,14 @@ async fn tries_left(res: reqwest::Response) -> u64 {
 
 /// Creates a session with a binding on node `owner`, shows its QR through the next
 /// node, opens it through the one after, and tries one wrong code through the next.
-pub async fn open(cluster: &Cluster, owner: usize) -> Bound {
+/// Its webhooks go to `callback` (the hand-over's audit expects every session's).
+pub async fn open(cluster: &Cluster, owner: usize, callback: &str) -> Bound {
     let (next, after) = ((owner + 1) % 3, (owner + 2) % 3);
     let created = cluster
-        .create(owner, &json!({"scopes": ["full_name"], "binding": "code"}))
+        .create(
+            owner,
+            &json!({"scopes": ["full_name"], "binding": "code", "callback_url": callback}),
+        )
         .await;
     let id = created.id.clone();
     let res = cluster

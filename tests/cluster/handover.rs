@@ -40,7 +40,7 @@ async fn sigterm_under_load_hands_sessions_over_and_no_request_fails_but_with_50
 
     // A session with a binding, owned by the node about to stop: opened and shown
     // through the others, one wrong code tried before the hand-over.
-    let bound = binding::open(&cluster, victim).await;
+    let bound = binding::open(&cluster, victim, &callback).await;
 
     let code = cluster.nodes[victim].sigterm(Duration::from_secs(40)).await;
     assert_eq!(code, Some(0), "a SIGTERM'd node exits 0");

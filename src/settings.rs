@@ -349,6 +349,8 @@ pub struct Settings {
     pub demo: bool,
     /// The clock (tests move it).
     pub clock: SharedClock,
+    /// The broker's supervised tasks (tests arm panics in them through it).
+    pub tasks: idv_actors::supervise::Tasks,
     /// Accepted `ttl_seconds`.
     pub ttl: TtlBounds,
     /// Most live sessions at once.
@@ -414,6 +416,7 @@ impl Settings {
             rate_limit: 100,
             demo: false,
             clock: std::sync::Arc::new(SystemClock),
+            tasks: Default::default(),
             ttl: TtlBounds::default(),
             max_live_sessions: idv_actors::registry::DEFAULT_MAX_LIVE_SESSIONS,
             max_live_sessions_per_key: None,

@@ -4,7 +4,6 @@ use std::future::Future;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::Arc;
 
-use actix::{Actor as _, Addr};
 use actix_web::dev::Server;
 use idv_actors::cluster::{Cluster, ClusterConfig};
 use idv_actors::credentials::SharedCredentials;
@@ -14,6 +13,7 @@ use idv_actors::registry::{KeyLimits, Registry, RegistryConfig};
 use idv_actors::retention::{RetentionSweeper, SweeperConfig};
 use idv_actors::session_store::{ClusterStore, SessionStore};
 use idv_actors::store::{Store, StoreConfig, StoreError, WebhookRoute};
+use idv_actors::supervise::Supervised;
 use idv_actors::webhooks::dispatcher::DispatcherError;
 use idv_actors::webhooks::{CallbackGuard, Dispatcher, Shutdown, Signer};
 use idv_web::routes::demo;
@@ -111,9 +111,9 @@ pub struct Application {
     draining: Arc<std::sync::atomic::AtomicBool>,
     /// How long the refusing lasts before the listener stops accepting.
     shutdown_grace: std::time::Duration,
-    sweeper: Addr<RetentionSweeper>,
+    sweeper: Supervised<RetentionSweeper>,
     /// The webhook dispatcher; `None` without a signing secret.
-    dispatcher: Option<actix::Addr<Dispatcher>>,
+    dispatcher: Option<Supervised<Dispatcher>>,
     /// How long a stop waits for deliveries in flight.
     webhook_timeout: std::time::Duration,
     /// The demo page's address, in demo mode.
@@ -187,6 +187,7 @@ impl Application {
             StoreUrl::Sqlite(path) => {
                 let config = StoreConfig {
                     webhooks,
+                    tasks: settings.tasks.clone(),
                     ..StoreConfig::new(path)
                 };
                 (
@@ -205,6 +206,7 @@ impl Application {
                     node_id: settings.node_id.clone(),
                     pool_size: settings.pg_pool_size,
                     webhooks,
+                    tasks: settings.tasks.clone(),
                 };
                 let pg = PgStore::open(config, handle).await.map_err(db_error)?;
                 let cluster: Arc<dyn ClusterStore> = pg.clone();
@@ -240,6 +242,7 @@ impl Application {
                 } else {
                     Default::default()
                 },
+                tasks: settings.tasks.clone(),
             },
         );
         // Several nodes: this process takes its node id's lease before it reads or
@@ -279,16 +282,19 @@ impl Application {
                 every: settings.retention_sweep_every,
             },
         )
-        .start();
+        .supervised(&settings.tasks);
         // After the restore, so the events of expiries at start are in the outbox; it
         // resumes whatever was pending.
         let dispatcher = match &signer {
-            Some(signer) => Some(actix::Actor::start(Dispatcher::new(
-                store.clone(),
-                settings.clock.clone(),
-                signer.clone(),
-                settings.webhooks.clone(),
-            )?)),
+            Some(signer) => Some(
+                Dispatcher::new(
+                    store.clone(),
+                    settings.clock.clone(),
+                    signer.clone(),
+                    settings.webhooks.clone(),
+                )?
+                .supervised(&settings.tasks),
+            ),
             None => None,
         };
 
@@ -412,7 +418,7 @@ impl Application {
     }
 
     /// The retention sweeper (send it [`Sweep`](idv_actors::retention::Sweep) to sweep now).
-    pub fn sweeper(&self) -> Addr<RetentionSweeper> {
+    pub fn sweeper(&self) -> Supervised<RetentionSweeper> {
         self.sweeper.clone()
     }
 

@@ -44,6 +44,7 @@ use crate::session::messages::Caller;
 use crate::session::messages::{Refresh, RotateToken, StageFile, UploadTicket};
 use crate::session_store::ClusterStore;
 use crate::staging::UploadBuffer;
+use crate::supervise::{self, Lifeline, Task};
 use crate::write::ImageType;
 
 /// Timing of the cluster layer.
@@ -748,87 +749,99 @@ impl Node {
     /// lease), its sessions may be another node's now: it lets them all go (a commit
     /// would be refused anyway) and registers afresh.
     fn run_lease(self: Arc<Self>) {
-        actix::spawn(async move {
-            let mut ticks = actix::clock::interval(self.config.renew_every);
-            // Since when NATS has been unreachable, if it is.
-            let mut cut_off: Option<Instant> = None;
-            loop {
-                ticks.tick().await;
-                if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
-                    // Handing over: the released lease must stay released.
-                    break;
-                }
-                self.sweep_uploads();
-                // Cut off from NATS, this node can neither serve its sessions to the
-                // other nodes nor tell them of its commits. A blip is ridden out; past
-                // a lease's length it lets its lease lapse, so the nodes that still
-                // reach NATS take its sessions over (SPEC §7: lost network).
-                if self.nats.connection_state() != async_nats::connection::State::Connected {
-                    let since = *cut_off.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= self.config.lease_ttl {
-                        tracing::warn!(node = %self.id, "NATS is not reachable; not renewing this node's lease");
-                        continue;
-                    }
-                } else {
-                    cut_off = None;
-                }
-                let sent = Instant::now();
-                let renewed = {
-                    let _one = self.confirming.lock().await;
-                    self.store.renew_lease(self.config.lease_ttl).await
-                };
-                match renewed {
-                    Ok(true) => self.lease_renewed(sent),
-                    Ok(false) => {
-                        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
-                            break;
-                        }
-                        let _one = self.confirming.lock().await;
-                        if !self.lease_fresh() {
-                            self.lapsed().await;
-                        }
-                    }
-                    Err(crate::store::StoreError::Closed) => break,
-                    Err(e) => tracing::warn!(error = %e, "cannot renew this node's lease"),
-                }
+        let tasks = self.registry.tasks().clone();
+        actix::spawn(supervise::run_loop(tasks, Task::Lease, move |life| {
+            self.clone().lease_loop(life)
+        }));
+    }
+
+    async fn lease_loop(self: Arc<Self>, life: Lifeline) {
+        let mut ticks = actix::clock::interval(self.config.renew_every);
+        // Since when NATS has been unreachable, if it is.
+        let mut cut_off: Option<Instant> = None;
+        loop {
+            ticks.tick().await;
+            if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                // Handing over: the released lease must stay released.
+                break;
             }
-        });
+            life.round();
+            self.sweep_uploads();
+            // Cut off from NATS, this node can neither serve its sessions to the
+            // other nodes nor tell them of its commits. A blip is ridden out; past
+            // a lease's length it lets its lease lapse, so the nodes that still
+            // reach NATS take its sessions over (SPEC §7: lost network).
+            if self.nats.connection_state() != async_nats::connection::State::Connected {
+                let since = *cut_off.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.config.lease_ttl {
+                    tracing::warn!(node = %self.id, "NATS is not reachable; not renewing this node's lease");
+                    continue;
+                }
+            } else {
+                cut_off = None;
+            }
+            let sent = Instant::now();
+            let renewed = {
+                let _one = self.confirming.lock().await;
+                self.store.renew_lease(self.config.lease_ttl).await
+            };
+            match renewed {
+                Ok(true) => self.lease_renewed(sent),
+                Ok(false) => {
+                    if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                        break;
+                    }
+                    let _one = self.confirming.lock().await;
+                    if !self.lease_fresh() {
+                        self.lapsed().await;
+                    }
+                }
+                Err(crate::store::StoreError::Closed) => break,
+                Err(e) => tracing::warn!(error = %e, "cannot renew this node's lease"),
+            }
+        }
     }
 
     /// Takes over the sessions of nodes whose lease lapsed, in batches.
     fn run_adoption(self: Arc<Self>) {
-        actix::spawn(async move {
-            let mut ticks = actix::clock::interval(self.config.adopt_every);
+        let tasks = self.registry.tasks().clone();
+        actix::spawn(supervise::run_loop(tasks, Task::Adoption, move |life| {
+            self.clone().adoption_loop(life)
+        }));
+    }
+
+    async fn adoption_loop(self: Arc<Self>, life: Lifeline) {
+        let mut ticks = actix::clock::interval(self.config.adopt_every);
+        loop {
+            ticks.tick().await;
+            if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                break;
+            }
+            if self.nats.connection_state() != async_nats::connection::State::Connected {
+                continue;
+            }
+            life.round();
             loop {
-                ticks.tick().await;
-                if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
-                    break;
-                }
-                if self.nats.connection_state() != async_nats::connection::State::Connected {
-                    continue;
-                }
-                loop {
-                    match self.store.adopt_orphans(ADOPT_BATCH).await {
-                        Ok(batch) => {
-                            let n = batch.len();
-                            if n > 0 {
-                                crate::metrics::adopted(n);
-                                tracing::info!(node = %self.id, sessions = n, "took over sessions of a node that is gone");
-                            }
-                            self.registry.adopt(batch);
-                            if n < ADOPT_BATCH {
-                                break;
-                            }
+                match self.store.adopt_orphans(ADOPT_BATCH).await {
+                    Ok(batch) => {
+                        let n = batch.len();
+                        if n > 0 {
+                            crate::metrics::adopted(n);
+                            tracing::info!(node = %self.id, sessions = n, "took over sessions of a node that is gone");
                         }
-                        Err(crate::store::StoreError::Closed) => return,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot look for sessions to take over");
+                        self.registry.adopt(batch);
+                        if n < ADOPT_BATCH {
                             break;
                         }
                     }
+                    Err(crate::store::StoreError::Closed) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot look for sessions to take over");
+                        break;
+                    }
                 }
             }
-        });
+        }
     }
 }
 

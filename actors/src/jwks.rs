@@ -380,26 +380,17 @@ impl JwksFetcher {
     }
 }
 
-/// Starts the supervised fetcher of `cell` on the current Tokio runtime: a panic in the
-/// loop is logged, counted and the loop restarted; the fetcher ends when the cell is
-/// dropped.
+/// Starts the supervised fetcher of `cell` on the current Tokio runtime (see
+/// [`crate::supervise`]: a panic in the loop is logged, counted and the loop restarted);
+/// the fetcher ends when the cell is dropped.
 pub fn spawn_fetcher(cell: &Arc<JwksCell>, client: reqwest::Client) {
     let weak = Arc::downgrade(cell);
     let wake = cell.wake.clone();
-    let issuer = cell.issuer.clone();
-    tokio::spawn(async move {
-        loop {
-            let run = tokio::spawn(fetch_loop(weak.clone(), wake.clone(), client.clone()));
-            match run.await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::error!(issuer = %issuer, error = %e, "the JWKS fetcher stopped unexpectedly; restarting it");
-                    metrics::counter!(crate::metrics::JWKS_FETCHER_RESTARTS).increment(1);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
-    });
+    tokio::spawn(crate::supervise::run_loop(
+        crate::supervise::Tasks::default(),
+        crate::supervise::Task::JwksFetcher,
+        move |_| fetch_loop(weak.clone(), wake.clone(), client.clone()),
+    ));
 }
 
 #[cfg(test)]

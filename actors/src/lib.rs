@@ -25,6 +25,7 @@
 //! - [`keys`]: issuers' public keys and the rules that pick one for a token.
 //! - [`jwks`]: issuers' JSON Web Key Sets, fetched by a supervised background task.
 //! - [`metrics`]: the Prometheus metrics' names, the recorder and `/metrics`' text.
+//! - [`supervise`]: long-lived loops and actors restarted after a panic, and counted.
 //! - [`redact`]: secrets out of connection strings before they are printed or logged.
 //! - [`ids`], [`model`], [`clock`], [`error`]: the vocabulary.
 
@@ -52,6 +53,7 @@ pub mod session_store;
 pub mod staging;
 pub mod status;
 pub mod store;
+pub mod supervise;
 pub mod webhooks;
 pub mod write;
 

@@ -83,8 +83,9 @@ pub const JWKS_FETCHES: &str = "idv_jwks_fetches_total";
 /// not moved: one per issuer, absent until a first set). Several brokers of one process
 /// with the same issuer name share it.
 pub const JWKS_AGE: &str = "idv_jwks_age_seconds";
-/// JWKS fetchers restarted after a panic (counter).
-pub const JWKS_FETCHER_RESTARTS: &str = "idv_jwks_fetcher_restarts_total";
+/// Long-lived tasks restarted after a panic, by `task` (counter; the names are
+/// [`crate::supervise::Task::name`]: `store_writer`, `expiry_sweep`, `webhooks`, …).
+pub const TASK_RESTARTS: &str = "idv_task_restarts_total";
 
 /// Buckets for latencies in seconds: 50 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -211,8 +212,8 @@ fn describe() {
         "Age of the JWKS key set in use, by issuer."
     );
     describe_counter!(
-        JWKS_FETCHER_RESTARTS,
-        "JWKS fetchers restarted after a panic."
+        TASK_RESTARTS,
+        "Long-lived tasks restarted after a panic, by task."
     );
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route template and status.");
     describe_histogram!(
@@ -255,6 +256,9 @@ fn zero() {
             metrics::counter!(TRANSITIONS, "status" => status.as_str()).increment(0);
         }
     }
+    for task in crate::supervise::Task::ALL {
+        metrics::counter!(TASK_RESTARTS, "task" => task.name()).increment(0);
+    }
     for outcome in ["delivered", "failed", "retry"] {
         metrics::counter!(WEBHOOK_DELIVERIES, "outcome" => outcome).increment(0);
     }
@@ -267,6 +271,11 @@ fn zero() {
     ] {
         metrics::gauge!(name).increment(0.0);
     }
+}
+
+/// A supervised task restarted after a panic.
+pub fn task_restarted(task: &'static str) {
+    metrics::counter!(TASK_RESTARTS, "task" => task).increment(1);
 }
 
 /// A transition committed, reaching `status`.

@@ -16,6 +16,7 @@ use actix::prelude::*;
 use crate::clock::SharedClock;
 use crate::session_store::SessionStore;
 use crate::store::{StoreError, PURGE_BATCH};
+use crate::supervise::{start_actor, Lifeline, Supervised, Task, Tasks};
 
 /// Default time confirmed sessions keep their personal data after the decision.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
@@ -47,6 +48,8 @@ pub struct RetentionSweeper {
     store: Arc<dyn SessionStore>,
     clock: SharedClock,
     config: SweeperConfig,
+    /// Its supervision ([`RetentionSweeper::supervised`]); a sweep is one round.
+    life: Lifeline,
 }
 
 impl RetentionSweeper {
@@ -56,12 +59,28 @@ impl RetentionSweeper {
             store,
             clock,
             config,
+            life: Tasks::default().lifeline(Task::Retention),
         }
+    }
+
+    /// Starts this sweeper under supervision: one that dies (a panic) is replaced, and
+    /// the new one sweeps at once (a sweep is idempotent: what was purged stays purged).
+    pub fn supervised(self, tasks: &Tasks) -> Supervised<RetentionSweeper> {
+        start_actor(tasks, Task::Retention, move |life| Self {
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            config: self.config.clone(),
+            life,
+        })
     }
 }
 
 impl Actor for RetentionSweeper {
     type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.life.stopped();
+    }
 
     fn started(&mut self, ctx: &mut Self::Context) {
         // `notify`, not a direct call: the sweep queues behind any on-demand one.
@@ -80,6 +99,7 @@ impl Handler<Sweep> for RetentionSweeper {
     type Result = AtomicResponse<Self, Result<usize, StoreError>>;
 
     fn handle(&mut self, _: Sweep, _: &mut Context<Self>) -> Self::Result {
+        self.life.round();
         let store = self.store.clone();
         let clock = self.clock.clone();
         let retention =

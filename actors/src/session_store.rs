@@ -29,16 +29,19 @@ use crate::store::{
 };
 use crate::write::{NoteWrite, TransitionWrite};
 
-/// Who owns a live session (see [`SessionStore::claim`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Who owns a session, and the session as read with that answer (see
+/// [`SessionStore::claim`]): the one read a lookup makes, which the actor adopts.
+#[derive(Clone, Debug)]
 pub enum Claim {
-    /// This node owns it (it was already, or it just took it over from a node whose
-    /// lease lapsed): this node runs its actor.
-    Mine,
-    /// Another node, with a valid lease, owns it: forward to that node (its id).
+    /// Live, and this node owns it (it did already, or it just took it over from a
+    /// node whose lease lapsed): this node runs its actor, from this record.
+    Mine(Box<SessionRecord>),
+    /// Live, and another node, with a valid lease, owns it: forward to that node (its id).
     Other(String),
-    /// No such session, or it is terminal: nobody runs an actor for it.
-    NotLive,
+    /// Terminal: nobody runs an actor for it; reads are answered from this record.
+    Ended(Box<SessionRecord>),
+    /// No such session.
+    Missing,
 }
 
 /// What a store call resolves to.
@@ -108,8 +111,9 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Whether the store answers.
     fn ping(&self) -> StoreFuture<'_, ()>;
 
-    /// Who owns live session `id`, claiming it for this node when its owner's lease
-    /// has lapsed. One node alone (SQLite) owns everything: [`Claim::Mine`].
+    /// Reads session `id` and says who owns it, claiming it for this node when it is
+    /// live and its owner's lease has lapsed: one read. One node alone (SQLite) owns
+    /// every live session.
     fn claim(&self, id: SessionId) -> StoreFuture<'_, Claim>;
 
     /// The head (lowest undelivered seq) of every session whose head is due at `now`,
@@ -261,8 +265,13 @@ impl SessionStore for Store {
     }
 
     fn claim(&self, id: SessionId) -> StoreFuture<'_, Claim> {
-        let _ = id;
-        Box::pin(async { Ok(Claim::Mine) })
+        Box::pin(async move {
+            Ok(match Store::load_session(self, id).await? {
+                None => Claim::Missing,
+                Some(r) if r.status.is_terminal() => Claim::Ended(Box::new(r)),
+                Some(r) => Claim::Mine(Box::new(r)),
+            })
+        })
     }
 
     fn due_webhooks(&self, now: DateTime<Utc>, limit: usize) -> StoreFuture<'_, DueEvents> {

@@ -42,7 +42,9 @@ pub struct TestApp {
     /// The broker's store, to count its reads.
     pub store: Arc<dyn SessionStore>,
     /// The retention sweeper; `send(Sweep)` sweeps now.
-    pub sweeper: actix::Addr<idv_actors::retention::RetentionSweeper>,
+    pub sweeper: idv_actors::supervise::Supervised<idv_actors::retention::RetentionSweeper>,
+    /// The broker's supervised tasks: `arm` one to make it panic at its next round.
+    pub tasks: idv_actors::supervise::Tasks,
     pub clock: Arc<OffsetClock>,
     pub db: PathBuf,
     /// The PostgreSQL database and node id this broker runs on, under
@@ -201,6 +203,7 @@ async fn start(
             .expect("the test cluster key is 32 bytes")];
     }
     adjust(&mut settings);
+    let tasks = settings.tasks.clone();
     let app = Application::build(settings)
         .await
         .expect("the broker starts");
@@ -221,6 +224,7 @@ async fn start(
         registry,
         store,
         sweeper,
+        tasks,
         clock,
         db,
         pg,

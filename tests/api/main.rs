@@ -32,6 +32,7 @@ mod shutdown;
 mod staging;
 mod status;
 mod supervision;
+mod tasks;
 mod users;
 mod validation;
 mod webhooks;

@@ -37,38 +37,45 @@ impl Shared {
             .or_insert(epoch);
     }
 
-    /// Who owns live session `id`, taking it (with a new epoch) when its owner's lease
-    /// has lapsed, or when it is this node id's but this process does not hold it. Only
-    /// called when no actor of this process runs the session.
+    /// Reads session `id` and says who owns it, taking it (with a new epoch) when it
+    /// is live and its owner's lease has lapsed, or it is this node id's but this
+    /// process does not hold it. One statement: the update and the read of the row as
+    /// it was (the columns a claim changes are not in the record). Only called when no
+    /// actor of this process runs the session.
     pub(crate) async fn claim(&self, id: SessionId) -> Result<Claim, StoreError> {
         let conn = self.conn().await?;
         let key = id.to_string();
         let sql = format!(
-            "UPDATE sessions s SET owner_node = $2, owner_epoch = s.owner_epoch + 1 \
-             WHERE s.id = $1 AND s.status IN {live} \
-               AND (s.owner_node = $2 \
-                    OR NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = s.owner_node \
-                                   AND n.lease_until > {DB_NOW})) \
-               AND {mine} \
-             RETURNING s.owner_epoch",
+            "WITH taken AS ( \
+                 UPDATE sessions s SET owner_node = $2, owner_epoch = s.owner_epoch + 1 \
+                 WHERE s.id = $1 AND s.status IN {live} \
+                   AND (s.owner_node = $2 \
+                        OR NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = s.owner_node \
+                                       AND n.lease_until > {DB_NOW})) \
+                   AND {mine} \
+                 RETURNING s.owner_epoch) \
+             SELECT {columns}, s.owner_node AS claim_owner, \
+                 (SELECT owner_epoch FROM taken) AS taken_epoch \
+             FROM sessions s WHERE s.id = $1",
             live = Status::live_sql(),
             mine = lease_held("$2", "$3"),
+            columns = session_columns_of("s"),
         );
-        if let Some(row) = query_opt(&conn, &sql, &[&key, &self.node_id, &self.incarnation]).await?
-        {
-            self.hold(id, row.try_get(0)?);
-            return Ok(Claim::Mine);
-        }
-        let sql = format!(
-            "SELECT owner_node, owner_epoch FROM sessions WHERE id = $1 AND status IN {}",
-            Status::live_sql()
-        );
-        let Some(row) = query_opt(&conn, &sql, &[&key]).await? else {
+        let row = query_opt(&conn, &sql, &[&key, &self.node_id, &self.incarnation]).await?;
+        let Some(row) = row else {
             self.held.remove(&id);
-            return Ok(Claim::NotLive);
+            return Ok(Claim::Missing);
         };
-        let owner: String = row.try_get(0)?;
+        let record = session_from_row(&row)?;
+        if let Some(epoch) = row.try_get::<_, Option<i64>>("taken_epoch")? {
+            self.hold(id, epoch);
+            return Ok(Claim::Mine(Box::new(record)));
+        }
         self.held.remove(&id);
+        if record.status.is_terminal() {
+            return Ok(Claim::Ended(Box::new(record)));
+        }
+        let owner: String = row.try_get("claim_owner")?;
         if owner == self.node_id {
             // This node id's, and live, yet not taken: this process holds no lease
             // (it lapsed, or another process with this node id holds it).

@@ -89,6 +89,8 @@ pub struct PgConfig {
     pub pool_size: usize,
     /// Where transitions enqueue webhook events; `None` (no signing secret): none are.
     pub webhooks: Option<WebhookRoute>,
+    /// The broker's supervised tasks: the `VACUUM` after purges is one.
+    pub tasks: crate::supervise::Tasks,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -110,6 +112,7 @@ impl PgConfig {
             node_id: node_id.into(),
             pool_size: DEFAULT_POOL_SIZE,
             webhooks: None,
+            tasks: crate::supervise::Tasks::default(),
         }
     }
 }
@@ -324,7 +327,7 @@ impl PgStore {
             node_id: config.node_id,
             incarnation: uuid::Uuid::new_v4().simple().to_string(),
             held: DashMap::new(),
-            webhooks: config.webhooks.map(Arc::new),
+            webhooks: config.webhooks.clone().map(Arc::new),
             webhook_wake: Arc::new(Notify::new()),
             scrub: Notify::new(),
             closed: AtomicBool::new(false),
@@ -337,7 +340,12 @@ impl PgStore {
             .await
             .map_err(|_| StoreError::Closed)?
             .map_err(with_causes)?;
-        handle.spawn(scrubber(shared.clone()));
+        let scrubbing = shared.clone();
+        handle.spawn(crate::supervise::run_loop(
+            config.tasks.clone(),
+            crate::supervise::Task::Vacuum,
+            move |life| scrubber(scrubbing.clone(), life),
+        ));
         Ok(Arc::new(PgStore { shared, handle }))
     }
 
@@ -432,12 +440,13 @@ impl Shared {
 /// Vacuums the tables that hold personal data [`SCRUB_DELAY`] after a purge, so the
 /// dead row versions holding the purged bytes are removed (not left for autovacuum's
 /// own schedule). Ends when the store is closed.
-async fn scrubber(shared: Arc<Shared>) {
+async fn scrubber(shared: Arc<Shared>, life: crate::supervise::Lifeline) {
     loop {
         shared.scrub.notified().await;
         if shared.closed.load(Ordering::Acquire) {
             return;
         }
+        life.round();
         tokio::time::sleep(SCRUB_DELAY).await;
         let done = async {
             let conn = shared.conn().await?;

@@ -31,6 +31,7 @@ pub use files::{StoredFile, PURGE_BATCH};
 pub use outbox::{DeliveryRecord, DueEvents, OutboxEvent, WebhookCounts, STATUS_CHANGED};
 pub use sessions::{CreateOutcome, IdempotencyClaim, NewSession, IDEMPOTENCY_WINDOW};
 
+use crate::supervise::{self, Task, Tasks};
 use writer::{Effects, FnJob, Job};
 
 /// A time as stored: milliseconds since the Unix epoch.
@@ -133,6 +134,8 @@ pub struct StoreConfig {
     pub readers: usize,
     /// Where transitions enqueue webhook events; `None` (no signing secret): none are.
     pub webhooks: Option<WebhookRoute>,
+    /// The broker's supervised tasks: the writer and reader threads are among them.
+    pub tasks: Tasks,
 }
 
 impl StoreConfig {
@@ -142,6 +145,7 @@ impl StoreConfig {
             path: path.into(),
             readers: 2,
             webhooks: None,
+            tasks: Tasks::default(),
         }
     }
 }
@@ -220,7 +224,17 @@ impl Store {
         threads.push(
             std::thread::Builder::new()
                 .name("store-writer".into())
-                .spawn(move || writer::run(conn, wrx))
+                .spawn({
+                    let tasks = config.tasks.clone();
+                    let mut conn = conn;
+                    move || {
+                        let mut runs = 0;
+                        supervise::run_blocking(&tasks, Task::StoreWriter, |life| {
+                            runs += 1;
+                            writer::run(&mut conn, &wrx, &life, runs > 1)
+                        })
+                    }
+                })
                 .map_err(|e| StoreError::Schema(format!("cannot start the writer: {e}")))?,
         );
         let (rtx, rrx) = crossbeam_channel::bounded::<readers::ReadJob>(QUEUE_BOUND);
@@ -230,7 +244,14 @@ impl Store {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("store-reader-{i}"))
-                    .spawn(move || readers::run(conn, rrx))
+                    .spawn({
+                        let tasks = config.tasks.clone();
+                        move || {
+                            supervise::run_blocking(&tasks, Task::StoreReader, |life| {
+                                readers::run(&conn, &rrx, &life)
+                            })
+                        }
+                    })
                     .map_err(|e| StoreError::Schema(format!("cannot start a reader: {e}")))?,
             );
         }
@@ -309,7 +330,9 @@ impl Store {
         sender
             .try_send(Box::new(FnJob::new(f, tx)))
             .map_err(queue_error)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        // Jobs queued when the store closes are still run: a reply dropped unsent is a
+        // writer that died with the job (and was restarted without it).
+        rx.await.map_err(|_| StoreError::Panicked)?
     }
 
     /// Runs `f` on a reader connection.
@@ -337,7 +360,7 @@ impl Store {
                 let _ = tx.send(out);
             }))
             .map_err(queue_error)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        rx.await.map_err(|_| StoreError::Panicked)?
     }
 
     /// Whether the database answers a query on a reader and the writer commits

@@ -6,12 +6,16 @@
 use crossbeam_channel::Receiver;
 use rusqlite::Connection;
 
+use crate::supervise::Lifeline;
+
 /// A read to run on some reader's connection.
 pub(crate) type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
-/// Runs reads until every sender is dropped.
-pub(crate) fn run(conn: Connection, jobs: Receiver<ReadJob>) {
+/// Runs reads until every sender is dropped. Each read contains its own panic
+/// ([`Store::read`](super::Store::read)); this runs under supervision all the same.
+pub(crate) fn run(conn: &Connection, jobs: &Receiver<ReadJob>, life: &Lifeline) {
     while let Ok(job) = jobs.recv() {
-        job(&conn);
+        job(conn);
+        life.round();
     }
 }

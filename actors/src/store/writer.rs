@@ -16,6 +16,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::StoreError;
+use crate::supervise::Lifeline;
 
 /// Most jobs committed in one transaction; bounds the latency a batch adds.
 pub(crate) const MAX_BATCH: usize = 1024;
@@ -97,8 +98,27 @@ where
 }
 
 /// Runs the writer loop until every sender is dropped, then checkpoints and returns.
-pub(crate) fn run(mut conn: Connection, jobs: Receiver<Box<dyn Job>>) {
+///
+/// Under supervision ([`crate::supervise::run_blocking`]): after a panic outside a job
+/// (a job's own is contained in [`FnJob::run`]) it runs again on the same connection
+/// and queue, `restarted`: what the dead run left open is rolled back (its jobs were
+/// answered `Panicked` when they were dropped), and the WAL is checkpointed at once,
+/// since the dead run may have owed a scrub.
+pub(crate) fn run(
+    conn: &mut Connection,
+    jobs: &Receiver<Box<dyn Job>>,
+    life: &Lifeline,
+    restarted: bool,
+) {
     let mut scrub_due: Option<Instant> = None;
+    if restarted {
+        if !conn.is_autocommit() {
+            if let Err(e) = conn.execute_batch("ROLLBACK") {
+                tracing::error!(error = %e, "cannot roll back what the writer left open");
+            }
+        }
+        scrub_due = Some(Instant::now());
+    }
     loop {
         let first = match scrub_due {
             Some(due) => match jobs.recv_timeout(due.saturating_duration_since(Instant::now())) {
@@ -122,7 +142,7 @@ pub(crate) fn run(mut conn: Connection, jobs: Receiver<Box<dyn Job>>) {
             }
             let mut fx = Effects::default();
             let began = Instant::now();
-            let commit = commit_batch(&mut conn, &mut batch, &mut fx);
+            let commit = commit_batch(conn, &mut batch, &mut fx);
             crate::metrics::store_commit(batch.len(), began.elapsed());
             if let Err(e) = &commit {
                 tracing::error!(error = %e, jobs = batch.len(), "store batch failed to commit");
@@ -130,12 +150,13 @@ pub(crate) fn run(mut conn: Connection, jobs: Receiver<Box<dyn Job>>) {
             for job in batch {
                 job.finish(commit.clone());
             }
+            life.round();
             if fx.scrub && scrub_due.is_none() {
                 scrub_due = Some(Instant::now() + SCRUB_DELAY);
             }
         }
         if scrub_due.is_some_and(|due| Instant::now() >= due) {
-            scrub_due = match checkpoint(&conn) {
+            scrub_due = match checkpoint(conn) {
                 Ok(true) => None,
                 Ok(false) => Some(Instant::now() + SCRUB_DELAY),
                 Err(e) => {
@@ -146,7 +167,7 @@ pub(crate) fn run(mut conn: Connection, jobs: Receiver<Box<dyn Job>>) {
         }
     }
     // Flush on close: everything lands in the main database file and the WAL is emptied.
-    if let Err(e) = checkpoint(&conn) {
+    if let Err(e) = checkpoint(conn) {
         tracing::error!(error = %e, "final WAL checkpoint failed");
     }
 }

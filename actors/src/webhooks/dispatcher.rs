@@ -31,6 +31,7 @@ use crate::clock::SharedClock;
 use crate::ids::SessionId;
 use crate::session_store::SessionStore;
 use crate::store::{DeliveryRecord, OutboxEvent};
+use crate::supervise::{start_actor, Lifeline, Supervised, Task, Tasks};
 
 /// Most bytes of a receiver's answer kept, for diagnosis only.
 pub const EXCERPT_BYTES: usize = 200;
@@ -89,6 +90,8 @@ pub struct Dispatcher {
     stopping: bool,
     /// Answers to `Shutdown`, sent once nothing is in flight.
     drained: Vec<oneshot::Sender<()>>,
+    /// Its supervision ([`Dispatcher::supervised`]); a scan is one round.
+    life: Lifeline,
 }
 
 /// An HTTP client for webhooks: TLS with the `ring` provider and the platform's roots
@@ -147,6 +150,30 @@ impl Dispatcher {
             timer: None,
             stopping: false,
             drained: Vec::new(),
+            life: Tasks::default().lifeline(Task::Webhooks),
+        })
+    }
+
+    /// Starts this dispatcher under supervision: a dispatcher that dies (a panic) is
+    /// replaced by a new one with the same clients and settings, which reads the outbox
+    /// afresh (every event is in the store until recorded, so none is lost; one in
+    /// flight at the death may be sent twice, which webhooks allow: SPEC §4).
+    pub fn supervised(self, tasks: &Tasks) -> Supervised<Dispatcher> {
+        start_actor(tasks, Task::Webhooks, move |life| Self {
+            client: self.client.clone(),
+            callbacks: self.callbacks.clone(),
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            signer: self.signer.clone(),
+            config: self.config.clone(),
+            in_flight: HashSet::new(),
+            scanning: false,
+            rescan: false,
+            held: Vec::new(),
+            timer: None,
+            stopping: false,
+            drained: Vec::new(),
+            life,
         })
     }
 
@@ -163,6 +190,7 @@ impl Dispatcher {
             // Every completion scans again.
             return;
         }
+        self.life.round();
         self.scanning = true;
         let store = self.store.clone();
         let now = self.clock.now();
@@ -398,6 +426,10 @@ fn printable(s: &str) -> String {
 
 impl Actor for Dispatcher {
     type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.life.stopped();
+    }
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let wake = self.store.webhook_wake();

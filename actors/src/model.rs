@@ -186,9 +186,10 @@ pub struct SessionRecord {
     /// Why a `declined` session ended (the decision's `reason`).
     #[serde(default)]
     pub reason: Option<Reason>,
-    /// Where the session is shown, once a client subscribed or fetched the QR.
+    /// Where the session is shown, once a client subscribed or fetched the QR. Boxed:
+    /// records travel in enums (answers, lookups) that should stay small.
     #[serde(default)]
-    pub shown_on: Option<ShownOn>,
+    pub shown_on: Option<Box<ShownOn>>,
 }
 
 impl SessionRecord {

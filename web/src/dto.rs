@@ -530,7 +530,7 @@ impl<'a> From<&'a SessionRecord> for Information<'a> {
             registration: s.request.registration.as_deref(),
             expires_at: time(s.expires_at),
             binding: s.request.binding.into(),
-            shown_on: s.shown_on.as_ref().map(ShownOnView::from),
+            shown_on: s.shown_on.as_deref().map(ShownOnView::from),
         }
     }
 }

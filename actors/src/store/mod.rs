@@ -422,11 +422,11 @@ impl BindingColumns {
             .map(|r| r.parse().map_err(|_| corrupt("decline reason")))
             .transpose()?;
         let shown_on = match (self.browser, self.os, self.since) {
-            (Some(browser), Some(os), Some(since)) => Some(ShownOn {
+            (Some(browser), Some(os), Some(since)) => Some(Box::new(ShownOn {
                 browser,
                 os,
                 since: time(since)?,
-            }),
+            })),
             (None, None, None) => None,
             _ => return Err(corrupt("shown_on in part")),
         };

@@ -27,6 +27,8 @@
 //! (HTTP workers, the store writer, the rest; from `/proc/<pid>/task/*/stat`), and the
 //! load client's own. On a shared two-core box a rate moves with whatever else runs;
 //! the CPU a request costs moves much less, and tells where a change helped.
+//! `--ab-data-key` runs only creates, on a broker without and one with `--data-key`,
+//! rounds interleaved, and reports both ratios to `/healthz` and their quotient (issue 25).
 //! `--only healthz|create|status` runs one rate window alone (to profile one path, e.g.
 //! with `perf record -p <broker>`).
 //!
@@ -61,6 +63,9 @@ struct Args {
     only: Option<String>,
     /// Rounds of the three rate windows; the ratios reported are their medians.
     rounds: usize,
+    /// `--ab-data-key`: only creates, on two brokers side by side, one without and one
+    /// with `--data-key` (issue 25), their rounds interleaved (A, B, then B, A …).
+    ab_data_key: bool,
 }
 
 fn parse_args() -> Args {
@@ -70,6 +75,7 @@ fn parse_args() -> Args {
         sessions: 100_000,
         only: None,
         rounds: 3,
+        ab_data_key: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -82,6 +88,7 @@ fn parse_args() -> Args {
                 assert!(a.sessions >= 3, "--sessions must be at least 3");
             }
             "--only" => a.only = Some(val()),
+            "--ab-data-key" => a.ab_data_key = true,
             "--rounds" => {
                 a.rounds = val().parse().expect("--rounds");
                 assert!(a.rounds > 0, "--rounds must be at least 1");
@@ -119,9 +126,18 @@ fn bin() -> String {
 
 /// Starts the broker on `db`; answers it and the time until it printed `listening on`.
 fn start_broker(db: &std::path::Path) -> (Broker, Duration) {
+    start_broker_with(db, &[])
+}
+
+/// A data key for the A/B run of sealing (`--ab-data-key`).
+const BENCH_DATA_KEY: &str = "bench=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// Starts the broker on `db` with `extra` flags.
+fn start_broker_with(db: &std::path::Path, extra: &[&str]) -> (Broker, Duration) {
     let started = Instant::now();
     let mut child = Command::new(bin())
         .args(["--bind", "127.0.0.1:0", "--rate-limit", "0"])
+        .args(extra)
         .arg("--db")
         .arg(db)
         .args(["--api-key", &format!("bench={API_KEY}")])
@@ -436,6 +452,43 @@ async fn main() {
     let c = args.connections;
 
     let pid = broker.child.id();
+    if args.ab_data_key {
+        let (sealed, _) = start_broker_with(
+            &dir.path().join("sealed.db"),
+            &["--data-key", BENCH_DATA_KEY],
+        );
+        let brokers = [("plain", &broker), ("sealed", &sealed)];
+        let mut ratios: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..args.rounds {
+            // Alternate who goes first, so a trend over the run favours neither.
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                let (name, b) = brokers[i];
+                let pid = b.child.id();
+                let healthz = window("healthz", &b.addr, pid, c, args.seconds).await;
+                let creates = window("create", &b.addr, pid, c, args.seconds).await;
+                let ratio = creates.per_second / healthz.per_second;
+                println!(
+                    "round {round} {name}: creates {:.0}/s, healthz {:.0}/s, ratio {ratio:.4}, \
+                     CPU per create {}",
+                    creates.per_second,
+                    healthz.per_second,
+                    creates.cpu_note()
+                );
+                ratios[i].push(ratio);
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        };
+        let (plain, sealed) = (median(&mut ratios[0]), median(&mut ratios[1]));
+        println!(
+            "median create/healthz: plain {plain:.4}, sealed {sealed:.4}: sealed/plain {:.3}",
+            sealed / plain
+        );
+        return;
+    }
     if let Some(only) = &args.only {
         let r = window(only, &addr, pid, c, args.seconds).await;
         println!(

@@ -1,4 +1,5 @@
-//! `idv-broker`: runs the broker, or prints a device token with `idv-broker token`.
+//! `idv-broker`: runs the broker, prints a device token with `idv-broker token`, or
+//! seals every data key again under the first `--data-key` with `idv-broker rekey`.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -113,6 +114,22 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         };
+    }
+    if let Some(Command::Rekey { batch, run }) = cli.command {
+        let settings = match Settings::from_args(*run) {
+            Ok(s) => s,
+            Err(e) => return fail(e),
+        };
+        let batch = usize::try_from(batch).unwrap_or(usize::MAX);
+        return actix_web::rt::System::new().block_on(async move {
+            match startup::rekey(settings, batch).await {
+                Ok(n) => {
+                    println!("rekey: {n} data keys sealed again under the first --data-key");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        });
     }
     let log_format = cli.run.log_format;
     let settings = match Settings::from_args(cli.run) {

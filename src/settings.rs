@@ -62,6 +62,16 @@ pub enum Command {
         #[arg(long, value_name = "AUD")]
         audience: Option<String>,
     },
+    /// Seals every session's data key again under the first --data-key, while brokers
+    /// keep running, and prints how many it did; then the other keys can be dropped.
+    /// Takes the broker's own flags (the store and the keys count).
+    Rekey {
+        /// Sessions per transaction.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        batch: u64,
+        #[command(flatten)]
+        run: Box<RunArgs>,
+    },
 }
 
 /// The broker's flags (SPEC §6).
@@ -160,6 +170,11 @@ pub struct RunArgs {
     /// per-IP rate limit. Repeatable [env: IDVB_TRUSTED_PROXIES, comma-separated].
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     pub trusted_proxies: Vec<String>,
+    /// The origin of a client-app page on another site that may use the client routes
+    /// (`/status`, `/qr.svg`, `/ws`) from the browser, e.g. https://www.bank.example.
+    /// Repeatable [env: IDVB_ALLOWED_ORIGINS, comma-separated].
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
     /// The store: `sqlite:PATH` (default: `sqlite:<--db>`), or `postgres://USER@HOST/DB`
     /// for several nodes (needs --nats).
     #[arg(long, env = "IDVB_STORE", value_name = "URL")]
@@ -175,6 +190,15 @@ pub struct RunArgs {
     /// all open) [env: IDVB_CLUSTER_KEYS, comma-separated].
     #[arg(long = "cluster-key", value_name = "KEY")]
     pub cluster_keys: Vec<String>,
+    /// Seals the person's data at rest: ID=KEY, KEY 32 random bytes in base64. Repeat
+    /// while rotating: the first seals, all open (docs/custody.md) [env: IDVB_DATA_KEYS,
+    /// comma-separated].
+    #[arg(long = "data-key", value_name = "ID=KEY")]
+    pub data_keys: Vec<String>,
+    /// Days after a session ended before its records (row, events, idempotency record)
+    /// are deleted, once its webhooks are delivered or given up; 0: at the next sweep.
+    #[arg(long, env = "IDVB_RECORD_RETENTION_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u32).range(0..=36500))]
+    pub record_retention_days: u32,
     /// The CA (PEM) NATS's certificate must chain to, instead of the platform's roots;
     /// turns TLS on.
     #[arg(long = "nats-tls-ca", env = "IDVB_NATS_TLS_CA", value_name = "PATH")]
@@ -367,6 +391,8 @@ pub struct Settings {
     pub max_subscribers_per_session: usize,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<idv_web::limits::Cidr>,
+    /// Origins of client-app pages on other sites (`--allowed-origin`).
+    pub allowed_origins: Vec<idv_web::origins::Origin>,
     /// HTTP worker threads; `None`: one per core.
     pub workers: Option<usize>,
     /// How long a graceful stop waits for in-flight requests.
@@ -387,6 +413,11 @@ pub struct Settings {
     pub retention: Duration,
     /// Time between retention sweeps.
     pub retention_sweep_every: Duration,
+    /// How long an ended session's records are kept (`--record-retention-days`).
+    pub record_retention: Duration,
+    /// The operator's data keys (`--data-key`), the first sealing; none: the person's
+    /// data is stored unsealed. Never printed (their `Debug` shows the id only).
+    pub data_keys: std::sync::Arc<idv_actors::at_rest::DataKeys>,
 }
 
 impl Settings {
@@ -425,6 +456,7 @@ impl Settings {
             max_long_polls: idv_web::limits::DEFAULT_MAX_LONG_POLLS,
             max_subscribers_per_session: idv_actors::delivery::MAX_SUBSCRIBERS_PER_SESSION,
             trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
             workers: None,
             shutdown_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::ZERO,
@@ -434,6 +466,8 @@ impl Settings {
             max_staged_bytes: idv_actors::staging::DEFAULT_MAX_STAGED_BYTES,
             retention: idv_actors::retention::DEFAULT_RETENTION,
             retention_sweep_every: idv_actors::retention::DEFAULT_SWEEP_EVERY,
+            record_retention: idv_actors::retention::DEFAULT_RECORD_RETENTION,
+            data_keys: std::sync::Arc::new(idv_actors::at_rest::DataKeys::none()),
         }
     }
 
@@ -515,6 +549,10 @@ impl Settings {
             .iter()
             .map(|c| c.parse().map_err(|e| format!("--trusted-proxy {e}")))
             .collect::<Result<Vec<_>, String>>()?;
+        let allowed_origins = list(args.allowed_origins, "IDVB_ALLOWED_ORIGINS")
+            .iter()
+            .map(|o| o.parse().map_err(|e| format!("--allowed-origin {e}")))
+            .collect::<Result<Vec<_>, String>>()?;
         let store = match &args.store {
             Some(url) => StoreUrl::parse(url)?,
             None => StoreUrl::Sqlite(args.db.clone()),
@@ -550,6 +588,15 @@ impl Settings {
                     .into(),
             );
         }
+        let data_keys = list(args.data_keys, "IDVB_DATA_KEYS")
+            .iter()
+            .map(|k| {
+                idv_actors::at_rest::OperatorKey::parse(k).map_err(|e| format!("--data-key: {e}"))
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .and_then(|keys| {
+                idv_actors::at_rest::DataKeys::new(keys).map_err(|e| format!("--data-key: {e}"))
+            })?;
         let cluster_keys = list(args.cluster_keys, "IDVB_CLUSTER_KEYS")
             .iter()
             .map(|k| {
@@ -607,6 +654,10 @@ impl Settings {
                 ..WebhookConfig::default()
             },
             retention: Duration::from_secs(u64::from(args.retention_days) * 24 * 60 * 60),
+            record_retention: Duration::from_secs(
+                u64::from(args.record_retention_days) * 24 * 60 * 60,
+            ),
+            data_keys: std::sync::Arc::new(data_keys),
             max_live_sessions: args.max_live_sessions,
             max_live_sessions_per_key: args.max_live_sessions_per_key,
             max_websockets: args.max_websockets,
@@ -614,6 +665,7 @@ impl Settings {
             max_long_polls: args.max_long_polls,
             max_subscribers_per_session: args.max_subscribers_per_session,
             trusted_proxies,
+            allowed_origins,
             workers: args.workers,
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
             shutdown_grace: Duration::from_secs(args.shutdown_grace.unwrap_or(
@@ -1220,6 +1272,38 @@ mod tests {
             .expect("refused");
         assert!(err.contains("--trusted-proxy"), "{err}");
         assert!(settings(&["--max-websockets", "0"], &[]).is_err());
+    }
+
+    #[test]
+    fn allowed_origins_come_from_flags_or_the_environment_and_must_be_origins() {
+        assert!(settings(&[], &[]).unwrap().allowed_origins.is_empty());
+        let s = settings(
+            &[
+                "--allowed-origin",
+                "https://www.bank.example",
+                "--allowed-origin",
+                "http://127.0.0.1:3000/",
+            ],
+            &[],
+        )
+        .unwrap();
+        let names: Vec<_> = s.allowed_origins.iter().map(|o| o.as_str()).collect();
+        assert_eq!(names, ["https://www.bank.example", "http://127.0.0.1:3000"]);
+        let s = settings(
+            &[],
+            &[(
+                "IDVB_ALLOWED_ORIGINS",
+                "https://a.example, https://b.example",
+            )],
+        )
+        .unwrap();
+        assert_eq!(s.allowed_origins.len(), 2);
+        for bad in ["*", "https://bank.example/idv", "bank.example"] {
+            let err = settings(&["--allowed-origin", bad], &[])
+                .err()
+                .expect("refused");
+            assert!(err.starts_with("--allowed-origin"), "{err}");
+        }
     }
 
     #[test]

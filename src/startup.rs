@@ -174,6 +174,7 @@ impl Application {
         // Once per process (see idv_actors::metrics): before the store and the actors
         // record anything.
         idv_actors::metrics::install();
+        idv_actors::supervise::register_metrics();
         let db_error = |source| StartError::Database {
             path: settings.store.display(),
             source,
@@ -188,6 +189,7 @@ impl Application {
                 let config = StoreConfig {
                     webhooks,
                     tasks: settings.tasks.clone(),
+                    data_keys: settings.data_keys.clone(),
                     ..StoreConfig::new(path)
                 };
                 (
@@ -207,12 +209,19 @@ impl Application {
                     pool_size: settings.pg_pool_size,
                     webhooks,
                     tasks: settings.tasks.clone(),
+                    data_keys: settings.data_keys.clone(),
                 };
                 let pg = PgStore::open(config, handle).await.map_err(db_error)?;
                 let cluster: Arc<dyn ClusterStore> = pg.clone();
                 (pg as Arc<dyn SessionStore>, Some(cluster), Some(io))
             }
         };
+        check_data_keys(store.as_ref(), &settings.data_keys)
+            .await
+            .map_err(|e| match e {
+                KeyCheck::Store(e) => db_error(e),
+                KeyCheck::Missing(message) => StartError::Config(message),
+            })?;
         let registry = Registry::new(
             store.clone(),
             settings.clock.clone(),
@@ -279,6 +288,7 @@ impl Application {
             settings.clock.clone(),
             SweeperConfig {
                 retention: settings.retention,
+                record_retention: settings.record_retention,
                 every: settings.retention_sweep_every,
             },
         )
@@ -362,6 +372,7 @@ impl Application {
             linger: settings.linger,
             max_connections_per_ip: settings.max_connections_per_ip,
             trusted_proxies: settings.trusted_proxies.clone(),
+            allowed_origins: settings.allowed_origins.clone(),
         };
         let demo_url = state
             .demo
@@ -531,4 +542,75 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     Ok(async {
         let _ = tokio::signal::ctrl_c().await;
     })
+}
+
+/// Why the data keys do not fit the store.
+enum KeyCheck {
+    Store(StoreError),
+    Missing(String),
+}
+
+/// Every operator key that seals stored data must be given (SPEC §2: otherwise exit 2,
+/// naming its id, never its bytes); without any key, says once that the person's data
+/// is stored unsealed. Before the restore, which would read sealed rows.
+async fn check_data_keys(
+    store: &dyn SessionStore,
+    keys: &idv_actors::at_rest::DataKeys,
+) -> Result<(), KeyCheck> {
+    let ids = store.data_key_ids().await.map_err(KeyCheck::Store)?;
+    if let Some(missing) = keys.first_missing(ids.iter().map(String::as_str)) {
+        return Err(KeyCheck::Missing(format!(
+            "the stored personal data is sealed by data key `{missing}`, which was not given: \
+             start with --data-key {missing}=… (docs/custody.md)"
+        )));
+    }
+    match keys.sealing_id() {
+        Some(id) => tracing::info!(data_key = id, "personal data is sealed at rest"),
+        None => tracing::warn!("no --data-key: personal data is stored unsealed (docs/custody.md)"),
+    }
+    Ok(())
+}
+
+/// `idv-broker rekey`: seals every session's data key again under the first
+/// `--data-key` of `settings`, `batch` sessions per transaction, beside running
+/// brokers; answers how many it sealed again. Keys that seal stored data must all be
+/// given, as for the broker.
+pub async fn rekey(settings: Settings, batch: usize) -> Result<usize, StartError> {
+    let db_error = |source| StartError::Database {
+        path: settings.store.display(),
+        source,
+    };
+    if !settings.data_keys.seals() {
+        return Err(StartError::Config(
+            "rekey needs --data-key: the first given is the one every data key is sealed under"
+                .into(),
+        ));
+    }
+    match &settings.store {
+        StoreUrl::Sqlite(path) => {
+            let path = path.clone();
+            let keys = settings.data_keys.clone();
+            tokio::task::spawn_blocking(move || idv_actors::store::rekey(&path, &keys, batch))
+                .await
+                .map_err(|_| db_error(StoreError::Panicked))?
+                .map_err(db_error)
+        }
+        StoreUrl::Postgres(url) => {
+            let io = StoreRuntime::new()
+                .map_err(|e| db_error(StoreError::Schema(format!("cannot start store-io: {e}"))))?;
+            let handle = io.handle().ok_or_else(|| db_error(StoreError::Closed))?;
+            let config = PgConfig {
+                url: url.clone(),
+                node_id: format!("rekey-{}", uuid::Uuid::new_v4().simple()),
+                pool_size: 2,
+                webhooks: None,
+                data_keys: settings.data_keys.clone(),
+                tasks: settings.tasks.clone(),
+            };
+            let pg = PgStore::open(config, handle).await.map_err(db_error)?;
+            let done = pg.rekey(batch).await.map_err(db_error);
+            SessionStore::close(pg.as_ref());
+            done
+        }
+    }
 }

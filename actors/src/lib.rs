@@ -12,11 +12,14 @@
 //! - `live`: the narrow handle a session actor has on the registry.
 //! - [`cluster`]: several nodes over NATS: the router, the lease, the takeover.
 //! - [`seal`]: messages between nodes sealed under the cluster key, replays dropped.
+//! - [`at_rest`]: the person's data sealed in the store under a data key per session,
+//!   itself sealed by the operator's `--data-key`; both engines use it.
 //! - [`nats_link`]: the connection to NATS: credentials, TLS and mutual TLS.
 //! - [`route`]: how the registry reaches sessions owned by another node ([`route::Router`]).
 //! - [`session_store`]: the store as the actors see it, one object-safe trait.
 //! - [`staging`]: uploads held in memory until approve, under a broker-wide budget.
-//! - [`retention`]: the sweeper that purges confirmed sessions' data after retention.
+//! - [`retention`]: the sweeper that purges confirmed sessions' data after retention,
+//!   and deletes ended sessions' records after record retention.
 //! - [`store`]: SQLite with a group-committing writer thread, and the webhook outbox.
 //! - [`pg`]: the PostgreSQL store for several nodes, with session ownership and leases.
 //! - [`webhooks`]: the dispatcher that delivers the outbox, signed.
@@ -29,6 +32,7 @@
 //! - [`redact`]: secrets out of connection strings before they are printed or logged.
 //! - [`ids`], [`model`], [`clock`], [`error`]: the vocabulary.
 
+pub mod at_rest;
 pub mod clock;
 pub mod cluster;
 pub mod commands;

@@ -31,6 +31,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Sessions created (counter).
 pub const SESSIONS_CREATED: &str = "idv_sessions_created_total";
+/// Records deleted by record retention, by kind (counter, label `what`: `sessions`,
+/// `events`, `idempotency`, `webhooks`).
+pub const RECORDS_DELETED: &str = "idv_records_deleted_total";
 /// Transitions committed, by the status reached (counter, label `status`).
 pub const TRANSITIONS: &str = "idv_session_transitions_total";
 /// Wrong binding codes on approve, the last one of a session included (counter).
@@ -183,6 +186,10 @@ fn describe() {
         BINDING_ENDED,
         "Sessions ended declined by their last wrong binding code."
     );
+    describe_counter!(
+        RECORDS_DELETED,
+        "Records of ended sessions deleted by record retention, by kind."
+    );
     describe_gauge!(LIVE_SESSIONS, "Live session actors.");
     describe_gauge!(WS_SUBSCRIBERS, "Open WebSocket subscribers.");
     describe_gauge!(WAITING_LONG_POLLS, "Long-polls waiting for a change.");
@@ -256,11 +263,11 @@ fn zero() {
             metrics::counter!(TRANSITIONS, "status" => status.as_str()).increment(0);
         }
     }
-    for task in crate::supervise::Task::ALL {
-        metrics::counter!(TASK_RESTARTS, "task" => task.name()).increment(0);
-    }
     for outcome in ["delivered", "failed", "retry"] {
         metrics::counter!(WEBHOOK_DELIVERIES, "outcome" => outcome).increment(0);
+    }
+    for what in ["sessions", "events", "idempotency", "webhooks"] {
+        metrics::counter!(RECORDS_DELETED, "what" => what).increment(0);
     }
     for name in [
         LIVE_SESSIONS,
@@ -276,6 +283,11 @@ fn zero() {
 /// A supervised task restarted after a panic.
 pub fn task_restarted(task: &'static str) {
     metrics::counter!(TASK_RESTARTS, "task" => task).increment(1);
+}
+
+/// Record retention deleted `n` records of kind `what`.
+pub fn records_deleted(what: &'static str, n: usize) {
+    metrics::counter!(RECORDS_DELETED, "what" => what).increment(n as u64);
 }
 
 /// A transition committed, reaching `status`.

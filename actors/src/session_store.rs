@@ -23,6 +23,7 @@ use chrono::{DateTime, Utc};
 
 use crate::ids::{FileId, Seq, SessionId, TokenHash, UserId};
 use crate::model::{Decision, SessionEvent, SessionRecord, UserRecord, UserStatus};
+use crate::store::RecordsDeleted;
 use crate::store::{
     CreateOutcome, DeliveryRecord, DueEvents, IdempotencyClaim, NewSession, Store, StoreError,
     StoredFile, WebhookCounts,
@@ -143,6 +144,18 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Deletes up to `limit` idempotency keys whose window is over at `now`; returns
     /// how many.
     fn purge_idempotency_keys(&self, now: DateTime<Utc>, limit: usize) -> StoreFuture<'_, usize>;
+
+    /// Record retention: deletes the records of up to `limit` ended sessions whose time
+    /// is over at `cutoff` and whose webhooks are delivered or given up (SPEC §2,
+    /// "Records"); answers what it deleted. On several nodes, one node at a time.
+    fn delete_ended_records(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreFuture<'_, RecordsDeleted>;
+
+    /// The ids of the operator keys (`--data-key`) that seal stored data.
+    fn data_key_ids(&self) -> StoreFuture<'_, Vec<String>>;
 
     /// How many session loads the store was asked for (tests check what probes cost).
     fn session_reads(&self) -> u64;
@@ -308,6 +321,18 @@ impl SessionStore for Store {
 
     fn purge_idempotency_keys(&self, now: DateTime<Utc>, limit: usize) -> StoreFuture<'_, usize> {
         Box::pin(Store::purge_idempotency_keys(self, now, limit))
+    }
+
+    fn delete_ended_records(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreFuture<'_, RecordsDeleted> {
+        Box::pin(Store::delete_ended_records(self, cutoff, limit))
+    }
+
+    fn data_key_ids(&self) -> StoreFuture<'_, Vec<String>> {
+        Box::pin(Store::data_key_ids(self))
     }
 
     fn session_reads(&self) -> u64 {

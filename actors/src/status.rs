@@ -62,6 +62,26 @@ impl Status {
         &SQL
     }
 
+    /// The statuses whose records retention deletes once their time is over (SPEC §2,
+    /// "Records"): every terminal one; a live session is never touched.
+    pub fn records_expire(self) -> bool {
+        self.is_terminal()
+    }
+
+    /// [`Status::records_expire`] as an SQL list, `('confirmed', …)`, for the store's
+    /// retention query: the rule is decided here, not written into SQL.
+    pub fn records_expire_sql() -> &'static str {
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            let names: Vec<String> = Status::ALL
+                .into_iter()
+                .filter(|s| s.records_expire())
+                .map(|s| format!("'{s}'"))
+                .collect();
+            format!("({})", names.join(", "))
+        });
+        &SQL
+    }
+
     /// Whether reaching this status ends the session without the person's consent,
     /// so that everything stored about them is deleted (SPEC §2, data custody).
     pub fn discards_personal_data(self) -> bool {
@@ -394,6 +414,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn records_expire_for_exactly_the_ended_statuses() {
+        let table = [
+            (Status::Initialized, false),
+            (Status::Retrieved, false),
+            (Status::Confirmed, true),
+            (Status::Declined, true),
+            (Status::Expired, true),
+            (Status::Cancelled, true),
+        ];
+        for (status, expire) in table {
+            assert_eq!(status.records_expire(), expire, "{status}");
+        }
+        assert_eq!(
+            Status::records_expire_sql(),
+            "('confirmed', 'declined', 'expired', 'cancelled')"
+        );
     }
 
     #[test]

@@ -123,6 +123,14 @@ impl Backoff {
     }
 }
 
+/// Shows `idv_task_restarts_total` at zero for every task before the first restart (a
+/// rate over a missing series is no rate). Called once the recorder is installed.
+pub fn register_metrics() {
+    for task in Task::ALL {
+        metrics::counter!(crate::metrics::TASK_RESTARTS, "task" => task.name()).increment(0);
+    }
+}
+
 /// Logs and counts the death of `task`, which restarts after `wait`.
 pub fn restarting(task: Task, panic: &(dyn Any + Send), wait: Duration) {
     tracing::error!(

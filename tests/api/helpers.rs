@@ -606,7 +606,7 @@ pub fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 /// restart on the same path finds the same database (and runs as the same node).
 static BINARY_DBS: std::sync::Mutex<Vec<(String, PgDb)>> = std::sync::Mutex::new(Vec::new());
 
-async fn pg_for_path(path: &str) -> PgDb {
+pub async fn pg_for_path(path: &str) -> PgDb {
     if let Some((_, db)) = BINARY_DBS.lock().unwrap().iter().find(|(p, _)| p == path) {
         return db.clone();
     }
@@ -629,8 +629,39 @@ pub async fn spawn_binary(
     stderr: std::process::Stdio,
 ) -> (tokio::process::Child, String) {
     use tokio::io::AsyncBufReadExt as _;
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_idv-broker"));
+    let mut command = binary_command(args).await;
     command.args(["--bind", "127.0.0.1:0"]);
+    let mut child = command
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the broker binary starts");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::io::BufReader::new(stdout).read_line(&mut line),
+    )
+    .await
+    .expect("the broker prints its address in time")
+    .expect("stdout is readable");
+    let address = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    assert!(address.starts_with("http://127.0.0.1:"), "{address}");
+    (child, address)
+}
+
+/// The real binary with `args` (a subcommand first, if any), as [`spawn_binary`] runs
+/// it: on PostgreSQL, `--db PATH` becomes the database standing for PATH; the
+/// environment is cleared of the flags' variables.
+pub async fn binary_command(args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_idv-broker"));
     let mut args = args.iter().copied();
     while let Some(arg) = args.next() {
         match args.clone().next() {
@@ -661,28 +692,5 @@ pub async fn spawn_binary(
             command.env_remove(name);
         }
     }
-    let mut child = command
-        .envs(env.iter().copied())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(stderr)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the broker binary starts");
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut line = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::io::BufReader::new(stdout).read_line(&mut line),
-    )
-    .await
-    .expect("the broker prints its address in time")
-    .expect("stdout is readable");
-    let address = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    assert!(address.starts_with("http://127.0.0.1:"), "{address}");
-    (child, address)
+    command
 }

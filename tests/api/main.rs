@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod at_rest;
 mod binding;
 mod caching;
 mod concurrency;
@@ -22,6 +23,7 @@ mod limits;
 mod logs;
 mod metrics;
 mod openapi;
+mod origins;
 mod pages;
 mod probes;
 mod realtime;

@@ -18,6 +18,27 @@ if [ ! -x /usr/bin/chromium ]; then
   $sudo apt-get install -y chromium
 fi
 
+# nginx for the journeys through a reverse proxy (origins.test.mjs). Debian's package
+# would start a root nginx on port 80 at install: a policy-rc.d keeps it from starting
+# services (only if the machine has none of its own, and only for that install). The
+# test runs its own nginx on loopback, with a temporary prefix, in the foreground.
+if [ ! -x /usr/sbin/nginx ]; then
+  echo "e2e: installing Debian's nginx" >&2
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod 755 "$policy"
+  fi
+  installed=0
+  $sudo apt-get update && $sudo apt-get install -y nginx-light || installed=$?
+  if [ -n "$policy" ]; then $sudo rm -f "$policy"; fi
+  if [ "$installed" -ne 0 ]; then exit "$installed"; fi
+fi
+
 cd "$here"
 npm ci --no-audit --no-fund
 

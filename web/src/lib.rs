@@ -10,6 +10,8 @@
 //! - [`error`]: [`ApiError`](error::ApiError), the codes and body of SPEC §5.
 //! - [`middleware`]: per-IP rate limiting, the per-IP connection limit, and the access log.
 //! - [`limits`]: counted resources with a ceiling, and the client's address.
+//! - [`origins`]: which browser pages may use the client routes (CORS, and the
+//!   WebSocket handshake's `Origin` check; `--allowed-origin`).
 //! - [`state`]: what handlers share.
 //! - [`shown_on`]: where a session is shown, from its client's User-Agent.
 //! - [`ws`]: WebSocket subscriptions (the only module that speaks WebSocket).
@@ -23,6 +25,7 @@ pub mod json;
 pub mod limits;
 pub mod middleware;
 pub mod openapi;
+pub mod origins;
 pub mod routes;
 pub mod schema;
 pub mod shown_on;
@@ -61,6 +64,9 @@ pub struct ServerConfig {
     pub max_connections_per_ip: Option<usize>,
     /// Proxies whose `X-Forwarded-For` names the client (`--trusted-proxy`).
     pub trusted_proxies: Vec<limits::Cidr>,
+    /// Origins of pages that may use the client routes besides the broker's own
+    /// (`--allowed-origin`).
+    pub allowed_origins: Vec<origins::Origin>,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +78,7 @@ impl Default for ServerConfig {
             linger: Duration::from_secs(1),
             max_connections_per_ip: None,
             trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -155,6 +162,10 @@ pub fn serve(
     state: AppState,
     config: &ServerConfig,
 ) -> std::io::Result<Server> {
+    let origins = web::Data::new(origins::Origins::new(
+        &state.public_url,
+        &config.allowed_origins,
+    ));
     let state = web::Data::new(state);
     let limiter = web::Data::new(RateLimiter::new(config.rate_limit, &config.trusted_proxies));
     {
@@ -177,9 +188,12 @@ pub fn serve(
         App::new()
             .app_data(state.clone())
             .app_data(limiter.clone())
+            .app_data(origins.clone())
             .wrap(from_fn(middleware::rate_limit))
             .wrap(from_fn(middleware::connection_limit))
             .wrap(from_fn(middleware::drain_gate))
+            // Outside the limits: their `429` and `503` reach an admitted page readable.
+            .wrap(from_fn(origins::cors))
             .wrap(from_fn(middleware::access_log))
             .configure(configure)
             .default_service(web::to(not_found))

@@ -416,7 +416,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Subscriber {
         (status = 101, description = "Switching to WebSocket: text frames {\"type\": \"snapshot\", …} then {\"type\": \"status\", …}; closed with 1000 once the session is terminal."),
         (status = 400, description = "Not a WebSocket handshake, a bad id, or after_seq above the current seq.", body = crate::error::ErrorBody),
         (status = 401, description = "Missing session token, or not this session's.", body = crate::error::ErrorBody),
-        (status = 403, description = "The token may not read this session.", body = crate::error::ErrorBody),
+        (status = 403, description = "The token may not read this session, or the handshake's Origin is neither the broker's own nor an --allowed-origin.", body = crate::error::ErrorBody),
         (status = 404, description = "No such session.", body = crate::error::ErrorBody),
         (status = 503, description = "unavailable: too many WebSockets in all, or subscribers on this session; see Retry-After.", body = crate::error::ErrorBody,
             headers(("Retry-After" = String, description = "Seconds to wait."))),
@@ -433,6 +433,9 @@ pub async fn subscribe(
     stream: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let id = session_id(&path)?;
+    req.app_data::<web::Data<crate::origins::Origins>>()
+        .ok_or_else(|| ApiError::internal("the admitted origins are missing"))?
+        .check_handshake(&req)?;
     let permit = state.websockets.try_acquire().ok_or_else(|| {
         ApiError::unavailable(
             "too many WebSocket connections; try again later",

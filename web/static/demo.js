@@ -1,5 +1,7 @@
 // The demo client app: an ordinary integrator page on /sdk.js. Its "backend" is the
-// broker's demo routes (/demo/api/...), which hold the demo API key server-side.
+// broker's demo routes (/demo/api/...), which hold the demo API key server-side. Every
+// address is relative to the page, so the demo works under a proxy's path prefix too
+// (/idv/demo calls /idv/demo/api/...).
 (function () {
   'use strict';
 
@@ -48,7 +50,7 @@
     var body = {};
     var ttl = ttlFromQuery();
     if (ttl) body.ttl_seconds = ttl;
-    return fetch('/demo/api/sessions', {
+    return fetch('demo/api/sessions', {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
       body: JSON.stringify(body),
@@ -62,7 +64,7 @@
 
   // handleVerify: the app backend reads the decision (its API key never reaches this page).
   function readDecision(session) {
-    return fetch('/demo/api/sessions/' + encodeURIComponent(session.session_id) + '/decision', {
+    return fetch('demo/api/sessions/' + encodeURIComponent(session.session_id) + '/decision', {
       headers: { Authorization: 'Bearer ' + session.session_token },
       cache: 'no-store',
     }).then(function (res) {
@@ -187,6 +189,7 @@
           verify_failed: 'Approved on the phone, but ' + ((err.cause && err.cause.message) || err.message) + '.',
           session_failed: err.message,
           network: 'Connection problem: ' + err.message,
+          blocked: 'Cannot reach the broker from this page: ' + err.message,
         };
         if (err.code === 'declined' && err.session) {
           // The decision says why: a person's deny, or the number typed wrong too often.
@@ -203,7 +206,7 @@
           );
           return;
         }
-        showOutcome(words[err.code] || err.message, err.code === 'network' ? 'error' : 'failure');
+        showOutcome(words[err.code] || err.message, err.code === 'network' || err.code === 'blocked' ? 'error' : 'failure');
       },
     });
   }

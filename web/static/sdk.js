@@ -12,6 +12,8 @@
  *      phone, to onBindingCode(code), or by default shown large beside the QR
  *   -> confirmed: handleVerify(session) -> onSuccess(result)
  *   -> declined / cancelled / failure: onError(error)
+ *   -> a broker this page may not reach (another origin not listed with --allowed-origin,
+ *      or nothing there): onError({code: 'blocked'}) at once, never a silent wait
  *   -> expired before the phone decided: a new session from onSessionIdResolver, a new QR, no reload.
  */
 (function (global) {
@@ -20,24 +22,37 @@
   var VERSION = '1.0.0';
   var TERMINAL = { confirmed: true, declined: true, expired: true, cancelled: true };
 
+  /** Codes after which the flow goes on: the next status tells the page where it is. */
+  var RECOVERABLE = { qr_failed: true };
+
   /** An error handed to `onError`; `code` says which kind (see docs/sdk.md). */
   function IdvError(code, message, details) {
     var err = new Error(message);
     err.name = 'IdvError';
     err.code = code;
+    err.recoverable = !!RECOVERABLE[code];
     if (details) {
       if (details.session) err.session = details.session;
       if (details.status !== undefined) err.status = details.status;
       if (details.cause !== undefined) err.cause = details.cause;
+      if (details.broker !== undefined) err.broker = details.broker;
+      if (details.origin !== undefined) err.origin = details.origin;
     }
     return err;
   }
 
-  /** The broker's origin: where this script was loaded from, else the page's own. */
-  var scriptOrigin = (function () {
+  /**
+   * The broker's address: where this script was loaded from, path included (a broker
+   * behind a proxy under https://www.bank.example/idv serves /idv/sdk.js), else the
+   * page's own origin.
+   */
+  var scriptBase = (function () {
     try {
       var s = global.document && global.document.currentScript;
-      if (s && s.src) return new URL(s.src, global.location.href).origin;
+      if (s && s.src) {
+        var u = new URL(s.src, global.location.href);
+        return u.origin + u.pathname.replace(/\/[^/]*$/, '');
+      }
     } catch (e) {
       /* fall through to the page origin */
     }
@@ -75,7 +90,8 @@
     var container = opts.qrElement;
     if (typeof container === 'string') container = global.document.querySelector(container);
 
-    var baseUrl = String(opts.baseUrl || scriptOrigin).replace(/\/+$/, '');
+    var baseUrl = String(opts.baseUrl || scriptBase).replace(/\/+$/, '');
+    var pageOrigin = global.location ? global.location.origin : '';
     var transportPref = opts.transport || 'auto'; // 'auto' | 'websocket' | 'long-poll'
     var refreshOnExpiry = opts.refreshOnExpiry !== false;
     var maxRefreshes = typeof opts.maxRefreshes === 'number' ? opts.maxRefreshes : 10;
@@ -115,6 +131,13 @@
     var transport = null; // what onTransport last said
     var shownCode = null; // the binding code on screen (or handed to onBindingCode)
     var codeBox = null; // the default display of the code, when the SDK made one
+    // Whether the browser ever handed this flow an answer of the broker (any status, or
+    // a WebSocket frame). Until it has, a request that fails without one was blocked
+    // (CORS: this page's origin is not admitted) or the broker is not there: `blocked`.
+    var reached = false;
+    // Whether the current long-poll run had an answer: its first poll asks with wait=0,
+    // so `long-poll` is announced only once a poll was answered, and at once.
+    var pollAnswered = false;
 
     function announce(kind) {
       if (kind === transport) return;
@@ -199,6 +222,19 @@
       codeBox = null;
     }
 
+    /** A request the browser answered without a response, before any ever came back. */
+    function blocked(gen, what, cause) {
+      if (gen !== generation || stopped) return;
+      generation += 1; // nothing of this flow acts after it (a late QR or poll answer)
+      fail(
+        'blocked',
+        'the browser got no answer from the broker at ' + baseUrl + ' for ' + what + ' from this page (' +
+          pageOrigin + '): start the broker with --allowed-origin ' + pageOrigin +
+          ', serve this page on the broker\'s origin, or check that the broker is reachable at that address',
+        { session: session, broker: baseUrl, origin: pageOrigin, cause: cause }
+      );
+    }
+
     function newSession() {
       teardownTransport();
       hideCode();
@@ -206,6 +242,7 @@
       var gen = ++generation;
       verifying = false;
       failures = 0;
+      pollAnswered = false;
       var resolved;
       try {
         resolved = Promise.resolve(opts.onSessionIdResolver());
@@ -244,6 +281,7 @@
         cache: 'no-store',
       })
         .then(function (res) {
+          reached = true;
           if (!res.ok) throw new Error('qr.svg answered ' + res.status);
           return res.blob();
         })
@@ -262,8 +300,15 @@
           qrUrl = url;
         })
         .catch(function (e) {
-          if (gen !== generation) return;
-          // Not fatal: the status feed goes on, and the app can still offer the session's link.
+          if (gen !== generation || stopped) return;
+          if (!reached && e instanceof TypeError) {
+            blocked(gen, 'the QR code', e);
+            return;
+          }
+          // A session that moved on needs no QR: no error may outlast its news.
+          if (s.status && s.status !== 'initialized') return;
+          // Not fatal: the status feed goes on (its next status is the page's news), and the
+          // app can still offer the session's link.
           safe(cb.onError, [IdvError('qr_failed', 'could not load the QR code', { session: s, cause: e })]);
         });
     }
@@ -277,6 +322,8 @@
     function retry(gen, waitMs) {
       if (gen !== generation || stopped) return;
       failures += 1;
+      // A poll after a failure asks at once again: its answer says the connection is back.
+      pollAnswered = false;
       if (failures > maxRetries) {
         fail('network', 'lost the connection to the broker', { session: session });
         return;
@@ -390,6 +437,7 @@
         }
         if (!gotFrame) {
           gotFrame = true;
+          reached = true;
           failures = 0;
           wsFailures = 0;
           announce('websocket');
@@ -420,6 +468,13 @@
     function wsFailed(gen, hadFrames) {
       if (gen !== generation || stopped) return;
       if (!hadFrames) wsFailures += 1;
+      // Nothing ever came back from the broker: ask once over HTTP, which tells a broker
+      // that refuses this page (or is not there) from WebSockets that are blocked on the way.
+      if (!reached) probe(gen);
+      else afterWsFailure(gen);
+    }
+
+    function afterWsFailure(gen) {
       // Two sockets in a row that never delivered a frame: WebSockets do not work from here
       // (a proxy, a firewall, a blocked upgrade). Long-poll carries the same states.
       if (transportPref !== 'websocket' && wsFailures >= 2) {
@@ -431,11 +486,55 @@
       retry(gen, 0);
     }
 
+    /** One status request at once (wait=0), before anything reached the broker. */
+    function probe(gen) {
+      var s = session;
+      fetch(baseUrl + '/v1/sessions/' + encodeURIComponent(s.session_id) + '/status', {
+        headers: { Authorization: 'Bearer ' + s.session_token },
+        cache: 'no-store',
+      }).then(
+        function (res) {
+          if (gen !== generation || stopped) return;
+          reached = true;
+          if (res.ok) {
+            return res.json().then(function (body) {
+              if (gen !== generation || stopped) return;
+              observe(gen, body.status, body.seq);
+              if (body.binding_code && !TERMINAL[session.status]) showCode(gen, body.binding_code);
+              if (!TERMINAL[session.status]) afterWsFailure(gen);
+            });
+          }
+          if (res.status === 429 || res.status >= 500) {
+            retry(gen, retryAfterMs(res));
+            return;
+          }
+          refused(gen, s, res);
+        },
+        function (e) {
+          if (gen !== generation || stopped) return;
+          blocked(gen, 'the session\'s status', e);
+        }
+      );
+    }
+
+    /** 401/403/404/400 on the status route: retrying will not help. */
+    function refused(gen, s, res) {
+      return res
+        .json()
+        .catch(function () {
+          return null;
+        })
+        .then(function (body) {
+          if (gen !== generation || stopped) return;
+          fail('network', 'status request refused: ' + errorMessageOf(res, body), {
+            session: s,
+            status: res.status,
+          });
+        });
+    }
+
     function poll(gen) {
       var s = session;
-      // Entering long-poll mode is news at once (the first answer may take `wait` seconds);
-      // while retrying after failures, only an answer says the connection is back.
-      if (failures === 0) announce('long-poll');
       var ctrl = typeof AbortController === 'function' ? new AbortController() : null;
       pollAbort = ctrl;
       var url =
@@ -443,8 +542,9 @@
         '/v1/sessions/' +
         encodeURIComponent(s.session_id) +
         '/status?wait=' +
-        // Without a known seq, ask for the current state at once (after_seq defaults to it).
-        (lastSeq !== null ? pollWaitSeconds + '&after_seq=' + lastSeq : '0');
+        // Without a known seq, or before this run of polls was answered, ask for the
+        // current state at once: the first answer says long-poll works from here.
+        (lastSeq !== null && pollAnswered ? pollWaitSeconds + '&after_seq=' + lastSeq : '0');
       fetch(url, {
         headers: { Authorization: 'Bearer ' + s.session_token },
         cache: 'no-store',
@@ -452,11 +552,13 @@
       })
         .then(function (res) {
           if (gen !== generation || stopped) return null;
+          reached = true;
           if (res.ok) {
             return res.json().then(function (body) {
               if (gen !== generation || stopped) return;
               pollAbort = null;
               failures = 0;
+              pollAnswered = true;
               announce('long-poll');
               observe(gen, body.status, body.seq);
               if (body.binding_code && !TERMINAL[session.status]) showCode(gen, body.binding_code);
@@ -468,24 +570,16 @@
             retry(gen, retryAfterMs(res));
             return null;
           }
-          // 401/403/404/400: retrying will not help.
-          return res
-            .json()
-            .catch(function () {
-              return null;
-            })
-            .then(function (body) {
-              if (gen !== generation || stopped) return;
-              fail('network', 'status request refused: ' + errorMessageOf(res, body), {
-                session: s,
-                status: res.status,
-              });
-            });
+          return refused(gen, s, res);
         })
         .catch(function (e) {
           if (gen !== generation || stopped) return;
           if (e && e.name === 'AbortError') return;
           pollAbort = null;
+          if (!reached) {
+            blocked(gen, 'the session\'s status', e);
+            return;
+          }
           retry(gen, 0);
         });
     }
@@ -507,6 +601,7 @@
         stopped = false;
         refreshes = 0;
         wsFailures = 0;
+        reached = false;
         newSession();
       },
     };

@@ -90,7 +90,10 @@
   };
 
   var sessionId = decodeURIComponent(location.pathname.replace(/\/+$/, '').split('/').pop() || '');
-  var apiBase = '/v1/sessions/' + encodeURIComponent(sessionId);
+  // The broker's root: what comes before /verify/{id}; behind a proxy that serves the
+  // broker under a path (--public-url https://www.bank.example/idv) it is that path.
+  var root = location.pathname.replace(/\/verify\/[^/]*\/?$/, '');
+  var apiBase = root + '/v1/sessions/' + encodeURIComponent(sessionId);
   var storageKey = 'idv-device-token:' + sessionId;
   var token = null;
   var info = null;
@@ -192,7 +195,7 @@
     };
     // Outside demo mode there is nobody to ask: the demo's route does not exist.
     if (!document.body.hasAttribute('data-demo')) return Promise.reject(fromApp);
-    return fetch('/demo/api/device-token', {
+    return fetch(root + '/demo/api/device-token', {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
       body: JSON.stringify({ session_id: sessionId }),

@@ -66,7 +66,7 @@ impl Shared {
             self.held.remove(&id);
             return Ok(Claim::Missing);
         };
-        let record = session_from_row(&row)?;
+        let record = session_from_row(&row, &self.data_keys)?;
         if let Some(epoch) = row.try_get::<_, Option<i64>>("taken_epoch")? {
             self.hold(id, epoch);
             return Ok(Claim::Mine(Box::new(record)));
@@ -153,7 +153,7 @@ impl Shared {
             // The two columns after the session's.
             outbox |= row.try_get::<_, bool>(SESSION_COLUMN_COUNT + 1)?;
             if row.try_get::<_, bool>(SESSION_COLUMN_COUNT)? {
-                let record = session_from_row(&row)?;
+                let record = session_from_row(&row, &self.data_keys)?;
                 self.hold(record.id, row.try_get(19)?);
                 live.push(record);
             }

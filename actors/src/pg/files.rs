@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 
 use super::{execute, limit, ms, query, query_opt, Shared};
+use crate::at_rest::{Field, RowSeal, SealedKey};
 use crate::ids::{FileId, SessionId};
 use crate::model::FileMeta;
 use crate::status::Status;
@@ -15,9 +16,18 @@ use crate::write::TransitionWrite;
 
 /// The file part of a transition: stores the staged files on approve, deletes every
 /// file of a session that ends without consent.
-pub(crate) async fn apply(c: &impl GenericClient, t: &TransitionWrite) -> Result<(), StoreError> {
+pub(crate) async fn apply(
+    c: &impl GenericClient,
+    seal: Option<&RowSeal>,
+    t: &TransitionWrite,
+) -> Result<(), StoreError> {
     let id = t.id.to_string();
-    for f in &t.files {
+    if !t.files.is_empty() && seal.is_none() {
+        return Err(StoreError::Corrupt(
+            "files without their session's key".into(),
+        ));
+    }
+    for (f, seal) in t.files.iter().zip(std::iter::repeat(seal).flatten()) {
         execute(
             c,
             "INSERT INTO files (file_id, session_id, kind, content_type, size, bytes, created_at) \
@@ -28,7 +38,7 @@ pub(crate) async fn apply(c: &impl GenericClient, t: &TransitionWrite) -> Result
                 &f.kind,
                 &f.upload.content_type.as_str(),
                 &(f.upload.size() as i64),
-                &&f.upload.bytes[..],
+                &seal.seal_bytes(Field::File(f.file_id), &f.upload.bytes[..]),
                 &ms(t.at),
             ],
         )
@@ -77,22 +87,33 @@ impl Shared {
         file_id: FileId,
     ) -> Result<Option<StoredFile>, StoreError> {
         let conn = self.conn().await?;
-        query_opt(
+        let Some(r) = query_opt(
             &conn,
-            "SELECT s.owner, f.content_type, f.bytes FROM files f \
+            "SELECT s.owner, f.content_type, f.bytes, s.data_key_id, s.data_key FROM files f \
              JOIN sessions s ON s.id = f.session_id \
              WHERE f.file_id = $1 AND f.session_id = $2",
             &[&file_id.to_string(), &id.to_string()],
         )
         .await?
-        .map(|r| {
-            Ok(StoredFile {
-                owner: r.try_get(0)?,
-                content_type: r.try_get(1)?,
-                bytes: r.try_get(2)?,
-            })
-        })
-        .transpose()
+        else {
+            return Ok(None);
+        };
+        // One row: the bytes and the key that sealed them, as of one moment.
+        let stored = match (r.try_get(3)?, r.try_get(4)?) {
+            (Some(key_id), Some(sealed)) => Some(SealedKey { key_id, sealed }),
+            _ => None,
+        };
+        let sealed: Vec<u8> = r.try_get(2)?;
+        let bytes = self
+            .data_keys
+            .row(id, stored)
+            .and_then(|seal| seal.open_bytes(Field::File(file_id), sealed))
+            .map_err(|e| super::keys::sealed_error(id, e))?;
+        Ok(Some(StoredFile {
+            owner: r.try_get(0)?,
+            content_type: r.try_get(1)?,
+            bytes,
+        }))
     }
 
     /// Retention: for up to [`PURGE_BATCH`] confirmed sessions decided at or before
@@ -130,6 +151,11 @@ impl Shared {
                 &[&ids, &ms(now)],
             )
             .await?;
+            for id in &ids {
+                let sid = SessionId::parse(id)
+                    .ok_or_else(|| StoreError::Corrupt(format!("session id {id}")))?;
+                super::keys::shred_key(&tx, &self.data_keys, sid).await?;
+            }
         }
         tx.commit().await?;
         if !ids.is_empty() {

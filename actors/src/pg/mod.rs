@@ -7,6 +7,8 @@
 //!   guard on ownership.
 //! - [`files`]: uploaded files and the retention purge.
 //! - [`outbox`]: the webhook outbox, dispatched by the session's owner only.
+//! - `keys`: a session's data key (read, opened, shredded).
+//! - `records`: record retention (one node at a time) and `rekey`.
 //! - [`cluster`]: leases, claims and orphan adoption ([`ClusterStore`]).
 //! - [`tls`]: TLS as the URL's `sslmode` and `sslrootcert` ask, with libpq's meanings.
 //!
@@ -32,7 +34,9 @@
 
 mod cluster;
 mod files;
+mod keys;
 mod outbox;
+mod records;
 mod schema;
 mod sessions;
 pub mod tls;
@@ -50,9 +54,11 @@ use tokio::sync::Notify;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
+use crate::at_rest::DataKeys;
 use crate::ids::{FileId, Seq, SessionId, TokenHash, UserId};
 use crate::model::{Decision, SessionEvent, SessionRecord, UserRecord, UserStatus};
 use crate::session_store::{Claim, ClusterStore, SessionStore, StoreFuture};
+use crate::store::RecordsDeleted;
 use crate::store::{
     CreateOutcome, DeliveryRecord, DueEvents, IdempotencyClaim, NewSession, StoreError, StoredFile,
     WebhookCounts, WebhookRoute,
@@ -91,6 +97,9 @@ pub struct PgConfig {
     pub webhooks: Option<WebhookRoute>,
     /// The broker's supervised tasks: the `VACUUM` after purges is one.
     pub tasks: crate::supervise::Tasks,
+    /// The operator's data keys (`--data-key`): the person's fields are sealed under
+    /// them (none: stored in clear).
+    pub data_keys: Arc<DataKeys>,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -113,6 +122,7 @@ impl PgConfig {
             pool_size: DEFAULT_POOL_SIZE,
             webhooks: None,
             tasks: crate::supervise::Tasks::default(),
+            data_keys: Arc::new(DataKeys::none()),
         }
     }
 }
@@ -142,6 +152,8 @@ pub(crate) struct Shared {
     held: DashMap<SessionId, i64>,
     /// Where transitions enqueue webhook events; `None`: none are.
     webhooks: Option<Arc<WebhookRoute>>,
+    /// Seals and opens the person's fields (read-only).
+    data_keys: Arc<DataKeys>,
     /// Woken after a commit that enqueued a webhook event (or an adoption that moved
     /// some to this node). Keeps one permit when nobody waits.
     webhook_wake: Arc<Notify>,
@@ -328,6 +340,7 @@ impl PgStore {
             incarnation: uuid::Uuid::new_v4().simple().to_string(),
             held: DashMap::new(),
             webhooks: config.webhooks.clone().map(Arc::new),
+            data_keys: config.data_keys.clone(),
             webhook_wake: Arc::new(Notify::new()),
             scrub: Notify::new(),
             closed: AtomicBool::new(false),
@@ -506,7 +519,7 @@ impl SessionStore for PgStore {
         self.shared.session_reads.fetch_add(1, Ordering::Relaxed);
         self.run(move |s| async move {
             let conn = s.conn().await?;
-            sessions::load_session(&conn, id).await
+            sessions::load_session(&conn, &s.data_keys, id).await
         })
     }
 
@@ -595,6 +608,18 @@ impl SessionStore for PgStore {
 
     fn purge_idempotency_keys(&self, now: DateTime<Utc>, limit: usize) -> StoreFuture<'_, usize> {
         self.run(move |s| async move { s.purge_idempotency_keys(now, limit).await })
+    }
+
+    fn delete_ended_records(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: usize,
+    ) -> StoreFuture<'_, RecordsDeleted> {
+        self.run(move |s| async move { s.delete_ended_records(cutoff, limit).await })
+    }
+
+    fn data_key_ids(&self) -> StoreFuture<'_, Vec<String>> {
+        self.run(move |s| async move { s.data_key_ids().await })
     }
 
     fn session_reads(&self) -> u64 {

@@ -22,7 +22,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (
         4,
-        include_str!("../../../migrations/postgres/0004_binding.sql"),
+        include_str!("../../../migrations/postgres/0004_sealed_at_rest.sql"),
+    ),
+    (
+        5,
+        include_str!("../../../migrations/postgres/0005_binding.sql"),
     ),
 ];
 

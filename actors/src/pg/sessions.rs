@@ -5,7 +5,9 @@ use deadpool_postgres::GenericClient;
 use serde_json::value::RawValue;
 use tokio_postgres::{IsolationLevel, Row};
 
+use super::keys::{row_seal, sealed_error, shred_key, stored_key};
 use super::{execute, limit, ms, query, query_opt, time, Shared};
+use crate::at_rest::{DataKeys, Field, RowSeal};
 use crate::ids::{DeviceId, Seq, SessionId, SessionToken, TokenHash, UserId};
 use crate::model::{
     Consent, Decision, SessionEvent, SessionRecord, SessionRequest, UserRecord, UserStatus,
@@ -17,15 +19,16 @@ use crate::store::{
 use crate::write::{Note, NoteWrite, TransitionWrite};
 
 /// The columns [`session_from_row`] reads, in order; `owner_epoch` at index 19, the
-/// binding's after it.
+/// data key's two columns (20, 21), then the binding's.
 pub(crate) const SESSION_COLUMNS: &str = "id, owner, token_hash, status, seq, scopes, \
      vendor_data, external_reference_id, registration, redirect_url, callback_url, created_at, \
      updated_at, expires_at, decided_at, user_id, is_consented, consented_at, issuer, owner_epoch, \
-     binding, binding_code, binding_misses, decline_reason, shown_browser, shown_os, shown_since";
+     data_key_id, data_key, binding, binding_code, binding_misses, decline_reason, shown_browser, \
+     shown_os, shown_since";
 
 /// How many columns [`SESSION_COLUMNS`] names: a query that selects more after them
 /// reads those from this index on.
-pub(crate) const SESSION_COLUMN_COUNT: usize = 27;
+pub(crate) const SESSION_COLUMN_COUNT: usize = 29;
 
 /// [`SESSION_COLUMNS`] qualified by the alias `s`, for joins.
 pub(crate) fn session_columns_of(alias: &str) -> String {
@@ -47,7 +50,7 @@ fn opt_time(ms: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
 }
 
 /// A session row as [`SESSION_COLUMNS`] selects it.
-pub(crate) fn session_from_row(row: &Row) -> Result<SessionRecord, StoreError> {
+pub(crate) fn session_from_row(row: &Row, keys: &DataKeys) -> Result<SessionRecord, StoreError> {
     let id: String = row.try_get(0)?;
     let token: Vec<u8> = row.try_get(2)?;
     let status: String = row.try_get(3)?;
@@ -60,24 +63,33 @@ pub(crate) fn session_from_row(row: &Row) -> Result<SessionRecord, StoreError> {
     let issuer: Option<String> = row.try_get(18)?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("session {id}: {what}"));
     let binding = BindingColumns {
-        binding: row.try_get(20)?,
-        code: row.try_get(21)?,
-        misses: i64::from(row.try_get::<_, i32>(22)?),
-        reason: row.try_get(23)?,
-        browser: row.try_get(24)?,
-        os: row.try_get(25)?,
-        since: row.try_get(26)?,
+        binding: row.try_get(22)?,
+        code: row.try_get(23)?,
+        misses: i64::from(row.try_get::<_, i32>(24)?),
+        reason: row.try_get(25)?,
+        browser: row.try_get(26)?,
+        os: row.try_get(27)?,
+        since: row.try_get(28)?,
     };
+    let sid = SessionId::parse(&id).ok_or_else(|| corrupt("id"))?;
+    let seal = keys
+        .row(sid, stored_key(row.try_get(20)?, row.try_get(21)?))
+        .map_err(|e| sealed_error(sid, e))?;
+    let open = |field, value| {
+        seal.open_text(field, value)
+            .map_err(|e| sealed_error(sid, e))
+    };
+    let registration = open(Field::Registration, registration)?;
     let mut record = SessionRecord {
-        id: SessionId::parse(&id).ok_or_else(|| corrupt("id"))?,
+        id: sid,
         owner: row.try_get(1)?,
         token_hash: TokenHash::from_slice(&token).ok_or_else(|| corrupt("token hash"))?,
         status: status.parse().map_err(|_| corrupt("status"))?,
         seq: Seq(u64::try_from(seq).map_err(|_| corrupt("seq"))?),
         request: std::sync::Arc::new(SessionRequest {
             scopes: serde_json::from_str(&scopes).map_err(|_| corrupt("scopes"))?,
-            vendor_data: row.try_get(6)?,
-            external_reference_id: row.try_get(7)?,
+            vendor_data: open(Field::VendorData, row.try_get(6)?)?,
+            external_reference_id: open(Field::ExternalReferenceId, row.try_get(7)?)?,
             registration: registration
                 .map(RawValue::from_string)
                 .transpose()
@@ -117,29 +129,33 @@ pub(crate) fn session_from_row(row: &Row) -> Result<SessionRecord, StoreError> {
 /// One session, whatever its status.
 pub(crate) async fn load_session(
     c: &impl GenericClient,
+    keys: &DataKeys,
     id: SessionId,
 ) -> Result<Option<SessionRecord>, StoreError> {
     let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1");
     query_opt(c, &sql, &[&id.to_string()])
         .await?
-        .map(|r| session_from_row(&r))
+        .map(|r| session_from_row(&r, keys))
         .transpose()
 }
 
 async fn insert_session(
     c: &impl GenericClient,
+    keys: &DataKeys,
     s: &SessionRecord,
     node: &str,
 ) -> Result<(), StoreError> {
     let scopes = serde_json::to_string(&s.request.scopes)
         .map_err(|e| StoreError::Corrupt(format!("scopes: {e}")))?;
     let id = s.id.to_string();
+    let (seal, key) = RowSeal::new_session(keys, s.id);
+    let (key_id, key) = key.map_or((None, None), |k| (Some(k.key_id), Some(k.sealed)));
     execute(
         c,
         "INSERT INTO sessions (id, owner, token_hash, status, seq, scopes, vendor_data, \
          external_reference_id, registration, redirect_url, callback_url, created_at, \
-         updated_at, expires_at, owner_node, owner_epoch, binding) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 1, $16)",
+         updated_at, expires_at, owner_node, owner_epoch, data_key_id, data_key, binding) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 1, $16, $17, $18)",
         &[
             &id,
             &s.owner,
@@ -147,15 +163,23 @@ async fn insert_session(
             &s.status.as_str(),
             &(s.seq.0 as i64),
             &scopes,
-            &s.request.vendor_data,
-            &s.request.external_reference_id,
-            &s.request.registration.as_ref().map(|r| r.get()),
+            &seal.seal_text(Field::VendorData, s.request.vendor_data.as_deref()),
+            &seal.seal_text(
+                Field::ExternalReferenceId,
+                s.request.external_reference_id.as_deref(),
+            ),
+            &seal.seal_text(
+                Field::Registration,
+                s.request.registration.as_ref().map(|r| r.get()),
+            ),
             &s.request.redirect_url,
             &s.request.callback_url,
             &ms(s.created_at),
             &ms(s.updated_at),
             &ms(s.expires_at),
             &node,
+            &key_id,
+            &key,
             &s.request.binding.as_str(),
         ],
     )
@@ -194,12 +218,22 @@ impl Shared {
         after: &mut After,
     ) -> Result<SessionRecord, StoreError> {
         let seq = t.from_seq.next();
+        // Only what stores the person's data needs the session's key.
+        let seal = if t.shared_data.is_some() || !t.files.is_empty() {
+            Some(row_seal(c, &self.data_keys, t.id).await?)
+        } else {
+            None
+        };
         let shared = t
             .shared_data
             .as_ref()
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("shared data: {e}")))?;
+        let shared = match &seal {
+            Some(seal) => seal.seal_text(Field::SharedData, shared.as_deref()),
+            None => shared,
+        };
         // No epoch held: no row can match, and the diagnosis below says why.
         let epoch = self.held.get(&t.id).map_or(-1, |e| *e);
         let id = t.id.to_string();
@@ -246,7 +280,7 @@ impl Shared {
         )
         .await?;
         let committed = match row {
-            Some(row) => session_from_row(&row)?,
+            Some(row) => session_from_row(&row, &self.data_keys)?,
             None => return Err(self.why_refused(c, t.id, t.from_seq).await?),
         };
         execute(
@@ -266,7 +300,10 @@ impl Shared {
             )
             .await?;
         }
-        super::files::apply(c, t).await?;
+        super::files::apply(c, seal.as_ref(), t).await?;
+        if t.purge {
+            shred_key(c, &self.data_keys, t.id).await?;
+        }
         after.purged |= t.purge;
         // Same transaction as the transition: an acknowledged transition has its event.
         after.webhook_enqueued |= self.enqueue(c, t, &committed).await?;
@@ -351,7 +388,7 @@ impl Shared {
         };
         crate::metrics::store_commit(1, began.elapsed());
         match row {
-            Some(row) => session_from_row(&row),
+            Some(row) => session_from_row(&row, &self.data_keys),
             None => Err(self.why_refused(&conn, w.id, w.from_seq).await?),
         }
     }
@@ -411,9 +448,12 @@ impl Shared {
                         &[&&token.hash().0[..], &session_id],
                     )
                     .await?;
-                    let replayed = load_session(&tx, id).await?.ok_or_else(|| {
-                        StoreError::Corrupt("idempotency key without session".into())
-                    })?;
+                    let replayed =
+                        load_session(&tx, &self.data_keys, id)
+                            .await?
+                            .ok_or_else(|| {
+                                StoreError::Corrupt("idempotency key without session".into())
+                            })?;
                     tx.commit().await?;
                     crate::metrics::store_commit(1, began.elapsed());
                     return Ok(CreateOutcome::Replayed(Box::new(replayed), token));
@@ -435,7 +475,7 @@ impl Shared {
                 break;
             }
         }
-        insert_session(&tx, s, &self.node_id).await?;
+        insert_session(&tx, &self.data_keys, s, &self.node_id).await?;
         tx.commit().await?;
         // One transaction per call: a "batch" of one job, in SQLite's terms.
         crate::metrics::store_commit(1, began.elapsed());
@@ -514,7 +554,7 @@ impl Shared {
         let rows = query(&conn, &sql, &[&self.node_id, &self.incarnation]).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let record = session_from_row(&row)?;
+            let record = session_from_row(&row, &self.data_keys)?;
             self.hold(record.id, row.try_get(19)?);
             out.push(record);
         }
@@ -534,7 +574,7 @@ impl Shared {
             .read_only(true)
             .start()
             .await?;
-        let Some(session) = load_session(&tx, id).await? else {
+        let Some(session) = load_session(&tx, &self.data_keys, id).await? else {
             return Ok(None);
         };
         let row = query_opt(
@@ -544,7 +584,10 @@ impl Shared {
         )
         .await?
         .ok_or_else(|| StoreError::Corrupt("session vanished".into()))?;
-        let shared: Option<String> = row.try_get(0)?;
+        let shared: Option<String> = row_seal(&tx, &self.data_keys, id)
+            .await?
+            .open_text(Field::SharedData, row.try_get(0)?)
+            .map_err(|e| sealed_error(id, e))?;
         let purged_at: Option<i64> = row.try_get(1)?;
         let shared_data = shared
             .map(|s| serde_json::from_str(&s))

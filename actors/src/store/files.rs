@@ -10,6 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::writer::Effects;
 use super::{Store, StoreError};
+use crate::at_rest::{Field, RowSeal};
 use crate::ids::{FileId, SessionId};
 use crate::model::FileMeta;
 use crate::write::TransitionWrite;
@@ -45,10 +46,13 @@ impl std::fmt::Debug for StoredFile {
 /// file of a session that ends without consent.
 pub(crate) fn apply(
     conn: &Connection,
+    seal: Option<&RowSeal>,
     t: &TransitionWrite,
     fx: &mut Effects,
 ) -> Result<(), StoreError> {
     if !t.files.is_empty() {
+        let seal =
+            seal.ok_or_else(|| StoreError::Corrupt("files without their session's key".into()))?;
         let mut insert = conn.prepare_cached(
             "INSERT INTO files (file_id, session_id, kind, content_type, size, bytes, created_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -60,7 +64,7 @@ pub(crate) fn apply(
                 f.kind,
                 f.upload.content_type.as_str(),
                 f.upload.size() as i64,
-                &f.upload.bytes[..],
+                seal.seal_bytes(Field::File(f.file_id), &f.upload.bytes[..]),
                 t.at.timestamp_millis(),
             ])?;
         }
@@ -112,8 +116,10 @@ impl Store {
         id: SessionId,
         file_id: FileId,
     ) -> Result<Option<StoredFile>, StoreError> {
+        let keys = self.data_keys();
         self.read(move |conn| {
-            Ok(conn
+            let tx = conn.unchecked_transaction()?;
+            let found = tx
                 .prepare_cached(
                     "SELECT s.owner, f.content_type, f.bytes FROM files f \
                      JOIN sessions s ON s.id = f.session_id \
@@ -126,7 +132,14 @@ impl Store {
                         bytes: r.get(2)?,
                     })
                 })
-                .optional()?)
+                .optional()?;
+            let Some(mut file) = found else {
+                return Ok(None);
+            };
+            file.bytes = super::keys::row_seal(&tx, &keys, id)?
+                .open_bytes(Field::File(file_id), std::mem::take(&mut file.bytes))
+                .map_err(|e| super::keys::sealed_error(id, e))?;
+            Ok(Some(file))
         })
         .await
     }
@@ -140,6 +153,7 @@ impl Store {
         cutoff: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
+        let keys = self.data_keys();
         self.write(move |conn, fx| {
             let ids: Vec<String> = conn
                 .prepare_cached(
@@ -159,6 +173,9 @@ impl Store {
             for id in &ids {
                 delete.execute([id])?;
                 clear.execute(params![id, now.timestamp_millis()])?;
+                let sid = SessionId::parse(id)
+                    .ok_or_else(|| StoreError::Corrupt(format!("session id {id}")))?;
+                super::keys::shred_key(conn, &keys, sid)?;
             }
             fx.scrub |= !ids.is_empty();
             Ok(ids.len())

@@ -7,13 +7,17 @@
 //! - [`sessions`]: the SQL for sessions, their events, idempotency keys and users.
 //! - [`files`]: the SQL for uploaded files and the retention purge.
 //! - [`outbox`]: the SQL for the webhook outbox.
+//! - `keys`: the SQL of a session's data key (read, opened, shredded).
+//! - `records`: the SQL of record retention and of `rekey` (sealed data keys).
 //!
 //! The rest of the broker sees only [`Store`]'s async methods, which are the
 //! whole interface a second backend (Postgres) would have to provide.
 
 mod files;
+mod keys;
 pub(crate) mod outbox;
 mod readers;
+pub(crate) mod records;
 mod schema;
 mod sessions;
 pub(crate) mod writer;
@@ -29,10 +33,13 @@ use tokio::sync::oneshot;
 
 pub use files::{StoredFile, PURGE_BATCH};
 pub use outbox::{DeliveryRecord, DueEvents, OutboxEvent, WebhookCounts, STATUS_CHANGED};
+pub use records::{rekey, RecordsDeleted};
 pub use sessions::{CreateOutcome, IdempotencyClaim, NewSession, IDEMPOTENCY_WINDOW};
 
 use crate::supervise::{self, Task, Tasks};
 use writer::{Effects, FnJob, Job};
+
+use crate::at_rest::DataKeys;
 
 /// A time as stored: milliseconds since the Unix epoch.
 pub(crate) fn ms(t: chrono::DateTime<chrono::Utc>) -> i64 {
@@ -136,6 +143,9 @@ pub struct StoreConfig {
     pub webhooks: Option<WebhookRoute>,
     /// The broker's supervised tasks: the writer and reader threads are among them.
     pub tasks: Tasks,
+    /// The operator's data keys (`--data-key`): the person's fields are sealed under
+    /// them (none: stored in clear).
+    pub data_keys: Arc<DataKeys>,
 }
 
 impl StoreConfig {
@@ -146,6 +156,7 @@ impl StoreConfig {
             readers: 2,
             webhooks: None,
             tasks: Tasks::default(),
+            data_keys: Arc::new(DataKeys::none()),
         }
     }
 }
@@ -164,6 +175,8 @@ struct Inner {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Handed to every write job, so that `apply_transition` can enqueue webhooks.
     webhooks: Option<Arc<WebhookRoute>>,
+    /// Seals and opens the person's fields (shared with every job; read-only).
+    data_keys: Arc<DataKeys>,
     /// Woken after a commit that enqueued a webhook event. `Notify` keeps one permit
     /// when nobody waits, so a wake-up between two dispatcher scans is not lost.
     webhook_wake: Arc<tokio::sync::Notify>,
@@ -261,11 +274,17 @@ impl Store {
                 readers: Mutex::new(Some(rtx)),
                 threads: Mutex::new(threads),
                 webhooks: config.webhooks.clone().map(Arc::new),
+                data_keys: config.data_keys.clone(),
                 webhook_wake: Arc::new(tokio::sync::Notify::new()),
                 session_reads: AtomicU64::new(0),
                 token_lookups: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// The operator's data keys this store seals and opens with.
+    pub(crate) fn data_keys(&self) -> Arc<DataKeys> {
+        self.inner.data_keys.clone()
     }
 
     /// How many session loads the store has been asked for.

@@ -21,7 +21,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
         6,
         include_str!("../../../migrations/0006_tokens_name_their_session.sql"),
     ),
-    (7, include_str!("../../../migrations/0007_binding.sql")),
+    (
+        7,
+        include_str!("../../../migrations/0007_sealed_at_rest.sql"),
+    ),
+    (8, include_str!("../../../migrations/0008_binding.sql")),
 ];
 
 /// Brings the schema up to date inside one transaction, recording each version applied.

@@ -4,8 +4,10 @@ use chrono::{DateTime, Duration, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::value::RawValue;
 
+use super::keys::{row_seal, sealed_error, shred_key, stored_key};
 use super::writer::Effects;
 use super::{ms, time, BindingColumns, Store, StoreError};
+use crate::at_rest::{DataKeys, Field, RowSeal};
 use crate::ids::{DeviceId, Seq, SessionId, SessionToken, TokenHash, UserId};
 use crate::model::{
     Consent, Decision, SessionEvent, SessionRecord, SessionRequest, UserRecord, UserStatus,
@@ -52,10 +54,10 @@ pub enum CreateOutcome {
 
 const SESSION_COLUMNS: &str = "id, owner, token_hash, status, seq, scopes, vendor_data, \
      external_reference_id, registration, redirect_url, callback_url, created_at, updated_at, \
-     expires_at, decided_at, user_id, is_consented, consented_at, issuer, binding, binding_code, \
-     binding_misses, decline_reason, shown_browser, shown_os, shown_since";
+     expires_at, decided_at, user_id, is_consented, consented_at, issuer, data_key_id, data_key, \
+     binding, binding_code, binding_misses, decline_reason, shown_browser, shown_os, shown_since";
 
-fn session_from_row(row: &Row<'_>) -> Result<SessionRecord, StoreError> {
+fn session_from_row(row: &Row<'_>, keys: &DataKeys) -> Result<SessionRecord, StoreError> {
     let id: String = row.get(0)?;
     let token: Vec<u8> = row.get(2)?;
     let status: String = row.get(3)?;
@@ -68,24 +70,33 @@ fn session_from_row(row: &Row<'_>) -> Result<SessionRecord, StoreError> {
     let issuer: Option<String> = row.get(18)?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("session {id}: {what}"));
     let binding = BindingColumns {
-        binding: row.get(19)?,
-        code: row.get(20)?,
-        misses: row.get(21)?,
-        reason: row.get(22)?,
-        browser: row.get(23)?,
-        os: row.get(24)?,
-        since: row.get(25)?,
+        binding: row.get(21)?,
+        code: row.get(22)?,
+        misses: row.get(23)?,
+        reason: row.get(24)?,
+        browser: row.get(25)?,
+        os: row.get(26)?,
+        since: row.get(27)?,
     };
+    let sid = SessionId::parse(&id).ok_or_else(|| corrupt("id"))?;
+    let seal = keys
+        .row(sid, stored_key(row.get(19)?, row.get(20)?))
+        .map_err(|e| sealed_error(sid, e))?;
+    let open = |field, value| {
+        seal.open_text(field, value)
+            .map_err(|e| sealed_error(sid, e))
+    };
+    let registration = open(Field::Registration, registration)?;
     let mut record = SessionRecord {
-        id: SessionId::parse(&id).ok_or_else(|| corrupt("id"))?,
+        id: sid,
         owner: row.get(1)?,
         token_hash: TokenHash::from_slice(&token).ok_or_else(|| corrupt("token hash"))?,
         status: status.parse().map_err(|_| corrupt("status"))?,
         seq: Seq(u64::try_from(seq).map_err(|_| corrupt("seq"))?),
         request: std::sync::Arc::new(SessionRequest {
             scopes: serde_json::from_str(&scopes).map_err(|_| corrupt("scopes"))?,
-            vendor_data: row.get(6)?,
-            external_reference_id: row.get(7)?,
+            vendor_data: open(Field::VendorData, row.get(6)?)?,
+            external_reference_id: open(Field::ExternalReferenceId, row.get(7)?)?,
             registration: registration
                 .map(RawValue::from_string)
                 .transpose()
@@ -124,13 +135,14 @@ fn session_from_row(row: &Row<'_>) -> Result<SessionRecord, StoreError> {
 
 pub(crate) fn load_session(
     conn: &Connection,
+    keys: &DataKeys,
     id: SessionId,
 ) -> Result<Option<SessionRecord>, StoreError> {
     let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1");
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query([id.to_string()])?;
     match rows.next()? {
-        Some(row) => Ok(Some(session_from_row(row)?)),
+        Some(row) => Ok(Some(session_from_row(row, keys)?)),
         None => Ok(None),
     }
 }
@@ -160,15 +172,17 @@ fn token_in_use(
         .is_some_and(|c| c.matches(&hash)))
 }
 
-fn insert_session(conn: &Connection, s: &SessionRecord) -> Result<(), StoreError> {
+fn insert_session(conn: &Connection, keys: &DataKeys, s: &SessionRecord) -> Result<(), StoreError> {
     let scopes = serde_json::to_string(&s.request.scopes)
         .map_err(|e| StoreError::Corrupt(format!("scopes: {e}")))?;
     let id = s.id.text();
+    let (seal, key) = RowSeal::new_session(keys, s.id);
+    let (key_id, key) = key.map_or((None, None), |k| (Some(k.key_id), Some(k.sealed)));
     conn.prepare_cached(
         "INSERT INTO sessions (id, owner, token_hash, status, seq, scopes, vendor_data, \
          external_reference_id, registration, redirect_url, callback_url, created_at, \
-         updated_at, expires_at, binding) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+         updated_at, expires_at, data_key_id, data_key, binding) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )?
     .execute(params![
         &*id,
@@ -177,14 +191,22 @@ fn insert_session(conn: &Connection, s: &SessionRecord) -> Result<(), StoreError
         s.status.as_str(),
         s.seq.0 as i64,
         scopes,
-        s.request.vendor_data,
-        s.request.external_reference_id,
-        s.request.registration.as_ref().map(|r| r.get()),
+        seal.seal_text(Field::VendorData, s.request.vendor_data.as_deref()),
+        seal.seal_text(
+            Field::ExternalReferenceId,
+            s.request.external_reference_id.as_deref()
+        ),
+        seal.seal_text(
+            Field::Registration,
+            s.request.registration.as_ref().map(|r| r.get())
+        ),
         s.request.redirect_url,
         s.request.callback_url,
         ms(s.created_at),
         ms(s.updated_at),
         ms(s.expires_at),
+        key_id,
+        key,
         s.request.binding.as_str(),
     ])?;
     conn.prepare_cached(
@@ -204,17 +226,28 @@ fn insert_session(conn: &Connection, s: &SessionRecord) -> Result<(), StoreError
 /// the row as committed (`RETURNING`), which the session actor adopts.
 pub(crate) fn apply_transition(
     conn: &Connection,
+    keys: &DataKeys,
     t: &TransitionWrite,
     fx: &mut Effects,
 ) -> Result<SessionRecord, StoreError> {
     let seq = t.from_seq.next();
     let id = t.id.text();
+    // Only what stores the person's data needs the session's key.
+    let seal = if t.shared_data.is_some() || !t.files.is_empty() {
+        Some(row_seal(conn, keys, t.id)?)
+    } else {
+        None
+    };
     let shared = t
         .shared_data
         .as_ref()
         .map(serde_json::to_string)
         .transpose()
         .map_err(|e| StoreError::Corrupt(format!("shared data: {e}")))?;
+    let shared = match &seal {
+        Some(seal) => seal.seal_text(Field::SharedData, shared.as_deref()),
+        None => shared,
+    };
     let purge = t.purge;
     let sql = format!(
         "UPDATE sessions SET status = ?1, seq = ?2, updated_at = ?3, \
@@ -250,7 +283,7 @@ pub(crate) fn apply_transition(
             t.reason.map(|r| r.as_str()),
         ])?;
         match rows.next()? {
-            Some(row) => session_from_row(row)?,
+            Some(row) => session_from_row(row, keys)?,
             // Another writer moved the session first (or it is gone).
             None => return Err(StoreError::Stale),
         }
@@ -267,9 +300,10 @@ pub(crate) fn apply_transition(
         )?
         .execute(params![&*id, ms(t.at)])?;
     }
-    super::files::apply(conn, t, fx)?;
+    super::files::apply(conn, seal.as_ref(), t, fx)?;
     if purge {
         fx.scrub = true;
+        shred_key(conn, keys, t.id)?;
     }
     // Same transaction as the transition: an acknowledged transition has its event.
     super::outbox::enqueue(conn, t, fx)?;
@@ -284,6 +318,7 @@ impl Store {
         new: NewSession,
         claim: Option<IdempotencyClaim>,
     ) -> Result<CreateOutcome, StoreError> {
+        let keys = self.data_keys();
         self.write(move |conn, _fx| {
             let s = &new.record;
             if let Some(claim) = &claim {
@@ -304,7 +339,7 @@ impl Store {
                         let token = SessionToken::generate(id);
                         conn.prepare_cached("UPDATE sessions SET token_hash = ?1 WHERE id = ?2")?
                             .execute(params![&token.hash().0[..], session_id])?;
-                        return load_session(conn, id)?
+                        return load_session(conn, &keys, id)?
                             .map(|s| CreateOutcome::Replayed(Box::new(s), token))
                             .ok_or_else(|| StoreError::Corrupt("idempotency key without session".into()));
                     }
@@ -317,7 +352,7 @@ impl Store {
                 )?
                 .execute(params![s.owner, claim.key, &claim.request_hash[..], s.id.to_string(), ms(s.created_at)])?;
             }
-            insert_session(conn, s)?;
+            insert_session(conn, &keys, s)?;
             Ok(CreateOutcome::Created)
         })
         .await
@@ -354,13 +389,15 @@ impl Store {
     /// Commits a transition and answers the session as committed; `Stale` if the
     /// session's seq is no longer `from_seq`.
     pub async fn commit_transition(&self, t: TransitionWrite) -> Result<SessionRecord, StoreError> {
-        self.write(move |conn, fx| apply_transition(conn, &t, fx))
+        let keys = self.data_keys();
+        self.write(move |conn, fx| apply_transition(conn, &keys, &t, fx))
             .await
     }
 
     /// Commits a change that is no transition (seq, status and events stay); answers the
     /// session as committed; `Stale` if the session moved, or the change was made.
     pub async fn commit_note(&self, w: NoteWrite) -> Result<SessionRecord, StoreError> {
+        let keys = self.data_keys();
         self.write(move |conn, _fx| {
             let id = w.id.text();
             let seq = w.from_seq.0 as i64;
@@ -384,7 +421,7 @@ impl Store {
                 }
             };
             match rows.next()? {
-                Some(row) => session_from_row(row),
+                Some(row) => session_from_row(row, &keys),
                 None => Err(StoreError::Stale),
             }
         })
@@ -397,10 +434,11 @@ impl Store {
         &self,
         writes: Vec<TransitionWrite>,
     ) -> Result<Vec<SessionRecord>, StoreError> {
+        let keys = self.data_keys();
         self.write(move |conn, fx| {
             writes
                 .iter()
-                .map(|t| apply_transition(conn, t, fx))
+                .map(|t| apply_transition(conn, &keys, t, fx))
                 .collect()
         })
         .await
@@ -435,12 +473,14 @@ impl Store {
     /// One session, whatever its status.
     pub async fn load_session(&self, id: SessionId) -> Result<Option<SessionRecord>, StoreError> {
         self.count_session_read();
-        self.read(move |conn| load_session(conn, id)).await
+        let keys = self.data_keys();
+        self.read(move |conn| load_session(conn, &keys, id)).await
     }
 
     /// Every session that is not terminal.
     pub async fn load_live_sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
-        self.read(|conn| {
+        let keys = self.data_keys();
+        self.read(move |conn| {
             let sql = format!(
                 "SELECT {SESSION_COLUMNS} FROM sessions WHERE status IN {}",
                 Status::live_sql()
@@ -449,7 +489,7 @@ impl Store {
             let mut rows = stmt.query([])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
-                out.push(session_from_row(row)?);
+                out.push(session_from_row(row, &keys)?);
             }
             Ok(out)
         })
@@ -458,17 +498,21 @@ impl Store {
 
     /// The session with its shared data and files, for the decision.
     pub async fn load_decision(&self, id: SessionId) -> Result<Option<Decision>, StoreError> {
+        let keys = self.data_keys();
         self.read(move |conn| {
             // One read transaction: the row, its data and its files as of one moment,
             // even if a retention purge commits meanwhile.
             let tx = conn.unchecked_transaction()?;
             let conn: &Connection = &tx;
-            let Some(session) = load_session(conn, id)? else {
+            let Some(session) = load_session(conn, &keys, id)? else {
                 return Ok(None);
             };
             let (shared, purged_at): (Option<String>, Option<i64>) = conn
                 .prepare_cached("SELECT shared_data, purged_at FROM sessions WHERE id = ?1")?
                 .query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let shared = row_seal(conn, &keys, id)?
+                .open_text(Field::SharedData, shared)
+                .map_err(|e| sealed_error(id, e))?;
             let shared_data = shared
                 .map(|s| serde_json::from_str(&s))
                 .transpose()

@@ -92,6 +92,10 @@ pub struct Dispatcher {
     drained: Vec<oneshot::Sender<()>>,
     /// Its supervision ([`Dispatcher::supervised`]); a scan is one round.
     life: Lifeline,
+    /// Whether this is the broker's first dispatcher, which adds what a previous run
+    /// left in the outbox to the depth gauge; one that replaces a dead one does not
+    /// (the gauge still counts those events).
+    first: bool,
 }
 
 /// An HTTP client for webhooks: TLS with the `ring` provider and the platform's roots
@@ -151,6 +155,7 @@ impl Dispatcher {
             stopping: false,
             drained: Vec::new(),
             life: Tasks::default().lifeline(Task::Webhooks),
+            first: true,
         })
     }
 
@@ -159,7 +164,9 @@ impl Dispatcher {
     /// afresh (every event is in the store until recorded, so none is lost; one in
     /// flight at the death may be sent twice, which webhooks allow: SPEC §4).
     pub fn supervised(self, tasks: &Tasks) -> Supervised<Dispatcher> {
+        let mut first = true;
         start_actor(tasks, Task::Webhooks, move |life| Self {
+            first: std::mem::take(&mut first),
             client: self.client.clone(),
             callbacks: self.callbacks.clone(),
             store: self.store.clone(),
@@ -440,6 +447,9 @@ impl Actor for Dispatcher {
         // Resume whatever a previous run left pending.
         self.scan(ctx);
         // The outbox depth gauge starts from what a previous run left.
+        if !self.first {
+            return;
+        }
         let store = self.store.clone();
         actix::spawn(async move {
             match store.pending_webhooks().await {

@@ -1,4 +1,4 @@
--- As migrations/0007_binding.sql on SQLite.
+-- As migrations/0008_binding.sql on SQLite.
 -- Binding the phone to the screen (SPEC §2): a session created with "binding": "code"
 -- draws a two-digit code when the device retrieves it; approve must carry it. Wrong
 -- codes are counted here, in the session's row, so the count survives a restart and

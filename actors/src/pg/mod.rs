@@ -63,7 +63,7 @@ use crate::store_api::{
     CreateOutcome, DeliveryRecord, DueEvents, IdempotencyClaim, NewSession, StoreError, StoredFile,
     WebhookCounts, WebhookRoute,
 };
-use crate::write::TransitionWrite;
+use crate::write::{NoteWrite, TransitionWrite};
 
 /// How soon after a purge the personal-data tables are vacuumed; purges within this
 /// window share one VACUUM (SPEC §2 allows 5 s for SQLite's files).
@@ -498,6 +498,10 @@ impl SessionStore for PgStore {
             out.pop()
                 .ok_or_else(|| StoreError::Corrupt("no committed row".into()))
         })
+    }
+
+    fn commit_note(&self, write: NoteWrite) -> StoreFuture<'_, SessionRecord> {
+        self.run(move |s| async move { s.commit_note(write).await })
     }
 
     fn commit_transitions(

@@ -24,6 +24,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../../migrations/postgres/0004_sealed_at_rest.sql"),
     ),
+    (
+        5,
+        include_str!("../../../migrations/postgres/0005_binding.sql"),
+    ),
 ];
 
 /// The schema version this broker brings a database to.

@@ -15,7 +15,7 @@ use crate::store_api::{
     CreateOutcome, IdempotencyClaim, KeySeen, NewSession, StoreError, SESSION_COLUMNS,
 };
 use crate::store_api::{opt_time, sealed_error};
-use crate::write::TransitionWrite;
+use crate::write::{Note, NoteWrite, TransitionWrite};
 
 /// A PostgreSQL row read by column index, for the shared decoding
 /// ([`session_from_row`]).
@@ -56,8 +56,8 @@ async fn insert_session(
         c,
         "INSERT INTO sessions (id, owner, token_hash, status, seq, scopes, vendor_data, \
          external_reference_id, registration, redirect_url, callback_url, created_at, \
-         updated_at, expires_at, owner_node, owner_epoch, data_key_id, data_key) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 1, $16, $17)",
+         updated_at, expires_at, owner_node, owner_epoch, data_key_id, data_key, binding) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 1, $16, $17, $18)",
         &[
             &id,
             &s.owner,
@@ -82,6 +82,7 @@ async fn insert_session(
             &node,
             &key_id,
             &key,
+            &s.request.binding.as_str(),
         ],
     )
     .await?;
@@ -137,7 +138,10 @@ impl Shared {
                    is_consented = COALESCE($6, is_consented), \
                    consented_at = COALESCE($7, consented_at), \
                    shared_data = CASE WHEN $8 THEN NULL ELSE COALESCE($9, shared_data) END, \
-                   registration = CASE WHEN $8 THEN NULL ELSE registration END \
+                   registration = CASE WHEN $8 THEN NULL ELSE registration END, \
+                   binding_code = COALESCE($16, binding_code), \
+                   binding_misses = COALESCE($17, binding_misses), \
+                   decline_reason = COALESCE($18, decline_reason) \
                  WHERE id = $10 AND seq = $11 AND owner_node = $13 AND owner_epoch = $14 \
                    AND {lease} \
                  RETURNING {SESSION_COLUMNS}",
@@ -162,12 +166,15 @@ impl Shared {
                 &self.node_id,
                 &epoch,
                 &self.incarnation,
+                &t.binding_code.map(|c| c.to_string()),
+                &t.binding_misses.map(i32::from),
+                &t.reason.map(|r| r.as_str()),
             ],
         )
         .await?;
         let committed = match row {
             Some(row) => session_from_row(&row, &self.data_keys)?,
-            None => return Err(self.why_refused(c, t).await?),
+            None => return Err(self.why_refused(c, t.id, t.from_seq).await?),
         };
         execute(
             c,
@@ -202,18 +209,81 @@ impl Shared {
     async fn why_refused(
         &self,
         c: &impl GenericClient,
-        t: &TransitionWrite,
+        id: SessionId,
+        from_seq: Seq,
     ) -> Result<StoreError, StoreError> {
         let row = query_opt(
             c,
             "SELECT seq FROM sessions WHERE id = $1",
-            &[&t.id.to_string()],
+            &[&id.to_string()],
         )
         .await?;
         Ok(match row {
-            Some(row) if row.try_get::<_, i64>(0)? == t.from_seq.0 as i64 => StoreError::NotOwner,
+            Some(row) if row.try_get::<_, i64>(0)? == from_seq.0 as i64 => StoreError::NotOwner,
             _ => StoreError::Stale,
         })
+    }
+
+    /// Commits a change that is no transition, guarded by seq and ownership as a
+    /// transition is, and by what it changes (a miss counts on from the count before
+    /// it; `shown_on` is set once). Answers the row as committed.
+    pub(crate) async fn commit_note(&self, w: NoteWrite) -> Result<SessionRecord, StoreError> {
+        let began = std::time::Instant::now();
+        let conn = self.conn().await?;
+        let epoch = self.held.get(&w.id).map_or(-1, |e| *e);
+        let id = w.id.to_string();
+        let seq = w.from_seq.0 as i64;
+        let guard = format!(
+            "id = $1 AND seq = $2 AND owner_node = $3 AND owner_epoch = $4 AND {lease}",
+            lease = super::lease_held("$3", "$5"),
+        );
+        let row = match &w.note {
+            Note::BindingMiss { misses } => {
+                let sql = format!(
+                    "UPDATE sessions SET binding_misses = $6 \
+                     WHERE {guard} AND binding_misses = $6 - 1 RETURNING {SESSION_COLUMNS}"
+                );
+                query_opt(
+                    &conn,
+                    &sql,
+                    &[
+                        &id,
+                        &seq,
+                        &self.node_id,
+                        &epoch,
+                        &self.incarnation,
+                        &i32::from(*misses),
+                    ],
+                )
+                .await?
+            }
+            Note::ShownOn(on) => {
+                let sql = format!(
+                    "UPDATE sessions SET shown_browser = $6, shown_os = $7, shown_since = $8 \
+                     WHERE {guard} AND shown_since IS NULL RETURNING {SESSION_COLUMNS}"
+                );
+                query_opt(
+                    &conn,
+                    &sql,
+                    &[
+                        &id,
+                        &seq,
+                        &self.node_id,
+                        &epoch,
+                        &self.incarnation,
+                        &on.browser,
+                        &on.os,
+                        &ms(on.since),
+                    ],
+                )
+                .await?
+            }
+        };
+        crate::metrics::store_commit(1, began.elapsed());
+        match row {
+            Some(row) => session_from_row(&row, &self.data_keys),
+            None => Err(self.why_refused(&conn, w.id, w.from_seq).await?),
+        }
     }
 
     /// Inserts a new session owned by this node (epoch 1), honouring an idempotency key.
@@ -447,6 +517,8 @@ impl Shared {
                     seq: Seq(u64::try_from(seq).map_err(|_| StoreError::Corrupt("seq".into()))?),
                     status: status.parse().map_err(StoreError::Corrupt)?,
                     at: time(r.try_get(2)?)?,
+                    // The log keeps no code: readers take it from the session.
+                    binding_code: None,
                 })
             })
             .collect()

@@ -40,7 +40,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::clock::SharedClock;
-use crate::commands::{authorize, plan_expiry, Plan};
+use crate::commands::{answer_move, answer_note, authorize, plan_expiry, Plan};
 use crate::delivery::{check_after, Audience};
 use crate::error::SessionError;
 use crate::ids::SessionId;
@@ -56,11 +56,12 @@ use crate::session::messages::{
     AudienceCount, Change, CountAudience, Subscribe, Subscribed, Unsubscribe, WaitChange,
 };
 use crate::session::messages::{Caller, Promote, Refresh, Relinquish};
-use crate::session::messages::{Cancel, Decide, Inspect, Retrieve, RotateToken, Tick};
+use crate::session::messages::{Cancel, Decide, Inspect, Retrieve, RotateToken, ShowOn, Tick};
 use crate::session::messages::{CheckUpload, StageFile, StagedFile, UploadTicket};
 use crate::session_store::SessionStore;
 use crate::staging::Staged;
 use crate::store::StoreError;
+use crate::write::Note;
 
 /// A point where a test may have armed a panic ([`ArmFault`]); nothing at all in builds
 /// without fault injection (release builds), so no test hook ships.
@@ -410,7 +411,7 @@ impl SessionActor {
                             Ok(committed) => {
                                 let answer = committed.clone();
                                 act.apply(committed, ctx);
-                                Ok(answer)
+                                answer_move(answer)
                             }
                             Err(StoreError::Stale) => {
                                 act.reload(ctx);
@@ -424,6 +425,36 @@ impl SessionActor {
                             }
                             Err(e) => Err(e.into()),
                         }),
+                ))))
+            }
+            Ok(Plan::Note(write)) => {
+                let store = self.store.clone();
+                Reply(Answer::Commit(AtomicResponse::new(Box::pin(
+                    async move {
+                        let note = write.note.clone();
+                        (store.commit_note(write).await, note)
+                    }
+                    .into_actor(self)
+                    .map(|(res, note), act, ctx| match res {
+                        Ok(committed) => {
+                            if let Note::BindingMiss { .. } = note {
+                                crate::metrics::binding_mismatch(false);
+                            }
+                            // No transition: nothing to push or announce; the
+                            // watching nodes read it with the next one.
+                            act.state = Some(committed.clone());
+                            answer_note(&note, committed)
+                        }
+                        Err(StoreError::Stale) => {
+                            act.reload(ctx);
+                            Err(SessionError::Restarted)
+                        }
+                        Err(StoreError::NotOwner) => {
+                            act.relinquish(ctx);
+                            Err(SessionError::Restarted)
+                        }
+                        Err(e) => Err(e.into()),
+                    }),
                 ))))
             }
         }
@@ -443,6 +474,9 @@ impl SessionActor {
         let at = committed.updated_at;
         if self.state.as_ref().is_none_or(|s| s.seq < committed.seq) {
             crate::metrics::transition(committed.status.as_str());
+            if committed.reason == Some(crate::status::Reason::BindingMismatch) {
+                crate::metrics::binding_mismatch(true);
+            }
         }
         let seq = committed.seq;
         self.state = Some(committed);
@@ -705,6 +739,15 @@ impl Handler<Cancel> for SessionActor {
     fn handle(&mut self, msg: Cancel, ctx: &mut Context<Self>) -> Reply {
         let now = self.now();
         let plan = self.contain(ctx, |act, _| msg.plan(act.record()?, now));
+        self.execute(plan)
+    }
+}
+
+impl Handler<ShowOn> for SessionActor {
+    type Result = Reply;
+
+    fn handle(&mut self, msg: ShowOn, ctx: &mut Context<Self>) -> Reply {
+        let plan = self.contain(ctx, |act, _| msg.plan(act.record()?));
         self.execute(plan)
     }
 }

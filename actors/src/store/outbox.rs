@@ -230,6 +230,7 @@ mod tests {
                 registration: None,
                 redirect_url: None,
                 callback_url: callback_url.map(str::to_owned),
+                binding: Default::default(),
             },
             Utc::now(),
             chrono::Duration::seconds(600),
@@ -261,6 +262,9 @@ mod tests {
             decided_at: status.is_terminal().then_some(at),
             purge: status.discards_personal_data(),
             registers_user: status.registers_user(),
+            binding_code: None,
+            binding_misses: None,
+            reason: None,
         }
     }
 

@@ -15,7 +15,7 @@ use crate::store_api::{
     shared_data_column, Column, CreateOutcome, IdempotencyClaim, KeySeen, NewSession,
     SESSION_COLUMNS,
 };
-use crate::write::TransitionWrite;
+use crate::write::{Note, NoteWrite, TransitionWrite};
 
 /// A SQLite row read by column index, for the shared decoding ([`session_from_row`]).
 impl<T: rusqlite::types::FromSql> Column<T> for Row<'_> {
@@ -72,8 +72,8 @@ fn insert_session(conn: &Connection, keys: &DataKeys, s: &SessionRecord) -> Resu
     conn.prepare_cached(
         "INSERT INTO sessions (id, owner, token_hash, status, seq, scopes, vendor_data, \
          external_reference_id, registration, redirect_url, callback_url, created_at, \
-         updated_at, expires_at, data_key_id, data_key) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+         updated_at, expires_at, data_key_id, data_key, binding) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )?
     .execute(params![
         &*id,
@@ -98,6 +98,7 @@ fn insert_session(conn: &Connection, keys: &DataKeys, s: &SessionRecord) -> Resu
         ms(s.expires_at),
         key_id,
         key,
+        s.request.binding.as_str(),
     ])?;
     conn.prepare_cached(
         "INSERT INTO session_events (session_id, seq, status, at) VALUES (?1, ?2, ?3, ?4)",
@@ -138,7 +139,10 @@ pub(crate) fn apply_transition(
                is_consented = COALESCE(?6, is_consented), \
                consented_at = COALESCE(?7, consented_at), \
                shared_data = CASE WHEN ?8 THEN NULL ELSE COALESCE(?9, shared_data) END, \
-               registration = CASE WHEN ?8 THEN NULL ELSE registration END \
+               registration = CASE WHEN ?8 THEN NULL ELSE registration END, \
+               binding_code = COALESCE(?13, binding_code), \
+               binding_misses = COALESCE(?14, binding_misses), \
+               decline_reason = COALESCE(?15, decline_reason) \
              WHERE id = ?10 AND seq = ?11 RETURNING {SESSION_COLUMNS}"
     );
     let committed = {
@@ -156,6 +160,9 @@ pub(crate) fn apply_transition(
             &*id,
             t.from_seq.0 as i64,
             t.bind.as_ref().map(|d| d.issuer.as_str()),
+            t.binding_code.map(|c| c.to_string()),
+            t.binding_misses,
+            t.reason.map(|r| r.as_str()),
         ])?;
         match rows.next()? {
             Some(row) => session_from_row(row, keys)?,
@@ -263,6 +270,40 @@ impl Store {
         let keys = self.data_keys();
         self.write(move |conn, fx| apply_transition(conn, &keys, &t, fx))
             .await
+    }
+
+    /// Commits a change that is no transition (seq, status and events stay); answers the
+    /// session as committed; `Stale` if the session moved, or the change was made.
+    pub async fn commit_note(&self, w: NoteWrite) -> Result<SessionRecord, StoreError> {
+        let keys = self.data_keys();
+        self.write(move |conn, _fx| {
+            let id = w.id.text();
+            let seq = w.from_seq.0 as i64;
+            let mut stmt;
+            let mut rows = match &w.note {
+                Note::BindingMiss { misses } => {
+                    stmt = conn.prepare_cached(&format!(
+                        "UPDATE sessions SET binding_misses = ?1 \
+                         WHERE id = ?2 AND seq = ?3 AND binding_misses = ?1 - 1 \
+                         RETURNING {SESSION_COLUMNS}"
+                    ))?;
+                    stmt.query(params![misses, &*id, seq])?
+                }
+                Note::ShownOn(on) => {
+                    stmt = conn.prepare_cached(&format!(
+                        "UPDATE sessions SET shown_browser = ?1, shown_os = ?2, shown_since = ?3 \
+                         WHERE id = ?4 AND seq = ?5 AND shown_since IS NULL \
+                         RETURNING {SESSION_COLUMNS}"
+                    ))?;
+                    stmt.query(params![on.browser, on.os, ms(on.since), &*id, seq])?
+                }
+            };
+            match rows.next()? {
+                Some(row) => session_from_row(row, &keys),
+                None => Err(StoreError::Stale),
+            }
+        })
+        .await
     }
 
     /// Commits several transitions in one transaction (the start-up expiry of what
@@ -384,6 +425,8 @@ impl Store {
                     seq: Seq(seq as u64),
                     status: status.parse().map_err(StoreError::Corrupt)?,
                     at: time(at)?,
+                    // The log keeps no code: readers take it from the session.
+                    binding_code: None,
                 });
             }
             Ok(out)
@@ -464,8 +507,8 @@ mod tests {
     use super::*;
     use crate::ids::SessionToken;
     use crate::model::SessionRequest;
-    use crate::store_api::IDEMPOTENCY_WINDOW;
     use crate::store::StoreConfig;
+    use crate::store_api::IDEMPOTENCY_WINDOW;
     use chrono::Duration;
 
     #[actix_rt::test]

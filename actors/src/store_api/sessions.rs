@@ -48,7 +48,8 @@ pub enum CreateOutcome {
 /// (an engine may select more after them).
 pub const SESSION_COLUMNS: &str = "id, owner, token_hash, status, seq, scopes, vendor_data, \
      external_reference_id, registration, redirect_url, callback_url, created_at, updated_at, \
-     expires_at, decided_at, user_id, is_consented, consented_at, issuer, data_key_id, data_key";
+     expires_at, decided_at, user_id, is_consented, consented_at, issuer, data_key_id, data_key, \
+     binding, binding_code, binding_misses, decline_reason, shown_browser, shown_os, shown_since";
 
 /// [`SESSION_COLUMNS`] qualified by a table alias, for joins.
 pub fn session_columns_of(alias: &str) -> String {
@@ -94,6 +95,52 @@ impl<R> SqlRow for R where
         + Column<Vec<u8>>
         + Column<Option<Vec<u8>>>
 {
+}
+
+/// The binding and `shown_on` columns of a session row, as both engines store them
+/// (`binding, binding_code, binding_misses, decline_reason, shown_browser, shown_os,
+/// shown_since`); each engine reads them into this and [`BindingColumns::apply`]s it.
+pub struct BindingColumns {
+    pub binding: String,
+    pub code: Option<String>,
+    pub misses: i64,
+    pub reason: Option<String>,
+    pub browser: Option<String>,
+    pub os: Option<String>,
+    pub since: Option<i64>,
+}
+
+impl BindingColumns {
+    /// Sets what these columns say on `record`.
+    pub fn apply(self, record: &mut crate::model::SessionRecord) -> Result<(), StoreError> {
+        use crate::model::{Binding, BindingCode, ShownOn};
+        let corrupt = |what: &str| StoreError::Corrupt(format!("session {}: {what}", record.id));
+        let binding = Binding::parse(&self.binding).ok_or_else(|| corrupt("binding"))?;
+        let code = self
+            .code
+            .map(|c| BindingCode::parse(&c).ok_or_else(|| corrupt("binding code")))
+            .transpose()?;
+        let misses = u8::try_from(self.misses).map_err(|_| corrupt("binding misses"))?;
+        let reason = self
+            .reason
+            .map(|r| r.parse().map_err(|_| corrupt("decline reason")))
+            .transpose()?;
+        let shown_on = match (self.browser, self.os, self.since) {
+            (Some(browser), Some(os), Some(since)) => Some(Box::new(ShownOn {
+                browser,
+                os,
+                since: time(since)?,
+            })),
+            (None, None, None) => None,
+            _ => return Err(corrupt("shown_on in part")),
+        };
+        std::sync::Arc::make_mut(&mut record.request).binding = binding;
+        record.binding_code = code;
+        record.binding_misses = misses;
+        record.reason = reason;
+        record.shown_on = shown_on;
+        Ok(())
+    }
 }
 
 /// What a key seen before decides for a create that presents it (SPEC §3).
@@ -152,6 +199,15 @@ pub fn session_from_row(row: &impl SqlRow, keys: &DataKeys) -> Result<SessionRec
     let consented_at: Option<i64> = row.col(17)?;
     let issuer: Option<String> = row.col(18)?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("session {id}: {what}"));
+    let binding = BindingColumns {
+        binding: row.col(21)?,
+        code: row.col(22)?,
+        misses: row.col(23)?,
+        reason: row.col(24)?,
+        browser: row.col(25)?,
+        os: row.col(26)?,
+        since: row.col(27)?,
+    };
     let sid = SessionId::parse(&id).ok_or_else(|| corrupt("id"))?;
     let seal = keys
         .row(sid, stored_key(row.col(19)?, row.col(20)?))
@@ -161,7 +217,7 @@ pub fn session_from_row(row: &impl SqlRow, keys: &DataKeys) -> Result<SessionRec
             .map_err(|e| sealed_error(sid, e))
     };
     let registration = open(Field::Registration, registration)?;
-    Ok(SessionRecord {
+    let mut record = SessionRecord {
         id: sid,
         owner: row.col(1)?,
         token_hash: TokenHash::from_slice(&token).ok_or_else(|| corrupt("token hash"))?,
@@ -177,6 +233,7 @@ pub fn session_from_row(row: &impl SqlRow, keys: &DataKeys) -> Result<SessionRec
                 .map_err(|_| corrupt("registration"))?,
             redirect_url: row.col(9)?,
             callback_url: row.col(10)?,
+            binding: Default::default(),
         }),
         created_at: time(row.col(11)?)?,
         updated_at: time(row.col(12)?)?,
@@ -197,7 +254,13 @@ pub fn session_from_row(row: &impl SqlRow, keys: &DataKeys) -> Result<SessionRec
             }),
             _ => None,
         },
-    })
+        binding_code: None,
+        binding_misses: 0,
+        reason: None,
+        shown_on: None,
+    };
+    binding.apply(&mut record)?;
+    Ok(record)
 }
 
 #[cfg(test)]

@@ -167,7 +167,7 @@ impl Shared {
                 &epoch,
                 &self.incarnation,
                 &t.binding_code.map(|c| c.to_string()),
-                &t.binding_misses.map(i32::from),
+                &t.binding_misses.map(i64::from),
                 &t.reason.map(|r| r.as_str()),
             ],
         )
@@ -252,7 +252,7 @@ impl Shared {
                         &self.node_id,
                         &epoch,
                         &self.incarnation,
-                        &i32::from(*misses),
+                        &i64::from(*misses),
                     ],
                 )
                 .await?

@@ -82,6 +82,26 @@ impl Status {
         &SQL
     }
 
+    /// Whether a session in this status keeps the person's data (shared data, files)
+    /// until retention purges it (SPEC §2): only a confirmed one; every other end
+    /// deletes it with the transition.
+    pub fn keeps_data(self) -> bool {
+        self == Status::Confirmed
+    }
+
+    /// [`Status::keeps_data`] as an SQL list, for the retention purge.
+    pub fn keeps_data_sql() -> &'static str {
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            let names: Vec<String> = Status::ALL
+                .into_iter()
+                .filter(|s| s.keeps_data())
+                .map(|s| format!("'{s}'"))
+                .collect();
+            format!("({})", names.join(", "))
+        });
+        &SQL
+    }
+
     /// Whether reaching this status ends the session without the person's consent,
     /// so that everything stored about them is deleted (SPEC §2, data custody).
     pub fn discards_personal_data(self) -> bool {
@@ -433,6 +453,22 @@ mod tests {
             Status::records_expire_sql(),
             "('confirmed', 'declined', 'expired', 'cancelled')"
         );
+    }
+
+    #[test]
+    fn only_a_confirmed_session_keeps_the_persons_data() {
+        let table = [
+            (Status::Initialized, false),
+            (Status::Retrieved, false),
+            (Status::Confirmed, true),
+            (Status::Declined, false),
+            (Status::Expired, false),
+            (Status::Cancelled, false),
+        ];
+        for (status, keeps) in table {
+            assert_eq!(status.keeps_data(), keeps, "{status}");
+        }
+        assert_eq!(Status::keeps_data_sql(), "('confirmed')");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 -- not personal data of theirs.
 ALTER TABLE sessions ADD COLUMN binding TEXT NOT NULL DEFAULT 'none';  -- 'none' | 'code'
 ALTER TABLE sessions ADD COLUMN binding_code TEXT;                     -- '10'..'99', from `retrieved`
-ALTER TABLE sessions ADD COLUMN binding_misses INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN binding_misses BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE sessions ADD COLUMN decline_reason TEXT;                   -- 'denied' | 'binding_mismatch'
 ALTER TABLE sessions ADD COLUMN shown_browser TEXT;
 ALTER TABLE sessions ADD COLUMN shown_os TEXT;

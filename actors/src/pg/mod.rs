@@ -58,8 +58,8 @@ use crate::at_rest::DataKeys;
 use crate::ids::{FileId, Seq, SessionId, TokenHash, UserId};
 use crate::model::{Decision, SessionEvent, SessionRecord, UserRecord, UserStatus};
 use crate::session_store::{Claim, ClusterStore, SessionStore, StoreFuture};
-use crate::store::RecordsDeleted;
-use crate::store::{
+use crate::store_api::RecordsDeleted;
+use crate::store_api::{
     CreateOutcome, DeliveryRecord, DueEvents, IdempotencyClaim, NewSession, StoreError, StoredFile,
     WebhookCounts, WebhookRoute,
 };
@@ -272,12 +272,12 @@ pub(crate) async fn execute(
 
 /// Unix milliseconds as stored.
 pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
-    crate::store::ms(t)
+    crate::store_api::ms(t)
 }
 
 /// A stored time back.
 pub(crate) fn time(ms: i64) -> Result<DateTime<Utc>, StoreError> {
-    crate::store::time(ms)
+    crate::store_api::time(ms)
 }
 
 /// A count as `LIMIT` takes it.

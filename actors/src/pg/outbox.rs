@@ -7,7 +7,7 @@ use deadpool_postgres::GenericClient;
 use super::{execute, limit, ms, query, query_opt, time, Shared};
 use crate::ids::{Seq, SessionId};
 use crate::model::SessionRecord;
-use crate::store::{DeliveryRecord, DueEvents, OutboxEvent, StoreError, WebhookCounts};
+use crate::store_api::{DeliveryRecord, DueEvents, OutboxEvent, StoreError, WebhookCounts};
 use crate::write::TransitionWrite;
 
 impl Shared {
@@ -30,7 +30,7 @@ impl Shared {
         else {
             return Ok(false);
         };
-        let (event_id, body) = crate::store::outbox::event_body(
+        let (event_id, body) = crate::store_api::event_body(
             t,
             request.vendor_data.as_deref(),
             request.external_reference_id.as_deref(),
@@ -214,13 +214,7 @@ impl Shared {
         let mut counts = WebhookCounts::default();
         for r in rows {
             let state: String = r.try_get(0)?;
-            let n: i64 = r.try_get(1)?;
-            let n = u64::try_from(n).unwrap_or(0);
-            match state.as_str() {
-                "pending" => counts.pending = n,
-                "failed" => counts.failed = n,
-                other => return Err(StoreError::Corrupt(format!("outbox state {other}"))),
-            }
+            counts.count(&state, r.try_get(1)?)?;
         }
         Ok(counts)
     }

@@ -4,7 +4,7 @@
 
 use deadpool_postgres::Pool;
 
-use crate::store::StoreError;
+use crate::store_api::StoreError;
 
 /// Every migration, in order: (version, SQL). Versions are never reused or edited.
 const MIGRATIONS: &[(i64, &str)] = &[

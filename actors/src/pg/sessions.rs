@@ -2,128 +2,30 @@
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
-use serde_json::value::RawValue;
 use tokio_postgres::{IsolationLevel, Row};
 
-use super::keys::{row_seal, sealed_error, shred_key, stored_key};
+use super::keys::{row_seal, shred_key};
 use super::{execute, limit, ms, query, query_opt, time, Shared};
 use crate::at_rest::{DataKeys, Field, RowSeal};
-use crate::ids::{DeviceId, Seq, SessionId, SessionToken, TokenHash, UserId};
-use crate::model::{
-    Consent, Decision, SessionEvent, SessionRecord, SessionRequest, UserRecord, UserStatus,
-};
+use crate::ids::{Seq, SessionId, TokenHash, UserId};
+use crate::model::{Decision, SessionEvent, SessionRecord, UserRecord, UserStatus};
 use crate::status::Status;
-use crate::store::{
-    BindingColumns, CreateOutcome, IdempotencyClaim, NewSession, StoreError, IDEMPOTENCY_WINDOW,
+use crate::store_api::{
+    idempotency_cutoff, key_seen, replay_token, session_from_row, shared_data_column, Column,
+    CreateOutcome, IdempotencyClaim, KeySeen, NewSession, StoreError, SESSION_COLUMNS,
 };
+use crate::store_api::{opt_time, sealed_error};
 use crate::write::{Note, NoteWrite, TransitionWrite};
 
-/// The columns [`session_from_row`] reads, in order; `owner_epoch` at index 19, the
-/// data key's two columns (20, 21), then the binding's.
-pub(crate) const SESSION_COLUMNS: &str = "id, owner, token_hash, status, seq, scopes, \
-     vendor_data, external_reference_id, registration, redirect_url, callback_url, created_at, \
-     updated_at, expires_at, decided_at, user_id, is_consented, consented_at, issuer, owner_epoch, \
-     data_key_id, data_key, binding, binding_code, binding_misses, decline_reason, shown_browser, \
-     shown_os, shown_since";
-
-/// How many columns [`SESSION_COLUMNS`] names: a query that selects more after them
-/// reads those from this index on.
-pub(crate) const SESSION_COLUMN_COUNT: usize = 29;
-
-/// [`SESSION_COLUMNS`] qualified by the alias `s`, for joins.
-pub(crate) fn session_columns_of(alias: &str) -> String {
-    SESSION_COLUMNS
-        .split(", ")
-        .map(|c| format!("{alias}.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-#[cfg(test)]
-#[test]
-fn the_column_count_is_the_columns_named() {
-    assert_eq!(SESSION_COLUMNS.split(", ").count(), SESSION_COLUMN_COUNT);
-}
-
-fn opt_time(ms: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
-    ms.map(time).transpose()
-}
-
-/// A session row as [`SESSION_COLUMNS`] selects it.
-pub(crate) fn session_from_row(row: &Row, keys: &DataKeys) -> Result<SessionRecord, StoreError> {
-    let id: String = row.try_get(0)?;
-    let token: Vec<u8> = row.try_get(2)?;
-    let status: String = row.try_get(3)?;
-    let seq: i64 = row.try_get(4)?;
-    let scopes: String = row.try_get(5)?;
-    let registration: Option<String> = row.try_get(8)?;
-    let user_id: Option<String> = row.try_get(15)?;
-    let is_consented: Option<bool> = row.try_get(16)?;
-    let consented_at: Option<i64> = row.try_get(17)?;
-    let issuer: Option<String> = row.try_get(18)?;
-    let corrupt = |what: &str| StoreError::Corrupt(format!("session {id}: {what}"));
-    let binding = BindingColumns {
-        binding: row.try_get(22)?,
-        code: row.try_get(23)?,
-        misses: i64::from(row.try_get::<_, i32>(24)?),
-        reason: row.try_get(25)?,
-        browser: row.try_get(26)?,
-        os: row.try_get(27)?,
-        since: row.try_get(28)?,
-    };
-    let sid = SessionId::parse(&id).ok_or_else(|| corrupt("id"))?;
-    let seal = keys
-        .row(sid, stored_key(row.try_get(20)?, row.try_get(21)?))
-        .map_err(|e| sealed_error(sid, e))?;
-    let open = |field, value| {
-        seal.open_text(field, value)
-            .map_err(|e| sealed_error(sid, e))
-    };
-    let registration = open(Field::Registration, registration)?;
-    let mut record = SessionRecord {
-        id: sid,
-        owner: row.try_get(1)?,
-        token_hash: TokenHash::from_slice(&token).ok_or_else(|| corrupt("token hash"))?,
-        status: status.parse().map_err(|_| corrupt("status"))?,
-        seq: Seq(u64::try_from(seq).map_err(|_| corrupt("seq"))?),
-        request: std::sync::Arc::new(SessionRequest {
-            scopes: serde_json::from_str(&scopes).map_err(|_| corrupt("scopes"))?,
-            vendor_data: open(Field::VendorData, row.try_get(6)?)?,
-            external_reference_id: open(Field::ExternalReferenceId, row.try_get(7)?)?,
-            registration: registration
-                .map(RawValue::from_string)
-                .transpose()
-                .map_err(|_| corrupt("registration"))?,
-            redirect_url: row.try_get(9)?,
-            callback_url: row.try_get(10)?,
-            binding: Default::default(),
-        }),
-        created_at: time(row.try_get(11)?)?,
-        updated_at: time(row.try_get(12)?)?,
-        expires_at: time(row.try_get(13)?)?,
-        decided_at: opt_time(row.try_get(14)?)?,
-        device: match (issuer, user_id) {
-            (Some(issuer), Some(user_id)) => Some(DeviceId::new(
-                issuer,
-                UserId::parse(&user_id).ok_or_else(|| corrupt("user id"))?,
-            )),
-            (None, None) => None,
-            _ => return Err(corrupt("a device bound without its issuer, or the reverse")),
-        },
-        consent: match (is_consented, consented_at) {
-            (Some(is_consented), Some(at)) => Some(Consent {
-                is_consented,
-                consented_at: time(at)?,
-            }),
-            _ => None,
-        },
-        binding_code: None,
-        binding_misses: 0,
-        reason: None,
-        shown_on: None,
-    };
-    binding.apply(&mut record)?;
-    Ok(record)
+/// A PostgreSQL row read by column index, for the shared decoding
+/// ([`session_from_row`]).
+impl<T> Column<T> for Row
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    fn column(&self, i: usize) -> Result<T, StoreError> {
+        Ok(self.try_get(i)?)
+    }
 }
 
 /// One session, whatever its status.
@@ -224,16 +126,7 @@ impl Shared {
         } else {
             None
         };
-        let shared = t
-            .shared_data
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(format!("shared data: {e}")))?;
-        let shared = match &seal {
-            Some(seal) => seal.seal_text(Field::SharedData, shared.as_deref()),
-            None => shared,
-        };
+        let shared = shared_data_column(t, seal.as_ref())?;
         // No epoch held: no row can match, and the diagnosis below says why.
         let epoch = self.held.get(&t.id).map_or(-1, |e| *e);
         let id = t.id.to_string();
@@ -274,7 +167,7 @@ impl Shared {
                 &epoch,
                 &self.incarnation,
                 &t.binding_code.map(|c| c.to_string()),
-                &t.binding_misses.map(i32::from),
+                &t.binding_misses.map(i64::from),
                 &t.reason.map(|r| r.as_str()),
             ],
         )
@@ -359,7 +252,7 @@ impl Shared {
                         &self.node_id,
                         &epoch,
                         &self.incarnation,
-                        &i32::from(*misses),
+                        &i64::from(*misses),
                     ],
                 )
                 .await?
@@ -435,28 +328,27 @@ impl Shared {
                 let hash: Vec<u8> = seen.try_get(0)?;
                 let session_id: String = seen.try_get(1)?;
                 let at: i64 = seen.try_get(2)?;
-                if time(at)? + IDEMPOTENCY_WINDOW > s.created_at {
-                    if hash != claim.request_hash {
-                        return Ok(CreateOutcome::Conflict);
+                match key_seen(claim, &hash, &session_id, at, s.created_at)? {
+                    KeySeen::Conflict => return Ok(CreateOutcome::Conflict),
+                    KeySeen::Expired => {}
+                    KeySeen::Replay(id) => {
+                        let token = replay_token(id);
+                        execute(
+                            &tx,
+                            "UPDATE sessions SET token_hash = $1 WHERE id = $2",
+                            &[&&token.hash().0[..], &session_id],
+                        )
+                        .await?;
+                        let replayed =
+                            load_session(&tx, &self.data_keys, id)
+                                .await?
+                                .ok_or_else(|| {
+                                    StoreError::Corrupt("idempotency key without session".into())
+                                })?;
+                        tx.commit().await?;
+                        crate::metrics::store_commit(1, began.elapsed());
+                        return Ok(CreateOutcome::Replayed(Box::new(replayed), token));
                     }
-                    let id = SessionId::parse(&session_id)
-                        .ok_or_else(|| StoreError::Corrupt("idempotency session id".into()))?;
-                    let token = SessionToken::generate(id);
-                    execute(
-                        &tx,
-                        "UPDATE sessions SET token_hash = $1 WHERE id = $2",
-                        &[&&token.hash().0[..], &session_id],
-                    )
-                    .await?;
-                    let replayed =
-                        load_session(&tx, &self.data_keys, id)
-                            .await?
-                            .ok_or_else(|| {
-                                StoreError::Corrupt("idempotency key without session".into())
-                            })?;
-                    tx.commit().await?;
-                    crate::metrics::store_commit(1, began.elapsed());
-                    return Ok(CreateOutcome::Replayed(Box::new(replayed), token));
                 }
                 // The window is over: the key starts again with this session.
                 execute(
@@ -547,7 +439,7 @@ impl Shared {
         let sql = format!(
             "UPDATE sessions SET owner_epoch = owner_epoch + 1 \
              WHERE owner_node = $1 AND status IN {} AND {} \
-             RETURNING {SESSION_COLUMNS}",
+             RETURNING {SESSION_COLUMNS}, owner_epoch",
             Status::live_sql(),
             super::lease_held("$1", "$2"),
         );
@@ -555,7 +447,7 @@ impl Shared {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let record = session_from_row(&row, &self.data_keys)?;
-            self.hold(record.id, row.try_get(19)?);
+            self.hold(record.id, row.try_get("owner_epoch")?);
             out.push(record);
         }
         Ok(out)
@@ -693,9 +585,7 @@ impl Shared {
         now: DateTime<Utc>,
         n: usize,
     ) -> Result<usize, StoreError> {
-        let cutoff = now
-            .checked_sub_signed(IDEMPOTENCY_WINDOW)
-            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let cutoff = idempotency_cutoff(now);
         let conn = self.conn().await?;
         let deleted = execute(
             &conn,

@@ -240,8 +240,8 @@ impl Shared {
         let row = match &w.note {
             Note::BindingMiss { misses } => {
                 let sql = format!(
-                    "UPDATE sessions SET binding_misses = $6 \
-                     WHERE {guard} AND binding_misses = $6 - 1 RETURNING {SESSION_COLUMNS}"
+                    "UPDATE sessions SET binding_misses = $6::bigint \
+                     WHERE {guard} AND binding_misses = $6::bigint - 1 RETURNING {SESSION_COLUMNS}"
                 );
                 query_opt(
                     &conn,

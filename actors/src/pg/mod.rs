@@ -574,6 +574,8 @@ impl SessionStore for PgStore {
     }
 
     fn claim(&self, id: SessionId) -> StoreFuture<'_, Claim> {
+        // A lookup's one read of the session.
+        self.shared.session_reads.fetch_add(1, Ordering::Relaxed);
         self.run(move |s| async move { s.claim(id).await })
     }
 

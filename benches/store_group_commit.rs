@@ -65,6 +65,9 @@ fn transition(id: SessionId, from: Seq) -> TransitionWrite {
         decided_at: None,
         purge: false,
         registers_user: false,
+        binding_code: None,
+        binding_misses: None,
+        reason: None,
     }
 }
 

@@ -507,7 +507,9 @@ impl Node {
             Wire::Inspect(c) => {
                 let view = match c.caller {
                     Caller::Backend { .. } => WireView::Session,
-                    Caller::Client { .. } | Caller::Device { .. } => WireView::Status,
+                    Caller::Client { .. } => WireView::Status,
+                    // Never the client's view: it holds the binding code.
+                    Caller::Device { .. } => WireView::Decided,
                 };
                 r.serve(id, c)
                     .await
@@ -525,6 +527,10 @@ impl Node {
                 .serve(id, c)
                 .await
                 .map(|s| WireOk::Record(s.for_wire(WireView::Session))),
+            Wire::ShowOn(c) => r
+                .serve(id, c)
+                .await
+                .map(|s| WireOk::Record(s.for_wire(WireView::Status))),
             Wire::RotateToken => r.serve(id, RotateToken).await.map(|()| WireOk::Unit),
             Wire::CheckUpload(c) => r
                 .serve(id, c)

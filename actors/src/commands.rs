@@ -15,13 +15,15 @@ use chrono::{DateTime, Utc};
 use crate::credentials::issuer_may_touch;
 use crate::error::SessionError;
 use crate::ids::DeviceId;
-use crate::model::{is_file_scope, Consent, SessionRecord};
+use crate::model::{is_file_scope, Binding, BindingCode, Consent, SessionRecord};
 use crate::route::{Outbound, Wire, WireOk};
-use crate::session::messages::{Answer, Caller, Cancel, Decide, Inspect, Retrieve, RotateToken};
+use crate::session::messages::{
+    Answer, Caller, Cancel, Decide, Inspect, Retrieve, RotateToken, ShowOn,
+};
 #[cfg(any(test, feature = "fault-injection"))]
 use crate::session::messages::{ArmFault, InjectFault};
-use crate::status::{next, Event, Outcome};
-use crate::write::TransitionWrite;
+use crate::status::{next, Code, Event, Outcome, Reason, Status, BINDING_TRIES};
+use crate::write::{Note, NoteWrite, TransitionWrite};
 
 /// The first check of every device command (`information`, uploads, `update`), before
 /// the binding and the state are looked at: a device whose issuer may not touch this
@@ -65,6 +67,30 @@ pub enum Plan {
     Stay,
     /// Commit this transition, then answer with the session after it.
     Move(TransitionWrite),
+    /// Commit this change, which is no transition, then answer as [`answer_note`] says.
+    Note(NoteWrite),
+}
+
+/// The answer to a command whose [`Plan::Move`] committed, given the session as
+/// committed: the session, except when the last wrong binding code ended it, which is
+/// still a wrong code to the device (`422 binding_mismatch`, no tries left).
+pub fn answer_move(committed: SessionRecord) -> Result<SessionRecord, SessionError> {
+    if committed.reason == Some(Reason::BindingMismatch) {
+        return Err(SessionError::BindingMismatch { tries_left: 0 });
+    }
+    Ok(committed)
+}
+
+/// The answer to a command whose [`Plan::Note`] committed, given the session as
+/// committed: a counted wrong binding code is refused `422 binding_mismatch` with the
+/// tries left; anything else answers with the session.
+pub fn answer_note(note: &Note, committed: SessionRecord) -> Result<SessionRecord, SessionError> {
+    match note {
+        Note::BindingMiss { misses } => Err(SessionError::BindingMismatch {
+            tries_left: BINDING_TRIES.saturating_sub(*misses),
+        }),
+        Note::ShownOn(_) => Ok(committed),
+    }
 }
 
 /// The write of a move to `status` that [`next`] allowed, with what every such move
@@ -88,6 +114,9 @@ fn transition(
         decided_at: status.is_terminal().then_some(at),
         purge: status.discards_personal_data(),
         registers_user: status.registers_user(),
+        binding_code: None,
+        binding_misses: None,
+        reason: None,
     }
 }
 
@@ -101,7 +130,7 @@ pub fn plan_expiry(session: &SessionRecord, now: DateTime<Utc>) -> Option<Transi
     }
     match next(session.status, None, Event::Expire) {
         Ok(Outcome::Move(status)) => Some(transition(session, now, status)),
-        Ok(Outcome::Stay) | Err(_) => None,
+        Ok(Outcome::Stay | Outcome::Decline(_) | Outcome::Miss { .. }) | Err(_) => None,
     }
 }
 
@@ -130,11 +159,13 @@ impl Retrieve {
         )?;
         check_not_overdue(session, now)?;
         Ok(match outcome {
-            Outcome::Stay => Plan::Stay,
             Outcome::Move(status) => Plan::Move(TransitionWrite {
                 bind: Some(self.device.clone()),
+                // Drawn now, when the phone opens the session, for the client only.
+                binding_code: (session.request.binding == Binding::Code).then(BindingCode::draw),
                 ..transition(session, now, status)
             }),
+            Outcome::Stay | Outcome::Decline(_) | Outcome::Miss { .. } => Plan::Stay,
         })
     }
 }
@@ -148,9 +179,10 @@ impl Decide {
         now: DateTime<Utc>,
     ) -> Result<Plan, SessionError> {
         admit_device(session, &self.device)?;
-        let event = match self.answer {
-            Answer::Approve { .. } => Event::Approve {
+        let event = match &self.answer {
+            Answer::Approve { binding_code, .. } => Event::Approve {
                 device: &self.device,
+                code: code_check(session, *binding_code),
             },
             Answer::Deny => Event::Deny {
                 device: &self.device,
@@ -158,27 +190,74 @@ impl Decide {
         };
         let outcome = next(session.status, session.device.as_ref(), event)?;
         check_not_overdue(session, now)?;
-        let Outcome::Move(status) = outcome else {
-            return Err(SessionError::InvalidState(session.status));
-        };
-        let mut write = transition(session, now, status);
-        match &self.answer {
-            Answer::Deny => {
-                write.consent = Some(Consent {
+        let write = match outcome {
+            Outcome::Move(status) => {
+                let Answer::Approve { shared_data, .. } = &self.answer else {
+                    return Err(SessionError::InvalidState(session.status));
+                };
+                check_complete(&session.request.scopes, shared_data, uploaded)?;
+                TransitionWrite {
+                    consent: Some(Consent {
+                        is_consented: true,
+                        consented_at: now,
+                    }),
+                    shared_data: Some(shared_data.clone()),
+                    ..transition(session, now, status)
+                }
+            }
+            Outcome::Decline(reason) => TransitionWrite {
+                // Declined: the person did not consent, whether they said so or the
+                // last binding code was wrong (SPEC §3, the decision of `declined`).
+                consent: Some(Consent {
                     is_consented: false,
                     consented_at: now,
-                });
+                }),
+                reason: Some(reason),
+                binding_misses: (reason == Reason::BindingMismatch)
+                    .then_some(session.binding_misses.saturating_add(1)),
+                ..transition(session, now, Status::Declined)
+            },
+            Outcome::Miss { misses } => {
+                return Ok(Plan::Note(NoteWrite {
+                    id: session.id,
+                    from_seq: session.seq,
+                    note: Note::BindingMiss { misses },
+                }))
             }
-            Answer::Approve { shared_data } => {
-                check_complete(&session.request.scopes, shared_data, uploaded)?;
-                write.consent = Some(Consent {
-                    is_consented: true,
-                    consented_at: now,
-                });
-                write.shared_data = Some(shared_data.clone());
-            }
-        }
+            Outcome::Stay => return Err(SessionError::InvalidState(session.status)),
+        };
         Ok(Plan::Move(write))
+    }
+}
+
+/// How the binding code an approve carries compares with the session's.
+fn code_check(session: &SessionRecord, given: Option<BindingCode>) -> Code {
+    match (session.request.binding, given) {
+        (Binding::None, None) => Code::NotAsked,
+        (Binding::None, Some(_)) => Code::Unexpected,
+        (Binding::Code, None) => Code::Missing,
+        // A session retrieved without a code (none can be, but a row could say so)
+        // matches nothing.
+        (Binding::Code, Some(given)) if session.binding_code == Some(given) => Code::Right,
+        (Binding::Code, Some(_)) => Code::Wrong {
+            earlier: session.binding_misses,
+        },
+    }
+}
+
+impl ShowOn {
+    /// Plans recording where the session is shown: once, by the first client that
+    /// subscribes or fetches the QR while the session is live; nothing after that.
+    pub fn plan(&self, session: &SessionRecord) -> Result<Plan, SessionError> {
+        authorize(session, &self.caller)?;
+        if session.shown_on.is_some() || session.status.is_terminal() {
+            return Ok(Plan::Stay);
+        }
+        Ok(Plan::Note(NoteWrite {
+            id: session.id,
+            from_seq: session.seq,
+            note: Note::ShownOn(self.shown_on.clone()),
+        }))
     }
 }
 
@@ -234,7 +313,7 @@ impl Cancel {
         check_not_overdue(session, now)?;
         match outcome {
             Outcome::Move(status) => Ok(Plan::Move(transition(session, now, status))),
-            Outcome::Stay => Ok(Plan::Stay),
+            Outcome::Stay | Outcome::Decline(_) | Outcome::Miss { .. } => Ok(Plan::Stay),
         }
     }
 }
@@ -301,7 +380,7 @@ fn ended(
 ) -> Result<SessionRecord, SessionError> {
     match plan? {
         Plan::Stay => Ok(session.clone()),
-        Plan::Move(_) => Err(SessionError::InvalidState(session.status)),
+        Plan::Move(_) | Plan::Note(_) => Err(SessionError::InvalidState(session.status)),
     }
 }
 
@@ -371,6 +450,27 @@ impl SessionCommand for Cancel {
         now: DateTime<Utc>,
     ) -> Result<SessionRecord, SessionError> {
         ended(self.plan(session, now), session)
+    }
+}
+
+impl SessionCommand for ShowOn {
+    type Output = SessionRecord;
+    fn retry_safe(&self) -> bool {
+        // Set once, by whichever try commits first: a second try changes nothing.
+        true
+    }
+    fn to_wire(&self) -> Option<Outbound> {
+        outbound(Wire::ShowOn(self.clone()))
+    }
+    fn from_wire(ok: WireOk) -> Result<SessionRecord, SessionError> {
+        record_from_wire(ok)
+    }
+    fn on_ended(
+        &self,
+        session: &SessionRecord,
+        _: DateTime<Utc>,
+    ) -> Result<SessionRecord, SessionError> {
+        ended(self.plan(session), session)
     }
 }
 
@@ -492,6 +592,7 @@ mod tests {
                 Answer::Deny,
                 Answer::Approve {
                     shared_data: Default::default(),
+                    binding_code: None,
                 },
             ] {
                 let decide = Decide {

@@ -157,6 +157,10 @@ impl Audience {
                 seq,
                 status: session.status,
                 at,
+                // The `retrieved` frame carries the binding code to the client.
+                binding_code: session
+                    .binding_code
+                    .filter(|_| session.status == crate::status::Status::Retrieved),
             },
             committed_at: std::time::Instant::now(),
         };
@@ -518,6 +522,7 @@ mod tests {
                 seq: Seq(2),
                 status: Status::Retrieved,
                 at,
+                binding_code: None,
             },
         );
         let woken = rx.try_recv().unwrap();

@@ -25,6 +25,13 @@ pub enum SessionError {
     /// The same idempotency key was used with another body (`409 idempotency_conflict`).
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyConflict,
+    /// A wrong binding code, counted; `tries_left` more may be tried before the session
+    /// ends (`422 binding_mismatch`).
+    #[error("{}", binding_mismatch_message(*tries_left))]
+    BindingMismatch {
+        /// Wrong codes still allowed before the session ends.
+        tries_left: u8,
+    },
     /// Something the approval needs is missing (`422 incomplete`).
     #[error("{0}")]
     Incomplete(String),
@@ -49,6 +56,23 @@ impl From<Refusal> for SessionError {
                 SessionError::Forbidden("the session is bound to another device")
             }
             Refusal::InvalidState(s) => SessionError::InvalidState(s),
+            r @ (Refusal::CodeMissing | Refusal::CodeUnexpected) => {
+                SessionError::Invalid(r.to_string())
+            }
         }
     }
+}
+
+/// What a wrong binding code is told, in words, with the tries left.
+fn binding_mismatch_message(tries_left: u8) -> String {
+    if tries_left == 0 {
+        return "binding_code does not match the number shown on the screen where the \
+                session started, for the last time: the session was ended for safety"
+            .to_owned();
+    }
+    let tries = if tries_left == 1 { "try" } else { "tries" };
+    format!(
+        "binding_code does not match the number shown on the screen where the session \
+         started; {tries_left} {tries} left before the session ends"
+    )
 }

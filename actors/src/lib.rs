@@ -20,6 +20,8 @@
 //! - [`staging`]: uploads held in memory until approve, under a broker-wide budget.
 //! - [`retention`]: the sweeper that purges confirmed sessions' data after retention,
 //!   and deletes ended sessions' records after record retention.
+//! - [`store_api`]: the store's vocabulary for every engine: errors, outcomes, rows and
+//!   the decisions (idempotency, retention, where a webhook goes), written once.
 //! - [`store`]: SQLite with a group-committing writer thread, and the webhook outbox.
 //! - [`pg`]: the PostgreSQL store for several nodes, with session ownership and leases.
 //! - [`webhooks`]: the dispatcher that delivers the outbox, signed.
@@ -57,6 +59,7 @@ pub mod session_store;
 pub mod staging;
 pub mod status;
 pub mod store;
+pub mod store_api;
 pub mod supervise;
 pub mod webhooks;
 pub mod write;

@@ -1,6 +1,6 @@
 //! The narrow handle a session actor has on the registry that started it: the only
 //! registry calls it makes, behind a trait that depends on neither, so `session/mod.rs`
-//! and `registry.rs` do not import each other in a cycle.
+//! and `registry/` do not import each other in a cycle.
 
 use actix::Recipient;
 

@@ -36,6 +36,10 @@ pub const SESSIONS_CREATED: &str = "idv_sessions_created_total";
 pub const RECORDS_DELETED: &str = "idv_records_deleted_total";
 /// Transitions committed, by the status reached (counter, label `status`).
 pub const TRANSITIONS: &str = "idv_session_transitions_total";
+/// Wrong binding codes on approve, the last one of a session included (counter).
+pub const BINDING_MISMATCHES: &str = "idv_binding_mismatches_total";
+/// Sessions ended `declined` by their last wrong binding code (counter).
+pub const BINDING_ENDED: &str = "idv_sessions_ended_by_binding_mismatch_total";
 /// Live session actors (gauge).
 pub const LIVE_SESSIONS: &str = "idv_live_sessions";
 /// Open WebSocket subscribers (gauge).
@@ -175,6 +179,14 @@ fn describe() {
     describe_counter!(SESSIONS_CREATED, "Sessions created.");
     describe_counter!(TRANSITIONS, "Transitions committed, by the status reached.");
     describe_counter!(
+        BINDING_MISMATCHES,
+        "Wrong binding codes on approve, the last of a session included."
+    );
+    describe_counter!(
+        BINDING_ENDED,
+        "Sessions ended declined by their last wrong binding code."
+    );
+    describe_counter!(
         RECORDS_DELETED,
         "Records of ended sessions deleted by record retention, by kind."
     );
@@ -238,7 +250,12 @@ fn describe() {
 /// Registers the counters and gauges whose series are known in advance at zero, so a
 /// scrape shows them before their first event (a rate over a missing series is no rate).
 fn zero() {
-    for name in [SESSIONS_CREATED, RATE_LIMITED] {
+    for name in [
+        SESSIONS_CREATED,
+        RATE_LIMITED,
+        BINDING_MISMATCHES,
+        BINDING_ENDED,
+    ] {
         metrics::counter!(name).increment(0);
     }
     for status in crate::status::Status::ALL {
@@ -276,6 +293,14 @@ pub fn records_deleted(what: &'static str, n: usize) {
 /// A transition committed, reaching `status`.
 pub fn transition(status: &'static str) {
     metrics::counter!(TRANSITIONS, "status" => status).increment(1);
+}
+
+/// A wrong binding code was committed; `ended`: it was the last, and ended the session.
+pub fn binding_mismatch(ended: bool) {
+    metrics::counter!(BINDING_MISMATCHES).increment(1);
+    if ended {
+        metrics::counter!(BINDING_ENDED).increment(1);
+    }
 }
 
 /// A push written to a WebSocket, `elapsed` after its commit.

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::ids::{DeviceId, Seq, SessionId, SessionToken, TokenHash, UserId};
-use crate::status::Status;
+use crate::status::{Reason, Status};
 
 /// The scopes satisfied by an uploaded file rather than a `shared_data` value.
 pub const FILE_SCOPES: [&str; 3] = ["selfie", "document_front", "document_back"];
@@ -32,6 +32,102 @@ pub struct Consent {
     pub consented_at: DateTime<Utc>,
 }
 
+/// Whether the person must carry a code from the screen to the phone (SPEC §2,
+/// binding the phone to the screen); `"binding"` at creation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Binding {
+    /// No binding: approve as before.
+    #[default]
+    None,
+    /// A two-digit code, drawn at `retrieved`, shown to the client only; approve must
+    /// carry it.
+    Code,
+}
+
+impl Binding {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Binding::None => "none",
+            Binding::Code => "code",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Binding::None, Binding::Code]
+            .into_iter()
+            .find(|b| b.as_str() == s)
+    }
+}
+
+/// The two digits (`10`..=`99`) a session with [`Binding::Code`] shows its client
+/// and expects back on approve.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BindingCode(u8);
+
+impl BindingCode {
+    /// A fresh code from the operating system's CSPRNG (by way of `rand`'s thread
+    /// generator, a CSPRNG seeded from it), uniform over `10..=99`.
+    pub fn draw() -> Self {
+        use rand::Rng as _;
+        Self(rand::rng().random_range(10..=99))
+    }
+
+    /// Two ASCII digits, `10` to `99`; anything else is `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let b = s.as_bytes();
+        if b.len() != 2 || !b.iter().all(u8::is_ascii_digit) || b[0] == b'0' {
+            return None;
+        }
+        Some(Self((b[0] - b'0') * 10 + (b[1] - b'0')))
+    }
+}
+
+impl std::fmt::Display for BindingCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:02}", self.0)
+    }
+}
+
+// Not the digits: the code is the client's to show, and Debug output ends up in logs.
+impl std::fmt::Debug for BindingCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BindingCode(..)")
+    }
+}
+
+impl From<BindingCode> for String {
+    fn from(c: BindingCode) -> Self {
+        c.to_string()
+    }
+}
+
+impl TryFrom<String> for BindingCode {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s).ok_or_else(|| "a binding code is two digits, 10 to 99".to_owned())
+    }
+}
+
+/// Where a session is shown (SPEC §2, `shown_on`): the browser family and OS of the
+/// first client that subscribed or fetched the QR, read from its User-Agent, and when.
+/// A hint for the person, not a proof: a User-Agent can say anything.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShownOn {
+    /// The browser family (`Chrome`, `Firefox`, …).
+    pub browser: String,
+    /// The operating system (`Linux`, `Windows 10`, …).
+    pub os: String,
+    /// When that client first asked.
+    pub since: DateTime<Utc>,
+}
+
+/// Longest `browser` or `os` name kept in [`ShownOn`], in bytes.
+pub const MAX_SHOWN_ON_NAME: usize = 64;
+
 /// What the backend asked for at creation.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SessionRequest {
@@ -47,6 +143,9 @@ pub struct SessionRequest {
     pub redirect_url: Option<String>,
     /// Where webhooks go for this session.
     pub callback_url: Option<String>,
+    /// Whether approve needs the binding code (SPEC §2).
+    #[serde(default)]
+    pub binding: Binding,
 }
 
 /// A session as the actor owns it: everything but the shared data and files.
@@ -76,6 +175,21 @@ pub struct SessionRecord {
     pub device: Option<DeviceId>,
     /// The person's decision, if they made one.
     pub consent: Option<Consent>,
+    /// The binding code, drawn at `retrieved` for a session with [`Binding::Code`];
+    /// the client's only.
+    #[serde(default)]
+    pub binding_code: Option<BindingCode>,
+    /// Wrong binding codes tried so far (persisted: it survives restarts and
+    /// takeovers).
+    #[serde(default)]
+    pub binding_misses: u8,
+    /// Why a `declined` session ended (the decision's `reason`).
+    #[serde(default)]
+    pub reason: Option<Reason>,
+    /// Where the session is shown, once a client subscribed or fetched the QR. Boxed:
+    /// records travel in enums (answers, lookups) that should stay small.
+    #[serde(default)]
+    pub shown_on: Option<Box<ShownOn>>,
 }
 
 impl SessionRecord {
@@ -102,6 +216,10 @@ impl SessionRecord {
             decided_at: None,
             device: None,
             consent: None,
+            binding_code: None,
+            binding_misses: 0,
+            reason: None,
+            shown_on: None,
         };
         (record, token)
     }
@@ -145,6 +263,7 @@ impl SessionRecord {
                 .clone()
                 .filter(|_| matches!(view, WireView::Session | WireView::Decided)),
             callback_url: None,
+            binding: r.binding,
         };
         SessionRecord {
             id: self.id,
@@ -159,6 +278,14 @@ impl SessionRecord {
             decided_at: self.decided_at,
             device: None,
             consent: self.consent.clone().filter(|_| backend),
+            // The code goes to the client only, never to the device (SPEC §2).
+            binding_code: self.binding_code.filter(|_| view == WireView::Status),
+            binding_misses: self.binding_misses,
+            reason: self.reason,
+            shown_on: self
+                .shown_on
+                .clone()
+                .filter(|_| matches!(view, WireView::Information | WireView::Status)),
         }
     }
 }
@@ -172,6 +299,9 @@ pub struct SessionEvent {
     pub status: Status,
     /// When it happened.
     pub at: DateTime<Utc>,
+    /// The binding code, on the `retrieved` transition of a session with a binding:
+    /// its frame carries it to the client (SPEC §2).
+    pub binding_code: Option<BindingCode>,
 }
 
 /// Metadata of a stored file.

@@ -21,7 +21,7 @@ use crate::error::SessionError;
 use crate::ids::{DeviceId, Seq, SessionId};
 use crate::model::SessionRecord;
 use crate::session::messages::{
-    AudienceCount, Cancel, CheckUpload, Decide, Inspect, Refresh, Retrieve, StagedFile,
+    AudienceCount, Cancel, CheckUpload, Decide, Inspect, Refresh, Retrieve, ShowOn, StagedFile,
 };
 use crate::status::Status;
 use crate::store::StoreError;
@@ -38,6 +38,8 @@ pub enum Wire {
     Decide(Decide),
     /// [`Cancel`].
     Cancel(Cancel),
+    /// [`ShowOn`].
+    ShowOn(ShowOn),
     /// [`RotateToken`](crate::session::messages::RotateToken).
     RotateToken,
     /// [`CheckUpload`]: the owner keeps the ticket and answers its number.
@@ -88,6 +90,9 @@ pub struct WireError {
     pub message: String,
     /// The status, for `InvalidState`.
     pub status: Option<Status>,
+    /// The tries left, for `BindingMismatch`.
+    #[serde(default)]
+    pub tries_left: Option<u8>,
 }
 
 /// The variants of [`SessionError`] that travel.
@@ -107,6 +112,8 @@ pub enum WireErrorKind {
     IdempotencyConflict,
     /// `422`.
     Incomplete,
+    /// `422 binding_mismatch`, with the tries left.
+    BindingMismatch,
     /// `400`.
     Invalid,
     /// `503`.
@@ -129,6 +136,7 @@ impl From<&SessionError> for WireError {
             SessionError::UploadReplaced => WireErrorKind::UploadReplaced,
             SessionError::IdempotencyConflict => WireErrorKind::IdempotencyConflict,
             SessionError::Incomplete(_) => WireErrorKind::Incomplete,
+            SessionError::BindingMismatch { .. } => WireErrorKind::BindingMismatch,
             SessionError::Invalid(_) => WireErrorKind::Invalid,
             SessionError::Unavailable(_) => WireErrorKind::Unavailable,
             SessionError::Restarted => WireErrorKind::Restarted,
@@ -162,10 +170,15 @@ impl From<&SessionError> for WireError {
             SessionError::Store(_) => String::new(),
             e => e.to_string(),
         };
+        let tries_left = match e {
+            SessionError::BindingMismatch { tries_left } => Some(*tries_left),
+            _ => None,
+        };
         WireError {
             kind,
             message,
             status,
+            tries_left,
         }
     }
 }
@@ -177,6 +190,7 @@ impl WireError {
             kind: WireErrorKind::NotOwner,
             message: String::new(),
             status: None,
+            tries_left: None,
         }
     }
 
@@ -192,6 +206,9 @@ impl WireError {
             WireErrorKind::UploadReplaced => SessionError::UploadReplaced,
             WireErrorKind::IdempotencyConflict => SessionError::IdempotencyConflict,
             WireErrorKind::Incomplete => SessionError::Incomplete(self.message),
+            WireErrorKind::BindingMismatch => SessionError::BindingMismatch {
+                tries_left: self.tries_left.unwrap_or(0),
+            },
             WireErrorKind::Invalid => SessionError::Invalid(self.message),
             WireErrorKind::Unavailable => SessionError::Unavailable(intern(self.message)),
             WireErrorKind::Restarted => SessionError::Restarted,

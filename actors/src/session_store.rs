@@ -28,7 +28,7 @@ use crate::store::{
     CreateOutcome, DeliveryRecord, DueEvents, IdempotencyClaim, NewSession, Store, StoreError,
     StoredFile, WebhookCounts,
 };
-use crate::write::TransitionWrite;
+use crate::write::{NoteWrite, TransitionWrite};
 
 /// Who owns a session, and the session as read with that answer (see
 /// [`SessionStore::claim`]): the one read a lookup makes, which the actor adopts.
@@ -60,6 +60,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Commits a transition if the session is still at `write.from_seq`
     /// ([`StoreError::Stale`] otherwise); returns the committed row.
     fn commit_transition(&self, write: TransitionWrite) -> StoreFuture<'_, SessionRecord>;
+
+    /// Commits a change that is no transition if the session is still at
+    /// `write.from_seq` ([`StoreError::Stale`] otherwise); returns the committed row.
+    fn commit_note(&self, write: NoteWrite) -> StoreFuture<'_, SessionRecord>;
 
     /// Commits several transitions in one transaction (the start-up expiry); returns
     /// the committed rows.
@@ -210,6 +214,10 @@ impl SessionStore for Store {
 
     fn commit_transition(&self, write: TransitionWrite) -> StoreFuture<'_, SessionRecord> {
         Box::pin(Store::commit_transition(self, write))
+    }
+
+    fn commit_note(&self, write: NoteWrite) -> StoreFuture<'_, SessionRecord> {
+        Box::pin(Store::commit_note(self, write))
     }
 
     fn commit_transitions(

@@ -1,7 +1,9 @@
 //! The session state machine of SPEC §2, as one pure function.
 //!
 //! The session actor asks [`next`] what an event does and only then commits it;
-//! nothing else in the broker decides a transition.
+//! nothing else in the broker decides a transition. That includes the binding code of
+//! SPEC §2 ("Binding the phone to the screen"): whether an approve confirms, counts a
+//! wrong code, or ends the session after the last one.
 
 use std::fmt;
 use std::str::FromStr;
@@ -80,6 +82,26 @@ impl Status {
         &SQL
     }
 
+    /// Whether a session in this status keeps the person's data (shared data, files)
+    /// until retention purges it (SPEC §2): only a confirmed one; every other end
+    /// deletes it with the transition.
+    pub fn keeps_data(self) -> bool {
+        self == Status::Confirmed
+    }
+
+    /// [`Status::keeps_data`] as an SQL list, for the retention purge.
+    pub fn keeps_data_sql() -> &'static str {
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            let names: Vec<String> = Status::ALL
+                .into_iter()
+                .filter(|s| s.keeps_data())
+                .map(|s| format!("'{s}'"))
+                .collect();
+            format!("({})", names.join(", "))
+        });
+        &SQL
+    }
+
     /// Whether reaching this status ends the session without the person's consent,
     /// so that everything stored about them is deleted (SPEC §2, data custody).
     pub fn discards_personal_data(self) -> bool {
@@ -122,6 +144,58 @@ impl FromStr for Status {
     }
 }
 
+/// How many wrong binding codes end a session (SPEC §2: the third wrong one).
+pub const BINDING_TRIES: u8 = 3;
+
+/// Why a session ended `declined`: the decision's `reason` (SPEC §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The person denied.
+    Denied,
+    /// The last allowed binding code was wrong: ended for safety.
+    BindingMismatch,
+}
+
+impl Reason {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Denied => "denied",
+            Reason::BindingMismatch => "binding_mismatch",
+        }
+    }
+}
+
+impl FromStr for Reason {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Reason::Denied, Reason::BindingMismatch]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown reason {s:?}"))
+    }
+}
+
+/// What an approve carries of the binding code, measured against the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    /// The session has no binding and the approve carries no code.
+    NotAsked,
+    /// The session has a binding and the approve carries none.
+    Missing,
+    /// The session has no binding, yet the approve carries a code.
+    Unexpected,
+    /// The code shown to the client.
+    Right,
+    /// Another code, after `earlier` wrong ones.
+    Wrong {
+        /// Wrong codes counted before this one.
+        earlier: u8,
+    },
+}
+
 /// Something that may move a session.
 #[derive(Clone, Copy, Debug)]
 pub enum Event<'a> {
@@ -134,6 +208,8 @@ pub enum Event<'a> {
     Approve {
         /// The calling device.
         device: &'a DeviceId,
+        /// The binding code it carries, as it compares.
+        code: Code,
     },
     /// The bound device denies.
     Deny {
@@ -156,8 +232,16 @@ pub enum Event<'a> {
 pub enum Outcome {
     /// A transition to this status (seq grows by one).
     Move(Status),
+    /// A transition to `declined`, for this reason (seq grows by one).
+    Decline(Reason),
     /// Allowed, but nothing changes (a repeated `information` from the bound device).
     Stay,
+    /// A wrong binding code short of the last: it is counted (now `misses` in all),
+    /// nothing else changes, and the approve is refused `422 binding_mismatch`.
+    Miss {
+        /// Wrong codes counted, this one included.
+        misses: u8,
+    },
 }
 
 /// Why an event is refused.
@@ -169,6 +253,14 @@ pub enum Refusal {
     /// The event is not allowed in the current status (`409 invalid_state`).
     #[error("not allowed while the session is {0}")]
     InvalidState(Status),
+    /// An approve without the binding code the session needs (`400`).
+    #[error(
+        "this session needs binding_code: the two digits shown on the screen where it started"
+    )]
+    CodeMissing,
+    /// An approve with a binding code on a session without binding (`400`).
+    #[error("this session has no binding code; send none")]
+    CodeUnexpected,
 }
 
 /// The transition rule of SPEC §2: what `event` does to a session in `status`
@@ -184,7 +276,7 @@ pub fn next(
     use Status::*;
     let device = match event {
         Event::Retrieve { device }
-        | Event::Approve { device }
+        | Event::Approve { device, .. }
         | Event::Deny { device }
         | Event::Upload { device } => Some(device),
         Event::Expire | Event::Cancel => None,
@@ -197,8 +289,18 @@ pub fn next(
     match (status, event) {
         (Initialized, Event::Retrieve { .. }) => Ok(Outcome::Move(Retrieved)),
         (Retrieved, Event::Retrieve { .. }) => Ok(Outcome::Stay),
-        (Retrieved, Event::Approve { .. }) => Ok(Outcome::Move(Confirmed)),
-        (Retrieved, Event::Deny { .. }) => Ok(Outcome::Move(Declined)),
+        (Retrieved, Event::Approve { code, .. }) => match code {
+            Code::NotAsked | Code::Right => Ok(Outcome::Move(Confirmed)),
+            Code::Missing => Err(Refusal::CodeMissing),
+            Code::Unexpected => Err(Refusal::CodeUnexpected),
+            Code::Wrong { earlier } if earlier.saturating_add(1) >= BINDING_TRIES => {
+                Ok(Outcome::Decline(Reason::BindingMismatch))
+            }
+            Code::Wrong { earlier } => Ok(Outcome::Miss {
+                misses: earlier + 1,
+            }),
+        },
+        (Retrieved, Event::Deny { .. }) => Ok(Outcome::Decline(Reason::Denied)),
         (Retrieved, Event::Upload { .. }) => Ok(Outcome::Stay),
         (Initialized | Retrieved, Event::Expire) => Ok(Outcome::Move(Expired)),
         (Initialized | Retrieved, Event::Cancel) => Ok(Outcome::Move(Cancelled)),
@@ -217,7 +319,13 @@ mod tests {
     fn events(device: &DeviceId) -> [(&'static str, Event<'_>); 6] {
         [
             ("retrieve", Event::Retrieve { device }),
-            ("approve", Event::Approve { device }),
+            (
+                "approve",
+                Event::Approve {
+                    device,
+                    code: Code::NotAsked,
+                },
+            ),
             ("deny", Event::Deny { device }),
             ("upload", Event::Upload { device }),
             ("expire", Event::Expire),
@@ -230,7 +338,7 @@ mod tests {
     /// `Err(())` is a refusal with `invalid_state` naming the current status.
     #[rustfmt::skip]
     const SPEC_TABLE: [(Status, &str, Result<Outcome, ()>); 36] = {
-        use Outcome::{Move, Stay};
+        use Outcome::{Decline, Move, Stay};
         use Status::*;
         [
             (Initialized, "retrieve", Ok(Move(Retrieved))),
@@ -241,7 +349,7 @@ mod tests {
             (Initialized, "cancel",   Ok(Move(Cancelled))),
             (Retrieved,   "retrieve", Ok(Stay)),
             (Retrieved,   "approve",  Ok(Move(Confirmed))),
-            (Retrieved,   "deny",     Ok(Move(Declined))),
+            (Retrieved,   "deny",     Ok(Decline(Reason::Denied))),
             (Retrieved,   "upload",   Ok(Stay)),
             (Retrieved,   "expire",   Ok(Move(Expired))),
             (Retrieved,   "cancel",   Ok(Move(Cancelled))),
@@ -348,6 +456,22 @@ mod tests {
     }
 
     #[test]
+    fn only_a_confirmed_session_keeps_the_persons_data() {
+        let table = [
+            (Status::Initialized, false),
+            (Status::Retrieved, false),
+            (Status::Confirmed, true),
+            (Status::Declined, false),
+            (Status::Expired, false),
+            (Status::Cancelled, false),
+        ];
+        for (status, keeps) in table {
+            assert_eq!(status.keeps_data(), keeps, "{status}");
+        }
+        assert_eq!(Status::keeps_data_sql(), "('confirmed')");
+    }
+
+    #[test]
     fn nothing_leaves_a_terminal_status() {
         let me = device("phone-app", "me");
         for status in Status::ALL.into_iter().filter(|s| s.is_terminal()) {
@@ -357,6 +481,57 @@ mod tests {
                     Err(Refusal::InvalidState(status))
                 );
             }
+        }
+    }
+
+    /// What an approve does with each binding code, written out: in `retrieved`, for
+    /// the bound device. In every other status an approve is refused as in
+    /// [`SPEC_TABLE`], whatever it carries.
+    #[rustfmt::skip]
+    const BINDING_TABLE: [(Code, Result<Outcome, Refusal>); 9] = [
+        (Code::NotAsked,               Ok(Outcome::Move(Status::Confirmed))),
+        (Code::Right,                  Ok(Outcome::Move(Status::Confirmed))),
+        (Code::Missing,                Err(Refusal::CodeMissing)),
+        (Code::Unexpected,             Err(Refusal::CodeUnexpected)),
+        (Code::Wrong { earlier: 0 },   Ok(Outcome::Miss { misses: 1 })),
+        (Code::Wrong { earlier: 1 },   Ok(Outcome::Miss { misses: 2 })),
+        (Code::Wrong { earlier: 2 },   Ok(Outcome::Decline(Reason::BindingMismatch))),
+        // Never reached (the third ends the session), but never a fourth try either.
+        (Code::Wrong { earlier: 3 },   Ok(Outcome::Decline(Reason::BindingMismatch))),
+        (Code::Wrong { earlier: 255 }, Ok(Outcome::Decline(Reason::BindingMismatch))),
+    ];
+
+    #[test]
+    fn an_approve_follows_the_binding_table() {
+        let me = device("phone-app", "me");
+        for (code, want) in BINDING_TABLE {
+            let event = Event::Approve { device: &me, code };
+            assert_eq!(next(Status::Retrieved, Some(&me), event), want, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn a_binding_code_changes_nothing_outside_retrieved_nor_for_another_device() {
+        let me = device("phone-app", "me");
+        let other = device("phone-app", "other");
+        for (code, _) in BINDING_TABLE {
+            for status in Status::ALL.into_iter().filter(|s| *s != Status::Retrieved) {
+                let event = Event::Approve { device: &me, code };
+                assert_eq!(
+                    next(status, Some(&me), event),
+                    Err(Refusal::InvalidState(status)),
+                    "{status} {code:?}"
+                );
+            }
+            let event = Event::Approve {
+                device: &other,
+                code,
+            };
+            assert_eq!(
+                next(Status::Retrieved, Some(&me), event),
+                Err(Refusal::WrongDevice),
+                "{code:?}"
+            );
         }
     }
 
@@ -370,5 +545,12 @@ mod tests {
             );
         }
         assert!("CONFIRMED".parse::<Status>().is_err());
+        for reason in [Reason::Denied, Reason::BindingMismatch] {
+            assert_eq!(reason.as_str().parse::<Reason>(), Ok(reason));
+            assert_eq!(
+                serde_json::to_string(&reason).unwrap(),
+                format!("\"{}\"", reason.as_str())
+            );
+        }
     }
 }

@@ -6,6 +6,7 @@
 //!
 //! Layout:
 //! - [`TransitionWrite`]: one transition, with everything it changes.
+//! - [`NoteWrite`]: a change to a live session that is no transition (seq stays).
 //! - [`NewFile`] / [`Upload`] / [`ImageType`]: an uploaded file it stores on approve.
 
 use std::fmt;
@@ -15,8 +16,8 @@ use chrono::{DateTime, Utc};
 use zeroize::{ZeroizeOnDrop, Zeroizing};
 
 use crate::ids::{DeviceId, FileId, Seq, SessionId};
-use crate::model::Consent;
-use crate::status::Status;
+use crate::model::{BindingCode, Consent, ShownOn};
+use crate::status::{Reason, Status};
 
 /// One transition, as planned by [`commands`](crate::commands) from
 /// [`status::next`](crate::status::next): the store commits exactly this (guarded by
@@ -46,6 +47,39 @@ pub struct TransitionWrite {
     pub purge: bool,
     /// Makes the bound user known to the session's backend (`PENDING` until set).
     pub registers_user: bool,
+    /// The binding code drawn for the client (on `retrieved`, with a binding).
+    pub binding_code: Option<BindingCode>,
+    /// Wrong binding codes counted, when this transition counts one (the last).
+    pub binding_misses: Option<u8>,
+    /// Why the session ends `declined`.
+    pub reason: Option<Reason>,
+}
+
+/// A change to a live session that is not a transition: seq, status and events stay,
+/// nothing is pushed or webhooked. Guarded by `from_seq` like a transition (a session
+/// that moved meanwhile refuses it as stale), and on several nodes by ownership.
+#[derive(Clone, Debug)]
+pub struct NoteWrite {
+    /// The session.
+    pub id: SessionId,
+    /// The seq the writer believes is current.
+    pub from_seq: Seq,
+    /// What changes.
+    pub note: Note,
+}
+
+/// What a [`NoteWrite`] changes.
+#[derive(Clone, Debug)]
+pub enum Note {
+    /// A wrong binding code short of the last: the count is now `misses` (it was one
+    /// less: the store refuses the write as stale otherwise).
+    BindingMiss {
+        /// Wrong codes counted, this one included.
+        misses: u8,
+    },
+    /// The first client that subscribed or fetched the QR (set once: the store refuses
+    /// the write as stale if it is already set).
+    ShownOn(ShownOn),
 }
 
 /// The media types an upload may have.

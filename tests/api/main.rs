@@ -6,6 +6,7 @@
 mod helpers;
 
 mod at_rest;
+mod binding;
 mod caching;
 mod concurrency;
 mod credentials;

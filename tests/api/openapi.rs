@@ -205,6 +205,7 @@ async fn every_documented_error_is_the_spec_error_body_and_limits_say_when_to_re
         "payload_too_large",
         "unsupported_media_type",
         "incomplete",
+        "binding_mismatch",
         "rate_limited",
         "internal",
         "unavailable",

@@ -319,11 +319,25 @@ async fn the_demo_plays_the_app_backend_without_its_key_reaching_the_browser() {
         .await
         .unwrap();
     assert_error(res, 409, "invalid_state").await;
+    // The demo's sessions have a binding: the page holding the token shows the number.
+    let status: Value = app
+        .client
+        .get(app.url(&format!("/v1/sessions/{id}/status")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let code = status["binding_code"]
+        .as_str()
+        .expect("a demo session has a binding");
     let res = app
         .client
         .post(app.url(&format!("/v1/sessions/{id}/update")))
         .bearer_auth(jwt)
-        .json(&json!({"decision": "approve", "shared_data": {"full_name": "Ada L"}}))
+        .json(&json!({"decision": "approve", "shared_data": {"full_name": "Ada L"}, "binding_code": code}))
         .send()
         .await
         .unwrap();

@@ -96,3 +96,30 @@ async fn wrong_tokens_for_a_live_session_cost_no_session_load_and_at_most_one_to
     .await;
     assert_error(app.status(&unknown, &other_token).await, 404, "not_found").await;
 }
+
+#[actix_web::test]
+async fn a_session_whose_actor_died_is_found_again_with_one_store_read() {
+    let app = spawn_app().await;
+    let (id, token) = session(&app).await;
+    // Killed outside its containment, as a bug would: no actor runs the session now.
+    let _ = app
+        .registry
+        .call(
+            session_id(&id),
+            idv_actors::session::messages::InjectFault { contained: false },
+        )
+        .await;
+    let reads = app.store.session_reads();
+    assert_eq!(app.status(&id, &token).await.status(), 200);
+    assert_eq!(
+        app.store.session_reads() - reads,
+        1,
+        "the lookup reads the session once and its new actor adopts what was read"
+    );
+    assert_eq!(app.status(&id, &token).await.status(), 200);
+    assert_eq!(
+        app.store.session_reads() - reads,
+        1,
+        "the next read is answered from memory"
+    );
+}

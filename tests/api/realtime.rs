@@ -9,13 +9,13 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::*;
 
-type Ws =
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// How long any single frame may take to arrive on a loaded machine.
 const FRAME_DEADLINE: Duration = Duration::from_secs(10);
 
-async fn connect(app: &TestApp, id: &str, token: &str, after: Option<u64>) -> Ws {
+pub(crate) async fn connect(app: &TestApp, id: &str, token: &str, after: Option<u64>) -> Ws {
     let mut url = format!(
         "{}/v1/sessions/{id}/ws?token={token}",
         app.address.replace("http", "ws")
@@ -31,7 +31,7 @@ async fn connect(app: &TestApp, id: &str, token: &str, after: Option<u64>) -> Ws
 }
 
 /// The next text frame as JSON; `None` when the server closed (with the close frame).
-async fn next_frame(ws: &mut Ws) -> Result<Value, Option<(CloseCode, String)>> {
+pub(crate) async fn next_frame(ws: &mut Ws) -> Result<Value, Option<(CloseCode, String)>> {
     loop {
         let msg = tokio::time::timeout(FRAME_DEADLINE, ws.next())
             .await

@@ -157,7 +157,7 @@ impl Receiver {
     }
 }
 
-fn accepted(hits: &[Hit]) -> Vec<Value> {
+pub(crate) fn accepted(hits: &[Hit]) -> Vec<Value> {
     hits.iter()
         .filter(|h| h.answered == 200)
         .map(Hit::json)

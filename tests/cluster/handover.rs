@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::binding;
 use crate::helpers::*;
 use crate::load::{self, Load};
 use crate::receiver::Receiver;
@@ -37,6 +38,10 @@ async fn sigterm_under_load_hands_sessions_over_and_no_request_fails_but_with_50
     let subscribers =
         takeover::subscribe(&cluster, victim, &owned, gate_rx, Duration::from_secs(90)).await;
 
+    // A session with a binding, owned by the node about to stop: opened and shown
+    // through the others, one wrong code tried before the hand-over.
+    let bound = binding::open(&cluster, victim, &callback).await;
+
     let code = cluster.nodes[victim].sigterm(Duration::from_secs(40)).await;
     assert_eq!(code, Some(0), "a SIGTERM'd node exits 0");
     let log = cluster.nodes[victim].log();
@@ -61,6 +66,8 @@ async fn sigterm_under_load_hands_sessions_over_and_no_request_fails_but_with_50
 
     // Its sessions move on through the others straight away.
     let survivors: Vec<usize> = (0..3).filter(|&n| n != victim).collect();
+    // The wrong code counted before the hand-over still counts on the new owner.
+    binding::end_after_takeover(&cluster, &bound, &survivors).await;
     for (k, w) in owned.iter().enumerate() {
         let via = survivors[k % 2];
         let started = Instant::now();

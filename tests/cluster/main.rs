@@ -19,7 +19,8 @@
 //!   `tls` (TLS and passwords to both engines, and none of them in a node's logs),
 //!   `accounts` (NATS set up as docs/examples/nats-server.conf shows), `pauses` (an owner
 //!   frozen past its lease, and a second process with a live node's id), `outage`
-//!   (PostgreSQL cut off for 5 s).
+//!   (PostgreSQL cut off for 5 s); `binding` (a binding code across nodes, counted
+//!   through the hand-over, folded into `handover`).
 
 mod helpers;
 mod load;
@@ -28,6 +29,7 @@ mod takeover;
 mod watch;
 
 mod accounts;
+mod binding;
 mod expiry;
 mod failover;
 mod handover;

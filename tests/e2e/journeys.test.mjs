@@ -32,13 +32,13 @@ after(async () => {
  * One journey's world: its own broker, a desktop page and (on demand) a phone page,
  * each watched for errors. `close()` checks both pages stayed clean.
  */
-async function world(name, { desktopSetup, desktopAllow } = {}) {
+async function world(name, { desktopSetup, desktopAllow, desktopOptions } = {}) {
   const broker = await startBroker(name);
   const contexts = [];
   const watchers = [];
   let navigations = 0;
 
-  const desktopContext = await browser.newContext(DESKTOP);
+  const desktopContext = await browser.newContext({ ...DESKTOP, ...desktopOptions });
   contexts.push(desktopContext);
   if (desktopSetup) await desktopSetup(desktopContext);
   const desktop = await desktopContext.newPage();
@@ -105,8 +105,8 @@ async function startOnDesktop(w, name, query = '') {
 }
 
 /** Phone: open the session url, check the request is shown in words. */
-async function openOnPhone(w, name, url) {
-  const phone = await w.phone();
+async function openOnPhone(w, name, url, watchOptions) {
+  const phone = await w.phone(watchOptions);
   await phone.goto(url);
   const scopes = phone.getByTestId('scopes');
   await scopes.waitFor({ state: 'visible', timeout: TIMEOUT });
@@ -123,6 +123,39 @@ async function openOnPhone(w, name, url) {
   await shot(phone, `${name}-3-phone-request`);
   return phone;
 }
+
+/**
+ * The demo's sessions have a binding (SPEC §2): once the phone opened the session, the
+ * desktop shows a two-digit number, which the person types on the phone. Returns it.
+ */
+async function typeNumberFromDesktop(w, phone) {
+  const shown = w.desktop.getByTestId('binding-code');
+  await shown.waitFor({ state: 'visible', timeout: TIMEOUT });
+  const code = (await shown.textContent()).trim();
+  assert.match(code, /^[1-9][0-9]$/, `the desktop shows two digits: ${code}`);
+  await phone.getByTestId('binding-input').fill(code);
+  return code;
+}
+
+/** A two-digit number that is not `code`. */
+function another(code) {
+  return code === '42' ? '43' : '42';
+}
+
+/** Fills what the demo asks (the name is prefilled) and uploads the selfie. */
+async function fillRequest(phone) {
+  await phone.getByLabel('Date of birth').fill('1815-12-10');
+  await phone
+    .getByTestId('file-selfie')
+    .setInputFiles({ name: 'selfie.jpg', mimeType: 'image/jpeg', buffer: await makeJpeg(phone) });
+  await phone.getByTestId('upload-selfie').filter({ hasText: /^Uploaded/ }).waitFor({ timeout: TIMEOUT });
+}
+
+/** The desktop of these journeys is Chrome on Linux, as the phone is told. */
+const CHROME_ON_LINUX = {
+  userAgent:
+    'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36',
+};
 
 describe('the QR journey in real Chromium', () => {
   test('a person approves on the phone and the desktop shows confirmed and the decision without a reload', async () => {
@@ -150,6 +183,7 @@ describe('the QR journey in real Chromium', () => {
       await assertAccessible(phone, '/verify filled in');
       await shot(phone, 'approve-4-phone-filled');
 
+      await typeNumberFromDesktop(w, phone);
       await phone.getByTestId('approve').click();
       await waitForText(phone, 'status', 'confirmed');
       await shot(phone, 'approve-5-phone-done');
@@ -164,6 +198,104 @@ describe('the QR journey in real Chromium', () => {
       await assertAccessible(w.desktop, '/demo with the decision');
       await assertAccessible(phone, '/verify finished');
       await shot(w.desktop, 'approve-6-desktop-confirmed');
+    } finally {
+      await w.close();
+    }
+  });
+
+  test('number matching: a wrong number is explained with the tries left, the right one confirms, the desktop follows live', async () => {
+    const w = await world('binding', {
+      desktopOptions: CHROME_ON_LINUX,
+    });
+    try {
+      const { url } = await startOnDesktop(w, 'binding');
+      // No number before the phone opened the session.
+      assert.equal(await w.desktop.getByTestId('binding-code').count(), 0);
+      // The wrong number is answered 422, which Chromium logs as a console error.
+      const phone = await openOnPhone(w, 'binding', url, { allow: [/status of 422 .*\/update/] });
+      await waitForText(w.desktop, 'status', 'retrieved');
+
+      // The phone asks for the number and says where the session is shown.
+      const input = phone.getByTestId('binding-input');
+      assert.equal(await input.getAttribute('inputmode'), 'numeric');
+      assert.equal(await input.getAttribute('autocomplete'), 'one-time-code');
+      assert.equal(
+        await phone.getByLabel('Type the number shown on the screen where you started').getAttribute('data-testid'),
+        'binding-input'
+      );
+      assert.match(await phone.getByTestId('shown-on').textContent(), /^Started on Chrome on Linux, (just now|\d+ minutes? ago)\.$/);
+
+      // The desktop shows the number large, and only it.
+      const code = (await w.desktop.getByTestId('binding-code').textContent()).trim();
+      assert.match(code, /^[1-9][0-9]$/);
+      await assertAccessible(w.desktop, '/demo showing the number');
+      await shot(w.desktop, 'binding-3-desktop-number');
+
+      await fillRequest(phone);
+      await input.fill(another(code));
+      await phone.getByTestId('approve').click();
+      const error = phone.locator('#binding-input-error');
+      await error.filter({ hasText: /not the number shown.*2 more tries/ }).waitFor({ timeout: TIMEOUT });
+      assert.equal(await input.getAttribute('aria-invalid'), 'true');
+      assert.equal(await input.inputValue(), '', 'the wrong number is cleared for the next try');
+      await waitForText(w.desktop, 'status', 'retrieved');
+      await assertAccessible(phone, '/verify after a wrong number');
+      await shot(phone, 'binding-4-phone-wrong-number');
+
+      await input.fill(code);
+      await phone.getByTestId('approve').click();
+      await waitForText(phone, 'status', 'confirmed');
+      await waitForText(w.desktop, 'status', 'confirmed');
+      await w.desktop.getByTestId('decision').waitFor({ state: 'visible', timeout: TIMEOUT });
+      assert.equal(await w.desktop.getByTestId('binding-code').count(), 0, 'the number goes with the session');
+      assert.equal(w.navigations(), 1, 'the desktop page never reloaded');
+      await assertAccessible(w.desktop, '/demo confirmed after number matching');
+      await shot(w.desktop, 'binding-5-desktop-confirmed');
+    } finally {
+      await w.close();
+    }
+  });
+
+  test('number matching by keyboard alone: three wrong numbers end the session for safety on both screens', async () => {
+    const w = await world('binding-keys', { desktopOptions: CHROME_ON_LINUX });
+    try {
+      const { url } = await startOnDesktop(w, 'binding-keys');
+      const phone = await openOnPhone(w, 'binding-keys', url, { allow: [/status of 422 .*\/update/] });
+      await waitForText(w.desktop, 'status', 'retrieved');
+      const code = (await w.desktop.getByTestId('binding-code').textContent()).trim();
+      await fillRequest(phone);
+
+      // From the top of the page, Tab reaches the number field; Enter sends the form.
+      await phone.getByTestId('requester').click();
+      let reached = false;
+      for (let i = 0; i < 20 && !reached; i += 1) {
+        await phone.keyboard.press('Tab');
+        reached = await phone.evaluate(() => document.activeElement?.getAttribute('data-testid') === 'binding-input');
+      }
+      assert.ok(reached, 'the number field is reachable with Tab');
+      for (const left of ['2 more tries', 'one more try']) {
+        await phone.keyboard.type(another(code));
+        await phone.keyboard.press('Enter');
+        await phone.locator('#binding-input-error').filter({ hasText: left }).waitFor({ timeout: TIMEOUT });
+        // The focus is back in the field, for the next try.
+        assert.equal(await phone.evaluate(() => document.activeElement?.id), 'binding-input');
+      }
+      await phone.keyboard.type(another(code));
+      await phone.keyboard.press('Enter');
+      await waitForText(phone, 'status', 'declined');
+      assert.equal(await phone.evaluate(() => document.activeElement?.id), 'result-title');
+      assert.match(await phone.locator('#result-text').textContent(), /ended for safety/);
+      await assertAccessible(phone, '/verify ended for safety');
+      await shot(phone, 'binding-keys-4-phone-ended');
+
+      await waitForText(w.desktop, 'status', 'declined');
+      await w.desktop
+        .getByTestId('outcome-text')
+        .filter({ hasText: /ended for safety/ })
+        .waitFor({ timeout: TIMEOUT });
+      assert.equal(await w.desktop.getByTestId('binding-code').count(), 0);
+      await assertAccessible(w.desktop, '/demo ended for safety');
+      await shot(w.desktop, 'binding-keys-5-desktop-ended');
     } finally {
       await w.close();
     }
@@ -266,6 +398,7 @@ describe('the QR journey in real Chromium', () => {
         .getByTestId('file-selfie')
         .setInputFiles({ name: 'selfie.jpg', mimeType: 'image/jpeg', buffer: await makeJpeg(phone) });
       await phone.getByTestId('upload-selfie').filter({ hasText: /^Uploaded/ }).waitFor({ timeout: TIMEOUT });
+      await typeNumberFromDesktop(w, phone);
       await phone.getByTestId('approve').click();
 
       await waitForText(w.desktop, 'status', 'confirmed');
@@ -315,6 +448,7 @@ describe('the QR journey in real Chromium', () => {
         .getByTestId('file-selfie')
         .setInputFiles({ name: 'selfie.jpg', mimeType: 'image/jpeg', buffer: await makeJpeg(phone) });
       await phone.getByTestId('upload-selfie').filter({ hasText: /^Uploaded/ }).waitFor({ timeout: TIMEOUT });
+      await typeNumberFromDesktop(w, phone);
       await phone.getByTestId('approve').click();
       await waitForText(w.desktop, 'status', 'confirmed');
       await w.desktop.getByTestId('decision').waitFor({ state: 'visible', timeout: TIMEOUT });
@@ -348,6 +482,7 @@ describe('the QR journey in real Chromium', () => {
         .getByTestId('file-selfie')
         .setInputFiles({ name: 'selfie.jpg', mimeType: 'image/jpeg', buffer: await makeJpeg(phone) });
       await phone.getByTestId('upload-selfie').filter({ hasText: /^Uploaded/ }).waitFor({ timeout: TIMEOUT });
+      await typeNumberFromDesktop(w, phone);
       await phone.getByTestId('approve').click();
       await waitForText(phone, 'status', 'confirmed');
 

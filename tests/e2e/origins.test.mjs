@@ -406,6 +406,9 @@ describe('the broker under /idv/ behind nginx (docs/examples/nginx-idv.conf)', (
         .getByTestId('file-selfie')
         .setInputFiles({ name: 'selfie.jpg', mimeType: 'image/jpeg', buffer: await makeJpeg(phonePage) });
       await phonePage.getByTestId('upload-selfie').filter({ hasText: /^Uploaded/ }).waitFor({ timeout: TIMEOUT });
+      // The demo's sessions have a binding: the number the desktop shows, typed on the phone.
+      const code = (await desktop.getByTestId('binding-code').textContent()).trim();
+      await phonePage.getByTestId('binding-input').fill(code);
       await phonePage.getByTestId('approve').click();
       await waitForText(phonePage, 'status', 'confirmed');
       await shot(phonePage, 'nginx-2-phone-confirmed');

@@ -2,7 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use idv_actors::clock::rfc3339;
-use idv_actors::model::{is_valid_scope, Consent, Decision, SessionRecord, UserRecord};
+use idv_actors::model::{
+    is_valid_scope, Binding, BindingCode, Consent, Decision, SessionRecord, ShownOn, UserRecord,
+};
 use idv_actors::store::WebhookCounts;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -77,7 +79,54 @@ pub struct CreateSession {
     /// Lifetime in seconds (default 600).
     #[schema(minimum = 30, maximum = 86400)]
     pub ttl_seconds: Option<i64>,
+    /// `code`: the phone must type a two-digit number shown by the client app before
+    /// it may approve (SPEC §2, binding the phone to the screen). Default `none`.
+    // Left out of the canonical body when absent, so that idempotency keys taken
+    // before this field existed still match their replays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<BindingName>,
 }
+
+/// `binding` at creation, and as the session echoes it.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BindingName {
+    /// No binding.
+    None,
+    /// A two-digit code to carry from the screen to the phone.
+    Code,
+}
+
+impl From<BindingName> for Binding {
+    fn from(b: BindingName) -> Self {
+        match b {
+            BindingName::None => Binding::None,
+            BindingName::Code => Binding::Code,
+        }
+    }
+}
+
+impl From<Binding> for BindingName {
+    fn from(b: Binding) -> Self {
+        match b {
+            Binding::None => BindingName::None,
+            Binding::Code => BindingName::Code,
+        }
+    }
+}
+
+/// A binding code on the wire: two digits, `10` to `99`.
+pub struct BindingCodeSchema;
+
+impl utoipa::PartialSchema for BindingCodeSchema {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[1-9][0-9]$"))
+            .into()
+    }
+}
+impl ToSchema for BindingCodeSchema {}
 
 /// Checks an absolute `http`/`https` URL.
 pub fn check_url(field: &str, value: &str) -> Result<(), ApiError> {
@@ -173,6 +222,8 @@ pub struct Created<'a> {
     #[schema(value_type = Vec<Scope>)]
     pub scopes: &'a [String],
     pub vendor_data: Option<&'a str>,
+    /// As asked at creation (`none` by default).
+    pub binding: BindingName,
 }
 
 /// `consent` as the API shows it.
@@ -291,6 +342,10 @@ pub struct DecisionView<'a> {
     pub shared_data: Option<&'a serde_json::Map<String, serde_json::Value>>,
     /// The files stored on approve; empty otherwise.
     pub files: Vec<FileView<'a>>,
+    /// Why a `declined` session ended: `denied` by the person, or `binding_mismatch`
+    /// (the last allowed binding code was wrong); `null` for every other status.
+    #[schema(value_type = Option<ReasonName>)]
+    pub reason: Option<&'static str>,
     #[schema(format = DateTime)]
     pub created_at: String,
     #[schema(format = DateTime)]
@@ -299,6 +354,16 @@ pub struct DecisionView<'a> {
     /// then; see docs/custody.md).
     #[schema(format = DateTime)]
     pub purged_at: Option<String>,
+}
+
+/// `reason` in a decision.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum ReasonName {
+    /// The person denied.
+    Denied,
+    /// The last allowed binding code was wrong: ended for safety.
+    BindingMismatch,
 }
 
 /// A stored file in a decision.
@@ -343,6 +408,7 @@ impl<'a> From<&'a Decision> for DecisionView<'a> {
             consent: s.consent.as_ref().map(ConsentView::from),
             shared_data: d.shared_data.as_ref(),
             files: d.files.iter().map(FileView::from).collect(),
+            reason: s.reason.map(|r| r.as_str()),
             created_at: time(s.created_at),
             decided_at: s.decided_at.map(time),
             purged_at: d.purged_at.map(time),
@@ -383,6 +449,11 @@ pub struct StatusView {
     pub updated_at: String,
     #[schema(format = DateTime)]
     pub expires_at: String,
+    /// For a session with `"binding": "code"`, from `retrieved` on: the two digits to
+    /// show large, for the person to type on the phone. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<BindingCodeSchema>)]
+    pub binding_code: Option<String>,
 }
 
 impl From<&SessionRecord> for StatusView {
@@ -393,6 +464,7 @@ impl From<&SessionRecord> for StatusView {
             seq: s.seq.0,
             updated_at: time(s.updated_at),
             expires_at: time(s.expires_at),
+            binding_code: s.binding_code.map(|c| c.to_string()),
         }
     }
 }
@@ -418,6 +490,34 @@ pub struct Information<'a> {
     pub registration: Option<&'a RawValue>,
     #[schema(format = DateTime)]
     pub expires_at: String,
+    /// `code`: approve must carry the number shown on the screen where the session
+    /// started (never the number itself: the person types it). `none` otherwise.
+    pub binding: BindingName,
+    /// Where the session is shown: the first client that subscribed or fetched the
+    /// QR; `null` before that. A hint read from a User-Agent, which can be forged.
+    pub shown_on: Option<ShownOnView<'a>>,
+}
+
+/// `shown_on` in `information`.
+#[derive(Serialize, ToSchema)]
+pub struct ShownOnView<'a> {
+    /// The browser family, `Chrome`, `Firefox`, `Safari`, … (`Unknown` if unread).
+    pub browser: &'a str,
+    /// The operating system, `Linux`, `Windows 10`, `macOS`, … (`Unknown` if unread).
+    pub os: &'a str,
+    /// When that client first asked.
+    #[schema(format = DateTime)]
+    pub since: String,
+}
+
+impl<'a> From<&'a ShownOn> for ShownOnView<'a> {
+    fn from(on: &'a ShownOn) -> Self {
+        Self {
+            browser: &on.browser,
+            os: &on.os,
+            since: time(on.since),
+        }
+    }
 }
 
 impl<'a> From<&'a SessionRecord> for Information<'a> {
@@ -429,6 +529,8 @@ impl<'a> From<&'a SessionRecord> for Information<'a> {
             requester: Requester { name: &s.owner },
             registration: s.request.registration.as_deref(),
             expires_at: time(s.expires_at),
+            binding: s.request.binding.into(),
+            shown_on: s.shown_on.as_deref().map(ShownOnView::from),
         }
     }
 }
@@ -443,6 +545,10 @@ pub struct Update {
     /// One string of at most 4 KiB per non-file scope, and nothing else (approve only).
     #[schema(value_type = Option<HashMap<String, SharedValue>>)]
     pub shared_data: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Approve of a session with `"binding": "code"`: the two digits the person typed
+    /// (required there, refused elsewhere). A wrong one is `422 binding_mismatch`.
+    #[schema(value_type = Option<BindingCodeSchema>)]
+    pub binding_code: Option<String>,
 }
 
 /// The decision of an `update` (the schema of [`Update::decision`]).
@@ -477,11 +583,25 @@ impl Update {
                         }
                     }
                 }
-                Ok(Answer::Approve { shared_data })
+                let binding_code = self
+                    .binding_code
+                    .map(|c| {
+                        BindingCode::parse(&c).ok_or_else(|| {
+                            ApiError::invalid("binding_code must be two digits, 10 to 99")
+                        })
+                    })
+                    .transpose()?;
+                Ok(Answer::Approve {
+                    shared_data,
+                    binding_code,
+                })
             }
             "deny" if self.shared_data.is_some() => {
                 Err(ApiError::invalid("a deny carries no shared_data"))
             }
+            "deny" if self.binding_code.is_some() => Err(ApiError::invalid(
+                "a deny carries no binding_code: it needs none",
+            )),
             "deny" => Ok(Answer::Deny),
             other => Err(ApiError::invalid(format!(
                 "decision must be \"approve\" or \"deny\", not {other:?}"

@@ -31,6 +31,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// 422
     Incomplete,
+    /// 422: a wrong binding code (SPEC §2)
+    BindingMismatch,
     /// 429
     RateLimited,
     /// 500
@@ -52,7 +54,7 @@ impl ErrorCode {
             ErrorCode::InvalidState | ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::Incomplete => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::Incomplete | ErrorCode::BindingMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -74,6 +76,8 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// Whether the answer asks the client to close the connection.
     close: bool,
+    /// For `binding_mismatch`: the wrong codes still allowed before the session ends.
+    pub tries_left: Option<u8>,
     cause: Option<String>,
 }
 
@@ -92,6 +96,7 @@ impl ApiError {
             retry_after: None,
             close: false,
             cause: None,
+            tries_left: None,
         }
     }
 
@@ -126,6 +131,7 @@ impl ApiError {
             retry_after: None,
             close: false,
             cause: Some(cause.to_string()),
+            tries_left: None,
         }
     }
 
@@ -171,6 +177,10 @@ pub struct ErrorDetail<'a> {
     pub code: ErrorCode,
     /// What went wrong, for a person.
     pub message: &'a str,
+    /// Only with `binding_mismatch`: how many more wrong codes end the session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 2)]
+    pub tries_left: Option<u8>,
 }
 
 impl ResponseError for ApiError {
@@ -193,6 +203,7 @@ impl ResponseError for ApiError {
             error: ErrorDetail {
                 code: self.code,
                 message: &self.message,
+                tries_left: self.tries_left,
             },
         })
     }
@@ -219,6 +230,10 @@ impl From<SessionError> for ApiError {
                 "this Idempotency-Key was already used with a different request body",
             ),
             SessionError::Incomplete(m) => ApiError::new(ErrorCode::Incomplete, m),
+            e @ SessionError::BindingMismatch { tries_left } => ApiError {
+                tries_left: Some(tries_left),
+                ..ApiError::new(ErrorCode::BindingMismatch, e.to_string())
+            },
             SessionError::Invalid(m) => ApiError::invalid(m),
             SessionError::Unavailable(m) => ApiError::unavailable(m, 1),
             SessionError::Restarted => {

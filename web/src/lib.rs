@@ -13,6 +13,7 @@
 //! - [`origins`]: which browser pages may use the client routes (CORS, and the
 //!   WebSocket handshake's `Origin` check; `--allowed-origin`).
 //! - [`state`]: what handlers share.
+//! - [`shown_on`]: where a session is shown, from its client's User-Agent.
 //! - [`ws`]: WebSocket subscriptions (the only module that speaks WebSocket).
 //! - [`openapi`]: `/openapi.json`, generated from the handlers' annotations and the
 //!   [`dto`] types; [`schema`]: the schemas of the actors' wire names.
@@ -27,6 +28,7 @@ pub mod openapi;
 pub mod origins;
 pub mod routes;
 pub mod schema;
+pub mod shown_on;
 pub mod state;
 pub mod ws;
 

@@ -62,12 +62,18 @@ enum Frame<'a> {
         status: &'a str,
         seq: u64,
         expires_at: String,
+        /// A session with a binding, once `retrieved`: the number to show (SPEC §2).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        binding_code: Option<String>,
     },
     Status {
         session_id: String,
         status: &'a str,
         seq: u64,
         at: String,
+        /// On the `retrieved` frame of a session with a binding (SPEC §2).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        binding_code: Option<String>,
     },
 }
 
@@ -153,6 +159,7 @@ impl Subscriber {
             status: event.status.as_str(),
             seq: event.seq.0,
             at: rfc3339(event.at),
+            binding_code: event.binding_code.map(|c| c.to_string()),
         };
         self.send(ctx, &frame);
         if event.status.is_terminal() {
@@ -235,7 +242,15 @@ impl Subscriber {
         self.subscription = msg.id;
         self.begun = true;
         for event in &msg.replay {
-            self.deliver(ctx, event);
+            // The events log keeps no code; the session has it.
+            let event = SessionEvent {
+                binding_code: msg
+                    .snapshot
+                    .binding_code
+                    .filter(|_| event.status == idv_actors::status::Status::Retrieved),
+                ..event.clone()
+            };
+            self.deliver(ctx, &event);
         }
         // Replay covers up to the snapshot; pushes cover what came after it.
         let s = &msg.snapshot;
@@ -308,6 +323,10 @@ impl Handler<Begin> for Subscriber {
             status: s.status.as_str(),
             seq: s.seq.0,
             expires_at: rfc3339(s.expires_at),
+            binding_code: s
+                .binding_code
+                .filter(|_| s.status == idv_actors::status::Status::Retrieved)
+                .map(|c| c.to_string()),
         };
         self.send(ctx, &frame);
         self.resume(msg, ctx);
@@ -451,13 +470,14 @@ pub async fn subscribe(
         .registry
         .subscribe(
             id,
-            client.caller,
+            client.caller.clone(),
             query.after_seq.map(Seq),
             addr.clone().recipient(),
             addr.clone().recipient(),
             evicted,
         )
         .await?;
+    crate::shown_on::record(&state, &req, id, client.caller, &subscribed.snapshot).await;
     addr.do_send(Begin {
         id: subscribed.id,
         snapshot: subscribed.snapshot,

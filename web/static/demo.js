@@ -148,6 +148,9 @@
     flow = window.IdvBroker.start({
       qrElement: qr,
       qrTestId: 'qr',
+      // The demo's sessions have a binding: the SDK shows the number here, large, once
+      // the phone opened the session (the default display; onBindingCode replaces it).
+      bindingElement: $('binding'),
       onSessionIdResolver: createSession,
       handleVerify: readDecision,
       onSession: function (session) {
@@ -188,6 +191,21 @@
           network: 'Connection problem: ' + err.message,
           blocked: 'Cannot reach the broker from this page: ' + err.message,
         };
+        if (err.code === 'declined' && err.session) {
+          // The decision says why: a person's deny, or the number typed wrong too often.
+          readDecision(err.session).then(
+            function (decision) {
+              var text = decision.reason === 'binding_mismatch'
+                ? 'The number typed on the phone did not match this screen three times: the session was ended for safety.'
+                : words.declined;
+              showOutcome(text, 'failure');
+            },
+            function () {
+              showOutcome(words.declined, 'failure');
+            }
+          );
+          return;
+        }
         showOutcome(words[err.code] || err.message, err.code === 'network' || err.code === 'blocked' ? 'error' : 'failure');
       },
     });

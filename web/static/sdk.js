@@ -8,6 +8,8 @@
  *   onSessionIdResolver() -> your backend creates a session, hands back {session_id, session_token, url}
  *   -> the QR (qr.svg, fetched with the session token in a header and shown through a blob: URL)
  *   -> live status over WebSocket (long-poll when WebSockets fail), resumed with after_seq
+ *   -> a session with "binding": "code", once the phone opened it: the number to type on the
+ *      phone, to onBindingCode(code), or by default shown large beside the QR
  *   -> confirmed: handleVerify(session) -> onSuccess(result)
  *   -> declined / cancelled / failure: onError(error)
  *   -> a broker this page may not reach (another origin not listed with --allowed-origin,
@@ -99,6 +101,8 @@
     var pollWaitSeconds = typeof opts.pollWaitSeconds === 'number' ? opts.pollWaitSeconds : 25;
     var qrTestId = opts.qrTestId === undefined ? 'qr' : opts.qrTestId;
     var qrAlt = opts.qrAlt || 'QR code: scan it with your phone to continue there';
+    var bindingElement = opts.bindingElement;
+    if (typeof bindingElement === 'string') bindingElement = global.document.querySelector(bindingElement);
 
     var cb = {
       onStatus: opts.onStatus || noop,
@@ -106,6 +110,7 @@
       onSuccess: opts.onSuccess || noop,
       onError: opts.onError || noop,
       onTransport: opts.onTransport || noop,
+      onBindingCode: typeof opts.onBindingCode === 'function' ? opts.onBindingCode : null,
     };
 
     // One flow, many sessions over time: `generation` grows with each session (and on stop),
@@ -124,6 +129,8 @@
     var qrUrl = null;
     var verifying = false;
     var transport = null; // what onTransport last said
+    var shownCode = null; // the binding code on screen (or handed to onBindingCode)
+    var codeBox = null; // the default display of the code, when the SDK made one
     // Whether the browser ever handed this flow an answer of the broker (any status, or
     // a WebSocket frame). Until it has, a request that fails without one was blocked
     // (CORS: this page's origin is not admitted) or the broker is not there: `blocked`.
@@ -172,6 +179,49 @@
       safe(cb.onError, [IdvError(code, message, details)]);
     }
 
+    /**
+     * The phone opened a session with a binding: the person types this number there. The
+     * app's onBindingCode gets it; without one, the SDK shows it large, in a live region
+     * (screen readers announce it), in `bindingElement` or right after the QR.
+     */
+    function showCode(gen, code) {
+      if (gen !== generation || typeof code !== 'string' || code === shownCode) return;
+      shownCode = code;
+      session.binding_code = code;
+      if (cb.onBindingCode) {
+        safe(cb.onBindingCode, [code, session]);
+        return;
+      }
+      var doc = global.document;
+      if (!doc || (!bindingElement && !container)) return;
+      hideCode();
+      var box = doc.createElement('div');
+      box.className = 'idv-binding';
+      box.setAttribute('role', 'status');
+      var label = doc.createElement('span');
+      label.className = 'idv-binding-label';
+      label.textContent = 'Type this number on your phone: ';
+      var digits = doc.createElement('strong');
+      digits.className = 'idv-binding-code';
+      digits.setAttribute('data-testid', 'binding-code');
+      digits.textContent = code;
+      box.appendChild(label);
+      box.appendChild(digits);
+      if (bindingElement) {
+        while (bindingElement.firstChild) bindingElement.removeChild(bindingElement.firstChild);
+        bindingElement.appendChild(box);
+      } else if (container.parentNode) {
+        container.parentNode.insertBefore(box, container.nextSibling);
+      }
+      codeBox = box;
+    }
+
+    /** The number is of no use once the session is over, or replaced. */
+    function hideCode() {
+      if (codeBox && codeBox.parentNode) codeBox.parentNode.removeChild(codeBox);
+      codeBox = null;
+    }
+
     /** A request the browser answered without a response, before any ever came back. */
     function blocked(gen, what, cause) {
       if (gen !== generation || stopped) return;
@@ -187,6 +237,8 @@
 
     function newSession() {
       teardownTransport();
+      hideCode();
+      shownCode = null;
       var gen = ++generation;
       verifying = false;
       failures = 0;
@@ -291,6 +343,7 @@
       lastSeq = seq;
       session.status = status;
       session.seq = seq;
+      if (TERMINAL[status]) hideCode();
       safe(cb.onStatus, [status, session]);
       if (TERMINAL[status]) finish(gen, status);
     }
@@ -397,6 +450,7 @@
         } else if (frame.type === 'status') {
           observe(gen, frame.status, frame.seq);
         }
+        if (frame.binding_code && !TERMINAL[session.status]) showCode(gen, frame.binding_code);
       };
       ws.onerror = function () {
         /* onclose follows and decides */
@@ -446,6 +500,7 @@
             return res.json().then(function (body) {
               if (gen !== generation || stopped) return;
               observe(gen, body.status, body.seq);
+              if (body.binding_code && !TERMINAL[session.status]) showCode(gen, body.binding_code);
               if (!TERMINAL[session.status]) afterWsFailure(gen);
             });
           }
@@ -506,6 +561,7 @@
               pollAnswered = true;
               announce('long-poll');
               observe(gen, body.status, body.seq);
+              if (body.binding_code && !TERMINAL[session.status]) showCode(gen, body.binding_code);
               if (!TERMINAL[session.status]) poll(gen);
             });
           }
@@ -534,6 +590,7 @@
         stopped = true;
         generation += 1;
         teardownTransport();
+        hideCode();
         if (qrUrl) {
           URL.revokeObjectURL(qrUrl);
           qrUrl = null;

@@ -70,6 +70,11 @@
     expiryLine: $('expiry-line'),
     summary: $('error-summary'),
     summaryText: $('error-summary-text'),
+    bindingSet: $('fields-binding'),
+    bindingInput: $('binding-input'),
+    bindingError: $('binding-input-error'),
+    bindingHelp: $('binding-help'),
+    shownOn: $('shown-on'),
     valuesSet: $('fields-values'),
     valueFields: $('value-fields'),
     filesSet: $('fields-files'),
@@ -96,6 +101,7 @@
   var busy = false;
   var finished = false;
   var expiryTimer = null;
+  var binding = false; // the session needs the number shown on the other screen
 
   function words(scope) {
     if (SCOPE_WORDS[scope]) return SCOPE_WORDS[scope];
@@ -245,8 +251,52 @@
       });
   }
 
+  /** "2 minutes ago", from an RFC 3339 time. */
+  function ago(since) {
+    var seconds = Math.max(0, Math.round((Date.now() - new Date(since).getTime()) / 1000));
+    if (!isFinite(seconds) || seconds < 60) return 'just now';
+    var minutes = Math.round(seconds / 60);
+    if (minutes < 60) return minutes === 1 ? '1 minute ago' : minutes + ' minutes ago';
+    var hours = Math.round(minutes / 60);
+    return hours === 1 ? '1 hour ago' : hours + ' hours ago';
+  }
+
+  /** "Started on Chrome on Linux, 2 minutes ago": where the session is shown, a hint. */
+  function shownOnText(on) {
+    if (!on) return 'The screen where this started has not shown it yet.';
+    var known = function (v) {
+      return v && v !== 'Unknown';
+    };
+    var where = known(on.browser)
+      ? on.browser + (known(on.os) ? ' on ' + on.os : '')
+      : known(on.os)
+        ? 'a browser on ' + on.os
+        : 'an unknown browser';
+    return 'Started on ' + where + ', ' + ago(on.since) + '.';
+  }
+
+  function setBindingError(text) {
+    els.bindingError.textContent = text;
+    els.bindingError.hidden = false;
+    els.bindingInput.setAttribute('aria-invalid', 'true');
+    els.bindingInput.setAttribute('aria-describedby', 'binding-input-error binding-help');
+  }
+
+  function clearBindingError() {
+    els.bindingError.hidden = true;
+    els.bindingError.textContent = '';
+    els.bindingInput.removeAttribute('aria-invalid');
+    els.bindingInput.setAttribute('aria-describedby', 'binding-help');
+  }
+
   function render(body) {
     info = body;
+    binding = body.binding === 'code';
+    if (binding) {
+      els.bindingSet.hidden = false;
+      els.shownOn.textContent = shownOnText(body.shown_on);
+      els.bindingInput.addEventListener('input', clearBindingError);
+    }
     els.loading.hidden = true;
     els.requester.textContent = (body.requester && body.requester.name) || 'An app';
     document.title = 'Verify your identity for ' + els.requester.textContent;
@@ -476,6 +526,17 @@
     var shared = {};
     var firstBad = null;
     var problems = 0;
+    var code = null;
+    if (binding) {
+      code = els.bindingInput.value.trim();
+      if (!/^[1-9][0-9]$/.test(code)) {
+        setBindingError('Type the two digits shown on the screen where you started.');
+        problems += 1;
+        firstBad = els.bindingInput;
+      } else {
+        clearBindingError();
+      }
+    }
     Array.prototype.forEach.call(els.valueFields.querySelectorAll('input'), function (input) {
       var err = document.getElementById(input.id + '-error');
       var v = input.value.trim();
@@ -500,7 +561,7 @@
       }
       if (!firstBad) firstBad = up.input;
     });
-    return { shared: shared, problems: problems, firstBad: firstBad };
+    return { shared: shared, code: code, problems: problems, firstBad: firstBad };
   }
 
   function setBusy(on) {
@@ -510,11 +571,12 @@
     els.form.setAttribute('aria-busy', on ? 'true' : 'false');
   }
 
-  function send(decision, shared) {
+  function send(decision, shared, code) {
     if (busy || finished) return;
     setBusy(true);
     var body = { decision: decision };
     if (decision === 'approve') body.shared_data = shared;
+    if (decision === 'approve' && code) body.binding_code = code;
     fetch(apiBase + '/update', {
       method: 'POST',
       headers: authHeaders({ 'Content-Type': 'application/json' }),
@@ -524,6 +586,10 @@
       .then(function (res) {
         return readJson(res).then(function (json) {
           setBusy(false);
+          if (res.status === 422 && json && json.error && json.error.code === 'binding_mismatch') {
+            wrongNumber(json.error.tries_left);
+            return;
+          }
           if (!res.ok) {
             showSummary(explain(res.status, json, 'sending your answer'));
             return;
@@ -537,7 +603,23 @@
       });
   }
 
-  function showResult(status, redirectUrl) {
+  /** A wrong number: said in words, with the tries left; the last one ended the session. */
+  function wrongNumber(triesLeft) {
+    if (!(triesLeft > 0)) {
+      showResult('declined', null, 'binding');
+      return;
+    }
+    var tries = triesLeft === 1 ? 'one more try' : triesLeft + ' more tries';
+    var text =
+      'That is not the number shown on the screen where you started. Check it and type it again: you have ' +
+      tries + ' before this request is ended for safety.';
+    els.bindingInput.value = '';
+    setBindingError(text);
+    showSummary(text);
+    els.bindingInput.focus();
+  }
+
+  function showResult(status, redirectUrl, why) {
     finished = true;
     if (expiryTimer) clearTimeout(expiryTimer);
     Object.keys(uploads).forEach(function (kind) {
@@ -557,6 +639,12 @@
     };
     els.resultTitle.textContent = status === 'confirmed' ? 'Done' : status === 'declined' ? 'Declined' : 'Closed';
     els.resultText.textContent = text[status] || '';
+    if (why === 'binding') {
+      els.resultTitle.textContent = 'Ended for safety';
+      els.resultText.textContent =
+        'The number was typed wrong three times, so this request was ended for safety and nothing was shared with ' +
+        who + '. If you did not start it yourself on another screen, someone may have sent you their code: ignore it.';
+    }
     els.resultTitle.focus();
     if (redirectUrl && /^https?:\/\//i.test(redirectUrl)) {
       els.redirectLine.hidden = false;
@@ -575,7 +663,7 @@
       if (c.firstBad) c.firstBad.focus();
       return;
     }
-    send('approve', c.shared);
+    send('approve', c.shared, c.code);
   });
   // A summary of what was missing is stale once the person changes anything.
   els.form.addEventListener('change', function () {

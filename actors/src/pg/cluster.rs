@@ -15,13 +15,13 @@
 
 use std::time::Duration;
 
-use super::sessions::{session_columns_of, session_from_row};
 use super::{execute, lease_held, limit, query, query_opt, Shared, DB_NOW};
 use crate::ids::SessionId;
 use crate::model::SessionRecord;
 use crate::session_store::Claim;
 use crate::status::Status;
-use crate::store::StoreError;
+use crate::store_api::StoreError;
+use crate::store_api::{session_columns_of, session_from_row};
 
 fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2)
@@ -139,9 +139,9 @@ impl Shared {
                  LIMIT $2 FOR UPDATE OF o SKIP LOCKED) \
              UPDATE sessions s SET owner_node = $1, owner_epoch = s.owner_epoch + 1 \
              FROM orphans WHERE s.id = orphans.id \
-             RETURNING {columns}, s.status IN {live}, \
+             RETURNING {columns}, s.owner_epoch, s.status IN {live} AS live, \
                  EXISTS (SELECT 1 FROM webhook_outbox w WHERE w.session_id = s.id \
-                         AND w.state = 'pending')",
+                         AND w.state = 'pending') AS webhooks_pending",
             live = Status::live_sql(),
             columns = session_columns_of("s"),
             mine = lease_held("$1", "$3"),
@@ -150,10 +150,10 @@ impl Shared {
         let mut live = Vec::new();
         let mut outbox = false;
         for row in rows {
-            outbox |= row.try_get::<_, bool>(23)?;
-            if row.try_get::<_, bool>(22)? {
+            outbox |= row.try_get::<_, bool>("webhooks_pending")?;
+            if row.try_get::<_, bool>("live")? {
                 let record = session_from_row(&row, &self.data_keys)?;
-                self.hold(record.id, row.try_get(19)?);
+                self.hold(record.id, row.try_get("owner_epoch")?);
                 live.push(record);
             }
         }

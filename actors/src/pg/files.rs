@@ -10,8 +10,8 @@ use super::{execute, limit, ms, query, query_opt, Shared};
 use crate::at_rest::{Field, RowSeal, SealedKey};
 use crate::ids::{FileId, SessionId};
 use crate::model::FileMeta;
-use crate::status::Status;
-use crate::store::{StoreError, StoredFile, PURGE_BATCH};
+use crate::store_api::retained_data_sql;
+use crate::store_api::{StoreError, StoredFile, PURGE_BATCH};
 use crate::write::TransitionWrite;
 
 /// The file part of a transition: stores the staged files on approve, deletes every
@@ -108,7 +108,7 @@ impl Shared {
             .data_keys
             .row(id, stored)
             .and_then(|seal| seal.open_bytes(Field::File(file_id), sealed))
-            .map_err(|e| super::keys::sealed_error(id, e))?;
+            .map_err(|e| crate::store_api::sealed_error(id, e))?;
         Ok(Some(StoredFile {
             owner: r.try_get(0)?,
             content_type: r.try_get(1)?,
@@ -129,13 +129,8 @@ impl Shared {
         let tx = conn.transaction().await?;
         let rows = query(
             &tx,
-            "SELECT id FROM sessions WHERE status = $3 AND purged_at IS NULL \
-             AND decided_at <= $1 ORDER BY decided_at LIMIT $2 FOR UPDATE SKIP LOCKED",
-            &[
-                &ms(cutoff),
-                &limit(PURGE_BATCH),
-                &Status::Confirmed.as_str(),
-            ],
+            &format!("{} FOR UPDATE SKIP LOCKED", retained_data_sql("$1", "$2")),
+            &[&ms(cutoff), &limit(PURGE_BATCH)],
         )
         .await?;
         let ids = rows

@@ -4,23 +4,9 @@
 use deadpool_postgres::GenericClient;
 
 use super::{execute, query_opt};
-use crate::at_rest::{DataKeys, Field, RowSeal, SealedKey};
+use crate::at_rest::{DataKeys, RowSeal};
 use crate::ids::SessionId;
-use crate::store::StoreError;
-
-/// A session's data key as stored (columns `data_key_id`, `data_key`), if it has one.
-pub(crate) fn stored_key(id: Option<String>, sealed: Option<Vec<u8>>) -> Option<SealedKey> {
-    Some(SealedKey {
-        key_id: id?,
-        sealed: sealed?,
-    })
-}
-
-/// A sealed value that does not open: the row is unreadable (a clean `500`, and the
-/// log names the session), never read as garbage.
-pub(crate) fn sealed_error(id: SessionId, e: crate::at_rest::AtRestError) -> StoreError {
-    StoreError::Corrupt(format!("session {id}: {e}"))
-}
+use crate::store_api::{sealed_error, shred, stored_key, StoreError};
 
 /// The opener of session `id`'s sealed fields: its data key, read and opened.
 pub(crate) async fn row_seal(
@@ -60,22 +46,11 @@ pub(crate) async fn shred_key(
     else {
         return Ok(());
     };
-    let Some(stored) = stored_key(row.try_get(2)?, row.try_get(3)?) else {
+    let stored = stored_key(row.try_get(2)?, row.try_get(3)?);
+    let Some(kept) = shred(keys, id, row.try_get(0)?, row.try_get(1)?, stored)? else {
         return Ok(());
     };
-    let seal = keys
-        .row(id, Some(stored))
-        .map_err(|e| sealed_error(id, e))?;
-    let open = |field, value| {
-        seal.open_text(field, value)
-            .map_err(|e| sealed_error(id, e))
-    };
-    let vendor = open(Field::VendorData, row.try_get(0)?)?;
-    let reference = open(Field::ExternalReferenceId, row.try_get(1)?)?;
-    let kept = keys.reseal_references(id, vendor.as_deref(), reference.as_deref());
-    let (key_id, key) = kept
-        .key
-        .map_or((None, None), |k| (Some(k.key_id), Some(k.sealed)));
+    let (key_id, key) = kept.key;
     execute(
         c,
         "UPDATE sessions SET data_key_id = $2, data_key = $3, vendor_data = $4, \

@@ -58,12 +58,12 @@ use crate::at_rest::DataKeys;
 use crate::ids::{FileId, Seq, SessionId, TokenHash, UserId};
 use crate::model::{Decision, SessionEvent, SessionRecord, UserRecord, UserStatus};
 use crate::session_store::{Claim, ClusterStore, SessionStore, StoreFuture};
-use crate::store::RecordsDeleted;
-use crate::store::{
+use crate::store_api::RecordsDeleted;
+use crate::store_api::{
     CreateOutcome, DeliveryRecord, DueEvents, IdempotencyClaim, NewSession, StoreError, StoredFile,
     WebhookCounts, WebhookRoute,
 };
-use crate::write::TransitionWrite;
+use crate::write::{NoteWrite, TransitionWrite};
 
 /// How soon after a purge the personal-data tables are vacuumed; purges within this
 /// window share one VACUUM (SPEC §2 allows 5 s for SQLite's files).
@@ -272,12 +272,12 @@ pub(crate) async fn execute(
 
 /// Unix milliseconds as stored.
 pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
-    crate::store::ms(t)
+    crate::store_api::ms(t)
 }
 
 /// A stored time back.
 pub(crate) fn time(ms: i64) -> Result<DateTime<Utc>, StoreError> {
-    crate::store::time(ms)
+    crate::store_api::time(ms)
 }
 
 /// A count as `LIMIT` takes it.
@@ -500,6 +500,10 @@ impl SessionStore for PgStore {
         })
     }
 
+    fn commit_note(&self, write: NoteWrite) -> StoreFuture<'_, SessionRecord> {
+        self.run(move |s| async move { s.commit_note(write).await })
+    }
+
     fn commit_transitions(
         &self,
         writes: Vec<TransitionWrite>,
@@ -570,6 +574,8 @@ impl SessionStore for PgStore {
     }
 
     fn claim(&self, id: SessionId) -> StoreFuture<'_, Claim> {
+        // A lookup's one read of the session.
+        self.shared.session_reads.fetch_add(1, Ordering::Relaxed);
         self.run(move |s| async move { s.claim(id).await })
     }
 

@@ -4,12 +4,13 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 
-use super::keys::stored_key;
 use super::{execute, limit, ms, query, query_opt, time, Shared};
 use crate::ids::{Seq, SessionId};
 use crate::model::SessionRecord;
-use crate::store::outbox::{body_to_send, StoredReferences};
-use crate::store::{DeliveryRecord, DueEvents, OutboxEvent, StoreError, WebhookCounts};
+use crate::store_api::{
+    body_to_send, stored_key, DeliveryRecord, DueEvents, OutboxEvent, StoreError, StoredReferences,
+    WebhookCounts,
+};
 use crate::write::TransitionWrite;
 
 impl Shared {
@@ -33,7 +34,7 @@ impl Shared {
             return Ok(false);
         };
         // Without the references: they are put in at each attempt (see event_body).
-        let (event_id, body) = crate::store::outbox::event_body(t)?;
+        let (event_id, body) = crate::store_api::event_body(t)?;
         execute(
             c,
             "INSERT INTO webhook_outbox (session_id, seq, event_id, url, body, created_at, \
@@ -221,13 +222,7 @@ impl Shared {
         let mut counts = WebhookCounts::default();
         for r in rows {
             let state: String = r.try_get(0)?;
-            let n: i64 = r.try_get(1)?;
-            let n = u64::try_from(n).unwrap_or(0);
-            match state.as_str() {
-                "pending" => counts.pending = n,
-                "failed" => counts.failed = n,
-                other => return Err(StoreError::Corrupt(format!("outbox state {other}"))),
-            }
+            counts.count(&state, r.try_get(1)?)?;
         }
         Ok(counts)
     }

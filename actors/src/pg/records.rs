@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use super::{execute, limit, ms, query, PgStore, Shared};
 use crate::at_rest::SealedKey;
 use crate::ids::SessionId;
-use crate::store::records::{expired_records_sql, DATA_KEY_IDS_SQL};
-use crate::store::{RecordsDeleted, StoreError};
+use crate::store_api::{expired_records_sql, DATA_KEY_IDS_SQL};
+use crate::store_api::{RecordsDeleted, StoreError};
 
 /// The advisory lock that lets one node at a time delete records ("idvr" in ASCII):
 /// taken for one batch's transaction; a node that does not get it skips the batch.
@@ -115,7 +115,7 @@ impl Shared {
             let Some(new) = self
                 .data_keys
                 .reseal(sid, &stored)
-                .map_err(|e| super::keys::sealed_error(sid, e))?
+                .map_err(|e| crate::store_api::sealed_error(sid, e))?
             else {
                 continue;
             };

@@ -4,7 +4,7 @@
 
 use deadpool_postgres::Pool;
 
-use crate::store::StoreError;
+use crate::store_api::StoreError;
 
 /// Every migration, in order: (version, SQL). Versions are never reused or edited.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -23,6 +23,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         4,
         include_str!("../../../migrations/postgres/0004_sealed_at_rest.sql"),
+    ),
+    (
+        5,
+        include_str!("../../../migrations/postgres/0005_binding.sql"),
     ),
 ];
 

@@ -2,99 +2,30 @@
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
-use serde_json::value::RawValue;
 use tokio_postgres::{IsolationLevel, Row};
 
-use super::keys::{row_seal, sealed_error, shred_key, stored_key};
+use super::keys::{row_seal, shred_key};
 use super::{execute, limit, ms, query, query_opt, time, Shared};
 use crate::at_rest::{DataKeys, Field, RowSeal};
-use crate::ids::{DeviceId, Seq, SessionId, SessionToken, TokenHash, UserId};
-use crate::model::{
-    Consent, Decision, SessionEvent, SessionRecord, SessionRequest, UserRecord, UserStatus,
-};
+use crate::ids::{Seq, SessionId, TokenHash, UserId};
+use crate::model::{Decision, SessionEvent, SessionRecord, UserRecord, UserStatus};
 use crate::status::Status;
-use crate::store::{CreateOutcome, IdempotencyClaim, NewSession, StoreError, IDEMPOTENCY_WINDOW};
-use crate::write::TransitionWrite;
+use crate::store_api::{
+    idempotency_cutoff, key_seen, replay_token, session_from_row, shared_data_column, Column,
+    CreateOutcome, IdempotencyClaim, KeySeen, NewSession, StoreError, SESSION_COLUMNS,
+};
+use crate::store_api::{opt_time, sealed_error};
+use crate::write::{Note, NoteWrite, TransitionWrite};
 
-/// The columns [`session_from_row`] reads, in order; `owner_epoch` at index 19, the
-/// data key's two columns last (20, 21).
-pub(crate) const SESSION_COLUMNS: &str = "id, owner, token_hash, status, seq, scopes, \
-     vendor_data, external_reference_id, registration, redirect_url, callback_url, created_at, \
-     updated_at, expires_at, decided_at, user_id, is_consented, consented_at, issuer, owner_epoch, \
-     data_key_id, data_key";
-
-/// [`SESSION_COLUMNS`] qualified by the alias `s`, for joins.
-pub(crate) fn session_columns_of(alias: &str) -> String {
-    SESSION_COLUMNS
-        .split(", ")
-        .map(|c| format!("{alias}.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn opt_time(ms: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
-    ms.map(time).transpose()
-}
-
-/// A session row as [`SESSION_COLUMNS`] selects it.
-pub(crate) fn session_from_row(row: &Row, keys: &DataKeys) -> Result<SessionRecord, StoreError> {
-    let id: String = row.try_get(0)?;
-    let token: Vec<u8> = row.try_get(2)?;
-    let status: String = row.try_get(3)?;
-    let seq: i64 = row.try_get(4)?;
-    let scopes: String = row.try_get(5)?;
-    let registration: Option<String> = row.try_get(8)?;
-    let user_id: Option<String> = row.try_get(15)?;
-    let is_consented: Option<bool> = row.try_get(16)?;
-    let consented_at: Option<i64> = row.try_get(17)?;
-    let issuer: Option<String> = row.try_get(18)?;
-    let corrupt = |what: &str| StoreError::Corrupt(format!("session {id}: {what}"));
-    let sid = SessionId::parse(&id).ok_or_else(|| corrupt("id"))?;
-    let seal = keys
-        .row(sid, stored_key(row.try_get(20)?, row.try_get(21)?))
-        .map_err(|e| sealed_error(sid, e))?;
-    let open = |field, value| {
-        seal.open_text(field, value)
-            .map_err(|e| sealed_error(sid, e))
-    };
-    let registration = open(Field::Registration, registration)?;
-    Ok(SessionRecord {
-        id: sid,
-        owner: row.try_get(1)?,
-        token_hash: TokenHash::from_slice(&token).ok_or_else(|| corrupt("token hash"))?,
-        status: status.parse().map_err(|_| corrupt("status"))?,
-        seq: Seq(u64::try_from(seq).map_err(|_| corrupt("seq"))?),
-        request: std::sync::Arc::new(SessionRequest {
-            scopes: serde_json::from_str(&scopes).map_err(|_| corrupt("scopes"))?,
-            vendor_data: open(Field::VendorData, row.try_get(6)?)?,
-            external_reference_id: open(Field::ExternalReferenceId, row.try_get(7)?)?,
-            registration: registration
-                .map(RawValue::from_string)
-                .transpose()
-                .map_err(|_| corrupt("registration"))?,
-            redirect_url: row.try_get(9)?,
-            callback_url: row.try_get(10)?,
-        }),
-        created_at: time(row.try_get(11)?)?,
-        updated_at: time(row.try_get(12)?)?,
-        expires_at: time(row.try_get(13)?)?,
-        decided_at: opt_time(row.try_get(14)?)?,
-        device: match (issuer, user_id) {
-            (Some(issuer), Some(user_id)) => Some(DeviceId::new(
-                issuer,
-                UserId::parse(&user_id).ok_or_else(|| corrupt("user id"))?,
-            )),
-            (None, None) => None,
-            _ => return Err(corrupt("a device bound without its issuer, or the reverse")),
-        },
-        consent: match (is_consented, consented_at) {
-            (Some(is_consented), Some(at)) => Some(Consent {
-                is_consented,
-                consented_at: time(at)?,
-            }),
-            _ => None,
-        },
-    })
+/// A PostgreSQL row read by column index, for the shared decoding
+/// ([`session_from_row`]).
+impl<T> Column<T> for Row
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    fn column(&self, i: usize) -> Result<T, StoreError> {
+        Ok(self.try_get(i)?)
+    }
 }
 
 /// One session, whatever its status.
@@ -125,8 +56,8 @@ async fn insert_session(
         c,
         "INSERT INTO sessions (id, owner, token_hash, status, seq, scopes, vendor_data, \
          external_reference_id, registration, redirect_url, callback_url, created_at, \
-         updated_at, expires_at, owner_node, owner_epoch, data_key_id, data_key) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 1, $16, $17)",
+         updated_at, expires_at, owner_node, owner_epoch, data_key_id, data_key, binding) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 1, $16, $17, $18)",
         &[
             &id,
             &s.owner,
@@ -151,6 +82,7 @@ async fn insert_session(
             &node,
             &key_id,
             &key,
+            &s.request.binding.as_str(),
         ],
     )
     .await?;
@@ -194,16 +126,7 @@ impl Shared {
         } else {
             None
         };
-        let shared = t
-            .shared_data
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(format!("shared data: {e}")))?;
-        let shared = match &seal {
-            Some(seal) => seal.seal_text(Field::SharedData, shared.as_deref()),
-            None => shared,
-        };
+        let shared = shared_data_column(t, seal.as_ref())?;
         // No epoch held: no row can match, and the diagnosis below says why.
         let epoch = self.held.get(&t.id).map_or(-1, |e| *e);
         let id = t.id.to_string();
@@ -215,7 +138,10 @@ impl Shared {
                    is_consented = COALESCE($6, is_consented), \
                    consented_at = COALESCE($7, consented_at), \
                    shared_data = CASE WHEN $8 THEN NULL ELSE COALESCE($9, shared_data) END, \
-                   registration = CASE WHEN $8 THEN NULL ELSE registration END \
+                   registration = CASE WHEN $8 THEN NULL ELSE registration END, \
+                   binding_code = COALESCE($16, binding_code), \
+                   binding_misses = COALESCE($17, binding_misses), \
+                   decline_reason = COALESCE($18, decline_reason) \
                  WHERE id = $10 AND seq = $11 AND owner_node = $13 AND owner_epoch = $14 \
                    AND {lease} \
                  RETURNING {SESSION_COLUMNS}",
@@ -240,12 +166,15 @@ impl Shared {
                 &self.node_id,
                 &epoch,
                 &self.incarnation,
+                &t.binding_code.map(|c| c.to_string()),
+                &t.binding_misses.map(i64::from),
+                &t.reason.map(|r| r.as_str()),
             ],
         )
         .await?;
         let committed = match row {
             Some(row) => session_from_row(&row, &self.data_keys)?,
-            None => return Err(self.why_refused(c, t).await?),
+            None => return Err(self.why_refused(c, t.id, t.from_seq).await?),
         };
         execute(
             c,
@@ -280,18 +209,81 @@ impl Shared {
     async fn why_refused(
         &self,
         c: &impl GenericClient,
-        t: &TransitionWrite,
+        id: SessionId,
+        from_seq: Seq,
     ) -> Result<StoreError, StoreError> {
         let row = query_opt(
             c,
             "SELECT seq FROM sessions WHERE id = $1",
-            &[&t.id.to_string()],
+            &[&id.to_string()],
         )
         .await?;
         Ok(match row {
-            Some(row) if row.try_get::<_, i64>(0)? == t.from_seq.0 as i64 => StoreError::NotOwner,
+            Some(row) if row.try_get::<_, i64>(0)? == from_seq.0 as i64 => StoreError::NotOwner,
             _ => StoreError::Stale,
         })
+    }
+
+    /// Commits a change that is no transition, guarded by seq and ownership as a
+    /// transition is, and by what it changes (a miss counts on from the count before
+    /// it; `shown_on` is set once). Answers the row as committed.
+    pub(crate) async fn commit_note(&self, w: NoteWrite) -> Result<SessionRecord, StoreError> {
+        let began = std::time::Instant::now();
+        let conn = self.conn().await?;
+        let epoch = self.held.get(&w.id).map_or(-1, |e| *e);
+        let id = w.id.to_string();
+        let seq = w.from_seq.0 as i64;
+        let guard = format!(
+            "id = $1 AND seq = $2 AND owner_node = $3 AND owner_epoch = $4 AND {lease}",
+            lease = super::lease_held("$3", "$5"),
+        );
+        let row = match &w.note {
+            Note::BindingMiss { misses } => {
+                let sql = format!(
+                    "UPDATE sessions SET binding_misses = $6::bigint \
+                     WHERE {guard} AND binding_misses = $6::bigint - 1 RETURNING {SESSION_COLUMNS}"
+                );
+                query_opt(
+                    &conn,
+                    &sql,
+                    &[
+                        &id,
+                        &seq,
+                        &self.node_id,
+                        &epoch,
+                        &self.incarnation,
+                        &i64::from(*misses),
+                    ],
+                )
+                .await?
+            }
+            Note::ShownOn(on) => {
+                let sql = format!(
+                    "UPDATE sessions SET shown_browser = $6, shown_os = $7, shown_since = $8 \
+                     WHERE {guard} AND shown_since IS NULL RETURNING {SESSION_COLUMNS}"
+                );
+                query_opt(
+                    &conn,
+                    &sql,
+                    &[
+                        &id,
+                        &seq,
+                        &self.node_id,
+                        &epoch,
+                        &self.incarnation,
+                        &on.browser,
+                        &on.os,
+                        &ms(on.since),
+                    ],
+                )
+                .await?
+            }
+        };
+        crate::metrics::store_commit(1, began.elapsed());
+        match row {
+            Some(row) => session_from_row(&row, &self.data_keys),
+            None => Err(self.why_refused(&conn, w.id, w.from_seq).await?),
+        }
     }
 
     /// Inserts a new session owned by this node (epoch 1), honouring an idempotency key.
@@ -336,28 +328,27 @@ impl Shared {
                 let hash: Vec<u8> = seen.try_get(0)?;
                 let session_id: String = seen.try_get(1)?;
                 let at: i64 = seen.try_get(2)?;
-                if time(at)? + IDEMPOTENCY_WINDOW > s.created_at {
-                    if hash != claim.request_hash {
-                        return Ok(CreateOutcome::Conflict);
+                match key_seen(claim, &hash, &session_id, at, s.created_at)? {
+                    KeySeen::Conflict => return Ok(CreateOutcome::Conflict),
+                    KeySeen::Expired => {}
+                    KeySeen::Replay(id) => {
+                        let token = replay_token(id);
+                        execute(
+                            &tx,
+                            "UPDATE sessions SET token_hash = $1 WHERE id = $2",
+                            &[&&token.hash().0[..], &session_id],
+                        )
+                        .await?;
+                        let replayed =
+                            load_session(&tx, &self.data_keys, id)
+                                .await?
+                                .ok_or_else(|| {
+                                    StoreError::Corrupt("idempotency key without session".into())
+                                })?;
+                        tx.commit().await?;
+                        crate::metrics::store_commit(1, began.elapsed());
+                        return Ok(CreateOutcome::Replayed(Box::new(replayed), token));
                     }
-                    let id = SessionId::parse(&session_id)
-                        .ok_or_else(|| StoreError::Corrupt("idempotency session id".into()))?;
-                    let token = SessionToken::generate(id);
-                    execute(
-                        &tx,
-                        "UPDATE sessions SET token_hash = $1 WHERE id = $2",
-                        &[&&token.hash().0[..], &session_id],
-                    )
-                    .await?;
-                    let replayed =
-                        load_session(&tx, &self.data_keys, id)
-                            .await?
-                            .ok_or_else(|| {
-                                StoreError::Corrupt("idempotency key without session".into())
-                            })?;
-                    tx.commit().await?;
-                    crate::metrics::store_commit(1, began.elapsed());
-                    return Ok(CreateOutcome::Replayed(Box::new(replayed), token));
                 }
                 // The window is over: the key starts again with this session.
                 execute(
@@ -448,7 +439,7 @@ impl Shared {
         let sql = format!(
             "UPDATE sessions SET owner_epoch = owner_epoch + 1 \
              WHERE owner_node = $1 AND status IN {} AND {} \
-             RETURNING {SESSION_COLUMNS}",
+             RETURNING {SESSION_COLUMNS}, owner_epoch",
             Status::live_sql(),
             super::lease_held("$1", "$2"),
         );
@@ -456,7 +447,7 @@ impl Shared {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let record = session_from_row(&row, &self.data_keys)?;
-            self.hold(record.id, row.try_get(19)?);
+            self.hold(record.id, row.try_get("owner_epoch")?);
             out.push(record);
         }
         Ok(out)
@@ -526,6 +517,8 @@ impl Shared {
                     seq: Seq(u64::try_from(seq).map_err(|_| StoreError::Corrupt("seq".into()))?),
                     status: status.parse().map_err(StoreError::Corrupt)?,
                     at: time(r.try_get(2)?)?,
+                    // The log keeps no code: readers take it from the session.
+                    binding_code: None,
                 })
             })
             .collect()
@@ -592,9 +585,7 @@ impl Shared {
         now: DateTime<Utc>,
         n: usize,
     ) -> Result<usize, StoreError> {
-        let cutoff = now
-            .checked_sub_signed(IDEMPOTENCY_WINDOW)
-            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let cutoff = idempotency_cutoff(now);
         let conn = self.conn().await?;
         let deleted = execute(
             &conn,

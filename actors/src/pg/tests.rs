@@ -131,6 +131,9 @@ fn step(s: &SessionRecord, from: u64, status: Status) -> TransitionWrite {
         decided_at: status.is_terminal().then_some(at),
         purge: status.discards_personal_data(),
         registers_user: status.registers_user(),
+        binding_code: None,
+        binding_misses: None,
+        reason: None,
     }
 }
 

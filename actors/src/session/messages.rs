@@ -6,7 +6,7 @@
 //! [`SessionActor`](super::SessionActor) runs them.
 //!
 //! Layout:
-//! - commands: [`Inspect`], [`Retrieve`], [`Decide`] (with [`Answer`]), [`Cancel`],
+//! - commands: [`Inspect`], [`Retrieve`], [`Decide`] (with [`Answer`]), [`Cancel`], [`ShowOn`],
 //!   [`RotateToken`], [`Tick`], [`InjectFault`], and [`Caller`], who sends them;
 //! - delivery: [`Subscribe`], [`Unsubscribe`], [`WaitChange`], [`CountAudience`], and
 //!   what the actor sends its subscribers: [`Push`], [`AudienceLost`];
@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::error::SessionError;
 use crate::ids::{DeviceId, FileId, Seq, SessionId, TokenHash};
-use crate::model::{SessionEvent, SessionRecord};
+use crate::model::{BindingCode, SessionEvent, SessionRecord, ShownOn};
 use crate::write::Upload;
 
 // ---- Commands --------------------------------------------------------------
@@ -75,6 +75,9 @@ pub enum Answer {
     Approve {
         /// One string per non-file scope.
         shared_data: serde_json::Map<String, serde_json::Value>,
+        /// The number the person typed (sessions with a binding, SPEC §2).
+        #[serde(default)]
+        binding_code: Option<BindingCode>,
     },
     /// Deny.
     Deny,
@@ -96,6 +99,17 @@ pub struct Decide {
 pub struct Cancel {
     /// The API key's name.
     pub owner: String,
+}
+
+/// A client subscribed or fetched the QR: the first one tells the device where the
+/// session is shown (SPEC §2, `shown_on`). Answers the session.
+#[derive(Message, Clone, Debug, Serialize, Deserialize)]
+#[rtype(result = "Result<SessionRecord, SessionError>")]
+pub struct ShowOn {
+    /// The client (its session token).
+    pub caller: Caller,
+    /// Its browser and OS, and now.
+    pub shown_on: ShownOn,
 }
 
 /// An idempotent replay committed a new token; the old one stops working.

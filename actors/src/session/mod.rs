@@ -31,6 +31,7 @@
 pub mod messages;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -40,7 +41,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::clock::SharedClock;
-use crate::commands::{authorize, plan_expiry, Plan};
+use crate::commands::{answer_move, answer_note, authorize, plan_expiry, Plan};
 use crate::delivery::{check_after, Audience};
 use crate::error::SessionError;
 use crate::ids::SessionId;
@@ -55,12 +56,14 @@ use crate::session::messages::InjectFault;
 use crate::session::messages::{
     AudienceCount, Change, CountAudience, Subscribe, Subscribed, Unsubscribe, WaitChange,
 };
-use crate::session::messages::{Caller, Promote, Refresh, Relinquish};
-use crate::session::messages::{Cancel, Decide, Inspect, Retrieve, RotateToken, Tick};
+use crate::session::messages::{Cancel, Decide, Inspect, Retrieve, RotateToken, ShowOn, Tick};
 use crate::session::messages::{CheckUpload, StageFile, StagedFile, UploadTicket};
+use crate::session::messages::{Promote, Refresh, Relinquish};
 use crate::session_store::SessionStore;
 use crate::staging::Staged;
 use crate::store::StoreError;
+use crate::write::Note;
+use watch::Watch;
 
 /// A point where a test may have armed a panic ([`ArmFault`]); nothing at all in builds
 /// without fault injection (release builds), so no test hook ships.
@@ -80,14 +83,6 @@ const MAX_TIMER: Duration = Duration::from_secs(60);
 
 /// How long to wait before retrying an expiry the store refused.
 const EXPIRY_RETRY: Duration = Duration::from_secs(1);
-
-/// How often a watching actor reads its session from the store unasked: the owner's
-/// announcements travel at most once, and this bounds how late a lost one is noticed.
-const WATCH_POLL: Duration = Duration::from_secs(2);
-
-/// A watching actor with nobody to tell for this many polls in a row stops (its NATS
-/// subscription and its reads with it); the next subscriber starts another.
-const WATCH_IDLE_POLLS: u32 = 15;
 
 /// The reply of the transition handlers: given at once when nothing is committed (a
 /// refusal, or a transition that changes nothing), else once the commit is in, holding
@@ -128,6 +123,32 @@ where
     }
 }
 
+/// What a session actor is to its session; no flag says it, this does.
+enum Role {
+    /// The owner (this node runs the session): it commits, arms the expiry timer and
+    /// stages uploads.
+    Owner,
+    /// It watches a session another node owns, for this node's audience ([`watch`]).
+    Watcher(Watch),
+    /// The session moved to another node, or this node stopped watching it: the actor
+    /// answers nothing more (the registry asks again, and finds the new owner).
+    Gone,
+}
+
+impl Role {
+    fn is_owner(&self) -> bool {
+        matches!(self, Role::Owner)
+    }
+
+    fn is_watcher(&self) -> bool {
+        matches!(self, Role::Watcher(_))
+    }
+
+    fn is_gone(&self) -> bool {
+        matches!(self, Role::Gone)
+    }
+}
+
 /// One live verification session.
 pub struct SessionActor {
     id: SessionId,
@@ -154,15 +175,8 @@ pub struct SessionActor {
     /// Test-only ([`ArmFault`]): the point where this actor panics, uncontained.
     #[cfg(any(test, feature = "fault-injection"))]
     fault: Option<FaultPoint>,
-    /// Whether this actor only watches a session owned by another node.
-    watching: bool,
-    /// Set when the session moved to another node: this actor answers nothing more
-    /// (the registry asks again, and finds the new owner).
-    moved: bool,
-    /// A watching actor re-read the store for a caller ahead of it (see [`Self::lagging`]).
-    caught_up: bool,
-    /// Polls in a row a watching actor had nobody to tell.
-    idle_polls: u32,
+    /// What this actor is to its session: its owner, a watcher, or gone.
+    role: Role,
     /// Holds the live-actors gauge up while this actor exists; restarts keep it.
     _live_gauge: crate::metrics::GaugeGuard,
 }
@@ -179,7 +193,7 @@ impl SessionActor {
         live: Arc<dyn LiveSessions>,
         generation: Generation,
     ) -> Self {
-        Self::with_role(id, record, store, clock, live, generation, false)
+        Self::with_role(id, record, store, clock, live, generation, Role::Owner)
     }
 
     /// An actor that watches session `id`, owned by another node (see the module
@@ -191,7 +205,15 @@ impl SessionActor {
         live: Arc<dyn LiveSessions>,
         generation: Generation,
     ) -> Self {
-        Self::with_role(id, None, store, clock, live, generation, true)
+        Self::with_role(
+            id,
+            None,
+            store,
+            clock,
+            live,
+            generation,
+            Role::Watcher(Watch::default()),
+        )
     }
 
     fn with_role(
@@ -201,7 +223,7 @@ impl SessionActor {
         clock: SharedClock,
         live: Arc<dyn LiveSessions>,
         generation: Generation,
-        watching: bool,
+        role: Role,
     ) -> Self {
         Self {
             id,
@@ -216,10 +238,7 @@ impl SessionActor {
             staged: Staged::default(),
             #[cfg(any(test, feature = "fault-injection"))]
             fault: None,
-            watching,
-            moved: false,
-            caught_up: false,
-            idle_polls: 0,
+            role,
             _live_gauge: crate::metrics::GaugeGuard::new(crate::metrics::LIVE_SESSIONS),
         }
     }
@@ -238,7 +257,7 @@ impl SessionActor {
     }
 
     fn record(&self) -> Result<&SessionRecord, SessionError> {
-        if self.moved {
+        if self.role.is_gone() {
             return Err(SessionError::Restarted);
         }
         self.state.as_ref().ok_or(SessionError::Unavailable(
@@ -249,7 +268,7 @@ impl SessionActor {
     /// The record, for a command only the owner may carry out (uploads: a watching
     /// actor stages nothing; the registry sends them to the owner).
     fn owned_record(&self) -> Result<&SessionRecord, SessionError> {
-        if self.watching {
+        if self.role.is_watcher() {
             return Err(SessionError::Restarted);
         }
         self.record()
@@ -340,7 +359,7 @@ impl SessionActor {
     }
 
     fn arm_expiry(&mut self, ctx: &mut Context<Self>) {
-        if self.watching {
+        if !self.role.is_owner() {
             // The owner node's timer expires the session.
             return;
         }
@@ -360,7 +379,7 @@ impl SessionActor {
     /// Expires the session if `expires_at` has passed, else re-arms the timer.
     fn check_expiry(&mut self, ctx: &mut Context<Self>) {
         trip!(self, CheckExpiry);
-        if self.watching || self.moved {
+        if !self.role.is_owner() {
             return;
         }
         let now = self.now();
@@ -393,7 +412,7 @@ impl SessionActor {
     /// held meanwhile.
     fn execute(&mut self, plan: Result<Plan, SessionError>) -> Reply {
         // A watching actor commits nothing (the registry sends commands to the owner).
-        let plan = if self.watching {
+        let plan = if !self.role.is_owner() {
             Err(SessionError::Restarted)
         } else {
             plan
@@ -410,7 +429,7 @@ impl SessionActor {
                             Ok(committed) => {
                                 let answer = committed.clone();
                                 act.apply(committed, ctx);
-                                Ok(answer)
+                                answer_move(answer)
                             }
                             Err(StoreError::Stale) => {
                                 act.reload(ctx);
@@ -424,6 +443,36 @@ impl SessionActor {
                             }
                             Err(e) => Err(e.into()),
                         }),
+                ))))
+            }
+            Ok(Plan::Note(write)) => {
+                let store = self.store.clone();
+                Reply(Answer::Commit(AtomicResponse::new(Box::pin(
+                    async move {
+                        let note = write.note.clone();
+                        (store.commit_note(write).await, note)
+                    }
+                    .into_actor(self)
+                    .map(|(res, note), act, ctx| match res {
+                        Ok(committed) => {
+                            if let Note::BindingMiss { .. } = note {
+                                crate::metrics::binding_mismatch(false);
+                            }
+                            // No transition: nothing to push or announce; the
+                            // watching nodes read it with the next one.
+                            act.state = Some(committed.clone());
+                            answer_note(&note, committed)
+                        }
+                        Err(StoreError::Stale) => {
+                            act.reload(ctx);
+                            Err(SessionError::Restarted)
+                        }
+                        Err(StoreError::NotOwner) => {
+                            act.relinquish(ctx);
+                            Err(SessionError::Restarted)
+                        }
+                        Err(e) => Err(e.into()),
+                    }),
                 ))))
             }
         }
@@ -443,6 +492,9 @@ impl SessionActor {
         let at = committed.updated_at;
         if self.state.as_ref().is_none_or(|s| s.seq < committed.seq) {
             crate::metrics::transition(committed.status.as_str());
+            if committed.reason == Some(crate::status::Reason::BindingMismatch) {
+                crate::metrics::binding_mismatch(true);
+            }
         }
         let seq = committed.seq;
         self.state = Some(committed);
@@ -489,7 +541,7 @@ impl SessionActor {
         if let Some(h) = self.expiry.take() {
             ctx.cancel_future(h);
         }
-        if self.watching {
+        if self.role.is_watcher() {
             self.live.unwatch(self.id);
         }
         self.live.forget(self.id, self.generation);
@@ -502,104 +554,15 @@ impl SessionActor {
         if self.ended {
             return;
         }
-        if self.watching {
+        if self.role.is_watcher() {
             tracing::debug!(session = %self.id, "no longer watching a session");
         } else {
             tracing::info!(session = %self.id, "session moved to another node");
         }
-        self.moved = true;
         self.leave(ctx);
+        self.role = Role::Gone;
         self.audience.hand_off();
         ctx.stop();
-    }
-
-    /// Whether a watching actor must read the store before it answers a caller that
-    /// has a later seq than its copy, or a token it does not know (the caller saw the
-    /// seq, or got the token, through another node: the owner's announcement is still
-    /// on its way). It then reads the store, and the registry sends the request again,
-    /// answered after the read; a caller still ahead of the store, or with a token
-    /// that is not the session's, is refused as with one node.
-    fn lagging(
-        &mut self,
-        after: Option<crate::ids::Seq>,
-        caller: &Caller,
-        ctx: &mut Context<Self>,
-    ) -> bool {
-        if !self.watching || self.ended {
-            return false;
-        }
-        let Some(s) = &self.state else {
-            return false;
-        };
-        let ahead = after.is_some_and(|after| after > s.seq);
-        // A token this copy does not know may be one a replayed create just rotated in.
-        let unknown_token =
-            matches!(caller, Caller::Client { token, .. } if !token.matches(&s.token_hash));
-        if !(ahead || unknown_token) || self.caught_up {
-            self.caught_up = false;
-            return false;
-        }
-        self.caught_up = true;
-        self.refresh(ctx);
-        true
-    }
-
-    /// A watching actor reads its session from the store and pushes to its audience
-    /// every transition it has not had, in order; then ends with the session.
-    fn refresh(&mut self, ctx: &mut Context<Self>) {
-        if !self.watching || self.ended {
-            return;
-        }
-        let Some(from) = self.state.as_ref().map(|s| s.seq) else {
-            return;
-        };
-        let store = self.store.clone();
-        let id = self.id;
-        ctx.wait(
-            async move {
-                let record = store.load_session(id).await?;
-                let events = match &record {
-                    Some(r) if r.seq > from => store.events_after(id, from).await?,
-                    _ => Vec::new(),
-                };
-                Ok::<_, StoreError>((record, events))
-            }
-            .into_actor(self)
-            .map(move |res, act, ctx| {
-                if !act.watching || act.ended {
-                    return;
-                }
-                let record = match res {
-                    Ok((Some(record), events)) => {
-                        for e in events.iter().filter(|e| e.seq <= record.seq) {
-                            act.audience.republish(&record, e);
-                        }
-                        record
-                    }
-                    Ok((None, _)) => return,
-                    Err(e) => {
-                        tracing::warn!(session = %act.id, error = %e, "cannot refresh a watched session");
-                        return;
-                    }
-                };
-                let Some(current) = act.state.as_ref() else {
-                    return;
-                };
-                if current.seq > record.seq {
-                    return;
-                }
-                // A replayed create may have rotated the token without a transition.
-                if !current.token_hash.matches(&record.token_hash) {
-                    act.live.untrack_token(act.id, current.token_hash);
-                    act.live.track_token(act.id, record.token_hash);
-                }
-                let terminal = record.status.is_terminal();
-                act.state = Some(record);
-                if terminal {
-                    act.finish(ctx);
-                }
-            }),
-        );
     }
 
     fn uploaded_kinds(&self) -> BTreeSet<String> {
@@ -614,28 +577,8 @@ impl Actor for SessionActor {
         if self.ended {
             return;
         }
-        if self.watching {
-            // Subscribe to the owner's announcements first, then read the store: a
-            // transition committed in between is in what is read, or announced after.
-            let watch = self.live.watch(self.id, ctx.address().recipient());
-            ctx.wait(watch.into_actor(self).map(|(), act, ctx| act.load(ctx)));
-            ctx.run_interval(WATCH_POLL, |act, ctx| {
-                if !act.watching {
-                    return;
-                }
-                let audience = act.audience.count();
-                if audience.subscribers + audience.waiters > 0 {
-                    act.idle_polls = 0;
-                } else {
-                    act.idle_polls += 1;
-                    if act.idle_polls >= WATCH_IDLE_POLLS {
-                        // Nobody here listens any more: stop following the session.
-                        act.relinquish(ctx);
-                        return;
-                    }
-                }
-                act.refresh(ctx);
-            });
+        if self.role.is_watcher() {
+            self.start_watching(ctx);
             return;
         }
         match &self.state {
@@ -705,6 +648,15 @@ impl Handler<Cancel> for SessionActor {
     fn handle(&mut self, msg: Cancel, ctx: &mut Context<Self>) -> Reply {
         let now = self.now();
         let plan = self.contain(ctx, |act, _| msg.plan(act.record()?, now));
+        self.execute(plan)
+    }
+}
+
+impl Handler<ShowOn> for SessionActor {
+    type Result = Reply;
+
+    fn handle(&mut self, msg: ShowOn, ctx: &mut Context<Self>) -> Reply {
+        let plan = self.contain(ctx, |act, _| msg.plan(act.record()?));
         self.execute(plan)
     }
 }
@@ -872,10 +824,10 @@ impl Handler<Promote> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, _: Promote, ctx: &mut Context<Self>) {
-        if !self.watching || self.ended {
+        if !self.role.is_watcher() || self.ended {
             return;
         }
-        self.watching = false;
+        self.role = Role::Owner;
         self.live.unwatch(self.id);
         // Read the session again (it may have moved since the last announcement),
         // bring the audience up to date, and arm the timer: a restart's path.

@@ -145,6 +145,9 @@ async fn a_watcher_behind_the_store_reads_it_for_a_caller_ahead_of_it_and_refuse
             decided_at: None,
             purge: false,
             registers_user: true,
+            binding_code: None,
+            binding_misses: None,
+            reason: None,
         })
         .await
         .unwrap();

@@ -13,34 +13,8 @@ use super::{Store, StoreError};
 use crate::at_rest::{Field, RowSeal};
 use crate::ids::{FileId, SessionId};
 use crate::model::FileMeta;
+use crate::store_api::{retained_data_sql, StoredFile, PURGE_BATCH};
 use crate::write::TransitionWrite;
-
-/// Most sessions one retention job purges, so one sweep never holds the writer (and
-/// every transition queued behind it) for long; the sweeper repeats until done.
-pub const PURGE_BATCH: usize = 256;
-
-/// A stored file as the backend downloads it.
-#[derive(Clone)]
-pub struct StoredFile {
-    /// The API key that owns its session.
-    pub owner: String,
-    /// `image/jpeg` or `image/png`.
-    pub content_type: String,
-    /// The bytes.
-    pub bytes: Vec<u8>,
-}
-
-impl std::fmt::Debug for StoredFile {
-    // Never the bytes: they are personal data and Debug output ends up in logs.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "StoredFile({}, {} bytes)",
-            self.content_type,
-            self.bytes.len()
-        )
-    }
-}
 
 /// The file part of a transition: stores the staged files on approve, deletes every
 /// file of a session that ends without consent.
@@ -138,7 +112,7 @@ impl Store {
             };
             file.bytes = super::keys::row_seal(&tx, &keys, id)?
                 .open_bytes(Field::File(file_id), std::mem::take(&mut file.bytes))
-                .map_err(|e| super::keys::sealed_error(id, e))?;
+                .map_err(|e| crate::store_api::sealed_error(id, e))?;
             Ok(Some(file))
         })
         .await
@@ -156,10 +130,7 @@ impl Store {
         let keys = self.data_keys();
         self.write(move |conn, fx| {
             let ids: Vec<String> = conn
-                .prepare_cached(
-                    "SELECT id FROM sessions WHERE status = 'confirmed' AND purged_at IS NULL \
-                     AND decided_at <= ?1 ORDER BY decided_at LIMIT ?2",
-                )?
+                .prepare_cached(&retained_data_sql("?1", "?2"))?
                 .query_map(
                     params![cutoff.timestamp_millis(), PURGE_BATCH as i64],
                     |r| r.get(0),

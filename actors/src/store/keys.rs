@@ -4,16 +4,9 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::StoreError;
-use crate::at_rest::{DataKeys, Field, RowSeal, SealedKey};
+use crate::at_rest::{DataKeys, RowSeal};
 use crate::ids::SessionId;
-
-/// A session's data key as stored (columns `data_key_id`, `data_key`), if it has one.
-pub(crate) fn stored_key(id: Option<String>, sealed: Option<Vec<u8>>) -> Option<SealedKey> {
-    Some(SealedKey {
-        key_id: id?,
-        sealed: sealed?,
-    })
-}
+use crate::store_api::{sealed_error, shred, stored_key};
 
 /// The opener of session `id`'s sealed fields: its data key, read and opened.
 pub(crate) fn row_seal(
@@ -52,22 +45,10 @@ pub(crate) fn shred_key(
         .query_row([id.to_string()], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?;
-    let Some(stored) = stored_key(key_id, sealed) else {
+    let Some(kept) = shred(keys, id, vendor, reference, stored_key(key_id, sealed))? else {
         return Ok(());
     };
-    let seal = keys
-        .row(id, Some(stored))
-        .map_err(|e| sealed_error(id, e))?;
-    let open = |field, value| {
-        seal.open_text(field, value)
-            .map_err(|e| sealed_error(id, e))
-    };
-    let vendor = open(Field::VendorData, vendor)?;
-    let reference = open(Field::ExternalReferenceId, reference)?;
-    let kept = keys.reseal_references(id, vendor.as_deref(), reference.as_deref());
-    let (key_id, key) = kept
-        .key
-        .map_or((None, None), |k| (Some(k.key_id), Some(k.sealed)));
+    let (key_id, key) = kept.key;
     conn.prepare_cached(
         "UPDATE sessions SET data_key_id = ?2, data_key = ?3, vendor_data = ?4, \
          external_reference_id = ?5 WHERE id = ?1",
@@ -80,10 +61,4 @@ pub(crate) fn shred_key(
         kept.external_reference_id
     ])?;
     Ok(())
-}
-
-/// A sealed value that does not open: the row is unreadable (a clean `500`, and the
-/// log names the session), never read as garbage.
-pub(crate) fn sealed_error(id: SessionId, e: crate::at_rest::AtRestError) -> StoreError {
-    StoreError::Corrupt(format!("session {id}: {e}"))
 }

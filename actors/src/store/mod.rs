@@ -31,86 +31,19 @@ use crossbeam_channel::Sender;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
-pub use files::{StoredFile, PURGE_BATCH};
-pub use outbox::{DeliveryRecord, DueEvents, OutboxEvent, WebhookCounts, STATUS_CHANGED};
-pub use records::{rekey, RecordsDeleted};
-pub use sessions::{CreateOutcome, IdempotencyClaim, NewSession, IDEMPOTENCY_WINDOW};
+pub use records::rekey;
+// The vocabulary both engines share, under the names the rest of the broker has used.
+pub(crate) use crate::store_api::{ms, time};
+pub use crate::store_api::{
+    CreateOutcome, DeliveryRecord, DueEvents, IdempotencyClaim, NewSession, OutboxEvent,
+    RecordsDeleted, StoreError, StoredFile, WebhookCounts, WebhookRoute, IDEMPOTENCY_WINDOW,
+    PURGE_BATCH, STATUS_CHANGED,
+};
 
 use crate::supervise::{self, Task, Tasks};
 use writer::{Effects, FnJob, Job};
 
 use crate::at_rest::DataKeys;
-
-/// A time as stored: milliseconds since the Unix epoch.
-pub(crate) fn ms(t: chrono::DateTime<chrono::Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-/// A stored time back; a value out of range means the row is corrupt.
-pub(crate) fn time(ms: i64) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
-    use chrono::TimeZone;
-    chrono::Utc
-        .timestamp_millis_opt(ms)
-        .single()
-        .ok_or_else(|| StoreError::Corrupt(format!("time {ms} out of range")))
-}
-
-/// Where webhook events go when a session has no `callback_url`; present only when
-/// the broker can sign (it sends nothing unsigned, SPEC §4). Here, beside the store's
-/// other shared types, so that the writer and the outbox (which uses the writer) do
-/// not import each other.
-#[derive(Clone, Debug, Default)]
-pub struct WebhookRoute {
-    /// The broker's default `--webhook-url`.
-    pub default_url: Option<String>,
-}
-
-/// Why the store could not do what was asked.
-#[derive(Clone, Debug, thiserror::Error)]
-pub enum StoreError {
-    /// SQLite refused (disk, corruption, a broken schema…).
-    #[error("sqlite: {0}")]
-    Sqlite(Arc<rusqlite::Error>),
-    /// A transition was written against a seq that is no longer current: another
-    /// writer moved the session first.
-    #[error("the session changed underneath this write")]
-    Stale,
-    /// The store is shutting down.
-    #[error("the store is closed")]
-    Closed,
-    /// A job panicked (a bug): it was rolled back alone, and the store works on. Told
-    /// apart from [`StoreError::Closed`], which the loops read as a shutdown.
-    #[error("a store job panicked")]
-    Panicked,
-    /// More work is queued than the store takes (`QUEUE_BOUND`): refused, not queued.
-    #[error("the store is overloaded")]
-    Busy,
-    /// The database's schema is not one this broker can use.
-    #[error("schema: {0}")]
-    Schema(String),
-    /// A row held something this broker cannot read.
-    #[error("corrupt row: {0}")]
-    Corrupt(String),
-    /// PostgreSQL (or its connection pool) refused or could not be reached.
-    #[error("postgres: {0}")]
-    Postgres(Arc<dyn std::error::Error + Send + Sync>),
-    /// This node no longer owns the session (another node took it over after this
-    /// node's lease lapsed, or this node handed it over): the write is refused.
-    #[error("the session is owned by another node")]
-    NotOwner,
-    /// This process holds no valid lease (it lapsed, or another process with this
-    /// node id holds it): it takes and commits nothing until it holds one again.
-    #[error("this node holds no valid lease")]
-    NoLease,
-    /// The database cannot be reached, or gave up on a statement (a lock or statement
-    /// timeout): the request may be tried again (`503`).
-    #[error("the database is unavailable: {0}")]
-    Unavailable(Arc<dyn std::error::Error + Send + Sync>),
-    /// The WAL could not be checkpointed at open (another process keeps it busy), so
-    /// data deleted before a crash could still be in it.
-    #[error("the write-ahead log could not be checkpointed: another connection keeps it busy")]
-    Unscrubbed,
-}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {

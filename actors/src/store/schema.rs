@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../../../migrations/0007_sealed_at_rest.sql"),
     ),
+    (8, include_str!("../../../migrations/0008_binding.sql")),
 ];
 
 /// Brings the schema up to date inside one transaction, recording each version applied.

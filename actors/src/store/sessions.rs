@@ -1,119 +1,27 @@
 //! SQL for sessions, their events, idempotency keys and users.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde_json::value::RawValue;
 
-use super::keys::{row_seal, sealed_error, shred_key, stored_key};
+use super::keys::{row_seal, shred_key};
 use super::writer::Effects;
 use super::{ms, time, Store, StoreError};
 use crate::at_rest::{DataKeys, Field, RowSeal};
-use crate::ids::{DeviceId, Seq, SessionId, SessionToken, TokenHash, UserId};
-use crate::model::{
-    Consent, Decision, SessionEvent, SessionRecord, SessionRequest, UserRecord, UserStatus,
-};
+use crate::ids::{Seq, SessionId, TokenHash, UserId};
+use crate::model::{Decision, SessionEvent, SessionRecord, UserRecord, UserStatus};
 use crate::status::Status;
-use crate::write::TransitionWrite;
+use crate::store_api::{
+    idempotency_cutoff, key_seen, opt_time, replay_token, sealed_error, session_from_row,
+    shared_data_column, Column, CreateOutcome, IdempotencyClaim, KeySeen, NewSession,
+    SESSION_COLUMNS,
+};
+use crate::write::{Note, NoteWrite, TransitionWrite};
 
-/// How long an idempotency key holds its session (SPEC §3).
-pub const IDEMPOTENCY_WINDOW: Duration = Duration::hours(24);
-
-fn opt_time(ms: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
-    ms.map(time).transpose()
-}
-
-/// A session to insert.
-#[derive(Debug)]
-pub struct NewSession {
-    /// The row as it starts: `initialized`, seq 1.
-    pub record: SessionRecord,
-}
-
-/// An `Idempotency-Key` presented with a create.
-#[derive(Clone, Debug)]
-pub struct IdempotencyClaim {
-    /// The key as sent.
-    pub key: String,
-    /// SHA-256 of the canonical request body.
-    pub request_hash: [u8; 32],
-}
-
-/// What a create did.
-#[derive(Debug)]
-pub enum CreateOutcome {
-    /// A new session was inserted.
-    Created,
-    /// The key was seen with the same body: that session, with its token replaced by
-    /// the one given here (a token names its session, so the replay's is minted for the
-    /// existing session, not for the record that was not inserted). Boxed: a record is
-    /// large next to the other variants.
-    Replayed(Box<SessionRecord>, SessionToken),
-    /// The key was seen with another body.
-    Conflict,
-}
-
-const SESSION_COLUMNS: &str = "id, owner, token_hash, status, seq, scopes, vendor_data, \
-     external_reference_id, registration, redirect_url, callback_url, created_at, updated_at, \
-     expires_at, decided_at, user_id, is_consented, consented_at, issuer, data_key_id, data_key";
-
-fn session_from_row(row: &Row<'_>, keys: &DataKeys) -> Result<SessionRecord, StoreError> {
-    let id: String = row.get(0)?;
-    let token: Vec<u8> = row.get(2)?;
-    let status: String = row.get(3)?;
-    let seq: i64 = row.get(4)?;
-    let scopes: String = row.get(5)?;
-    let registration: Option<String> = row.get(8)?;
-    let user_id: Option<String> = row.get(15)?;
-    let is_consented: Option<bool> = row.get(16)?;
-    let consented_at: Option<i64> = row.get(17)?;
-    let issuer: Option<String> = row.get(18)?;
-    let corrupt = |what: &str| StoreError::Corrupt(format!("session {id}: {what}"));
-    let sid = SessionId::parse(&id).ok_or_else(|| corrupt("id"))?;
-    let seal = keys
-        .row(sid, stored_key(row.get(19)?, row.get(20)?))
-        .map_err(|e| sealed_error(sid, e))?;
-    let open = |field, value| {
-        seal.open_text(field, value)
-            .map_err(|e| sealed_error(sid, e))
-    };
-    let registration = open(Field::Registration, registration)?;
-    Ok(SessionRecord {
-        id: sid,
-        owner: row.get(1)?,
-        token_hash: TokenHash::from_slice(&token).ok_or_else(|| corrupt("token hash"))?,
-        status: status.parse().map_err(|_| corrupt("status"))?,
-        seq: Seq(u64::try_from(seq).map_err(|_| corrupt("seq"))?),
-        request: std::sync::Arc::new(SessionRequest {
-            scopes: serde_json::from_str(&scopes).map_err(|_| corrupt("scopes"))?,
-            vendor_data: open(Field::VendorData, row.get(6)?)?,
-            external_reference_id: open(Field::ExternalReferenceId, row.get(7)?)?,
-            registration: registration
-                .map(RawValue::from_string)
-                .transpose()
-                .map_err(|_| corrupt("registration"))?,
-            redirect_url: row.get(9)?,
-            callback_url: row.get(10)?,
-        }),
-        created_at: time(row.get(11)?)?,
-        updated_at: time(row.get(12)?)?,
-        expires_at: time(row.get(13)?)?,
-        decided_at: opt_time(row.get(14)?)?,
-        device: match (issuer, user_id) {
-            (Some(issuer), Some(user_id)) => Some(DeviceId::new(
-                issuer,
-                UserId::parse(&user_id).ok_or_else(|| corrupt("user id"))?,
-            )),
-            (None, None) => None,
-            _ => return Err(corrupt("a device bound without its issuer, or the reverse")),
-        },
-        consent: match (is_consented, consented_at) {
-            (Some(is_consented), Some(at)) => Some(Consent {
-                is_consented,
-                consented_at: time(at)?,
-            }),
-            _ => None,
-        },
-    })
+/// A SQLite row read by column index, for the shared decoding ([`session_from_row`]).
+impl<T: rusqlite::types::FromSql> Column<T> for Row<'_> {
+    fn column(&self, i: usize) -> Result<T, StoreError> {
+        Ok(self.get(i)?)
+    }
 }
 
 pub(crate) fn load_session(
@@ -164,8 +72,8 @@ fn insert_session(conn: &Connection, keys: &DataKeys, s: &SessionRecord) -> Resu
     conn.prepare_cached(
         "INSERT INTO sessions (id, owner, token_hash, status, seq, scopes, vendor_data, \
          external_reference_id, registration, redirect_url, callback_url, created_at, \
-         updated_at, expires_at, data_key_id, data_key) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+         updated_at, expires_at, data_key_id, data_key, binding) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )?
     .execute(params![
         &*id,
@@ -190,6 +98,7 @@ fn insert_session(conn: &Connection, keys: &DataKeys, s: &SessionRecord) -> Resu
         ms(s.expires_at),
         key_id,
         key,
+        s.request.binding.as_str(),
     ])?;
     conn.prepare_cached(
         "INSERT INTO session_events (session_id, seq, status, at) VALUES (?1, ?2, ?3, ?4)",
@@ -220,16 +129,7 @@ pub(crate) fn apply_transition(
     } else {
         None
     };
-    let shared = t
-        .shared_data
-        .as_ref()
-        .map(serde_json::to_string)
-        .transpose()
-        .map_err(|e| StoreError::Corrupt(format!("shared data: {e}")))?;
-    let shared = match &seal {
-        Some(seal) => seal.seal_text(Field::SharedData, shared.as_deref()),
-        None => shared,
-    };
+    let shared = shared_data_column(t, seal.as_ref())?;
     let purge = t.purge;
     let sql = format!(
         "UPDATE sessions SET status = ?1, seq = ?2, updated_at = ?3, \
@@ -239,7 +139,10 @@ pub(crate) fn apply_transition(
                is_consented = COALESCE(?6, is_consented), \
                consented_at = COALESCE(?7, consented_at), \
                shared_data = CASE WHEN ?8 THEN NULL ELSE COALESCE(?9, shared_data) END, \
-               registration = CASE WHEN ?8 THEN NULL ELSE registration END \
+               registration = CASE WHEN ?8 THEN NULL ELSE registration END, \
+               binding_code = COALESCE(?13, binding_code), \
+               binding_misses = COALESCE(?14, binding_misses), \
+               decline_reason = COALESCE(?15, decline_reason) \
              WHERE id = ?10 AND seq = ?11 RETURNING {SESSION_COLUMNS}"
     );
     let committed = {
@@ -257,6 +160,9 @@ pub(crate) fn apply_transition(
             &*id,
             t.from_seq.0 as i64,
             t.bind.as_ref().map(|d| d.issuer.as_str()),
+            t.binding_code.map(|c| c.to_string()),
+            t.binding_misses,
+            t.reason.map(|r| r.as_str()),
         ])?;
         match rows.next()? {
             Some(row) => session_from_row(row, keys)?,
@@ -306,18 +212,17 @@ impl Store {
                     .query_row(params![s.owner, claim.key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                     .optional()?;
                 if let Some((hash, session_id, at)) = seen {
-                    if time(at)? + IDEMPOTENCY_WINDOW > s.created_at {
-                        if hash != claim.request_hash {
-                            return Ok(CreateOutcome::Conflict);
+                    match key_seen(claim, &hash, &session_id, at, s.created_at)? {
+                        KeySeen::Conflict => return Ok(CreateOutcome::Conflict),
+                        KeySeen::Expired => {}
+                        KeySeen::Replay(id) => {
+                            let token = replay_token(id);
+                            conn.prepare_cached("UPDATE sessions SET token_hash = ?1 WHERE id = ?2")?
+                                .execute(params![&token.hash().0[..], session_id])?;
+                            return load_session(conn, &keys, id)?
+                                .map(|s| CreateOutcome::Replayed(Box::new(s), token))
+                                .ok_or_else(|| StoreError::Corrupt("idempotency key without session".into()));
                         }
-                        let id = SessionId::parse(&session_id)
-                            .ok_or_else(|| StoreError::Corrupt("idempotency session id".into()))?;
-                        let token = SessionToken::generate(id);
-                        conn.prepare_cached("UPDATE sessions SET token_hash = ?1 WHERE id = ?2")?
-                            .execute(params![&token.hash().0[..], session_id])?;
-                        return load_session(conn, &keys, id)?
-                            .map(|s| CreateOutcome::Replayed(Box::new(s), token))
-                            .ok_or_else(|| StoreError::Corrupt("idempotency key without session".into()));
                     }
                 }
                 conn.prepare_cached(
@@ -342,10 +247,7 @@ impl Store {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<usize, StoreError> {
-        // Live while `created_at + window > now`, so over once `created_at <= now - window`.
-        let cutoff = now
-            .checked_sub_signed(IDEMPOTENCY_WINDOW)
-            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let cutoff = idempotency_cutoff(now);
         self.write(move |conn, _fx| {
             // No `DELETE … LIMIT` in a default SQLite build; the table has no rowid, so
             // the batch is chosen by its primary key.
@@ -368,6 +270,40 @@ impl Store {
         let keys = self.data_keys();
         self.write(move |conn, fx| apply_transition(conn, &keys, &t, fx))
             .await
+    }
+
+    /// Commits a change that is no transition (seq, status and events stay); answers the
+    /// session as committed; `Stale` if the session moved, or the change was made.
+    pub async fn commit_note(&self, w: NoteWrite) -> Result<SessionRecord, StoreError> {
+        let keys = self.data_keys();
+        self.write(move |conn, _fx| {
+            let id = w.id.text();
+            let seq = w.from_seq.0 as i64;
+            let mut stmt;
+            let mut rows = match &w.note {
+                Note::BindingMiss { misses } => {
+                    stmt = conn.prepare_cached(&format!(
+                        "UPDATE sessions SET binding_misses = ?1 \
+                         WHERE id = ?2 AND seq = ?3 AND binding_misses = ?1 - 1 \
+                         RETURNING {SESSION_COLUMNS}"
+                    ))?;
+                    stmt.query(params![misses, &*id, seq])?
+                }
+                Note::ShownOn(on) => {
+                    stmt = conn.prepare_cached(&format!(
+                        "UPDATE sessions SET shown_browser = ?1, shown_os = ?2, shown_since = ?3 \
+                         WHERE id = ?4 AND seq = ?5 AND shown_since IS NULL \
+                         RETURNING {SESSION_COLUMNS}"
+                    ))?;
+                    stmt.query(params![on.browser, on.os, ms(on.since), &*id, seq])?
+                }
+            };
+            match rows.next()? {
+                Some(row) => session_from_row(row, &keys),
+                None => Err(StoreError::Stale),
+            }
+        })
+        .await
     }
 
     /// Commits several transitions in one transaction (the start-up expiry of what
@@ -489,6 +425,8 @@ impl Store {
                     seq: Seq(seq as u64),
                     status: status.parse().map_err(StoreError::Corrupt)?,
                     at: time(at)?,
+                    // The log keeps no code: readers take it from the session.
+                    binding_code: None,
                 });
             }
             Ok(out)
@@ -567,7 +505,11 @@ fn read_user(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::SessionToken;
+    use crate::model::SessionRequest;
     use crate::store::StoreConfig;
+    use crate::store_api::IDEMPOTENCY_WINDOW;
+    use chrono::Duration;
 
     #[actix_rt::test]
     async fn a_token_is_known_by_the_session_it_names_and_by_no_other() {

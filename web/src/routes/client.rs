@@ -194,10 +194,12 @@ pub const QR_MIN_PIXELS: u32 = 256;
 pub async fn qr_svg(
     state: web::Data<AppState>,
     client: BrowserClient,
+    req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = session_id(&path)?;
-    let session = state.registry.inspect(id, client.caller).await?;
+    let session = state.registry.inspect(id, client.caller.clone()).await?;
+    crate::shown_on::record(&state, &req, id, client.caller, &session).await;
     let svg = qr_code(&state.session_url(session.id))?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "image/svg+xml"))

@@ -135,6 +135,8 @@ pub async fn create_session(
         redirect_url: None,
         callback_url: None,
         ttl_seconds: body.ttl_seconds,
+        // The demo shows number matching, so that a newcomer sees it (SPEC §2).
+        binding: Some(crate::dto::BindingName::Code),
     };
     let (session, token, _) = open(&state, &demo.owner, request, None, ttl).await?;
     Ok(HttpResponse::Created().json(created(&state, &session, &token)))

@@ -19,7 +19,7 @@ use crate::state::AppState;
         ("id" = String, Path, format = Uuid, description = "The session id."),
     ),
     responses(
-        (status = 200, description = "What the session asks; the first call binds the device and moves the session to retrieved.", body = Information,
+        (status = 200, description = "What the session asks, whether approve needs the binding code, and where the session is shown; the first call binds the device and moves the session to retrieved.", body = Information,
             headers(("Cache-Control" = String, description = "no-store"))),
         (status = 400, description = "The id is not a UUID.", body = crate::error::ErrorBody),
         (status = 401, description = "Missing, expired or untrusted device token.", body = crate::error::ErrorBody),
@@ -60,7 +60,7 @@ pub async fn information(
         (status = 409, description = "invalid_state: the session is not retrieved.", body = crate::error::ErrorBody),
         (status = 413, description = "The body is larger than 64 KiB.", body = crate::error::ErrorBody),
         (status = 415, description = "The body is not Content-Type: application/json.", body = crate::error::ErrorBody),
-        (status = 422, description = "incomplete: approve lacks a value or an upload for a scope.", body = crate::error::ErrorBody),
+        (status = 422, description = "incomplete: approve lacks a value or an upload for a scope; binding_mismatch: a wrong binding_code (the third ends the session declined; tries_left says how many remain).", body = crate::error::ErrorBody),
     )
 )]
 /// `POST /v1/sessions/{id}/update`: approve or deny.

@@ -135,6 +135,7 @@ pub(crate) async fn open(
             registration: body.registration,
             redirect_url: body.redirect_url,
             callback_url: body.callback_url,
+            binding: body.binding.map(Into::into).unwrap_or_default(),
         },
         state.registry.clock().now(),
         chrono::Duration::seconds(ttl),
@@ -157,6 +158,7 @@ pub(crate) fn created<'a>(
         expires_at: idv_actors::clock::rfc3339(session.expires_at),
         scopes: &session.request.scopes,
         vendor_data: session.request.vendor_data.as_deref(),
+        binding: session.request.binding.into(),
     }
 }
 

@@ -22,15 +22,10 @@ impl Shared {
         t: &TransitionWrite,
         committed: &SessionRecord,
     ) -> Result<bool, StoreError> {
-        let Some(route) = &self.webhooks else {
-            return Ok(false);
-        };
-        let request = &committed.request;
-        let Some(url) = request
-            .callback_url
-            .clone()
-            .or_else(|| route.default_url.clone())
-        else {
+        let Some(url) = crate::store_api::webhook_url(
+            self.webhooks.as_deref(),
+            committed.request.callback_url.as_deref(),
+        ) else {
             return Ok(false);
         };
         // Without the references: they are put in at each attempt (see event_body).

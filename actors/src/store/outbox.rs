@@ -20,13 +20,14 @@ pub(crate) fn enqueue(
     t: &TransitionWrite,
     fx: &mut Effects,
 ) -> Result<(), StoreError> {
-    let Some(route) = fx.webhooks.clone() else {
+    if fx.webhooks.is_none() {
         return Ok(());
-    };
+    }
     let callback: Option<String> = conn
         .prepare_cached("SELECT callback_url FROM sessions WHERE id = ?1")?
         .query_row([t.id.to_string()], |r| r.get(0))?;
-    let Some(url) = callback.or_else(|| route.default_url.clone()) else {
+    let Some(url) = crate::store_api::webhook_url(fx.webhooks.as_deref(), callback.as_deref())
+    else {
         return Ok(());
     };
     let seq = t.from_seq.next();

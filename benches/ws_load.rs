@@ -198,12 +198,22 @@ fn start_broker(args: &Args) -> Broker {
             _dir: None,
         };
     }
-    let bin = broker_bin();
     let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bench.db");
+    let mut broker = start_on(&db, &[], args);
+    broker._dir = Some(dir);
+    broker
+}
+
+/// A broker of this bench, the binary beside it, on `db` with `extra` flags; its base
+/// URL read from its `listening on` line.
+fn start_on(db: &std::path::Path, extra: &[&str], args: &Args) -> Broker {
+    let bin = broker_bin();
     let mut child = Command::new(&bin)
         .args(["--bind", "127.0.0.1:0", "--rate-limit", "0"])
+        .args(extra)
         .arg("--db")
-        .arg(dir.path().join("bench.db"))
+        .arg(db)
         .args(["--api-key", &format!("bench={}", args.api_key)])
         .args(["--issuer", &args.issuer])
         .env("RUST_LOG", "warn")
@@ -225,7 +235,7 @@ fn start_broker(args: &Args) -> Broker {
         base,
         pid: Some(child.id()),
         child: Some(child),
-        _dir: Some(dir),
+        _dir: None,
     }
 }
 

@@ -22,12 +22,11 @@
 //! The figure is push p99 (transition acknowledged → frame seen) with the sweep running
 //! beside it without; both on the same box, rounds interleaved against its noise.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{broker_bin, push_phase, Args, Broker, PushResult};
+use super::{push_phase, start_on, Args, Broker, PushResult};
 
 /// Ended sessions copied into the master database.
 fn make_backlog(master: &Path, args: &Args, rt: &tokio::runtime::Runtime) -> usize {
@@ -118,39 +117,6 @@ fn backlog_left(db: &Path) -> i64 {
         |r| r.get(0),
     )
     .unwrap()
-}
-
-/// A broker of this bench on `db` with `extra` flags.
-fn start_on(db: &Path, extra: &[&str], args: &Args) -> Broker {
-    let bin = broker_bin();
-    let mut child = Command::new(&bin)
-        .args(["--bind", "127.0.0.1:0", "--rate-limit", "0"])
-        .args(extra)
-        .arg("--db")
-        .arg(db)
-        .args(["--api-key", &format!("bench={}", args.api_key)])
-        .args(["--issuer", &args.issuer])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line from the broker: {line:?}"))
-        .to_owned();
-    Broker {
-        base,
-        pid: Some(child.id()),
-        child: Some(child),
-        _dir: None,
-    }
 }
 
 /// One round: a broker on a fresh copy of the master, kept or swept, and the push phase.

@@ -51,6 +51,21 @@ fn raise_open_file_limit() -> std::io::Result<u64> {
     rlimit::increase_nofile_limit(u64::MAX)
 }
 
+/// Descriptors a broker holds besides its WebSockets: the listener, the store's files
+/// and connections, the HTTP connections of backends, devices and long-polls, webhook
+/// deliveries, and on a cluster its PostgreSQL pool and NATS link.
+const OPEN_FILE_MARGIN: u64 = 1024;
+
+/// The open-file limit `--max-websockets` needs (the WebSockets plus
+/// [`OPEN_FILE_MARGIN`]) when `limit` is below it: past about `limit` − margin
+/// WebSockets, new connections wait for descriptors instead of being served.
+fn open_files_wanted(limit: u64, max_websockets: usize) -> Option<u64> {
+    let wanted = u64::try_from(max_websockets)
+        .unwrap_or(u64::MAX)
+        .saturating_add(OPEN_FILE_MARGIN);
+    (limit < wanted).then_some(wanted)
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -167,6 +182,7 @@ fn main() -> ExitCode {
         tracing::warn!(error = %e, "cannot turn core dumps off; run with `ulimit -c 0`");
     }
     let open_files = raise_open_file_limit();
+    let max_websockets = settings.max_websockets;
 
     actix_web::rt::System::new().block_on(async move {
         let app = match Application::build(settings).await {
@@ -174,7 +190,21 @@ fn main() -> ExitCode {
             Err(e) => return fail(e),
         };
         match open_files {
-            Ok(n) => tracing::info!(open_files = n, "open-file limit raised to its hard limit"),
+            Ok(n) => {
+                tracing::info!(open_files = n, "open-file limit raised to its hard limit");
+                if let Some(wanted) = open_files_wanted(n, max_websockets) {
+                    tracing::warn!(
+                        open_files = n,
+                        max_websockets,
+                        wanted,
+                        "the open-file limit holds about {} WebSockets, fewer than \
+                         --max-websockets: past them new connections wait for descriptors; \
+                         raise the hard limit (systemd `LimitNOFILE`, `fs.nr_open`) to at \
+                         least {wanted}, or lower --max-websockets",
+                        n.saturating_sub(OPEN_FILE_MARGIN),
+                    );
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
         }
         // Handlers go in before the line is printed: a SIGTERM right after it must stop
@@ -206,4 +236,19 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_file_limit_must_hold_the_websockets_and_a_margin() {
+        assert_eq!(open_files_wanted(20_000, 100_000), Some(101_024));
+        assert_eq!(open_files_wanted(20_000, 18_977), Some(20_001));
+        assert_eq!(open_files_wanted(20_000, 18_976), None);
+        assert_eq!(open_files_wanted(1 << 20, 100_000), None);
+        // An unlimited hard limit (RLIM_INFINITY) is never short.
+        assert_eq!(open_files_wanted(u64::MAX, usize::MAX), None);
+    }
 }

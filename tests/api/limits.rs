@@ -441,6 +441,58 @@ async fn out_of_descriptors_the_broker_keeps_serving_what_it_holds_and_recovers_
     }
 }
 
+/// The broker's stderr from its start to its exit, with `--max-websockets` given.
+#[cfg(target_os = "linux")]
+async fn start_log_with_max_websockets(dir: &std::path::Path, max: u64) -> String {
+    let db = dir.join(format!("ws-{max}.db"));
+    let (mut child, _) = spawn_binary(
+        &[
+            "--db",
+            db.to_str().unwrap(),
+            "--max-websockets",
+            &max.to_string(),
+        ],
+        &[],
+        std::process::Stdio::piped(),
+    )
+    .await;
+    // Everything at start is logged before `listening on`; the rest is read to the end.
+    let mut stderr = child.stderr.take().unwrap();
+    child.kill().await.unwrap();
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).await.unwrap();
+    log
+}
+
+/// An open-file limit too small for `--max-websockets` (and a margin for everything
+/// else) is said at start, with what to set; one large enough says nothing.
+#[cfg(target_os = "linux")]
+#[actix_web::test]
+async fn the_broker_warns_at_start_when_its_open_file_limit_cannot_hold_max_websockets() {
+    let dir = tempfile::tempdir().unwrap();
+    // The broker inherits the hard limit of this process and raises its soft one to it.
+    let (_, hard) = nofile(std::process::id());
+    let hard: u64 = hard.parse().expect("a finite hard open-file limit");
+    let margin = 1024;
+    assert!(hard > margin + 16, "hard open-file limit {hard}");
+
+    let log = start_log_with_max_websockets(dir.path(), hard - margin + 1).await;
+    let warning = log
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("--max-websockets"))
+        .unwrap_or_else(|| panic!("no warning: {log}"));
+    assert!(warning.contains(&format!("open_files={hard}")), "{warning}");
+    assert!(
+        warning.contains(&format!("wanted={}", hard + 1)),
+        "{warning}"
+    );
+    assert!(warning.contains("LimitNOFILE"), "{warning}");
+
+    let log = start_log_with_max_websockets(dir.path(), hard - margin).await;
+    assert!(log.contains("open-file limit raised"), "{log}");
+    assert!(!log.contains("--max-websockets"), "{log}");
+}
+
 /// Threads of `pid` whose name starts with `prefix`.
 #[cfg(target_os = "linux")]
 fn threads_named(pid: u32, prefix: &str) -> usize {

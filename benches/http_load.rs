@@ -1,11 +1,15 @@
 //! Throughput and footprint of the HTTP API, side by side in one run (issue 11):
 //!
 //! ```text
-//! cargo build --release && cargo bench --bench http_load -- --seconds 3 --connections 32 --sessions 150000
+//! cargo build --profile dist && IDVB_BENCH_BIN=target/dist/idv-broker \
+//!     cargo bench --bench http_load -- --seconds 3 --connections 32 --sessions 150000
 //! ```
 //!
+//! (`dist` builds the broker as published binaries are built; `cargo build --release` and
+//! no `IDVB_BENCH_BIN` measure the `release` profile, which builds faster.)
+//!
 //! Layout of a run:
-//! - start the release broker (`IDVB_BENCH_BIN`, else `target/release/idv-broker`) on
+//! - start the broker (`IDVB_BENCH_BIN`, else `target/release/idv-broker`) on
 //!   `127.0.0.1:0` with a fresh database, rate limit off, logs at `warn`;
 //! - **rates**, each for `--seconds` with `--connections` keep-alive connections, closed
 //!   loop, in `--rounds` rounds (3 unless set) of: `GET /healthz` (the ceiling: routing
@@ -14,7 +18,8 @@
 //!   read served by the live actor). The create and status rates are reported as
 //!   ratios to the `/healthz` rate of their own round, seconds apart on the same box,
 //!   which cancels most of the machine's noise; the figure is the median over the
-//!   rounds, with every round's ratio beside it;
+//!   rounds, with every round's ratio beside it; each round also prints the broker's
+//!   CPU per create over its CPU per `/healthz` (issue 28's target: at most 2);
 //! - **memory**, on a second broker with a fresh database: `--sessions` created, the
 //!   first third to warm up (page cache, allocator arenas), the broker's RSS after the
 //!   warm-up and after the rest → bytes per idle live session;
@@ -119,6 +124,8 @@ impl Drop for Broker {
 }
 
 fn bin() -> String {
+    // Not `CARGO_BIN_EXE_idv-broker`: built beside the bench, the broker would carry the
+    // dev-dependencies' features (idv-actors' fault hooks), which no shipped build has.
     let bin = std::env::var("IDVB_BENCH_BIN")
         .unwrap_or_else(|_| format!("{}/target/release/idv-broker", env!("CARGO_MANIFEST_DIR")));
     assert!(
@@ -620,15 +627,27 @@ async fn main() {
     // the median over the rounds is the figure, so that one slow minute on a shared
     // box moves one round rather than the result.
     let mut rounds = Vec::with_capacity(args.rounds);
-    for _ in 0..args.rounds {
+    for i in 0..args.rounds {
         let healthz = window("healthz", &addr, pid, c, args.seconds).await;
         let creates = window("create", &addr, pid, c, args.seconds).await;
         let status = window("status", &addr, pid, c, args.seconds).await;
-        rounds.push(Round {
+        let round = Round {
             healthz,
             creates,
             status,
-        });
+        };
+        // Issue 28's target, round by round: broker CPU per create ≤ 2× per `/healthz`.
+        println!(
+            "round {i}: /healthz {:.0}/s at {:.1} µs of broker CPU; creates {:.0}/s at {:.1} µs \
+             (rate ratio {:.2}); broker CPU per create / per /healthz {:.2} (target ≤ 2)",
+            round.healthz.per_second,
+            round.healthz.broker_us(),
+            round.creates.per_second,
+            round.creates.broker_us(),
+            round.create_ratio(),
+            round.create_cpu_ratio(),
+        );
+        rounds.push(round);
     }
 
     drop(broker);
@@ -720,6 +739,15 @@ async fn main() {
         "| restart: to the last session's answer (its actor armed) | {:.2} s |",
         answered.as_secs_f64()
     );
+    let by_cpu = median_round(&rounds, Round::create_cpu_ratio);
+    println!(
+        "\nBroker CPU per create / broker CPU per `/healthz` (target ≤ 2): median {:.2} \
+         ({:.1} / {:.1} µs); by round {}",
+        by_cpu.create_cpu_ratio(),
+        by_cpu.creates.broker_us(),
+        by_cpu.healthz.broker_us(),
+        ratios(Round::create_cpu_ratio)
+    );
     println!("\nCPU per request, broker (by thread group) and load client, in the round of the median create ratio:\n");
     println!("| window | CPU per request | ratio to `/healthz` (broker) |");
     println!("|---|---|---|");
@@ -751,6 +779,11 @@ impl Round {
 
     fn status_ratio(&self) -> f64 {
         self.status.per_second / self.healthz.per_second
+    }
+
+    /// Broker CPU per create over broker CPU per `/healthz` (issue 28: ≤ 2).
+    fn create_cpu_ratio(&self) -> f64 {
+        self.creates.broker_us() / self.healthz.broker_us()
     }
 }
 

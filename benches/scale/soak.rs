@@ -251,14 +251,12 @@ fn slope(samples: &[Sample]) -> f64 {
 /// Answers whether `(status, body)` is `want`; counts an error otherwise.
 fn ok(answer: &(u16, Vec<u8>), want: u16, counters: &Counters) -> bool {
     let good = answer.0 == want;
-    if !good {
-        if counters.errors.fetch_add(1, Ordering::Relaxed) < 5 {
-            eprintln!(
-                "soak: {} instead of {want}: {}",
-                answer.0,
-                String::from_utf8_lossy(&answer.1)
-            );
-        }
+    if !good && counters.errors.fetch_add(1, Ordering::Relaxed) < 5 {
+        eprintln!(
+            "soak: {} instead of {want}: {}",
+            answer.0,
+            String::from_utf8_lossy(&answer.1)
+        );
     }
     good
 }

@@ -447,10 +447,7 @@ async fn read_worker(
                 let class = classify_known(class);
                 let i: usize = i.parse().unwrap_or(0);
                 p.errors.push((first + i, msg.to_owned()));
-                p.failures
-                    .entry(class)
-                    .or_insert((0, msg.to_owned()))
-                    .0 += 1;
+                p.failures.entry(class).or_insert((0, msg.to_owned())).0 += 1;
             }
             "connected" => p.connected = true,
             "seen" => {
@@ -477,7 +474,12 @@ async fn read_worker(
 /// The worker's class text back to the static string it came from.
 fn classify_known(class: &str) -> &'static str {
     const CLASSES: [&str; 6] = [
-        "EMFILE", "EADDRNOTAVAIL", "503", "ECONNREFUSED", "ECONNRESET", "timeout",
+        "EMFILE",
+        "EADDRNOTAVAIL",
+        "503",
+        "ECONNREFUSED",
+        "ECONNRESET",
+        "timeout",
     ];
     for c in CLASSES {
         if class.starts_with(c) {

@@ -323,6 +323,14 @@ async fn push_phase(
     let seen_all = subs
         .finish(clock.us() + DRAIN_DEADLINE.as_micros() as u64)
         .await;
+    let failed = marks.failed.load(Ordering::Acquire);
+    println!(
+        "transitions that failed: {failed}{}",
+        match marks.first_failure.lock().unwrap().as_deref() {
+            Some(f) => format!(" (first: {f})"),
+            None => String::new(),
+        }
+    );
 
     let (mut same, mut cross, mut same_sent, mut cross_sent, mut errors) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);

@@ -31,6 +31,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 // Cluster mode lives beside the bench, out of cargo's bench discovery (a folder without main.rs).
+#[path = "ws_load/clients.rs"]
+mod clients;
 #[path = "ws_load/cluster.rs"]
 mod cluster;
 #[path = "ws_load/retention.rs"]
@@ -38,15 +40,14 @@ mod retention;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+use tokio::sync::Semaphore;
+
+use clients::{Clients, Clock, Seen};
 
 const API_KEY: &str = "bench-key-0123456789";
 const ISSUER: &str = "bench-issuer";
@@ -84,6 +85,9 @@ struct Args {
     retention_backlog: usize,
     /// Retention mode: rounds of kept and swept, interleaved.
     rounds: usize,
+    /// Subscribers per client process (`--clients-per-process`): each process stays
+    /// under its open-file limit.
+    clients_per_process: usize,
 }
 
 fn parse_args() -> Args {
@@ -104,6 +108,7 @@ fn parse_args() -> Args {
         requests: 1000,
         retention_backlog: 0,
         rounds: 2,
+        clients_per_process: clients::CLIENTS_PER_PROCESS,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -137,13 +142,16 @@ fn parse_args() -> Args {
                 a.retention_backlog = val().parse().expect("--retention-backlog")
             }
             "--rounds" => a.rounds = val().parse().expect("--rounds"),
+            "--clients-per-process" => {
+                a.clients_per_process = val().parse().expect("--clients-per-process")
+            }
             // `cargo bench` passes `--bench`; ignore it and anything a harness would take.
             "--bench" => {}
             "--help" | "-h" => {
                 println!(
                     "ws_load [--subscribers N] [--sessions M] [--rate TRANSITIONS_PER_S] \
                      [--poll-interval-ms MS] [--skip-poll] [--idle-secs S] \
-                     [--url http://127.0.0.1:PORT --api-key KEY --issuer ISS=SECRET [--pid PID]]\n\
+                     [--clients-per-process K] [--url http://127.0.0.1:PORT --api-key KEY --issuer ISS=SECRET [--pid PID]]\n\
                      cluster mode: ws_load --cluster | --nodes [ID=]URL,[ID=]URL,... \
                      [--store postgres://…] [--api-key KEY --issuer ISS=SECRET] \
                      [--subscribers N] [--sessions M] [--rate R] [--requests R]\n\
@@ -156,7 +164,11 @@ fn parse_args() -> Args {
         }
     }
     assert!(
-        a.sessions > 0 && a.subscribers > 0 && a.rate > 0 && a.rounds > 0,
+        a.sessions > 0
+            && a.subscribers > 0
+            && a.rate > 0
+            && a.rounds > 0
+            && a.clients_per_process > 0,
         "all counts > 0"
     );
     for u in a.url.iter().chain(a.nodes.iter().map(|(_, u)| u)) {
@@ -258,28 +270,41 @@ fn rss(pid: Option<u32>) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// 10,000 sockets on each side need more descriptors than a default soft limit. The
-/// workspace forbids `unsafe`, so `setrlimit` goes through util-linux `prlimit`; the
-/// broker this bench starts inherits the raised limit.
-fn raise_fd_limit(needed: u64) {
+/// A broker with 19,000 subscribers needs more descriptors than a default soft limit:
+/// raise the soft limit to the hard one (20,000 on this machine; it cannot go higher).
+/// The workspace forbids `unsafe`, so `setrlimit` goes through util-linux `prlimit`;
+/// the brokers and the client workers this bench starts inherit the raised limit.
+fn raise_fd_limit() {
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    let soft = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(u64::MAX);
-    if soft >= needed {
+    let field = |n: usize| {
+        limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(n))
+            .map(str::to_owned)
+    };
+    let (soft, hard) = (field(3).unwrap_or_default(), field(4).unwrap_or_default());
+    if soft == hard {
         return;
     }
     let ok = Command::new("prlimit")
         .arg(format!("--pid={}", std::process::id()))
-        .arg(format!("--nofile={needed}:"))
+        .arg(format!("--nofile={hard}:"))
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("warning: open-file limit {soft} < {needed}; raise `ulimit -n`");
+        eprintln!("warning: open-file limit {soft}, hard {hard}; raise `ulimit -n`");
     }
+}
+
+/// The kernel's slab memory (`Slab` of `/proc/meminfo`), in bytes: where a socket's
+/// kernel structures live (on loopback both ends of each connection count; the rest
+/// of the machine adds noise).
+fn slab() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("Slab:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// A session as the bench drives it.
@@ -327,18 +352,14 @@ async fn create_sessions(
     out
 }
 
-/// Microseconds since the run's epoch; 0 means "not yet".
-struct Clock(Instant);
-impl Clock {
-    fn us(&self) -> u64 {
-        self.0.elapsed().as_micros() as u64 + 1
-    }
-}
-
 /// When each transition's request left and its answer came back, per (session, seq).
 struct Marks {
     sent: Vec<AtomicU64>,
     acked: Vec<AtomicU64>,
+    /// Transitions the broker did not answer `200` (counted, not fatal: at the machine's
+    /// limits a run reports what failed instead of stopping), and the first answer.
+    failed: AtomicU64,
+    first_failure: std::sync::Mutex<Option<String>>,
 }
 impl Marks {
     fn new(m: usize) -> Self {
@@ -346,6 +367,8 @@ impl Marks {
         Marks {
             sent: v(),
             acked: v(),
+            failed: AtomicU64::new(0),
+            first_failure: std::sync::Mutex::new(None),
         }
     }
     /// Slot of transition `seq` (2 or 3) of session `s`.
@@ -356,7 +379,8 @@ impl Marks {
 
 /// Drives `information` then `update approve` for every session, `rate` per second, open
 /// loop: a transition starts at its scheduled time whether or not earlier ones finished.
-/// Session `s`'s requests go to `base_of(s)` (one broker: always the same).
+/// Transition `t` (in the order sent; it is session `t % m`'s) goes to `base_of(t)`
+/// (one broker: always the same).
 async fn drive(
     http: &reqwest::Client,
     base_of: impl Fn(usize) -> String,
@@ -391,7 +415,7 @@ async fn drive(
         );
         let url = format!(
             "{}/v1/sessions/{}/{}",
-            base_of(s),
+            base_of(k),
             sessions[s].id,
             if seq == 2 { "information" } else { "update" }
         );
@@ -404,9 +428,16 @@ async fn drive(
             };
             let slot = Marks::slot(s, seq);
             marks.sent[slot].store(clock.us(), Ordering::Release);
-            let r = req.bearer_auth(jwt.as_str()).send().await.unwrap();
+            let failure = match req.bearer_auth(jwt.as_str()).send().await {
+                Ok(r) if r.status().as_u16() == 200 => None,
+                Ok(r) => Some(format!("transition {seq}: {}", r.status())),
+                Err(e) => Some(format!("transition {seq}: {e}")),
+            };
             marks.acked[slot].store(clock.us(), Ordering::Release);
-            assert_eq!(r.status().as_u16(), 200, "transition {seq}: {}", r.status());
+            if let Some(f) = failure {
+                marks.failed.fetch_add(1, Ordering::AcqRel);
+                marks.first_failure.lock().unwrap().get_or_insert(f);
+            }
         }));
     }
     for t in tasks {
@@ -417,59 +448,6 @@ async fn drive(
 
 /// The device issuer, parsed from `--issuer ISS=SECRET` once.
 static DEVICE_ISSUER: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
-
-/// What one subscriber saw: (seq, received at µs).
-type Seen = Vec<(u64, u64)>;
-
-/// Opens a subscriber, waits for its snapshot, reports itself ready, then records every
-/// status frame until the close (or the deadline).
-async fn subscriber(
-    url: String,
-    permit: OwnedSemaphorePermit,
-    ready: Arc<AtomicUsize>,
-    clock: Arc<Clock>,
-    stop_at: Arc<AtomicU64>,
-) -> Result<Seen, String> {
-    // Small client buffers: the bench shares the box with the broker it measures.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    match ws.next().await {
-        Some(Ok(Message::Text(t))) if t.contains("\"snapshot\"") => {}
-        other => return Err(format!("first frame: {other:?}")),
-    }
-    ready.fetch_add(1, Ordering::AcqRel);
-    // The permit bounds handshakes in flight, not open sockets.
-    drop(permit);
-    let mut seen = Vec::with_capacity(2);
-    loop {
-        let deadline = stop_at.load(Ordering::Acquire);
-        let wait = if deadline == 0 {
-            Duration::from_secs(3600)
-        } else {
-            Duration::from_micros(deadline.saturating_sub(clock.us()))
-        };
-        match tokio::time::timeout(wait, ws.next()).await {
-            Err(_) => {
-                if stop_at.load(Ordering::Acquire) != 0 {
-                    break;
-                }
-            }
-            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => break,
-            Ok(Some(Ok(Message::Text(t)))) => {
-                let at = clock.us();
-                let v: Value = serde_json::from_str(&t).map_err(|e| e.to_string())?;
-                seen.push((v["seq"].as_u64().unwrap_or(0), at));
-            }
-            Ok(Some(Ok(_))) => {}
-        }
-    }
-    let _ = ws.close(None).await;
-    Ok(seen)
-}
 
 /// A sorted sample of microseconds.
 struct Dist(Vec<u64>);
@@ -493,6 +471,10 @@ impl Dist {
 struct PushResult {
     rss_before: Option<u64>,
     rss_idle: Option<u64>,
+    slab_before: Option<u64>,
+    slab_idle: Option<u64>,
+    /// Client processes the subscribers ran in.
+    processes: usize,
     connect_time: Duration,
     drive_time: Duration,
     from_ack: Dist,
@@ -511,41 +493,30 @@ async fn push_phase(args: &Args, broker: &Broker, http: &reqwest::Client) -> Pus
     // Let the allocator and the workers settle after the burst of creates.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = rss(broker.pid);
+    let slab_before = slab();
 
-    let clock = Arc::new(Clock(Instant::now()));
-    let ready = Arc::new(AtomicUsize::new(0));
-    let stop_at = Arc::new(AtomicU64::new(0));
-    let sem = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let clock = Arc::new(Clock::new());
     let ws_base = broker.base.replacen("http://", "ws://", 1);
+    let urls = (0..n)
+        .map(|i| {
+            let s = &sessions[i % m];
+            format!("{ws_base}/v1/sessions/{}/ws?token={}", s.id, s.token)
+        })
+        .collect();
     let t0 = Instant::now();
-    let mut subs = Vec::with_capacity(n);
-    for i in 0..n {
-        let s = &sessions[i % m];
-        let url = format!("{ws_base}/v1/sessions/{}/ws?token={}", s.id, s.token);
-        let (ready, clock, stop_at, sem) =
-            (ready.clone(), clock.clone(), stop_at.clone(), sem.clone());
-        subs.push(tokio::spawn(async move {
-            let permit = sem.acquire_owned().await.unwrap();
-            subscriber(url, permit, ready, clock, stop_at).await
-        }));
-    }
-    let connect_deadline = Instant::now() + Duration::from_secs(120);
-    while ready.load(Ordering::Acquire) < n {
-        assert!(
-            Instant::now() < connect_deadline,
-            "only {} of {n} subscribers connected in 120 s",
-            ready.load(Ordering::Acquire)
+    let subs = Clients::open(urls, &clock, args.clients_per_process, CONNECT_CONCURRENCY).await;
+    if let Err(why) = subs.connected(Duration::from_secs(180)).await {
+        panic!(
+            "subscribers failed to connect ({} client processes): {why}\n{}",
+            subs.processes(),
+            clients::broker_fds(broker.pid)
         );
-        if subs.iter().any(|t| t.is_finished()) {
-            // A subscriber that ended before any transition failed its handshake.
-            let failed = subs.iter().filter(|t| t.is_finished()).count();
-            panic!("{failed} subscribers failed to connect");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let connect_time = t0.elapsed();
     tokio::time::sleep(args.idle).await;
     let rss_idle = rss(broker.pid);
+    let slab_idle = slab();
+    let processes = subs.processes();
 
     let marks = Arc::new(Marks::new(m));
     let drive_time = drive(
@@ -557,15 +528,14 @@ async fn push_phase(args: &Args, broker: &Broker, http: &reqwest::Client) -> Pus
         &clock,
     )
     .await;
-    stop_at.store(
-        clock.us() + DRAIN_DEADLINE.as_micros() as u64,
-        Ordering::Release,
-    );
+    let seen_all = subs
+        .finish(clock.us() + DRAIN_DEADLINE.as_micros() as u64)
+        .await;
 
     let (mut from_ack, mut from_sent) = (Vec::with_capacity(2 * n), Vec::with_capacity(2 * n));
     let (mut first, mut last, mut errors, mut before_ack) = (u64::MAX, 0u64, 0usize, 0usize);
-    for (i, t) in subs.into_iter().enumerate() {
-        match t.await.unwrap() {
+    for (i, r) in seen_all.into_iter().enumerate() {
+        match r {
             Ok(seen) => {
                 let mut prev = 1;
                 for (seq, at) in seen {
@@ -593,9 +563,19 @@ async fn push_phase(args: &Args, broker: &Broker, http: &reqwest::Client) -> Pus
             Err(_) => errors += 1,
         }
     }
+    let failed = marks.failed.load(Ordering::Acquire);
+    if failed > 0 {
+        println!(
+            "transitions that failed: {failed} (first: {})",
+            marks.first_failure.lock().unwrap().as_deref().unwrap_or("")
+        );
+    }
     PushResult {
         rss_before,
         rss_idle,
+        slab_before,
+        slab_idle,
+        processes,
         connect_time,
         drive_time,
         delivered: from_ack.len(),
@@ -622,7 +602,7 @@ struct PollResult {
 async fn poll_phase(args: &Args, broker: &Broker, http: &reqwest::Client) -> PollResult {
     let (n, m) = (args.subscribers, args.sessions);
     let sessions = Arc::new(create_sessions(http, &broker.base, &args.api_key, m).await);
-    let clock = Arc::new(Clock(Instant::now()));
+    let clock = Arc::new(Clock::new());
     let requests = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let stop_at = Arc::new(AtomicU64::new(0));
@@ -739,12 +719,18 @@ fn mib(b: Option<u64>) -> String {
 }
 
 fn main() {
+    let mut argv = std::env::args().skip(1);
+    if argv.next().as_deref() == Some("--ws-worker") {
+        clients::worker(argv);
+        return;
+    }
     let args = parse_args();
     let (iss, secret) = args.issuer.split_once('=').expect("--issuer ISS=SECRET");
     DEVICE_ISSUER
         .set((iss.to_owned(), secret.to_owned()))
         .unwrap();
-    raise_fd_limit(args.subscribers as u64 + 1024);
+    // The brokers this bench starts inherit it: as many as a process may hold.
+    raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -803,8 +789,9 @@ fn report(args: &Args, push: &PushResult, poll: Option<&PollResult>) {
     let dps = push.delivered as f64 / push.deliver_span.as_secs_f64().max(1e-3);
     println!();
     println!(
-        "connected {n} subscribers in {:.1} s; {transitions} transitions driven in {:.1} s ({achieved_rate:.0}/s)",
+        "connected {n} subscribers in {:.1} s from {} client processes; {transitions} transitions driven in {:.1} s ({achieved_rate:.0}/s)",
         push.connect_time.as_secs_f64(),
+        push.processes,
         push.drive_time.as_secs_f64()
     );
     println!();
@@ -861,6 +848,12 @@ fn report(args: &Args, push: &PushResult, poll: Option<&PollResult>) {
             b / 1024.0
         ),
         None => println!("| broker memory per idle subscriber | n/a (no --pid) | |"),
+    }
+    if let (Some(b), Some(a)) = (push.slab_before, push.slab_idle) {
+        println!(
+            "| kernel slab per connection (both ends, loopback; machine-wide, noisy) | {:.2} KiB | |",
+            a.saturating_sub(b) as f64 / n as f64 / 1024.0
+        );
     }
     println!(
         "| frames that arrived before the transition's HTTP answer | {:.0} % | |",

@@ -13,11 +13,14 @@
 //! - **who owns what**: `M` sessions, session `j` created through node `j % k`; the
 //!   owner of each is read from PostgreSQL (`sessions.owner_node`) when the bench knows
 //!   the store and the node ids, else taken to be the creating node (and said so);
-//! - **push**: `N` subscribers, subscriber `i` on session `i % M` through the node
-//!   `(owner + i / M) % k`, so each session has subscribers on its owner and on the
-//!   others; both transitions of every session go to its owner (no forwarding), `--rate`
-//!   per second, and each frame is timed against the transition's acknowledgement:
-//!   p50/p99 on the owner's node beside p50/p99 on another node (the NATS hop);
+//! - **push**: `N` subscribers (in client processes, `ws_load/clients.rs`), subscriber
+//!   `i` on session `i % M` through the node `(owner + i / M) % k`, so each session has
+//!   subscribers on its owner and on the others; each node's RSS before and with them
+//!   idle → memory per subscriber per node; then both transitions of every session,
+//!   `--rate` per second, each to any node (one in three to its owner, the rest
+//!   forwarded). Each frame is timed against the transition's
+//!   request (sent, and acknowledged): p50/p99/max for subscribers on the owner's node
+//!   beside those on another node (the NATS hop), and the frames lost;
 //! - **forwarding**: fresh sessions; `GET /status` and `information` (a transition),
 //!   each sent `--requests` times alternately to the owner and to another node, 4 at a
 //!   time: the difference is what a forwarded request costs.
@@ -27,14 +30,13 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
-
+use super::clients::{broker_fds, Clients, Clock};
 use super::{
-    broker_bin, create_sessions, drive, subscriber, Args, BenchSession, Clock, Dist, Marks,
+    broker_bin, create_sessions, drive, mib, rss, Args, BenchSession, Dist, Marks,
     CONNECT_CONCURRENCY, DEVICE_ISSUER, DRAIN_DEADLINE,
 };
 
@@ -46,6 +48,8 @@ struct Node {
     id: Option<String>,
     base: String,
     child: Option<Child>,
+    /// For its RSS: known for the nodes this bench started.
+    pid: Option<u32>,
 }
 
 /// The nodes, and the database this bench made (dropped at the end).
@@ -98,6 +102,7 @@ fn start(args: &Args, rt: &tokio::runtime::Runtime) -> Cluster {
                     id: id.clone(),
                     base: url.trim_end_matches('/').to_owned(),
                     child: None,
+                    pid: None,
                 })
                 .collect(),
             store: args.store.clone(),
@@ -165,6 +170,7 @@ fn start(args: &Args, rt: &tokio::runtime::Runtime) -> Cluster {
         cluster.nodes.push(Node {
             id: Some(id.clone()),
             base,
+            pid: Some(child.id()),
             child: Some(child),
         });
     }
@@ -226,11 +232,22 @@ async fn spread_sessions(
 }
 
 struct PushSplit {
+    /// Transition acknowledged → frame seen, subscriber on the owner's node / another.
     same: Dist,
     cross: Dist,
+    /// Transition request sent → frame seen, likewise.
+    same_sent: Dist,
+    cross_sent: Dist,
     expected_same: usize,
     expected_cross: usize,
     errors: usize,
+    /// Per node: subscribers on it, RSS before them and with them idle.
+    per_node: Vec<(usize, Option<u64>, Option<u64>)>,
+    connect_time: Duration,
+    processes: usize,
+    /// Transitions sent to the session's owner / to another node (forwarded).
+    to_owner: usize,
+    to_other: usize,
 }
 
 async fn push_phase(
@@ -250,67 +267,75 @@ async fn push_phase(
             "assumed: no --store or no node ids"
         }
     );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before: Vec<Option<u64>> = cluster.nodes.iter().map(|n| rss(n.pid)).collect();
 
-    let clock = Arc::new(Clock(Instant::now()));
-    let ready = Arc::new(AtomicUsize::new(0));
-    let stop_at = Arc::new(AtomicU64::new(0));
-    let sem = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
-    let mut subs = Vec::with_capacity(n);
+    let clock = Arc::new(Clock::new());
+    let mut urls = Vec::with_capacity(n);
     let mut same_node = Vec::with_capacity(n);
+    let mut on_node = vec![0usize; k];
     for i in 0..n {
         let s = &sessions[i % m];
         let node = (owners[i % m] + i / m) % k;
         same_node.push(node == owners[i % m]);
-        let url = format!(
+        on_node[node] += 1;
+        urls.push(format!(
             "{}/v1/sessions/{}/ws?token={}",
             cluster.nodes[node].base.replacen("http://", "ws://", 1),
             s.id,
             s.token
-        );
-        let (ready, clock, stop_at, sem) =
-            (ready.clone(), clock.clone(), stop_at.clone(), sem.clone());
-        subs.push(tokio::spawn(async move {
-            let permit = sem.acquire_owned().await.unwrap();
-            subscriber(url, permit, ready, clock, stop_at).await
-        }));
+        ));
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while ready.load(Ordering::Acquire) < n {
-        assert!(
-            Instant::now() < deadline,
-            "subscribers did not connect in 120 s"
+    let t0 = Instant::now();
+    let subs = Clients::open(urls, &clock, args.clients_per_process, CONNECT_CONCURRENCY).await;
+    if let Err(why) = subs.connected(Duration::from_secs(300)).await {
+        let fds: Vec<String> = cluster.nodes.iter().map(|n| broker_fds(n.pid)).collect();
+        panic!(
+            "subscribers failed to connect ({} client processes): {why}\n{}",
+            subs.processes(),
+            fds.join("\n")
         );
-        assert!(
-            !subs.iter().any(|t| t.is_finished()),
-            "a subscriber failed to connect"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Let every node's NATS subscriptions settle before the first transition.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let connect_time = t0.elapsed();
+    let processes = subs.processes();
+    // Let every node's NATS subscriptions settle before the first transition, and the
+    // allocators after the burst of handshakes.
+    tokio::time::sleep(args.idle.max(Duration::from_millis(500))).await;
+    let rss_idle: Vec<Option<u64>> = cluster.nodes.iter().map(|n| rss(n.pid)).collect();
 
+    // Transitions go to any node: transition `t` (session `t % m`'s) to the node
+    // `(t % m / k + t / m) % k`, which does not follow the owner (sessions were created
+    // round-robin, session `j` on node `j % k`): about a third reach their owner and
+    // the rest are forwarded to it.
     let marks = Arc::new(Marks::new(m));
-    let bases: Vec<String> = owners
-        .iter()
-        .map(|&o| cluster.nodes[o].base.clone())
-        .collect();
+    let bases: Vec<String> = cluster.nodes.iter().map(|n| n.base.clone()).collect();
+    let target = |t: usize| (t % m / k + t / m) % k;
+    let to_owner = (0..2 * m).filter(|&t| target(t) == owners[t % m]).count();
     drive(
         http,
-        |s| bases[s].clone(),
+        |t| bases[target(t)].clone(),
         &sessions,
         args.rate,
         &marks,
         &clock,
     )
     .await;
-    stop_at.store(
-        clock.us() + DRAIN_DEADLINE.as_micros() as u64,
-        Ordering::Release,
+    let seen_all = subs
+        .finish(clock.us() + DRAIN_DEADLINE.as_micros() as u64)
+        .await;
+    let failed = marks.failed.load(Ordering::Acquire);
+    println!(
+        "transitions that failed: {failed}{}",
+        match marks.first_failure.lock().unwrap().as_deref() {
+            Some(f) => format!(" (first: {f})"),
+            None => String::new(),
+        }
     );
 
-    let (mut same, mut cross, mut errors) = (Vec::new(), Vec::new(), 0);
-    for (i, t) in subs.into_iter().enumerate() {
-        match t.await.unwrap() {
+    let (mut same, mut cross, mut same_sent, mut cross_sent, mut errors) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
+    for (i, r) in seen_all.into_iter().enumerate() {
+        match r {
             Ok(seen) => {
                 let mut prev = 1;
                 for (seq, at) in seen {
@@ -319,12 +344,15 @@ async fn push_phase(
                         continue;
                     }
                     prev = seq;
-                    let acked = marks.acked[Marks::slot(i % m, seq)].load(Ordering::Acquire);
-                    let lat = at.saturating_sub(acked);
+                    let slot = Marks::slot(i % m, seq);
+                    let acked = marks.acked[slot].load(Ordering::Acquire);
+                    let sent = marks.sent[slot].load(Ordering::Acquire);
                     if same_node[i] {
-                        same.push(lat);
+                        same.push(at.saturating_sub(acked));
+                        same_sent.push(at.saturating_sub(sent));
                     } else {
-                        cross.push(lat);
+                        cross.push(at.saturating_sub(acked));
+                        cross_sent.push(at.saturating_sub(sent));
                     }
                 }
             }
@@ -336,9 +364,18 @@ async fn push_phase(
         PushSplit {
             same: Dist::new(same),
             cross: Dist::new(cross),
+            same_sent: Dist::new(same_sent),
+            cross_sent: Dist::new(cross_sent),
             expected_same: 2 * subs_same,
             expected_cross: 2 * (n - subs_same),
             errors,
+            per_node: (0..k)
+                .map(|j| (on_node[j], rss_before[j], rss_idle[j]))
+                .collect(),
+            connect_time,
+            processes,
+            to_owner,
+            to_other: 2 * m - to_owner,
         },
         subs_same,
         n - subs_same,
@@ -480,18 +517,20 @@ pub(crate) fn main(args: &Args, rt: &tokio::runtime::Runtime) {
             args.rate
         );
         println!("|---|---|---|");
-        println!(
-            "| push latency p50 / p99 (ack → seen) | {:.2} / {:.2} ms | {:.2} / {:.2} ms |",
-            push.same.pct(50.0),
-            push.same.pct(99.0),
-            push.cross.pct(50.0),
-            push.cross.pct(99.0)
-        );
-        println!(
-            "| push latency max | {:.2} ms | {:.2} ms |",
-            push.same.max(),
-            push.cross.max()
-        );
+        for (what, same, cross) in [
+            ("request sent → seen", &push.same_sent, &push.cross_sent),
+            ("ack → seen", &push.same, &push.cross),
+        ] {
+            println!(
+                "| push latency p50 / p99 / max ({what}) | {:.2} / {:.2} / {:.2} ms | {:.2} / {:.2} / {:.2} ms |",
+                same.pct(50.0),
+                same.pct(99.0),
+                same.max(),
+                cross.pct(50.0),
+                cross.pct(99.0),
+                cross.max()
+            );
+        }
         println!(
             "| frames seen (expected) | {} ({}) | {} ({}) |",
             push.same.0.len(),
@@ -499,7 +538,40 @@ pub(crate) fn main(args: &Args, rt: &tokio::runtime::Runtime) {
             push.cross.0.len(),
             push.expected_cross
         );
+        println!(
+            "| frames lost | {} | {} |",
+            push.expected_same.saturating_sub(push.same.0.len()),
+            push.expected_cross.saturating_sub(push.cross.0.len())
+        );
         println!("| frames out of order or failed subscribers | {} | |", push.errors);
+        println!();
+        println!(
+            "connected {} subscribers in {:.1} s from {} client processes; transitions: \
+             {} sent to the owner, {} to another node (forwarded)",
+            args.subscribers,
+            push.connect_time.as_secs_f64(),
+            push.processes,
+            push.to_owner,
+            push.to_other
+        );
+        println!();
+        println!("| node | subscribers | RSS before → idle subscribers | memory per idle subscriber |");
+        println!("|---|---|---|---|");
+        for (j, (subs, before, idle)) in push.per_node.iter().enumerate() {
+            let per = match (before, idle) {
+                (Some(b), Some(a)) if *subs > 0 => format!(
+                    "{:.2} KiB",
+                    a.saturating_sub(*b) as f64 / *subs as f64 / 1024.0
+                ),
+                _ => "n/a".to_owned(),
+            };
+            println!(
+                "| {} | {subs} | {} → {} | {per} |",
+                cluster.nodes[j].id.as_deref().unwrap_or("?"),
+                mib(*before),
+                mib(*idle)
+            );
+        }
         println!();
         println!(
             "| {} requests each, {FORWARD_CONCURRENCY} at a time | via the owner | via another node (forwarded) | overhead p50 |",

@@ -1581,6 +1581,20 @@ where
                     if inner_p.flags.intersects(Flags::LINGER | Flags::SHUTDOWN) {
                         cx.waker().wake_by_ref();
                     }
+
+                    // idv-broker patch: a quiet upgraded connection (a WebSocket between
+                    // frames, nothing unread or unsent) gives its buffers back; the next
+                    // read or frame takes a new one. An idle subscriber then holds no
+                    // buffer at all instead of two of `HW_BUFFER_SIZE`.
+                    if *inner_p.upgraded {
+                        if inner_p.read_buf.is_empty() && inner_p.read_buf.capacity() > 0 {
+                            *inner_p.read_buf = BytesMut::new();
+                        }
+                        if inner_p.write_buf.is_empty() && inner_p.write_buf.capacity() > 0 {
+                            *inner_p.write_buf = BytesMut::new();
+                            *inner_p.write_buf_needs_reset = false;
+                        }
+                    }
                     Poll::Pending
                 };
 

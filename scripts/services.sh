@@ -37,6 +37,8 @@ install_missing() {
     command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || pkgs+=(nats-server)
     # The test certificates (PostgreSQL's TLS, and the cluster tests' own) are made by it.
     command -v openssl >/dev/null || pkgs+=(openssl)
+    # A limits test reads the listener's backlog with `ss`.
+    command -v ss >/dev/null || pkgs+=(iproute2)
     if [ ${#pkgs[@]} -gt 0 ]; then
         log "installing ${pkgs[*]}"
         export DEBIAN_FRONTEND=noninteractive

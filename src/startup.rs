@@ -373,6 +373,11 @@ impl Application {
             max_connections_per_ip: settings.max_connections_per_ip,
             trusted_proxies: settings.trusted_proxies.clone(),
             allowed_origins: settings.allowed_origins.clone(),
+            // Any one worker may end up holding them all.
+            max_connections: settings
+                .max_websockets
+                .saturating_add(settings.max_long_polls)
+                .saturating_add(1024),
         };
         let demo_url = state
             .demo

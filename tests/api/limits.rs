@@ -493,6 +493,43 @@ async fn the_broker_warns_at_start_when_its_open_file_limit_cannot_hold_max_webs
     assert!(!log.contains("--max-websockets"), "{log}");
 }
 
+/// The listener takes as long a queue of connections waiting to be accepted as the
+/// kernel allows (`net.core.somaxconn`), not `std`'s 128: a burst of subscribers
+/// reconnecting at once waits there instead of being refused.
+#[cfg(target_os = "linux")]
+#[actix_web::test]
+async fn the_listener_backlog_is_as_long_as_the_kernel_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("backlog.db");
+    let (_child, address) = spawn_binary(
+        &["--db", db.to_str().unwrap()],
+        &[],
+        std::process::Stdio::null(),
+    )
+    .await;
+    let port = address.rsplit(':').next().unwrap();
+    // `ss` (iproute2) shows a listening socket's backlog as its Send-Q.
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) runs");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let backlog: u32 = listing
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("no listener on {port}: {listing:?}"))
+        .parse()
+        .unwrap();
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let want = somaxconn.min(u32::try_from(idv_web::LISTEN_BACKLOG).unwrap());
+    assert!(want > 128, "somaxconn {somaxconn}: nothing to tell apart");
+    assert_eq!(backlog, want, "{listing}");
+}
+
 /// Threads of `pid` whose name starts with `prefix`.
 #[cfg(target_os = "linux")]
 fn threads_named(pid: u32, prefix: &str) -> usize {

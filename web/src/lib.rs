@@ -67,7 +67,17 @@ pub struct ServerConfig {
     /// Origins of pages that may use the client routes besides the broker's own
     /// (`--allowed-origin`).
     pub allowed_origins: Vec<origins::Origin>,
+    /// Connections one worker thread holds at once before it stops accepting: every
+    /// WebSocket and long-poll the broker allows, plus the rest. actix-server's default
+    /// (25,600 per worker) would stop a two-worker node at 51,200 whatever
+    /// `--max-websockets` says; the broker's own limits answer `503` first.
+    pub max_connections: usize,
 }
+
+/// What [`serve`] asks the kernel for as the listener's backlog: connections waiting
+/// to be accepted, as many as `net.core.somaxconn` allows (the kernel caps it). A
+/// listener bound by `std` gets 128, too few for a burst of reconnecting subscribers.
+pub const LISTEN_BACKLOG: i32 = 65_535;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -79,6 +89,7 @@ impl Default for ServerConfig {
             max_connections_per_ip: None,
             trusted_proxies: Vec::new(),
             allowed_origins: Vec::new(),
+            max_connections: limits::DEFAULT_MAX_WEBSOCKETS + limits::DEFAULT_MAX_LONG_POLLS + 1024,
         }
     }
 }
@@ -209,10 +220,13 @@ pub fn serve(
         }
     })
     .disable_signals()
+    .max_connections(config.max_connections)
     .client_disconnect_timeout(config.linger)
     .shutdown_timeout(config.shutdown_timeout.as_secs());
     if let Some(n) = config.workers {
         server = server.workers(n);
     }
+    // `listen` again on a listening socket sets its backlog anew (Linux, BSD).
+    socket2::SockRef::from(&listener).listen(LISTEN_BACKLOG)?;
     Ok(server.listen(listener)?.run())
 }

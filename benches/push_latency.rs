@@ -425,16 +425,17 @@ impl Histo {
 fn histograms(text: &str, name: &str) -> BTreeMap<String, Histo> {
     let mut out: BTreeMap<String, Histo> = BTreeMap::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
+        if !line.starts_with(name) {
             continue;
-        };
-        let (kind, rest) = match rest.split_once(['{', ' ']) {
-            Some((k, r)) => (k, r),
+        }
+        // `name_kind{labels} value`, or `name_kind value` without labels.
+        let (series, value) = match line.rsplit_once(' ') {
+            Some((s, v)) => (&s[name.len()..], v),
             None => continue,
         };
-        let (labels, value) = match rest.rsplit_once(' ') {
-            Some((l, v)) => (l.trim_end_matches('}'), v),
-            None => continue,
+        let (kind, labels) = match series.split_once('{') {
+            Some((k, l)) => (k, l.trim_end_matches('}')),
+            None => (series, ""),
         };
         let value: f64 = value.parse().unwrap_or(0.0);
         let label = |key: &str| {

@@ -49,6 +49,9 @@ pub const WAITING_LONG_POLLS: &str = "idv_waiting_long_polls";
 /// From a transition's commit, as the session actor sees it complete, to its frame
 /// written to the WebSocket (histogram, seconds).
 pub const PUSH_LATENCY: &str = "idv_push_latency_seconds";
+/// A transition's time in each stage of its way through the broker (histogram, seconds,
+/// label `stage`, one of [`Stage`]): where a push spends its time beyond the fsync.
+pub const TRANSITION_STAGES: &str = "idv_transition_stage_seconds";
 /// One group commit of the store writer, from `BEGIN` to `COMMIT` done (histogram, seconds).
 pub const STORE_COMMIT_LATENCY: &str = "idv_store_commit_seconds";
 /// Jobs in one group commit (histogram).
@@ -96,6 +99,14 @@ const LATENCY_BUCKETS: [f64; 16] = [
     1.0, 2.5, 10.0,
 ];
 
+/// Finer buckets for the stages of a transition and its push, whose parts take tens of
+/// microseconds: 10 µs to 10 s.
+const STAGE_BUCKETS: [f64; 22] = [
+    0.000_01, 0.000_02, 0.000_03, 0.000_04, 0.000_05, 0.000_075, 0.000_1, 0.000_15, 0.000_2,
+    0.000_25, 0.000_3, 0.000_4, 0.000_5, 0.000_75, 0.001, 0.002_5, 0.005, 0.01, 0.1, 0.5, 1.0,
+    10.0,
+];
+
 /// Buckets for the batch size: 1 to the writer's `MAX_BATCH` (1024).
 const BATCH_BUCKETS: [f64; 11] = [
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
@@ -116,6 +127,15 @@ pub fn install() -> Option<&'static PrometheusHandle> {
                         Matcher::Full(STORE_BATCH_SIZE.to_owned()),
                         &BATCH_BUCKETS,
                     )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(TRANSITION_STAGES.to_owned()),
+                        &STAGE_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(PUSH_LATENCY.to_owned()), &STAGE_BUCKETS)
                 });
             let builder = match builder {
                 Ok(b) => b,
@@ -197,6 +217,11 @@ fn describe() {
         PUSH_LATENCY,
         Unit::Seconds,
         "From a transition's commit to its WebSocket frame written."
+    );
+    describe_histogram!(
+        TRANSITION_STAGES,
+        Unit::Seconds,
+        "A transition's time in each stage: auth, queue, statements, commit, wake, session."
     );
     describe_histogram!(
         STORE_COMMIT_LATENCY,
@@ -306,6 +331,53 @@ pub fn binding_mismatch(ended: bool) {
 /// A push written to a WebSocket, `elapsed` after its commit.
 pub fn push_written(elapsed: Duration) {
     metrics::histogram!(PUSH_LATENCY).record(elapsed.as_secs_f64());
+}
+
+/// A stage of a transition's way through the broker ([`TRANSITION_STAGES`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The device's token checked (the `Authorization` header read, the JWT verified).
+    Auth,
+    /// Its write waiting for the writer thread: sent to the queue → its batch taken.
+    Queue,
+    /// Its batch's statements, `BEGIN` to before `COMMIT`.
+    Statements,
+    /// Its batch's `COMMIT`: the WAL frames written and synced (the fsync).
+    Commit,
+    /// The writer's answer reaching the session actor: answered → the actor resumed.
+    Wake,
+    /// The whole command as the HTTP handler waits on it: sent to the registry → the
+    /// session's answer back (the stages above, plus the hops to and from the actor).
+    Session,
+}
+
+impl Stage {
+    /// Every stage, in the order a transition passes them.
+    pub const ALL: [Stage; 6] = [
+        Stage::Auth,
+        Stage::Queue,
+        Stage::Statements,
+        Stage::Commit,
+        Stage::Wake,
+        Stage::Session,
+    ];
+
+    /// The `stage` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Auth => "auth",
+            Stage::Queue => "queue",
+            Stage::Statements => "statements",
+            Stage::Commit => "commit",
+            Stage::Wake => "wake",
+            Stage::Session => "session",
+        }
+    }
+}
+
+/// A transition spent `elapsed` in `stage`.
+pub fn stage(stage: Stage, elapsed: Duration) {
+    metrics::histogram!(TRANSITION_STAGES, "stage" => stage.as_str()).record(elapsed.as_secs_f64());
 }
 
 /// One group commit of `jobs` jobs took `elapsed`.

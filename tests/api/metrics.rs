@@ -166,6 +166,7 @@ const CREATED: &str = "idv_sessions_created_total";
 const TRANSITIONS: &str = "idv_session_transitions_total";
 const PUSH: &str = "idv_push_latency_seconds";
 const COMMIT: &str = "idv_store_commit_seconds";
+const STAGES: &str = "idv_transition_stage_seconds";
 const BATCH: &str = "idv_store_batch_size";
 const HTTP: &str = "idv_http_requests_total";
 const SUBSCRIBERS: &str = "idv_ws_subscribers";
@@ -240,6 +241,19 @@ async fn after_a_journey_metrics_parse_as_prometheus_text_and_count_it_by_route_
         ) >= 1.0
     );
     assert!(after.has("idv_http_request_duration_seconds_bucket"));
+    // The stages of both transitions: the token check and the session's round trip
+    // always; the writer's stages on SQLite, whose writer thread stamps them.
+    let stages: &[&str] = if on_postgres() {
+        &["auth", "session"]
+    } else {
+        &["auth", "queue", "statements", "commit", "wake", "session"]
+    };
+    for stage in stages {
+        assert!(
+            grew(&format!("{STAGES}_count"), &[("stage", stage)]) >= 2.0,
+            "stage {stage}"
+        );
+    }
     assert!(!after.text.contains(&id), "a session id is never a label");
     assert!(!after.text.contains("alice"), "a user id is never a label");
     // Every family is there, with its help line.
@@ -249,6 +263,7 @@ async fn after_a_journey_metrics_parse_as_prometheus_text_and_count_it_by_route_
         LIVE,
         SUBSCRIBERS,
         PUSH,
+        STAGES,
         COMMIT,
         BATCH,
         HTTP,

@@ -152,6 +152,7 @@ impl FromRequest for Device {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let began = std::time::Instant::now();
         let found = bearer(req)
             .map(str::to_owned)
             .ok_or_else(|| {
@@ -167,6 +168,7 @@ impl FromRequest for Device {
                 .verify_fresh(&token)
                 .await
                 .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+            idv_actors::metrics::stage(idv_actors::metrics::Stage::Auth, began.elapsed());
             Ok(Device { id })
         })
     }

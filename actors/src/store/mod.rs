@@ -41,7 +41,7 @@ pub use crate::store_api::{
 };
 
 use crate::supervise::{self, Task, Tasks};
-use writer::{Effects, FnJob, Job};
+use writer::{Effects, FnJob, Job, Reply};
 
 use crate::at_rest::DataKeys;
 
@@ -240,19 +240,36 @@ impl Store {
 
     /// Runs `f` in the next group-committed transaction and answers once it is durable.
     /// If `f` enqueued a webhook event, the dispatcher is woken after the commit.
-    pub(crate) async fn write<T, F>(&self, mut f: F) -> Result<T, StoreError>
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&Connection, &mut Effects) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.write_then(f, false).await
+    }
+
+    /// [`Store::write`], and if `stamped`, the time the write spent in each of the
+    /// writer's stages recorded ([`crate::metrics::Stage`]: a transition's).
+    pub(crate) async fn write_then<T, F>(&self, mut f: F, stamped: bool) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnMut(&Connection, &mut Effects) -> Result<T, StoreError> + Send + 'static,
     {
         let webhooks = self.inner.webhooks.clone();
-        let (out, enqueued) = self
-            .write_job(move |conn, fx| {
-                fx.webhooks = webhooks.clone();
-                let out = f(conn, fx)?;
-                Ok((out, fx.webhook_enqueued))
-            })
-            .await?;
+        let job = move |conn: &Connection, fx: &mut Effects| {
+            fx.webhooks = webhooks.clone();
+            let out = f(conn, fx)?;
+            Ok((out, fx.webhook_enqueued))
+        };
+        let (out, enqueued) = if stamped {
+            let (tx, rx) = oneshot::channel();
+            self.send_job(Box::new(FnJob::with_reply(job, Reply::Stamped(tx))))?;
+            let (out, stamps) = rx.await.map_err(|_| StoreError::Panicked)?;
+            stamps.record();
+            out?
+        } else {
+            self.write_job(job).await?
+        };
         if enqueued {
             crate::metrics::outbox_moved(1.0);
             self.inner.webhook_wake.notify_one();
@@ -272,6 +289,13 @@ impl Store {
         F: FnMut(&Connection, &mut Effects) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        self.send_job(Box::new(FnJob::new(f, tx)))?;
+        // Jobs queued when the store closes are still run: a reply dropped unsent is a
+        // writer that died with the job (and was restarted without it).
+        rx.await.map_err(|_| StoreError::Panicked)?
+    }
+
+    fn send_job(&self, job: Box<dyn Job>) -> Result<(), StoreError> {
         let sender = self
             .inner
             .writer
@@ -279,12 +303,7 @@ impl Store {
             .map_err(|_| StoreError::Closed)?
             .clone();
         let sender = sender.ok_or(StoreError::Closed)?;
-        sender
-            .try_send(Box::new(FnJob::new(f, tx)))
-            .map_err(queue_error)?;
-        // Jobs queued when the store closes are still run: a reply dropped unsent is a
-        // writer that died with the job (and was restarted without it).
-        rx.await.map_err(|_| StoreError::Panicked)?
+        sender.try_send(job).map_err(queue_error)
     }
 
     /// Runs `f` on a reader connection.

@@ -268,7 +268,8 @@ impl Store {
     /// session's seq is no longer `from_seq`.
     pub async fn commit_transition(&self, t: TransitionWrite) -> Result<SessionRecord, StoreError> {
         let keys = self.data_keys();
-        self.write(move |conn, fx| apply_transition(conn, &keys, &t, fx))
+        // Stamped: a transition's stages are what a push waits for (issue 28).
+        self.write_then(move |conn, fx| apply_transition(conn, &keys, &t, fx), true)
             .await
     }
 

@@ -36,6 +36,45 @@ pub(crate) struct Effects {
     pub webhooks: Option<std::sync::Arc<super::WebhookRoute>>,
     /// The job enqueued a webhook event: wake the dispatcher once it is committed.
     pub webhook_enqueued: bool,
+    /// When the batch's statements were done, just before its `COMMIT` (set by
+    /// [`commit_batch`]; the stages of a transition, [`Stamps`]).
+    pub(crate) ran: Option<Instant>,
+}
+
+/// When a job passed each point of the writer: the stages of a transition
+/// ([`crate::metrics::Stage`]). Plain instants, copied; nothing is allocated for them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stamps {
+    /// Sent to the writer's queue.
+    pub queued: Instant,
+    /// Its batch taken off the queue.
+    pub picked: Instant,
+    /// Its batch's statements done, before `COMMIT`.
+    pub ran: Instant,
+    /// Its batch's `COMMIT` returned (synced).
+    pub committed: Instant,
+    /// Its caller answered.
+    pub answered: Instant,
+}
+
+impl Stamps {
+    /// Records the writer's stages, and the wake-up from the answer to now.
+    pub(crate) fn record(&self) {
+        use crate::metrics::{stage, Stage};
+        stage(
+            Stage::Queue,
+            self.picked.saturating_duration_since(self.queued),
+        );
+        stage(
+            Stage::Statements,
+            self.ran.saturating_duration_since(self.picked),
+        );
+        stage(
+            Stage::Commit,
+            self.committed.saturating_duration_since(self.ran),
+        );
+        stage(Stage::Wake, self.answered.elapsed());
+    }
 }
 
 /// A unit of work for the writer thread.
@@ -46,21 +85,42 @@ pub(crate) trait Job: Send {
     fn run(&mut self, conn: &Connection, fx: &mut Effects) -> bool;
     /// Answers the caller once the batch committed (or failed to).
     fn finish(self: Box<Self>, commit: Result<(), StoreError>);
+    /// When its batch was taken, ran and committed; called before [`Job::finish`].
+    fn stamp(&mut self, _picked: Instant, _ran: Instant, _committed: Instant) {}
 }
 
 /// A job built from a closure, answered over a oneshot channel.
 pub(crate) struct FnJob<T, F> {
     f: F,
     out: Option<Result<T, StoreError>>,
-    reply: oneshot::Sender<Result<T, StoreError>>,
+    reply: Reply<T>,
+    stamps: Stamps,
+}
+
+/// Where a [`FnJob`] answers: its result, or its result with its [`Stamps`].
+pub(crate) enum Reply<T> {
+    Plain(oneshot::Sender<Result<T, StoreError>>),
+    Stamped(oneshot::Sender<(Result<T, StoreError>, Stamps)>),
 }
 
 impl<T, F> FnJob<T, F> {
     pub(crate) fn new(f: F, reply: oneshot::Sender<Result<T, StoreError>>) -> Self {
+        Self::with_reply(f, Reply::Plain(reply))
+    }
+
+    pub(crate) fn with_reply(f: F, reply: Reply<T>) -> Self {
+        let now = Instant::now();
         Self {
             f,
             out: None,
             reply,
+            stamps: Stamps {
+                queued: now,
+                picked: now,
+                ran: now,
+                committed: now,
+                answered: now,
+            },
         }
     }
 }
@@ -93,7 +153,22 @@ where
             (Ok(()), None) => Err(StoreError::Closed),
         };
         // The caller may have gone away (a dropped request); the write stands regardless.
-        let _ = self.reply.send(out);
+        match self.reply {
+            Reply::Plain(reply) => {
+                let _ = reply.send(out);
+            }
+            Reply::Stamped(reply) => {
+                let mut stamps = self.stamps;
+                stamps.answered = Instant::now();
+                let _ = reply.send((out, stamps));
+            }
+        }
+    }
+
+    fn stamp(&mut self, picked: Instant, ran: Instant, committed: Instant) {
+        self.stamps.picked = picked;
+        self.stamps.ran = ran;
+        self.stamps.committed = committed;
     }
 }
 
@@ -132,6 +207,7 @@ pub(crate) fn run(
             },
         };
         if let Some(first) = first {
+            let picked = Instant::now();
             let mut batch = Vec::with_capacity(16);
             batch.push(first);
             while batch.len() < MAX_BATCH {
@@ -143,11 +219,14 @@ pub(crate) fn run(
             let mut fx = Effects::default();
             let began = Instant::now();
             let commit = commit_batch(conn, &mut batch, &mut fx);
-            crate::metrics::store_commit(batch.len(), began.elapsed());
+            let committed = Instant::now();
+            crate::metrics::store_commit(batch.len(), committed - began);
             if let Err(e) = &commit {
                 tracing::error!(error = %e, jobs = batch.len(), "store batch failed to commit");
             }
-            for job in batch {
+            let ran = fx.ran.unwrap_or(committed);
+            for mut job in batch {
+                job.stamp(picked, ran, committed);
                 job.finish(commit.clone());
             }
             life.round();
@@ -194,6 +273,7 @@ fn commit_batch(
         batch_fx.scrub |= job_fx.scrub;
     }
     if !failed {
+        fx.ran = Some(Instant::now());
         tx.commit()?;
         fx.scrub |= batch_fx.scrub;
         return Ok(());
@@ -214,6 +294,7 @@ fn commit_batch(
         }
         tx.prepare_cached("RELEASE job")?.execute([])?;
     }
+    fx.ran = Some(Instant::now());
     tx.commit()?;
     Ok(())
 }

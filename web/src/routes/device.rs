@@ -1,6 +1,9 @@
 //! The device's routes (trusted-issuer JWT).
 
+use std::time::Instant;
+
 use actix_web::{web, HttpResponse};
+use idv_actors::metrics::{stage, Stage};
 use idv_actors::session::messages::{Decide, Retrieve};
 
 use super::{ok_no_store, session_id};
@@ -35,10 +38,12 @@ pub async fn information(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = session_id(&path)?;
+    let began = Instant::now();
     let session = state
         .registry
         .call(id, Retrieve { device: device.id })
         .await?;
+    stage(Stage::Session, began.elapsed());
     Ok(ok_no_store().json(Information::from(&session)))
 }
 
@@ -72,6 +77,7 @@ pub async fn update(
 ) -> Result<HttpResponse, ApiError> {
     let id = session_id(&path)?;
     let answer = body.into_inner().into_answer()?;
+    let began = Instant::now();
     let session = state
         .registry
         .call(
@@ -82,5 +88,6 @@ pub async fn update(
             },
         )
         .await?;
+    stage(Stage::Session, began.elapsed());
     Ok(HttpResponse::Ok().json(Updated::from(&session)))
 }

@@ -193,9 +193,10 @@ struct Node {
     store: Arc<dyn ClusterStore>,
     registry: Registry,
     config: ClusterConfig,
-    /// The tasks that forward each watched session's announcements (each holds the
-    /// session's subscription), by session.
-    watch_tasks: DashMap<SessionId, tokio::task::JoinHandle<()>>,
+    /// The watching actors of the sessions this node watches (it holds their
+    /// subscribers or long-polls, their owner is another node), by session: woken by
+    /// the announcements ([`Node::serve_announcements`]) and the sweep ([`WATCH_SWEEP`]).
+    watched: DashMap<SessionId, actix::Recipient<Refresh>>,
     /// Uploads streaming in from other nodes, by session and ticket.
     uploads: DashMap<(SessionId, u64), Parked>,
     /// The largest chunk of an upload sent in one message.
@@ -222,6 +223,18 @@ struct Node {
 
 /// At most one log line per this many seconds about dropped messages.
 const DROP_LOG_EVERY: i64 = 10;
+
+/// How often a node reads the seq of every session it watches, in one statement per
+/// [`WATCH_SWEEP_BATCH`], and sends each watcher still behind what the store held one
+/// sweep earlier a [`Refresh`]: announcements travel at most once (and not at all
+/// while NATS is out), so this bounds how late a lost one is noticed (two periods). One statement for all of them, not a
+/// read per watcher: at 7,600 watched sessions a node, reads of their own every 2 s
+/// were 3,800 statements a second per node, which a two-core machine could not serve
+/// beside the traffic (docs/benchmarks.md, "Three nodes at the limit").
+pub(crate) const WATCH_SWEEP: Duration = Duration::from_secs(2);
+
+/// Most sessions whose seqs one statement of the sweep reads.
+const WATCH_SWEEP_BATCH: usize = 4096;
 
 impl Cluster {
     /// Connects to NATS (on `io`, whose runtime outlives every request), registers this
@@ -268,7 +281,7 @@ impl Cluster {
             store,
             registry: registry.clone(),
             config,
-            watch_tasks: DashMap::new(),
+            watched: DashMap::new(),
             uploads: DashMap::new(),
             chunk,
             stopping: std::sync::atomic::AtomicBool::new(false),
@@ -283,8 +296,10 @@ impl Cluster {
             metrics::counter!(crate::metrics::CLUSTER_DROPPED, "reason" => reason).increment(0);
         }
         node.serve_commands().await?;
+        node.serve_announcements().await?;
         registry.set_router(Arc::new(Link(node.clone())));
         node.clone().run_lease();
+        node.clone().run_watch_sweep();
         node.clone().run_adoption();
         tracing::info!(node = %node.id, chunk, "joined the cluster");
         Ok(Cluster { node })
@@ -384,6 +399,59 @@ impl Node {
                 std::process::exit(2);
             }
             Err(e) => tracing::error!(error = %e, "cannot register this node again"),
+        }
+    }
+
+    /// Hears every owner's announcements, on one subscription (`idv.events.*`) taken
+    /// before any session is watched, and wakes the watcher of each session this node
+    /// watches. One subscription for the node, not one per watched session: no
+    /// subscription and no round trip to NATS when a watcher starts, and no task and
+    /// no subscription to keep per watched session; each node opens every announcement
+    /// (a few microseconds each) in exchange.
+    async fn serve_announcements(self: &Arc<Self>) -> Result<(), ClusterError> {
+        let mut announcements =
+            self.nats
+                .subscribe("idv.events.*")
+                .await
+                .map_err(|e| ClusterError::Nats {
+                    url: self.config.nats_url.clone(),
+                    reason: e.to_string(),
+                })?;
+        let node = self.clone();
+        self.io.spawn(async move {
+            while let Some(msg) = announcements.next().await {
+                let Some(id) = msg
+                    .subject
+                    .strip_prefix("idv.events.")
+                    .and_then(SessionId::parse)
+                else {
+                    continue;
+                };
+                // Most announcements are of sessions not watched here: looked up before
+                // they are opened. Only a sealed one wakes a watcher: a forged one would
+                // cost a store read each.
+                if !node.watched.contains_key(&id) || node.open(&msg).is_none() {
+                    continue;
+                }
+                node.wake(id, Refresh::default());
+            }
+        });
+        Ok(())
+    }
+
+    /// Sends `refresh` to the watcher of session `id`, if this node has one; forgets a
+    /// watcher that is gone.
+    fn wake(&self, id: SessionId, refresh: Refresh) {
+        let gone = match self.watched.get(&id) {
+            // A full mailbox already holds a `Refresh`: it reads everything.
+            Some(to) => matches!(
+                to.try_send(refresh),
+                Err(actix::prelude::SendError::Closed(_))
+            ),
+            None => false,
+        };
+        if gone {
+            self.watched.remove_if(&id, |_, to| !to.connected());
         }
     }
 
@@ -810,6 +878,57 @@ impl Node {
         }));
     }
 
+    fn run_watch_sweep(self: Arc<Self>) {
+        let tasks = self.registry.tasks().clone();
+        actix::spawn(supervise::run_loop(tasks, Task::WatchSweep, move |life| {
+            self.clone().watch_sweep_loop(life)
+        }));
+    }
+
+    /// Every [`WATCH_SWEEP`]: the store's seq of every watched session; each watcher
+    /// still behind the seq the *previous* sweep saw gets a [`Refresh`] (and reads the
+    /// store). A transition's announcement has a whole period to arrive first, so a
+    /// busy cluster, whose announcements are late but not lost, pays no second read
+    /// for them; a lost one is made up within two periods. NATS is not needed: this is
+    /// how watchers follow their sessions while it is out.
+    async fn watch_sweep_loop(self: Arc<Self>, life: Lifeline) {
+        let mut ticks = actix::clock::interval(WATCH_SWEEP);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut previous: std::collections::HashMap<SessionId, Seq> = Default::default();
+        loop {
+            ticks.tick().await;
+            if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                break;
+            }
+            life.round();
+            let ids: Vec<SessionId> = self.watched.iter().map(|w| *w.key()).collect();
+            let mut seen = std::collections::HashMap::with_capacity(ids.len());
+            for batch in ids.chunks(WATCH_SWEEP_BATCH) {
+                match self.store.seqs(batch.to_vec()).await {
+                    Ok(seqs) => {
+                        for (id, seq) in seqs {
+                            if let Some(&before) = previous.get(&id) {
+                                self.wake(
+                                    id,
+                                    Refresh {
+                                        stored: Some(before),
+                                    },
+                                );
+                            }
+                            seen.insert(id, seq);
+                        }
+                    }
+                    Err(crate::store::StoreError::Closed) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the seqs of the watched sessions");
+                        break;
+                    }
+                }
+            }
+            previous = seen;
+        }
+    }
+
     async fn adoption_loop(self: Arc<Self>, life: Lifeline) {
         let mut ticks = actix::clock::interval(self.config.adopt_every);
         loop {
@@ -876,50 +995,16 @@ impl Router for Link {
     }
 
     fn watch(&self, id: SessionId, to: actix::Recipient<Refresh>) -> RouteFuture<()> {
-        let node = self.0.clone();
-        let nats = node.nats.clone();
-        Box::pin(async move {
-            match nats.subscribe(format!("idv.events.{id}")).await {
-                Ok(mut sub) => {
-                    // The subscription is in place at the server before the watcher
-                    // reads the store: a request nobody answers comes back ("no
-                    // responders") only after the server handled everything this
-                    // connection sent before it, the subscription included.
-                    let sync = format!("idv.sync.{}", node.id);
-                    let sealed = node.sealer.seal(&sync, b"");
-                    let _ =
-                        tokio::time::timeout(FLUSH_WAIT, nats.request(sync, sealed.into())).await;
-                    let opener = node.clone();
-                    let task = node.io.spawn(async move {
-                        while let Some(msg) = sub.next().await {
-                            // Only a sealed announcement wakes the watcher: a forged
-                            // one would cost a store read each.
-                            if opener.open(&msg).is_none() {
-                                continue;
-                            }
-                            // A full mailbox already holds a `Refresh`: it reads everything.
-                            if let Err(actix::prelude::SendError::Closed(_)) = to.try_send(Refresh)
-                            {
-                                break;
-                            }
-                        }
-                    });
-                    if let Some(old) = node.watch_tasks.insert(id, task) {
-                        old.abort();
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(session = %id, error = %e, "cannot watch a session; reading it every few seconds instead")
-                }
-            }
-        })
+        // Announcements are heard from the node's start (`serve_announcements`): once
+        // here, every announcement after this moment wakes the watcher, so what it
+        // reads next misses nothing (a transition committed meanwhile is in the read,
+        // or announced after it).
+        self.0.watched.insert(id, to);
+        Box::pin(std::future::ready(()))
     }
 
     fn unwatch(&self, id: SessionId) {
-        if let Some((_, task)) = self.0.watch_tasks.remove(&id) {
-            // Dropping the subscription unsubscribes.
-            task.abort();
-        }
+        self.0.watched.remove(&id);
     }
 
     fn ready(&self) -> bool {

@@ -194,6 +194,10 @@ pub trait ClusterStore: Send + Sync + 'static {
     /// The nodes with a valid lease.
     fn live_nodes(&self) -> StoreFuture<'_, Vec<String>>;
 
+    /// The current seq of each of `ids` still stored (a watching node's safety net
+    /// against a lost announcement: one statement for every session it watches).
+    fn seqs(&self, ids: Vec<SessionId>) -> StoreFuture<'_, Vec<(SessionId, Seq)>>;
+
     /// The epoch this process holds for session `id`, if any.
     fn held_epoch(&self, id: SessionId) -> Option<i64>;
 

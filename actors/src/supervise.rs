@@ -48,6 +48,8 @@ pub enum Task {
     Lease,
     /// Several nodes: taking over the sessions of nodes that are gone.
     Adoption,
+    /// Several nodes: the sweep of the seqs of the sessions this node watches.
+    WatchSweep,
     /// PostgreSQL: the `VACUUM` after purges that keeps deleted data off the disk.
     Vacuum,
     /// An issuer's JWKS fetcher ([`crate::jwks`]).
@@ -56,7 +58,7 @@ pub enum Task {
 
 impl Task {
     /// Every task, in the order of [`Task::index`].
-    pub const ALL: [Task; 9] = [
+    pub const ALL: [Task; 10] = [
         Task::StoreWriter,
         Task::StoreReader,
         Task::ExpirySweep,
@@ -64,6 +66,7 @@ impl Task {
         Task::Webhooks,
         Task::Lease,
         Task::Adoption,
+        Task::WatchSweep,
         Task::Vacuum,
         Task::JwksFetcher,
     ];
@@ -78,6 +81,7 @@ impl Task {
             Task::Webhooks => "webhooks",
             Task::Lease => "lease",
             Task::Adoption => "adoption",
+            Task::WatchSweep => "watch_sweep",
             Task::Vacuum => "vacuum",
             Task::JwksFetcher => "jwks_fetcher",
         }

@@ -194,15 +194,15 @@ async fn the_sweepers_and_the_webhook_dispatcher_come_back_after_a_panic_and_go_
 }
 
 #[actix_web::test]
-async fn the_lease_adoption_and_vacuum_loops_of_a_node_come_back_after_a_panic() {
+async fn the_lease_adoption_watch_sweep_and_vacuum_loops_of_a_node_come_back_after_a_panic() {
     if !on_postgres() {
         eprintln!(
-            "note: skipped on SQLite: the lease, adoption and VACUUM loops run on PostgreSQL only"
+            "note: skipped on SQLite: the lease, adoption, watch sweep and VACUUM loops run on PostgreSQL only"
         );
         return;
     }
     let app = spawn_app().await;
-    let tasks = [Task::Lease, Task::Adoption, Task::Vacuum];
+    let tasks = [Task::Lease, Task::Adoption, Task::WatchSweep, Task::Vacuum];
     let mut before = Vec::new();
     for task in tasks {
         before.push(restarts(&app, task).await);
@@ -219,6 +219,7 @@ async fn the_lease_adoption_and_vacuum_loops_of_a_node_come_back_after_a_panic()
     // orphans are looked for, and the next purge is vacuumed.
     goes_on(&app, Task::Lease, 2).await;
     goes_on(&app, Task::Adoption, 2).await;
+    goes_on(&app, Task::WatchSweep, 2).await;
     let (id, _) = app.retrieved_session(&["full_name"], "bob").await;
     let vacuumed = app.tasks.rounds(Task::Vacuum);
     let res = app.update(&id, "bob", &json!({"decision": "deny"})).await;

@@ -328,6 +328,8 @@ pub struct Options {
     pub extra: Vec<String>,
     /// A NATS of the test's own instead of `IDVB_TEST_NATS` (a test that stops it).
     pub nats: Option<String>,
+    /// Node `n`'s own NATS URL, where given (another user, say), instead of `nats`.
+    pub nats_of_node: Vec<String>,
     /// The nodes' `RUST_LOG`; `info` when `None`.
     pub rust_log: Option<String>,
     /// The port the nodes reach PostgreSQL on, instead of the test server's own (a
@@ -384,7 +386,8 @@ impl Cluster {
                 }
                 None => db.url.clone(),
             };
-            nodes.push(start_node(&id, &store, &nats, &options, dir.path()).await);
+            let nats = options.nats_of_node.get(nodes.len()).unwrap_or(&nats);
+            nodes.push(start_node(&id, &store, nats, &options, dir.path()).await);
         }
         let cluster = Cluster {
             nodes,

@@ -19,7 +19,8 @@
 //!   `tls` (TLS and passwords to both engines, and none of them in a node's logs),
 //!   `accounts` (NATS set up as docs/examples/nats-server.conf shows), `pauses` (an owner
 //!   frozen past its lease, and a second process with a live node's id), `outage`
-//!   (PostgreSQL cut off for 5 s); `binding` (a binding code across nodes, counted
+//!   (PostgreSQL cut off for 5 s); `announcements` (a node that hears none follows by
+//!   its sweep); `binding` (a binding code across nodes, counted
 //!   through the hand-over, folded into `handover`).
 
 mod helpers;
@@ -29,6 +30,7 @@ mod takeover;
 mod watch;
 
 mod accounts;
+mod announcements;
 mod binding;
 mod expiry;
 mod failover;

@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use super::{execute, lease_held, limit, query, query_opt, Shared, DB_NOW};
-use crate::ids::SessionId;
+use crate::ids::{Seq, SessionId};
 use crate::model::SessionRecord;
 use crate::session_store::Claim;
 use crate::status::Status;
@@ -186,5 +186,30 @@ impl Shared {
             .iter()
             .map(|r| Ok(r.try_get(0)?))
             .collect()
+    }
+
+    /// The current seq of each of `ids` that is still stored, in one statement.
+    pub(crate) async fn seqs(
+        &self,
+        ids: &[SessionId],
+    ) -> Result<Vec<(SessionId, Seq)>, StoreError> {
+        let conn = self.conn().await?;
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        query(
+            &conn,
+            "SELECT id, seq FROM sessions WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let id: String = r.try_get(0)?;
+            let seq: i64 = r.try_get(1)?;
+            let id = SessionId::parse(&id)
+                .ok_or_else(|| StoreError::Corrupt(format!("session id {id:?}")))?;
+            let seq = u64::try_from(seq).map_err(|_| StoreError::Corrupt("seq".into()))?;
+            Ok((id, Seq(seq)))
+        })
+        .collect()
     }
 }

@@ -666,6 +666,10 @@ impl ClusterStore for PgStore {
         self.run(move |s| async move { s.live_nodes().await })
     }
 
+    fn seqs(&self, ids: Vec<SessionId>) -> StoreFuture<'_, Vec<(SessionId, Seq)>> {
+        self.run(move |s| async move { s.seqs(&ids).await })
+    }
+
     fn held_epoch(&self, id: SessionId) -> Option<i64> {
         self.shared.held.get(&id).map(|e| *e)
     }

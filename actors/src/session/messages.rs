@@ -141,12 +141,16 @@ pub struct InjectFault {
 // ---- Several nodes ---------------------------------------------------------
 
 /// A session this node only watches (its owner is another node) may have moved: read
-/// it from the store and push what the audience here has not had. Sent by the owner's
-/// announcement, and now and then by the watcher itself (announcements are not
-/// guaranteed to arrive).
-#[derive(Message, Clone, Copy, Debug)]
+/// it from the store and push what the audience here has not had. Sent at each of the
+/// owner's announcements, and by the node's sweep of every watched session's seq
+/// (announcements are not guaranteed to arrive).
+#[derive(Message, Clone, Copy, Debug, Default)]
 #[rtype(result = "()")]
-pub struct Refresh;
+pub struct Refresh {
+    /// A seq the store was seen at (by the node's sweep): a watcher already there
+    /// reads nothing. `None` (an announcement): read.
+    pub stored: Option<Seq>,
+}
 
 /// This node took the session over (its owner died or handed it over): the watching
 /// actor becomes the owner, arming the expiry timer.

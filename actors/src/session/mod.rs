@@ -815,7 +815,11 @@ impl Handler<WaitChange> for SessionActor {
 impl Handler<Refresh> for SessionActor {
     type Result = ();
 
-    fn handle(&mut self, _: Refresh, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: Refresh, ctx: &mut Context<Self>) {
+        let current = self.state.as_ref().map(|s| s.seq);
+        if msg.stored.is_some() && msg.stored <= current {
+            return;
+        }
         self.refresh(ctx);
     }
 }

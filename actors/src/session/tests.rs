@@ -127,11 +127,9 @@ fn now_or_later(change: Change) -> SessionRecord {
     }
 }
 
-#[actix_rt::test]
-async fn a_watcher_behind_the_store_reads_it_for_a_caller_ahead_of_it_and_refuses_one_ahead_of_the_store(
-) {
-    let (_dir, store, record, _token, addr) = watched().await;
-    // The owner (another node) commits a transition; no announcement reaches here.
+/// The owner (another node) commits `retrieved` for `record`, as the store's writer
+/// does for it; answers the session as committed.
+async fn retrieve(store: &Store, record: &SessionRecord) -> SessionRecord {
     let committed = store
         .commit_transition(TransitionWrite {
             id: record.id,
@@ -152,6 +150,56 @@ async fn a_watcher_behind_the_store_reads_it_for_a_caller_ahead_of_it_and_refuse
         .await
         .unwrap();
     assert!(committed.seq > record.seq);
+    committed
+}
+
+#[actix_rt::test]
+async fn a_watcher_reads_the_store_when_the_sweep_saw_it_behind_and_not_when_it_is_current() {
+    let (_dir, store, record, _token, addr) = watched().await;
+    // A long-poll here waits for the next transition.
+    let Change::Later { next, .. } = wait(&addr, backend(), Some(record.seq)).await.unwrap() else {
+        panic!("the session has not moved yet")
+    };
+    // The sweep saw the seq the watcher has: nothing is read.
+    let reads = store.session_reads();
+    for _ in 0..3 {
+        addr.send(Refresh {
+            stored: Some(record.seq),
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        store.session_reads(),
+        reads,
+        "a watcher that is current reads nothing"
+    );
+
+    // The owner commits, and its announcement is lost: the next sweep sees the store
+    // ahead, and the watcher reads it and answers its long-poll.
+    let committed = retrieve(&store, &record).await;
+    addr.send(Refresh {
+        stored: Some(committed.seq),
+    })
+    .await
+    .unwrap();
+    let pushed = tokio::time::timeout(std::time::Duration::from_secs(5), next)
+        .await
+        .expect("the long-poll is answered after the sweep")
+        .expect("the session's next transition");
+    assert_eq!(
+        (pushed.seq, pushed.status),
+        (committed.seq, Status::Retrieved)
+    );
+    assert!(store.session_reads() > reads, "the watcher read the store");
+}
+
+#[actix_rt::test]
+async fn a_watcher_behind_the_store_reads_it_for_a_caller_ahead_of_it_and_refuses_one_ahead_of_the_store(
+) {
+    let (_dir, store, record, _token, addr) = watched().await;
+    // The owner (another node) commits a transition; no announcement reaches here.
+    let committed = retrieve(&store, &record).await;
 
     // A caller that saw the new seq elsewhere: the watcher reads the store first (its
     // answer asks for the request again, as the registry does) ...

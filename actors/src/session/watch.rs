@@ -13,12 +13,13 @@ use super::messages::Caller;
 use super::{Role, SessionActor};
 use crate::store::StoreError;
 
-/// How often a watching actor reads its session from the store unasked: the owner's
-/// announcements travel at most once, and this bounds how late a lost one is noticed.
+/// How often a watching actor counts its audience. (Reading the store unasked, the
+/// safety net against a lost announcement, is the node's: one statement for every
+/// session it watches, see `cluster::WATCH_SWEEP`.)
 pub(super) const WATCH_POLL: Duration = Duration::from_secs(2);
 
-/// A watching actor with nobody to tell for this many polls in a row stops (its NATS
-/// subscription and its reads with it); the next subscriber starts another.
+/// A watching actor with nobody to tell for this many counts in a row stops (its NATS
+/// subscription with it); the next subscriber starts another.
 pub(super) const WATCH_IDLE_POLLS: u32 = 15;
 
 /// What a watching actor keeps besides the session.
@@ -31,9 +32,10 @@ pub(super) struct Watch {
 }
 
 impl SessionActor {
-    /// Starts watching: the owner's announcements first, then the store (a transition
-    /// committed in between is in what is read, or announced after); and every
-    /// [`WATCH_POLL`], a read unasked, stopping once nobody here listens.
+    /// Starts watching: the owner's announcements (and the node's sweep) first, then
+    /// the store (a transition committed in between is in what is read, or announced
+    /// after); and every [`WATCH_POLL`], a count of the audience, stopping once nobody
+    /// here listens.
     pub(super) fn start_watching(&mut self, ctx: &mut Context<Self>) {
         let watch = self.live.watch(self.id, ctx.address().recipient());
         ctx.wait(watch.into_actor(self).map(|(), act, ctx| act.load(ctx)));
@@ -49,10 +51,8 @@ impl SessionActor {
                 if watch.idle_polls >= WATCH_IDLE_POLLS {
                     // Nobody here listens any more: stop following the session.
                     act.relinquish(ctx);
-                    return;
                 }
             }
-            act.refresh(ctx);
         });
     }
 

@@ -26,7 +26,7 @@
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -101,7 +101,7 @@ async fn subscriber(
     permit: tokio::sync::OwnedSemaphorePermit,
     ready: Arc<AtomicUsize>,
     clock: Arc<Clock>,
-    stop_at: Arc<AtomicU64>,
+    mut stop_at: tokio::sync::watch::Receiver<u64>,
 ) -> Result<Seen, String> {
     // Small client buffers: the bench shares the box with the broker it measures.
     let config = WebSocketConfig::default()
@@ -124,19 +124,26 @@ async fn subscriber(
     drop(permit);
     let mut seen = Vec::with_capacity(2);
     loop {
-        let deadline = stop_at.load(Ordering::Acquire);
-        let wait = if deadline == 0 {
-            // Checked again every second: the stop comes from the parent.
-            Duration::from_secs(1)
-        } else {
-            Duration::from_micros(deadline.saturating_sub(clock.us()))
-        };
-        match tokio::time::timeout(wait, ws.next()).await {
-            Err(_) => {
-                if deadline != 0 {
-                    break;
+        // Until the parent names the deadline, a subscriber waits for a frame or for
+        // the deadline, with no timer: a wake-up a second for each of tens of
+        // thousands of subscribers would take a core from the brokers it measures.
+        let deadline = *stop_at.borrow_and_update();
+        let next = if deadline == 0 {
+            tokio::select! {
+                named = stop_at.changed() => {
+                    if named.is_err() {
+                        break;
+                    }
+                    continue;
                 }
+                next = ws.next() => Ok(next),
             }
+        } else {
+            let wait = Duration::from_micros(deadline.saturating_sub(clock.us()));
+            tokio::time::timeout(wait, ws.next()).await
+        };
+        match next {
+            Err(_) => break,
             Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => break,
             Ok(Some(Ok(Message::Text(t)))) => {
                 let at = clock.us();
@@ -178,7 +185,7 @@ pub(crate) fn worker(mut args: impl Iterator<Item = String>) {
         let mut out = tokio::io::stdout();
         let clock = Arc::new(Clock::at(epoch));
         let ready = Arc::new(AtomicUsize::new(0));
-        let stop_at = Arc::new(AtomicU64::new(0));
+        let (stop_tx, stop_at) = tokio::sync::watch::channel(0u64);
         let sem = Arc::new(Semaphore::new(concurrency.max(1)));
         let mut subs = Vec::with_capacity(n);
         for url in urls {
@@ -232,7 +239,7 @@ pub(crate) fn worker(mut args: impl Iterator<Item = String>) {
             .strip_prefix("stop ")
             .and_then(|v| v.parse().ok())
             .unwrap_or(1);
-        stop_at.store(at, Ordering::Release);
+        let _ = stop_tx.send(at);
         let mut buf = String::new();
         for (i, t) in subs.into_iter().enumerate() {
             if reported[i] {

@@ -16,9 +16,11 @@
 //!   any size travels through NATS alone, with no second transport between nodes. A
 //!   chunk is `session id (36 bytes of text) · ticket (8 bytes, big-endian) · bytes`.
 //! - `idv.events.<session id>`: the owner's announcement of each committed transition
-//!   (the seq, as text). Nodes that watch the session (they hold its WebSocket
-//!   subscribers or long-polls) subscribe to it and read the transitions from the
-//!   store; an announcement is only a wake-up, so one lost costs latency, not data.
+//!   (the seq, as text). Every node hears them all on one subscription
+//!   (`idv.events.*`); one that watches the session (it holds its WebSocket
+//!   subscribers or long-polls) reads the transitions from the store. An announcement
+//!   is only a wake-up, so one lost costs latency, not data: a sweep of the watched
+//!   sessions' seqs ([`WATCH_SWEEP`]) makes it up.
 //!
 //! The lease: this node's row in the store's `nodes` table is renewed every
 //! [`ClusterConfig::renew_every`] for [`ClusterConfig::lease_ttl`], by the database's
@@ -227,10 +229,11 @@ const DROP_LOG_EVERY: i64 = 10;
 /// How often a node reads the seq of every session it watches, in one statement per
 /// [`WATCH_SWEEP_BATCH`], and sends each watcher still behind what the store held one
 /// sweep earlier a [`Refresh`]: announcements travel at most once (and not at all
-/// while NATS is out), so this bounds how late a lost one is noticed (two periods). One statement for all of them, not a
-/// read per watcher: at 7,600 watched sessions a node, reads of their own every 2 s
-/// were 3,800 statements a second per node, which a two-core machine could not serve
-/// beside the traffic (docs/benchmarks.md, "Three nodes at the limit").
+/// while NATS is out), so this bounds how late a lost one is noticed (two periods).
+/// One statement for all of them, not a read per watcher: at 7,600 watched sessions a
+/// node, reads of their own every 2 s were 3,800 statements a second per node, which
+/// a two-core machine could not serve beside the traffic (docs/benchmarks.md, "Three
+/// nodes at the limit").
 pub(crate) const WATCH_SWEEP: Duration = Duration::from_secs(2);
 
 /// Most sessions whose seqs one statement of the sweep reads.
@@ -402,6 +405,14 @@ impl Node {
         }
     }
 
+    /// NATS refused what the node needs to join the cluster.
+    fn nats_error(&self, e: &dyn std::fmt::Display) -> ClusterError {
+        ClusterError::Nats {
+            url: self.config.nats_url.clone(),
+            reason: e.to_string(),
+        }
+    }
+
     /// Hears every owner's announcements, on one subscription (`idv.events.*`) taken
     /// before any session is watched, and wakes the watcher of each session this node
     /// watches. One subscription for the node, not one per watched session: no
@@ -409,14 +420,13 @@ impl Node {
     /// no subscription to keep per watched session; each node opens every announcement
     /// (a few microseconds each) in exchange.
     async fn serve_announcements(self: &Arc<Self>) -> Result<(), ClusterError> {
-        let mut announcements =
-            self.nats
-                .subscribe("idv.events.*")
-                .await
-                .map_err(|e| ClusterError::Nats {
-                    url: self.config.nats_url.clone(),
-                    reason: e.to_string(),
-                })?;
+        let mut announcements = self
+            .nats
+            .subscribe("idv.events.*")
+            .await
+            .map_err(|e| self.nats_error(&e))?;
+        // In place at the server before any watcher reads the store.
+        self.nats.flush().await.map_err(|e| self.nats_error(&e))?;
         let node = self.clone();
         self.io.spawn(async move {
             while let Some(msg) = announcements.next().await {
@@ -457,21 +467,17 @@ impl Node {
 
     /// Answers the commands and upload chunks other nodes send for this node's sessions.
     async fn serve_commands(self: &Arc<Self>) -> Result<(), ClusterError> {
-        let nats_error = |e: &dyn std::fmt::Display| ClusterError::Nats {
-            url: self.config.nats_url.clone(),
-            reason: e.to_string(),
-        };
         let mut commands = self
             .nats
             .subscribe(Self::subject(&self.id, "cmd"))
             .await
-            .map_err(|e| nats_error(&e))?;
+            .map_err(|e| self.nats_error(&e))?;
         let mut chunks = self
             .nats
             .subscribe(Self::subject(&self.id, "chunk"))
             .await
-            .map_err(|e| nats_error(&e))?;
-        self.nats.flush().await.map_err(|e| nats_error(&e))?;
+            .map_err(|e| self.nats_error(&e))?;
+        self.nats.flush().await.map_err(|e| self.nats_error(&e))?;
         // The subscriptions are read on `io`; each command is carried out on an actix
         // arbiter (it may start a session actor), its answer published from `io`.
         let (to_actix, mut from_io) = tokio::sync::mpsc::unbounded_channel();

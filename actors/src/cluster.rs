@@ -1009,8 +1009,8 @@ impl Router for Link {
         Box::pin(std::future::ready(()))
     }
 
-    fn unwatch(&self, id: SessionId) {
-        self.0.watched.remove(&id);
+    fn unwatch(&self, id: SessionId, to: &actix::Recipient<Refresh>) {
+        self.0.watched.remove_if(&id, |_, watcher| watcher == to);
     }
 
     fn ready(&self) -> bool {

@@ -38,6 +38,7 @@ pub(crate) trait LiveSessions: Send + Sync + 'static {
     /// the actor reads from the store after it cannot miss a transition.
     fn watch(&self, id: SessionId, to: Recipient<Refresh>) -> RouteFuture<()>;
 
-    /// The watching actor of `id` stopped (idempotent).
-    fn unwatch(&self, id: SessionId);
+    /// The watching actor `to` of `id` stopped (idempotent; a newer watcher of `id`,
+    /// started meanwhile, stays).
+    fn unwatch(&self, id: SessionId, to: &Recipient<Refresh>);
 }

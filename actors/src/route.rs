@@ -278,8 +278,8 @@ pub trait Router: Send + Sync + 'static {
     /// resolves once the subscription is in place (the watcher reads the store after).
     fn watch(&self, id: SessionId, to: Recipient<Refresh>) -> RouteFuture<()>;
 
-    /// Stop telling anyone about `id` (idempotent).
-    fn unwatch(&self, id: SessionId);
+    /// Stop telling `to` about `id` (idempotent; a newer watcher of `id` stays).
+    fn unwatch(&self, id: SessionId, to: &Recipient<Refresh>);
 
     /// Whether the link to the other nodes is up (readiness).
     fn ready(&self) -> bool;

@@ -629,9 +629,9 @@ impl LiveSessions for Inner {
         }
     }
 
-    fn unwatch(&self, id: SessionId) {
+    fn unwatch(&self, id: SessionId, to: &actix::Recipient<Refresh>) {
         if let Some(router) = self.router.get() {
-            router.unwatch(id);
+            router.unwatch(id, to);
         }
     }
 }

@@ -542,7 +542,7 @@ impl SessionActor {
             ctx.cancel_future(h);
         }
         if self.role.is_watcher() {
-            self.live.unwatch(self.id);
+            self.live.unwatch(self.id, &ctx.address().recipient());
         }
         self.live.forget(self.id, self.generation);
     }
@@ -832,7 +832,7 @@ impl Handler<Promote> for SessionActor {
             return;
         }
         self.role = Role::Owner;
-        self.live.unwatch(self.id);
+        self.live.unwatch(self.id, &ctx.address().recipient());
         // Read the session again (it may have moved since the last announcement),
         // bring the audience up to date, and arm the timer: a restart's path.
         self.load(ctx);

@@ -36,7 +36,7 @@ impl LiveSessions for Silent {
     fn watch(&self, _: SessionId, _: Recipient<Refresh>) -> RouteFuture<()> {
         Box::pin(async {})
     }
-    fn unwatch(&self, _: SessionId) {}
+    fn unwatch(&self, _: SessionId, _: &Recipient<Refresh>) {}
 }
 
 const OWNER: &str = "acme";

@@ -47,20 +47,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-const API_KEY: &str = "bench-key-0123456789";
-const ISSUER: &str = "bench-issuer=bench-issuer-secret-0123";
+#[path = "broker/mod.rs"]
+mod broker;
+use broker::*;
+
 /// Creates in flight at once while filling the broker with idle sessions.
-const FILL_CONCURRENCY: usize = 64;
 /// No phase runs longer than this, whatever the arguments.
 const PHASE_DEADLINE: Duration = Duration::from_secs(600);
 
@@ -110,195 +107,11 @@ fn parse_args() -> Args {
     a
 }
 
-/// The broker under test; killed when dropped.
-struct Broker {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn bin() -> String {
-    // Not `CARGO_BIN_EXE_idv-broker`: built beside the bench, the broker would carry the
-    // dev-dependencies' features (idv-actors' fault hooks), which no shipped build has.
-    let bin = std::env::var("IDVB_BENCH_BIN")
-        .unwrap_or_else(|_| format!("{}/target/release/idv-broker", env!("CARGO_MANIFEST_DIR")));
-    assert!(
-        std::path::Path::new(&bin).exists(),
-        "{bin} is missing: run `cargo build --release` first (or set IDVB_BENCH_BIN)"
-    );
-    bin
-}
-
-/// Starts the broker on `db`; answers it and the time until it printed `listening on`.
-fn start_broker(db: &std::path::Path) -> (Broker, Duration) {
-    start_broker_with(db, &[])
-}
-
 /// A data key for the A/B run of sealing (`--ab-data-key`).
 const BENCH_DATA_KEY: &str = "bench=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
-/// Starts the broker on `db` with `extra` flags.
-fn start_broker_with(db: &std::path::Path, extra: &[&str]) -> (Broker, Duration) {
-    let started = Instant::now();
-    let mut child = Command::new(bin())
-        .args(["--bind", "127.0.0.1:0", "--rate-limit", "0"])
-        .args(extra)
-        .arg("--db")
-        .arg(db)
-        .args(["--api-key", &format!("bench={API_KEY}")])
-        .args(["--issuer", ISSUER])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the broker starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let listening = started.elapsed();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    (Broker { child, addr }, listening)
-}
-
-/// VmRSS of `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 1024
-}
-
-/// The broker's RSS once it holds still: read every 100 ms until two readings in a
-/// row agree within 64 KiB (the actors' first polls and the allocator finish what the
-/// last answers left), for at most 5 s.
-async fn settled_rss(pid: u32) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut last = rss(pid);
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = rss(pid);
-        if now.abs_diff(last) <= 64 * 1024 || Instant::now() >= deadline {
-            return now;
-        }
-        last = now;
-    }
-}
-
-/// One keep-alive HTTP/1.1 connection: writes a request, reads one response.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    async fn open(addr: &str) -> Self {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        Self {
-            stream,
-            buf: Vec::with_capacity(4096),
-        }
-    }
-
-    /// Sends `request` (complete bytes) and answers (status, body).
-    async fn call(&mut self, request: &[u8]) -> (u16, Vec<u8>) {
-        self.stream.write_all(request).await.unwrap();
-        self.buf.clear();
-        let head_end = loop {
-            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
-                break i + 4;
-            }
-            let mut chunk = [0u8; 4096];
-            let n = self.stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "the broker closed the connection");
-            self.buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = std::str::from_utf8(&self.buf[..head_end]).unwrap();
-        let status: u16 = head[9..12].parse().unwrap();
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().unwrap())
-            })
-            .unwrap_or(0);
-        while self.buf.len() < head_end + length {
-            let mut chunk = [0u8; 4096];
-            let n = self.stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "the broker closed the connection");
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-        (status, self.buf[head_end..head_end + length].to_vec())
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn get(path: &str, bearer: Option<&str>) -> Vec<u8> {
-    let auth = bearer
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    format!("GET {path} HTTP/1.1\r\nHost: bench\r\n{auth}\r\n").into_bytes()
-}
-
-fn create_request() -> Vec<u8> {
-    let body = r#"{"scopes":["full_name","date_of_birth"],"vendor_data":"bench"}"#;
-    format!(
-        "POST /v1/sessions HTTP/1.1\r\nHost: bench\r\nX-Api-Key: {API_KEY}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-/// CPU time of a process so far, by thread name (`/proc/<pid>/task/*/stat`), in clock
-/// ticks (1/100 s on Linux).
-fn cpu_by_thread(pid: u32) -> std::collections::BTreeMap<String, u64> {
-    let mut out = std::collections::BTreeMap::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue;
-        };
-        // `pid (comm) state ...`: comm may hold spaces, so split at the last ')'.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = &stat[open + 1..close];
-        let ticks = stat_ticks(&stat[close..]);
-        // Workers share a name; the writer, readers and the rest have their own.
-        let group = if comm.starts_with("actix-rt") {
-            "http workers"
-        } else if comm == "store-writer" {
-            "store writer"
-        } else {
-            "other"
-        };
-        *out.entry(group.to_owned()).or_insert(0) += ticks;
-    }
-    out
-}
+/// The body of every create.
+const CREATE_BODY: &str = r#"{"scopes":["full_name","date_of_birth"],"vendor_data":"bench"}"#;
 
 /// What one rate window measured.
 struct Rate {
@@ -329,13 +142,6 @@ impl Rate {
     }
 }
 
-/// utime + stime, in clock ticks, of a `stat` line from the `)` that ends its comm on.
-fn stat_ticks(after_comm: &str) -> u64 {
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the comm.
-    let fields: Vec<&str> = after_comm[2..].split(' ').collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
-
 /// CPU time of this process so far, in microseconds.
 fn own_cpu_us() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
@@ -348,9 +154,9 @@ fn own_cpu_us() -> f64 {
 async fn window(which: &str, addr: &str, pid: u32, c: usize, seconds: u64) -> Rate {
     match which {
         "healthz" => rate(addr, pid, c, seconds, 200, |_| get("/healthz", None)).await,
-        "create" => rate(addr, pid, c, seconds, 201, |_| create_request()).await,
+        "create" => rate(addr, pid, c, seconds, 201, |_| create_request(CREATE_BODY)).await,
         "status" => {
-            let watched = fill(addr, c).await;
+            let watched = fill(addr, CREATE_BODY, c, PHASE_DEADLINE).await;
             rate(addr, pid, c, seconds, 200, |i| {
                 let (id, token) = &watched[i];
                 get(&format!("/v1/sessions/{id}/status"), Some(token))
@@ -513,53 +319,18 @@ async fn approve_journeys(
     (measured, Duration::from_nanos(mean))
 }
 
-/// Creates `n` sessions; answers (id, token) of each.
-async fn fill(addr: &str, n: usize) -> Vec<(String, String)> {
-    let per = n.div_ceil(FILL_CONCURRENCY);
-    let mut tasks = Vec::new();
-    for k in 0..FILL_CONCURRENCY {
-        let addr = addr.to_owned();
-        let count = per.min(n.saturating_sub(k * per));
-        tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::open(&addr).await;
-            let req = create_request();
-            let mut out = Vec::with_capacity(count);
-            for _ in 0..count {
-                let (status, body) = conn.call(&req).await;
-                assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
-                let v: Value = serde_json::from_slice(&body).unwrap();
-                out.push((
-                    v["session_id"].as_str().unwrap().to_owned(),
-                    v["session_token"].as_str().unwrap().to_owned(),
-                ));
-            }
-            out
-        }));
-    }
-    let mut all = Vec::with_capacity(n);
-    for t in tasks {
-        all.extend(
-            tokio::time::timeout(PHASE_DEADLINE, t)
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
-    all
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
     let args = parse_args();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bench.db");
-    let (broker, _) = start_broker(&db);
+    let (broker, _) = start_broker(&db, &[]);
     let addr = broker.addr.clone();
     let c = args.connections;
 
     let pid = broker.child.id();
     if args.ab_data_key {
-        let (sealed, _) = start_broker_with(
+        let (sealed, _) = start_broker(
             &dir.path().join("sealed.db"),
             &["--data-key", BENCH_DATA_KEY],
         );
@@ -657,14 +428,14 @@ async fn main() {
     // cache and the allocator's arenas reach their working size (fixed costs, not costs
     // per session); the RSS after it and after the rest gives the memory per session.
     let db = dir.path().join("footprint.db");
-    let (mut broker, _) = start_broker(&db);
-    let (addr, pid) = (broker.addr.clone(), broker.child.id());
+    let (broker, _) = start_broker(&db, &[]);
+    let (addr, pid) = (broker.addr.clone(), broker.pid());
     let warm = args.sessions / 3;
-    fill(&addr, warm).await;
+    fill(&addr, CREATE_BODY, warm, PHASE_DEADLINE).await;
     let before = settled_rss(pid).await;
     let added = args.sessions - warm;
     let t0 = Instant::now();
-    let created = fill(&addr, added).await;
+    let created = fill(&addr, CREATE_BODY, added, PHASE_DEADLINE).await;
     let fill_secs = t0.elapsed().as_secs_f64();
     let after = settled_rss(pid).await;
     let live = count_live(&db);
@@ -672,27 +443,8 @@ async fn main() {
 
     // Restart with every session still live, after a graceful stop.
     let last = created.last().cloned().unwrap();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    assert!(
-        broker.child.wait().unwrap().success(),
-        "the broker stops cleanly"
-    );
-    let t0 = Instant::now();
-    let (broker, listening) = start_broker(&db);
-    let mut conn = Conn::open(&broker.addr).await;
-    let (code, _) = conn
-        .call(&get(
-            &format!("/v1/sessions/{}/status", last.0),
-            Some(&last.1),
-        ))
-        .await;
-    assert_eq!(code, 200);
-    let answered = t0.elapsed();
-    drop(broker);
+    broker.stop();
+    let (listening, answered, _) = restart(&db, &[], &last).await;
 
     println!(
         "## HTTP throughput and footprint ({c} connections, {} rounds of {}s windows)\n",

@@ -34,7 +34,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -47,6 +47,10 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
+
+#[path = "broker/mod.rs"]
+mod broker;
+use broker::loadavg;
 
 const API_KEY: &str = "bench-key-0123456789";
 const ISSUER: &str = "bench-issuer";
@@ -182,15 +186,7 @@ fn start_broker(bin: &str, db: &Path, rust_log: Option<&str>) -> (Proc, String) 
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line from the broker: {line:?}"))
-        .to_owned();
+    let base = broker::listening_on(&mut child);
     (Proc(child), base)
 }
 
@@ -729,15 +725,6 @@ async fn nchan_round(args: &Args, dir: &Path) -> Pushes {
     }
     drop(proc_);
     pushes
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// 16,000 sockets need more descriptors than a default soft limit; see ws_load.

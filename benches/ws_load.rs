@@ -31,6 +31,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 // Cluster mode lives beside the bench, out of cargo's bench discovery (a folder without main.rs).
+#[path = "broker/mod.rs"]
+mod broker;
 #[path = "ws_load/clients.rs"]
 mod clients;
 #[path = "ws_load/cluster.rs"]
@@ -38,7 +40,6 @@ mod cluster;
 #[path = "ws_load/retention.rs"]
 mod retention;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -234,15 +235,7 @@ fn start_on(db: &std::path::Path, extra: &[&str], args: &Args) -> Broker {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line from the broker: {line:?}"))
-        .to_owned();
+    let base = broker::listening_on(&mut child);
     Broker {
         base,
         pid: Some(child.id()),

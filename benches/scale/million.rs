@@ -26,15 +26,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use crate::{
-    count_sessions, cpu_by_thread, create_request, get, loadavg, mib, settled_rss, start_broker,
-    take, Broker, Conn, API_KEY, PHASE_DEADLINE,
+    count_sessions, cpu_by_thread, create_request, fill, get, loadavg, mib, restart, settled_rss,
+    start_broker, take, Broker, Conn, API_KEY, PHASE_DEADLINE,
 };
 
-/// Creates in flight at once while filling a broker.
-const FILL_CONCURRENCY: usize = 64;
 /// The create of the fill and of the create windows: a day's TTL, so that nothing
 /// expires (and no expiry work runs) while the bench does.
 const CREATE_BODY: &str =
@@ -72,8 +68,9 @@ pub async fn run(mut flags: BTreeMap<String, String>) {
 
     let dir = tempfile::tempdir().unwrap();
     let big_db = dir.path().join("big.db");
-    // Room for the fill and for what the create windows add.
-    let cap = (sessions * 2).to_string();
+    // Room for the fill and for what the create windows add (about 20,000 a second
+    // here; a cap of twice a small `--sessions` was reached within one window).
+    let cap = (sessions + 1_000_000).to_string();
     let extra = ["--max-live-sessions", cap.as_str()];
     println!("load average at start: {}", loadavg());
 
@@ -81,10 +78,10 @@ pub async fn run(mut flags: BTreeMap<String, String>) {
     let (broker, _) = start_broker(&big_db, &extra);
     let (addr, pid) = (broker.addr.clone(), broker.pid());
     let empty_rss = settled_rss(pid).await;
-    let mut tokens = fill(&addr, small).await;
+    let mut tokens = fill(&addr, CREATE_BODY, small, PHASE_DEADLINE).await;
     let small_rss = settled_rss(pid).await;
     let t0 = Instant::now();
-    tokens.extend(fill(&addr, sessions - small).await);
+    tokens.extend(fill(&addr, CREATE_BODY, sessions - small, PHASE_DEADLINE).await);
     let fill_secs = t0.elapsed().as_secs_f64();
     let full_rss = settled_rss(pid).await;
     println!(
@@ -95,7 +92,10 @@ pub async fn run(mut flags: BTreeMap<String, String>) {
         loadavg()
     );
     // The prototype of the ended sessions: one created and cancelled.
-    let (proto, _) = fill(&addr, 1).await.pop().unwrap();
+    let (proto, _) = fill(&addr, CREATE_BODY, 1, PHASE_DEADLINE)
+        .await
+        .pop()
+        .unwrap();
     let mut conn = Conn::open(&addr).await;
     let cancel = format!(
         "DELETE /v1/sessions/{proto} HTTP/1.1\r\nHost: bench\r\nX-Api-Key: {API_KEY}\r\n\r\n"
@@ -139,7 +139,7 @@ pub async fn run(mut flags: BTreeMap<String, String>) {
     // 4. Side by side, in interleaved rounds.
     let (big, _) = start_broker(&big_db, &extra);
     let (small_broker, _) = start_broker(&dir.path().join("small.db"), &[]);
-    let small_tokens = Arc::new(fill(&small_broker.addr, small).await);
+    let small_tokens = Arc::new(fill(&small_broker.addr, CREATE_BODY, small, PHASE_DEADLINE).await);
     let tokens = Arc::new(tokens);
     let mut status: [Vec<Rate>; 2] = [Vec::new(), Vec::new()];
     let mut creates: [Vec<Rate>; 2] = [Vec::new(), Vec::new()];
@@ -261,26 +261,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Starts the broker on `db` again: time to `listening on`, time to the answer of
-/// session `last` (its actor armed), and the settled RSS; stops it again.
-async fn restart(db: &Path, extra: &[&str], last: &(String, String)) -> (Duration, Duration, u64) {
-    let t0 = Instant::now();
-    let (broker, listening) = start_broker(db, extra);
-    let mut conn = Conn::open(&broker.addr).await;
-    let (code, _) = conn
-        .call(&get(
-            &format!("/v1/sessions/{}/status", last.0),
-            Some(&last.1),
-        ))
-        .await;
-    assert_eq!(code, 200);
-    let answered = t0.elapsed();
-    let rss = settled_rss(broker.pid()).await;
-    drop(conn);
-    broker.stop();
-    (listening, answered, rss)
-}
-
 /// Adds `n` copies of the ended session `proto` (its row with a new id and token hash,
 /// and its events), in one transaction on the stopped broker's database.
 fn seed_ended(db: &Path, proto: &str, n: usize) {
@@ -336,41 +316,6 @@ fn seed_ended(db: &Path, proto: &str, n: usize) {
     // start (the checkpoint at open) would write the whole seed back, seconds that
     // are the seed's and not the restart's.
     std::fs::File::open(db).unwrap().sync_all().unwrap();
-}
-
-/// Creates `n` sessions; answers (id, token) of each.
-async fn fill(addr: &str, n: usize) -> Vec<(String, String)> {
-    let per = n.div_ceil(FILL_CONCURRENCY);
-    let mut tasks = Vec::new();
-    for k in 0..FILL_CONCURRENCY {
-        let addr = addr.to_owned();
-        let count = per.min(n.saturating_sub(k * per));
-        tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::open(&addr).await;
-            let req = create_request(CREATE_BODY);
-            let mut out = Vec::with_capacity(count);
-            for _ in 0..count {
-                let (status, body) = conn.call(&req).await;
-                assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
-                let v: Value = serde_json::from_slice(&body).unwrap();
-                out.push((
-                    v["session_id"].as_str().unwrap().to_owned(),
-                    v["session_token"].as_str().unwrap().to_owned(),
-                ));
-            }
-            out
-        }));
-    }
-    let mut all = Vec::with_capacity(n);
-    for t in tasks {
-        all.extend(
-            tokio::time::timeout(PHASE_DEADLINE, t)
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
-    all
 }
 
 /// A pseudo-random draw (splitmix64) from a connection's number and its request count.

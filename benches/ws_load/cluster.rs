@@ -28,7 +28,6 @@
 //! Three nodes, PostgreSQL, NATS and this client share one machine's cores: the
 //! figures show what the hop costs relative to a local answer, not a cluster's speed.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -158,15 +157,7 @@ fn start(args: &Args, rt: &tokio::runtime::Runtime) -> Cluster {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("node {id}: unexpected first line {line:?}"))
-            .to_owned();
+        let base = crate::broker::listening_on(&mut child);
         cluster.nodes.push(Node {
             id: Some(id.clone()),
             base,
